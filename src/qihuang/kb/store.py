@@ -1,0 +1,249 @@
+"""The SQLite knowledge-base store and its Python API (:class:`KnowledgeBase`)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from qihuang.errors import QihuangError
+from qihuang.kb.schema import ALIAS, load_schema
+from qihuang.kb.types import Entity, Fact, LinkResult, Mention
+from qihuang.paths import default_db
+
+# Small named migrations, applied in order once each (recorded in _migrations).
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_initial", """
+        CREATE TABLE sources (
+            id INTEGER PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, sha256 TEXT NOT NULL,
+            imported_at TEXT NOT NULL, n_triples INTEGER NOT NULL, UNIQUE(sha256));
+        CREATE TABLE entities (
+            id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, type TEXT NOT NULL DEFAULT 'other',
+            is_subject INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE triples (
+            id INTEGER PRIMARY KEY, subject_id INTEGER NOT NULL REFERENCES entities(id),
+            relation TEXT NOT NULL, attribute TEXT NOT NULL, value TEXT NOT NULL,
+            source_id INTEGER REFERENCES sources(id), UNIQUE(subject_id, relation, value));
+        CREATE INDEX triples_by_subject_attr ON triples(subject_id, attribute);
+        CREATE TABLE aliases (
+            alias TEXT NOT NULL, entity_id INTEGER NOT NULL REFERENCES entities(id),
+            relation TEXT NOT NULL, UNIQUE(alias, entity_id));
+        CREATE INDEX aliases_by_alias ON aliases(alias);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """),
+]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply pending migrations; returns the names applied."""
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
+    applied = []
+    for name, sql in MIGRATIONS:
+        if name in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in filter(str.strip, sql.split(";")):
+                conn.execute(stmt)
+            conn.execute("INSERT INTO _migrations VALUES (?, datetime('now'))", (name,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied
+
+
+class KnowledgeBase:
+    """An embedded SQLite knowledge base: entities, aliases, triples with canonical attributes."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn = conn
+        self.path = path
+        self.schema = load_schema()
+        self._linker = None
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path | None = None) -> "KnowledgeBase":
+        """Open an existing knowledge base (default ``$QIHUANG_HOME/kb.sqlite``)."""
+        path = Path(path) if path else default_db()
+        if not path.exists():
+            raise QihuangError(f"no knowledge base at {path}: run `qihuang kb import` first")
+        conn = _connect(path)
+        migrate(conn)
+        return cls(conn, path)
+
+    @classmethod
+    def create(cls, path: str | Path | None = None) -> "KnowledgeBase":
+        """Open a knowledge base, creating an empty one if none exists."""
+        path = Path(path) if path else default_db()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(path)
+        migrate(conn)
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "KnowledgeBase":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- importing -----------------------------------------------------------------------
+    def import_source(self, source: str | Path = "cmekg", *, skip_bad: bool = False, progress: bool = True):
+        """Import a source ("cmekg", or a .jsonl / .csv / .tsv path) in one transaction."""
+        from qihuang.kb.importers import import_source
+
+        report = import_source(self, source, skip_bad=skip_bad, progress=progress)
+        self._linker = None
+        return report
+
+    # -- queries -------------------------------------------------------------------------
+    def _resolve(self, name: str) -> tuple[int, str, str] | None:
+        row = self.conn.execute("SELECT id, name, type FROM entities WHERE name = ?", (name.strip(),)).fetchone()
+        if row is None:
+            row = self.conn.execute(
+                "SELECT e.id, e.name, e.type FROM aliases a JOIN entities e ON e.id = a.entity_id "
+                "WHERE a.alias = ? ORDER BY e.is_subject DESC, e.id LIMIT 1", (name.strip(),)).fetchone()
+        return row
+
+    def _facts_by_id(self, entity_id: int, name: str, attributes: Iterable[str] | None = None,
+                     max_values: int | None = None) -> list[Fact]:
+        sql = "SELECT relation, attribute, value FROM triples WHERE subject_id = ?"
+        args: list = [entity_id]
+        if attributes is not None:
+            attributes = list(attributes)
+            sql += f" AND attribute IN ({','.join('?' * len(attributes))})"
+            args += attributes
+        rows = self.conn.execute(sql + " ORDER BY attribute, id", args).fetchall()
+        rank = self.schema.relation_rank
+        rows.sort(key=lambda r: (r[1], rank.get(r[0], 99)))  # primary relation of an attribute first
+        if max_values is not None:
+            kept, seen = [], {}
+            for row in rows:
+                seen[row[1]] = seen.get(row[1], 0) + 1
+                if seen[row[1]] <= max_values:
+                    kept.append(row)
+            rows = kept
+        return [Fact(name, attr, rel, value) for rel, attr, value in rows]
+
+    def show(self, name: str) -> Entity | None:
+        """An entity with all its facts (by name or alias), or None."""
+        row = self._resolve(name)
+        if row is None:
+            return None
+        entity_id, canonical, etype = row
+        aliases = [r[0] for r in self.conn.execute(
+            "SELECT alias FROM aliases WHERE entity_id = ? ORDER BY rowid", (entity_id,))]
+        facts = self._facts_by_id(entity_id, canonical)
+        facts.sort(key=lambda f: f.relation)
+        return Entity(canonical, etype, aliases, facts)
+
+    def facts(self, entity: str, attributes: list[str] | None = None, max_values: int | None = None) -> list[Fact]:
+        """Facts of an entity, optionally restricted to canonical attributes."""
+        row = self._resolve(entity)
+        return [] if row is None else self._facts_by_id(row[0], row[1], attributes, max_values)
+
+    def entity_type(self, name: str) -> str | None:
+        row = self._resolve(name)
+        return row[2] if row else None
+
+    def entity_names(self, type: str | None = None, subjects_only: bool = True) -> list[str]:
+        sql, args = "SELECT name FROM entities WHERE 1", []
+        if subjects_only:
+            sql += " AND is_subject = 1"
+        if type:
+            sql += " AND type = ?"
+            args.append(type)
+        return [r[0] for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def iter_entities(self, type: str | None = None) -> Iterator[Entity]:
+        """All subject entities with their facts, in one streaming pass (fast, for data building)."""
+        aliases: dict[int, list[str]] = {}
+        for alias, eid in self.conn.execute("SELECT alias, entity_id FROM aliases ORDER BY rowid"):
+            aliases.setdefault(eid, []).append(alias)
+        sql = ("SELECT e.id, e.name, e.type, t.relation, t.attribute, t.value FROM triples t "
+               "JOIN entities e ON e.id = t.subject_id")
+        args: list = []
+        if type:
+            sql += " WHERE e.type = ?"
+            args.append(type)
+        current: Entity | None = None
+        current_id = None
+        for eid, name, etype, rel, attr, value in self.conn.execute(sql + " ORDER BY t.subject_id, t.id", args):
+            if eid != current_id:
+                if current is not None:
+                    yield current
+                current, current_id = Entity(name, etype, aliases.get(eid, []), []), eid
+            current.facts.append(Fact(name, attr, rel, value))
+        if current is not None:
+            yield current
+
+    def attributes(self) -> dict[str, str]:
+        return {k: a.label for k, a in self.schema.attributes.items()}
+
+    def stats(self) -> dict:
+        one = lambda sql: self.conn.execute(sql).fetchone()[0]  # noqa: E731
+        by_type = dict(self.conn.execute(
+            "SELECT type, COUNT(*) FROM entities WHERE is_subject = 1 GROUP BY type ORDER BY 2 DESC"))
+        by_attr = dict(self.conn.execute(
+            "SELECT attribute, COUNT(*) FROM triples GROUP BY attribute ORDER BY 2 DESC"))
+        sources = [dict(zip(("name", "kind", "sha256", "imported_at", "n_triples"), r)) for r in self.conn.execute(
+            "SELECT name, kind, sha256, imported_at, n_triples FROM sources ORDER BY id")]
+        return {
+            "path": str(self.path),
+            "entities": one("SELECT COUNT(*) FROM entities WHERE is_subject = 1"),
+            "nodes": one("SELECT COUNT(*) FROM entities"),
+            "triples": one("SELECT COUNT(*) FROM triples"),
+            "aliases": one("SELECT COUNT(*) FROM aliases"),
+            "relations": one("SELECT COUNT(DISTINCT relation) FROM triples"),
+            "entity_types": by_type,
+            "attributes": by_attr,
+            "sources": sources,
+        }
+
+    # -- linking -------------------------------------------------------------------------
+    @property
+    def linker(self):
+        if self._linker is None:
+            from qihuang.kb.link import Linker
+
+            self._linker = Linker.build(self)
+        return self._linker
+
+    def find_entities(self, text: str) -> list[Mention]:
+        """KB entities mentioned in ``text``: non-overlapping, longest match first, with offsets."""
+        return self.linker.find_entities(text)
+
+    def detect_attributes(self, text: str) -> list[str]:
+        """Canonical attributes the wording of ``text`` asks about."""
+        return self.linker.detect_attributes(text)
+
+    def link(self, text: str, max_values: int | None = None) -> LinkResult:
+        """Entities, asked attributes and the matching facts for a free-text question."""
+        mentions = self.find_entities(text)
+        attributes = self.linker.detect_attributes(text, mentions)
+        facts: list[Fact] = []
+        seen: set[str] = set()
+        for m in mentions:
+            if m.name in seen:
+                continue
+            seen.add(m.name)
+            row = self.conn.execute("SELECT id, is_subject FROM entities WHERE name = ?", (m.name,)).fetchone()
+            if not row or not row[1]:
+                continue
+            wanted = [a for a in attributes if a != ALIAS] or list(self.schema.defaults_for(m.type))
+            facts.extend(self._facts_by_id(row[0], m.name, wanted, max_values))
+        return LinkResult(text, mentions, attributes, facts)
