@@ -1,0 +1,232 @@
+"""Reading training records and normalising them to one conversation shape.
+
+``Conversation = {"system": str | None, "messages": [{"role": "user"|"assistant",
+"content": str}, ...], "knowledge": list[list[str]]}``.
+
+Accepted record shapes:
+
+* alpaca (+ knowledge tuning): ``instruction``, ``input``, ``output``, ``history`` ([[q, a], ...]),
+  ``system``, ``knowledge``; an ``instruction`` holding a flattened dialogue
+  (``<user>: … <bot>: … <user>: …``) is split into turns.
+* ShareGPT: ``conversations`` (or ``messages``) as ``{"from": human|gpt|system, "value": …}``
+  or ``{"role": user|assistant|system, "content": …}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypedDict
+
+from qihuang.errors import InputError
+
+
+class Message(TypedDict):
+    role: str
+    content: str
+
+
+class Conversation(TypedDict):
+    system: str | None
+    messages: list[Message]
+    knowledge: list[list[str]]
+
+
+_ROLE_ALIASES = {
+    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
+    "model": "assistant", "system": "system",
+}
+_FLAT_TURN = re.compile(r"<(user|bot)>[:：]")
+
+
+# ---- reading ----------------------------------------------------------------------------------
+def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)`` from a ``.jsonl`` file or a ``.json`` file holding JSON
+    lines or a JSON array. Raises :class:`InputError` naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=str(path))
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        yield from _read_array(text, path)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON ({exc.msg}, column {exc.colno})", path=str(path), line=number) from exc
+        if not isinstance(record, dict):
+            raise InputError(f"expected a JSON object, got {type(record).__name__}", path=str(path), line=number)
+        yield number, record
+
+
+def _read_array(text: str, path: Path) -> Iterator[tuple[int, dict]]:
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    while True:
+        pos = _skip(text, pos, " \t\r\n")
+        if pos < len(text) and text[pos] == "]":
+            return
+        line = text.count("\n", 0, pos) + 1
+        try:
+            record, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON ({exc.msg})", path=str(path), line=exc.lineno) from exc
+        if not isinstance(record, dict):
+            raise InputError(f"expected a JSON object, got {type(record).__name__}", path=str(path), line=line)
+        yield line, record
+        pos = _skip(text, pos, " \t\r\n")
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+        elif pos >= len(text) or text[pos] != "]":
+            raise InputError("expected ',' or ']' in JSON array", path=str(path), line=text.count("\n", 0, pos) + 1)
+
+
+def _skip(text: str, pos: int, chars: str) -> int:
+    while pos < len(text) and text[pos] in chars:
+        pos += 1
+    return pos
+
+
+def read_texts(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Plain-text documents for continued pretraining, as ``(line_number, text)``.
+
+    ``.txt``/``.md``: paragraphs separated by blank lines; ``.jsonl``/``.json``: the ``text``
+    field of every record."""
+    path = Path(path)
+    if path.suffix in (".jsonl", ".json"):
+        for number, record in read_records(path):
+            text = record.get("text")
+            if not isinstance(text, str):
+                raise InputError("expected a string", path=str(path), line=number, field="text")
+            if text.strip():
+                yield number, text
+        return
+    if not path.is_file():
+        raise InputError("file not found", path=str(path))
+    start, lines = 1, []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if line.strip():
+            if not lines:
+                start = number
+            lines.append(line)
+        elif lines:
+            yield start, "\n".join(lines)
+            lines = []
+    if lines:
+        yield start, "\n".join(lines)
+
+
+# ---- normalising ------------------------------------------------------------------------------
+def to_conversation(record: dict, path: str | Path | None = None, line: int | None = None) -> Conversation:
+    """Normalise an alpaca or ShareGPT record; errors name ``path``/``line`` and the field."""
+    where = {"path": str(path) if path is not None else None, "line": line}
+    if not isinstance(record, dict):
+        raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
+    if "conversations" in record or "messages" in record:
+        key = "conversations" if "conversations" in record else "messages"
+        system, messages = _sharegpt(record[key], key, where)
+        system = _opt_str(record, "system", where) or system
+    elif "instruction" in record or "output" in record:
+        system, messages = _opt_str(record, "system", where), _alpaca(record, where)
+    else:
+        raise InputError("unrecognised record: expected alpaca fields (instruction/output) or "
+                         f"ShareGPT 'conversations'; got keys {sorted(record)}", **where)
+    _check_turns(messages, where)
+    return {"system": system or None, "messages": messages, "knowledge": _knowledge(record, where)}
+
+
+def _opt_str(record: dict, key: str, where: dict) -> str:
+    value = record.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InputError(f"expected a string, got {type(value).__name__}", field=key, **where)
+    return value
+
+
+def _alpaca(record: dict, where: dict) -> list[Message]:
+    instruction = _opt_str(record, "instruction", where)
+    query = _opt_str(record, "input", where)
+    output = record.get("output")
+    if isinstance(output, list) and output and all(isinstance(o, str) for o in output):
+        output = output[0]  # ranked outputs (pairwise data): the preferred one
+    if not isinstance(output, str) or not output.strip():
+        raise InputError("expected a non-empty string", field="output", **where)
+    messages: list[Message] = []
+    history = record.get("history") or []
+    if not isinstance(history, list):
+        raise InputError("expected a list of [question, answer] pairs", field="history", **where)
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise InputError(f"item {i} must be a [question, answer] pair of strings", field="history", **where)
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    prompt = "\n".join(part for part in (instruction, query) if part.strip())
+    if _FLAT_TURN.search(prompt):
+        messages += _split_flat(prompt, output, where)
+    else:
+        messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return messages
+
+
+def _split_flat(prompt: str, output: str, where: dict) -> list[Message]:
+    """``<user>: q1 <bot>: a1 <user>: q2 <bot>:`` + output -> alternating turns."""
+    parts = _FLAT_TURN.split(prompt)
+    if parts[0].strip():
+        raise InputError("text before the first <user>: marker", field="instruction", **where)
+    turns = [{"role": "user" if tag == "user" else "assistant", "content": text.strip()}
+             for tag, text in zip(parts[1::2], parts[2::2])]
+    if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
+        turns.pop()
+    turns.append({"role": "assistant", "content": output})
+    return turns
+
+
+def _sharegpt(turns: Any, key: str, where: dict) -> tuple[str, list[Message]]:
+    if not isinstance(turns, list) or not turns:
+        raise InputError("expected a non-empty list of turns", field=key, **where)
+    system, messages = "", []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise InputError(f"turn {i} must be an object", field=key, **where)
+        raw_role = turn.get("from", turn.get("role"))
+        content = turn.get("value", turn.get("content"))
+        role = _ROLE_ALIASES.get(str(raw_role).lower())
+        if role is None or not isinstance(content, str):
+            raise InputError(f"turn {i} needs from/role (human|gpt|user|assistant|system) and string "
+                             f"value/content, got {turn!r}", field=key, **where)
+        if role == "system":
+            if i != 0:
+                raise InputError(f"turn {i}: a system turn must come first", field=key, **where)
+            system = content
+        else:
+            messages.append({"role": role, "content": content})
+    return system, messages
+
+
+def _check_turns(messages: list[Message], where: dict) -> None:
+    if not messages:
+        raise InputError("conversation has no turns", **where)
+    for i, msg in enumerate(messages):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if msg["role"] != expected:
+            raise InputError(f"turn {i} should be {expected} (turns must alternate, starting with user)", **where)
+    if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+        raise InputError("the last turn must be a non-empty assistant answer", **where)
+
+
+def _knowledge(record: dict, where: dict) -> list[list[str]]:
+    knowledge = record.get("knowledge") or []
+    if not isinstance(knowledge, list):
+        raise InputError("expected a list of [subject, relation, object] triples", field="knowledge", **where)
+    out = []
+    for i, triple in enumerate(knowledge):
+        if not (isinstance(triple, (list, tuple)) and len(triple) == 3 and all(isinstance(x, str) for x in triple)):
+            raise InputError(f"item {i} must be a [subject, relation, object] triple of strings",
+                             field="knowledge", **where)
+        out.append(list(triple))
+    return out
