@@ -32,3 +32,29 @@ def tiny_qwen2(tmp_path_factory):
     from tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_qwen2"), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def _default_model_cache(tmp_path_factory):
+    """The default model converted from its GGUF once per session (~30 s)."""
+    from pathlib import Path
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("QIHUANG_HOME", str(tmp_path_factory.mktemp("default_model_home")))
+    try:
+        from qihuang.models.load import resolve_model
+
+        return Path(resolve_model("default"))
+    finally:
+        mp.undo()
+
+
+@pytest.fixture
+def default_model(_default_model_cache, qihuang_home):
+    """Makes ``"default"`` resolve without converting again in this test's QIHUANG_HOME
+    (a symlink to the session's converted copy). Returns the name ``"default"``.
+    Use only in tests marked ``integration``."""
+    link = qihuang_home / "models" / _default_model_cache.name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(_default_model_cache, target_is_directory=True)
+    return "default"

