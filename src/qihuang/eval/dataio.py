@@ -1,0 +1,137 @@
+"""Reading evaluation data (JSON lines, JSON arrays, CSV) with line numbers; hashing; atomic writes."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from qihuang.errors import InputError
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+
+
+def data_files(path: Path, suffixes: tuple[str, ...] = DATA_SUFFIXES) -> list[Path]:
+    """The data files at ``path``: the file itself, or the sorted data files of a directory."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file or directory", path=str(path))
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise InputError(f"no data files ({', '.join(suffixes)}) in directory", path=str(path))
+    return files
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Yield ``(line, row, error)`` for each record; ``row`` is None when the record is malformed.
+
+    JSON lines and JSON arrays give dicts; CSV/TSV rows give dicts keyed by the header.
+    """
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        yield from _read_csv(path, "\t" if suffix == ".tsv" else ",")
+    else:
+        yield from _read_json(path)
+
+
+def _read_json(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    text = path.read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON array: {exc.msg}", path=str(path), line=exc.lineno) from None
+        for i, item in enumerate(items, 1):
+            yield (i, item, None) if isinstance(item, dict) else (i, None, "item is not a JSON object")
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield lineno, None, f"invalid JSON: {exc.msg}"
+            continue
+        yield (lineno, obj, None) if isinstance(obj, dict) else (lineno, None, "line is not a JSON object")
+
+
+def _read_csv(path: Path, delimiter: str) -> Iterator[tuple[int, dict | None, str | None]]:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise InputError(f"cannot read CSV header: {exc}", path=str(path), line=1) from None
+        header = [h.strip() for h in header]
+        start = reader.line_num + 1
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield start, None, f"CSV error: {exc}"
+                start = reader.line_num + 1
+                continue
+            if any(v.strip() for v in values):
+                if len(values) != len(header):
+                    yield start, None, f"expected {len(header)} columns, found {len(values)}"
+                else:
+                    yield start, dict(zip(header, values, strict=True)), None
+            start = reader.line_num + 1
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, or of a directory's data files (names and contents, sorted)."""
+    h = hashlib.sha256()
+    path = Path(path)
+    files = [path] if path.is_file() else data_files(path)
+    for f in files:
+        if path.is_dir():
+            h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def atomic_write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def first(row: dict, *keys: str, default: Any = None) -> Any:
+    """The value of the first key present (and not None/empty string) in ``row``."""
+    for key in keys:
+        value = row.get(key)
+        if value is not None and value != "":
+            return value
+    return default
