@@ -1,0 +1,121 @@
+"""``openqa``: open questions scored against reference answers with BLEU-4 and ROUGE-1/2/L.
+
+Accepted records (JSON lines or a JSON array; a dataset directory means its ``test.jsonl``):
+
+* alpaca / ``qihuang data build``: ``instruction`` (+ ``input``), ``output``, optional ``history`` [[q, a], ...];
+* question/answer: ``question`` (or ``prompt``/``query``), ``answer`` (or ``reference``/``response``);
+* ShareGPT: ``conversations`` [{"from": "human"|"gpt"} or {"role": "user"|"assistant"}, "value"/"content"];
+  the last user turn is the question, the assistant turn after it the reference, earlier turns the history.
+
+BLEU-4 uses sacrebleu on jieba tokens (``bleu_tokenize=jieba``, default) or sacrebleu's own
+``zh`` tokenizer; ROUGE F1 uses ``rouge-chinese`` on jieba tokens. Reported in 0-100: corpus
+BLEU-4 (``bleu4``), the mean sentence BLEU-4, mean ROUGE-1/2/L, and length statistics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption
+from qihuang.eval.dataio import data_files, first, read_rows
+from qihuang.eval.metrics import BLEU_TOKENIZERS, length_stats, sentence_scores, text_overlap_scores
+
+_USER, _BOT = {"human", "user"}, {"gpt", "assistant", "bot"}
+
+
+class RecordError(ValueError):
+    """A record of no known question/answer shape; the message names the field."""
+
+
+def _sharegpt(turns: Any) -> tuple[str, str | None, list[list[str]]]:
+    if not isinstance(turns, list) or not turns:
+        raise RecordError("field 'conversations': expected a non-empty list of turns")
+    msgs = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict):
+            raise RecordError(f"field 'conversations[{i}]': expected an object")
+        role = str(first(t, "from", "role", default="")).lower()
+        if role == "system":
+            continue
+        if role not in _USER | _BOT:
+            raise RecordError(f"field 'conversations[{i}].from': unknown role {role!r}")
+        msgs.append((role in _USER, str(first(t, "value", "content", default=""))))
+    last_user = max((i for i, (is_user, _) in enumerate(msgs) if is_user), default=None)
+    if last_user is None:
+        raise RecordError("field 'conversations': no user turn")
+    reference = msgs[last_user + 1][1] if last_user + 1 < len(msgs) else None
+    history, pending = [], None
+    for is_user, text in msgs[:last_user]:
+        if is_user:
+            pending = text
+        elif pending is not None:
+            history.append([pending, text])
+            pending = None
+    return msgs[last_user][1], reference, history
+
+
+def qa_record(row: dict) -> tuple[str, str | None, list[list[str]]]:
+    """``(question, reference, history)`` of a record in any accepted shape."""
+    if "conversations" in row:
+        return _sharegpt(row["conversations"])
+    question = str(first(row, "instruction", "question", "prompt", "query", default="")).strip()
+    extra = str(row.get("input") or "").strip() if "instruction" in row else ""
+    if extra:
+        question = f"{question}\n{extra}" if question else extra
+    if not question:
+        raise RecordError("field 'instruction'/'question': missing or empty")
+    reference = first(row, "output", "answer", "reference", "response")
+    history = row.get("history") or []
+    if not isinstance(history, list) or any(not isinstance(p, list) or len(p) < 2 for p in history):
+        raise RecordError("field 'history': expected a list of [question, answer] pairs")
+    return question, None if reference is None else str(reference), [[str(p[0]), str(p[1])] for p in history]
+
+
+def load_qa(path: Path, *, need_reference: bool) -> Dataset:
+    """Question/answer records from a file, a directory of files, or a dataset dir's test.jsonl."""
+    path = Path(path)
+    if path.is_dir() and (path / "test.jsonl").is_file():
+        path = path / "test.jsonl"
+    examples, skipped = [], []
+    for file in data_files(path, (".jsonl", ".json")):
+        for line, row, error in read_rows(file):
+            try:
+                if error:
+                    raise RecordError(error)
+                question, reference, history = qa_record(row)
+                if need_reference and not (reference or "").strip():
+                    raise RecordError("field 'output'/'answer': missing or empty reference")
+            except RecordError as exc:
+                skipped.append(Skipped(str(file), line, str(exc)))
+                continue
+            fields = {k: row[k] for k in ("prediction",) if k in row}
+            examples.append(Example(id=str(row.get("id") or f"{file.name}:{line}"), question=question,
+                                    reference=reference, history=history, subject=row.get("subject"),
+                                    source=str(file), line=line, fields=fields))
+    return Dataset(examples, skipped)
+
+
+class OpenQATask(Task):
+    """BLEU-4, ROUGE-1/2/L and lengths of answers against reference answers."""
+
+    name = "openqa"
+    description = "BLEU-4 and ROUGE-1/2/L (jieba) against reference answers, with length statistics"
+    headline = ("bleu4", "rouge1", "rouge2", "rougeL")
+    options = (TaskOption("bleu_tokenize", str, "jieba", "BLEU tokens: jieba words or sacrebleu's zh tokenizer",
+                          BLEU_TOKENIZERS),)
+
+    def load(self, path: Path) -> Dataset:
+        return load_qa(path, need_reference=True)
+
+    def score_example(self, example: Example, prediction: str, ctx: RunContext) -> dict:
+        return sentence_scores(prediction, example.reference or "", self.config["bleu_tokenize"])
+
+    def aggregate(self, rows: list[dict]) -> dict:
+        scores: dict[str, Any] = {"n": len(rows)}
+        scores.update(text_overlap_scores(rows, self.config["bleu_tokenize"]))
+        scores.update(length_stats([r["prediction"] for r in rows], "prediction"))
+        scores.update(length_stats([r["reference"] or "" for r in rows], "reference"))
+        if scores.get("reference_len_mean"):
+            scores["length_ratio"] = round(scores["prediction_len_mean"] / scores["reference_len_mean"], 4)
+        return {"scores": scores}
