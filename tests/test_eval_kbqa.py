@@ -1,0 +1,95 @@
+"""kbqa task: gold values, normalized/alias hits, hallucinated entities, QiZhen criteria, BLEU/ROUGE."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fake_engine import FakeAnswerer, ScriptedEngine
+from kb_fixture import make_tiny_kb
+
+import qihuang.eval as ev
+from qihuang.eval.tasks.kbqa import gold_values
+
+FIX = Path(__file__).parent / "fixtures" / "eval"
+
+# scripted answers per question of tests/fixtures/eval/kbqa_test.jsonl, with what each should score
+ANSWERS = {
+    # 2 of 3 drugs, one written in traditional characters with full-width punctuation; 阿司匹林 is not gold
+    "偏头痛应该吃什么药": ("可以服用布洛芬，或者「對乙酰氨基酚」。也有人用阿司匹林。", 2 / 3, ["阿司匹林"]),
+    # 脑卒中 named by its KB alias 中风; 冠心病 and 肾衰竭 missing
+    "高血压有哪些并发症": ("高血压控制不好容易中风。", 1 / 3, []),
+    "糖尿病去医院挂什么科": ("去内分泌科 。", 1.0, []),
+    # scenario: the gold is the disease; named by its alias; symptoms from the question are not hallucinations
+    "胸痛、胸闷": ("胸痛胸闷心悸可能是冠状动脉粥样硬化性心脏病。", 1.0, []),
+    # dialogue: only the drugs of the last turn count; 感冒 (question entity) and 鼻塞 (a fact) are fine
+    "那感冒应该吃什么药": ("感冒鼻塞可以用复方氨酚烷胺，高血压患者要慎用。", 1 / 2, ["高血压"]),
+}
+
+
+def _engine() -> ScriptedEngine:
+    return ScriptedEngine(replies={k: v[0] for k, v in ANSWERS.items()})
+
+
+@pytest.fixture
+def kb(tmp_path):
+    return make_tiny_kb(tmp_path / "kb.sqlite")
+
+
+def test_gold_values_by_kind():
+    rows = [json.loads(x) for x in (FIX / "kbqa_test.jsonl").read_text(encoding="utf-8").splitlines()[:5]]
+    assert gold_values(rows[0]) == ["布洛芬", "对乙酰氨基酚", "佐米曲普坦"]
+    assert gold_values(rows[3]) == ["冠心病"]  # scenario: the disease (subject of the triples)
+    assert gold_values(rows[4]) == ["对乙酰氨基酚", "复方氨酚烷胺"]  # dialogue: values the last answer names
+    assert gold_values({"kind": "scenario", "knowledge": [], "entity": "感冒、肺炎"}) == ["感冒", "肺炎"]
+
+
+def test_kbqa_scores_with_kb(tmp_path, kb):
+    answerer = FakeAnswerer(_engine(), kb)
+    res = ev.run("kbqa", FIX / "kbqa_test.jsonl", answerer=answerer, kb=kb, out_dir=tmp_path / "run",
+                 batch_size=2, progress=False)
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "run" / "predictions.jsonl").read_text().splitlines())}
+    expected = list(ANSWERS.values())
+    for (rid, row), (_, recall, halluc) in zip(sorted(rows.items()), expected, strict=True):
+        assert row["fact_recall"] == pytest.approx(recall, abs=1e-4), rid
+        assert row["hallucinated"] == halluc, rid
+        assert row["qizhen_any"] == (recall > 0) and row["qizhen_half"] == (recall >= 0.5)
+        assert row["qizhen_two_thirds"] == (recall >= 2 / 3 - 1e-9)
+    recalls = [r for _, r, _ in expected]
+    s = res["scores"]
+    assert s["n"] == 5
+    assert s["fact_recall"] == pytest.approx(100 * sum(recalls) / 5, abs=0.01)
+    assert s["qizhen_any"] == 100.0
+    assert s["qizhen_half"] == pytest.approx(100 * sum(r >= 0.5 for r in recalls) / 5)
+    assert s["qizhen_two_thirds"] == pytest.approx(100 * sum(r >= 2 / 3 - 1e-9 for r in recalls) / 5)
+    assert s["hallucination_rate"] == 40.0
+    assert s["hallucinated_entities_mean"] == pytest.approx(2 / 5)
+    for key in ("bleu4", "rouge1", "rouge2", "rougeL"):
+        assert 0 < s[key] < 100
+    assert rows["k2"]["hit"] == ["脑卒中"]
+    assert res["kb"]["path"].endswith("kb.sqlite")
+    assert {"k6", "k7"} == {f"k{s['line']}" for s in res["skipped"]}  # no knowledge / broken JSON
+    assert set(res["details"]["by_kind"]) == {"single", "scenario", "dialogue"}
+
+
+def test_kbqa_without_kb_counts_no_aliases_and_no_hallucination(tmp_path):
+    res = ev.run("kbqa", FIX / "kbqa_test.jsonl", answerer=FakeAnswerer(_engine()), out_dir=tmp_path / "run",
+                 progress=False)
+    assert "hallucination_rate" not in res["scores"]
+    assert any("no knowledge base" in n for n in res["notes"])
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "run" / "predictions.jsonl").read_text().splitlines())}
+    assert rows["k2"]["fact_recall"] == 0.0  # 中风 is an alias only the KB knows
+    assert rows["k1"]["fact_recall"] == pytest.approx(2 / 3, abs=1e-4)  # traditional/full width still match
+
+
+def test_perfect_reference_answers_score_full_marks(tmp_path, kb):
+    records = [json.loads(x) for x in (FIX / "kbqa_test.jsonl").read_text(encoding="utf-8").splitlines()[:5]]
+    by_q = {r["instruction"]: r["output"] for r in records}
+    engine = ScriptedEngine(replies=lambda prompt: by_q[prompt.splitlines()[-1]])
+    res = ev.run("kbqa", FIX / "kbqa_test.jsonl", answerer=FakeAnswerer(engine, kb), kb=kb,
+                 out_dir=tmp_path / "run", progress=False)
+    s = res["scores"]
+    assert s["fact_recall"] == s["qizhen_two_thirds"] == 100.0
+    assert s["bleu4"] == pytest.approx(100.0) and s["rougeL"] == pytest.approx(100.0)
+    assert s["hallucination_rate"] == 20.0  # the scenario reference sends the patient to 心血管内科
