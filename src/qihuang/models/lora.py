@@ -1,0 +1,69 @@
+"""Preparing a model for training: full fine-tuning, LoRA (PEFT) or QLoRA (4-bit, CUDA only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qihuang.errors import ConfigError
+
+
+def check_qlora_available() -> None:
+    """Raise a clear error unless 4-bit QLoRA can run here (CUDA + bitsandbytes)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("field 'finetuning': qlora needs a CUDA GPU (4-bit bitsandbytes kernels); "
+                          "on CPU use --finetuning lora")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("field 'finetuning': qlora needs bitsandbytes: pip install 'qihuang[qlora]'") from exc
+
+
+def quantization_kwargs(finetuning: str) -> dict[str, Any]:
+    """Extra ``from_pretrained`` kwargs for the base model (4-bit NF4 for QLoRA)."""
+    if finetuning != "qlora":
+        return {}
+    check_qlora_available()
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16)}
+
+
+def apply_finetuning(model, finetuning: str, rank: int = 16, alpha: float = 32.0, dropout: float = 0.05,
+                     targets: list[str] | None = None, gradient_checkpointing: bool = False):
+    """Make ``model`` trainable: every weight (``full``) or a LoRA adapter on ``targets``
+    (``["all"]``: every linear layer except the output head)."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if finetuning == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    if finetuning == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    targets = targets or ["all"]
+    target_modules: str | list[str] = "all-linear" if targets == ["all"] else targets
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise ConfigError(f"field 'lora_target': {exc}") from exc
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts."""
+    trainable = total = 0
+    for param in model.parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return trainable, total

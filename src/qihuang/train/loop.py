@@ -1,0 +1,262 @@
+"""The training loop shared by every stage: accelerate-based, resumable, token-weighted.
+
+Batches come from a deterministic plan (``seed``, ``epoch``) sharded over processes, so a
+resumed run skips exactly what it trained before; checkpoints hold only the trainable
+weights, optimizer, scheduler, RNG states and the loop state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from qihuang.config import TrainConfig
+from qihuang.data.collate import batch_plan, shard_batches
+from qihuang.errors import ConfigError
+from qihuang.train.callbacks import Callback
+
+CKPT_PREFIX = "step-"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class StageData:
+    """What a stage hands the loop: features, how to batch them, and each one's loss weight."""
+
+    train: list[dict]
+    dev: list[dict]
+    collate: Callable[[list[dict]], dict]
+    length: Callable[[dict], int] = lambda f: len(f["input_ids"])
+    weight: Callable[[dict], int] = lambda f: sum(1 for lab in f["labels"][1:] if lab != -100)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    micro_in_epoch: int = 0  # micro-batches of the current epoch already trained (per process)
+    tokens: int = 0  # non-padding input tokens trained, all processes
+    train_time_s: float = 0.0
+    total_steps: int = 0
+    history: list[dict] = field(default_factory=list)
+    eval_history: list[dict] = field(default_factory=list)
+    dev_loss_initial: float | None = None
+
+
+class Loop:
+    def __init__(self, config: TrainConfig, objective, data: StageData, accelerator, output_dir: Path,
+                 callbacks: list[Callback] | None = None):
+        self.config, self.data, self.acc = config, data, accelerator
+        self.output_dir, self.ckpt_dir = output_dir, output_dir / "checkpoints"
+        self.callbacks = callbacks or []
+        self.lengths = [data.length(f) for f in data.train]
+        self.ga = config.grad_accum
+        self.steps_per_epoch = len(self._plan(0)) // self.ga
+        self.state = TrainState(total_steps=config.max_steps or math.ceil(config.num_epochs * self.steps_per_epoch))
+        params = [p for p in objective.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("nothing to train: the model has no trainable parameters")
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(config.lr_scheduler, optimizer,
+                                       num_warmup_steps=int(config.warmup_ratio * self.state.total_steps),
+                                       num_training_steps=self.state.total_steps)
+        self.objective, self.optimizer = accelerator.prepare(objective, optimizer)
+
+    # ---- batches ------------------------------------------------------------------------------
+    def _plan(self, epoch: int) -> list[list[int]]:
+        cfg, world = self.config, self.acc.num_processes
+        batches = batch_plan(self.lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
+        mine = shard_batches(batches, self.acc.process_index, world)
+        usable = len(mine) - len(mine) % self.ga
+        if usable == 0:
+            raise ConfigError(f"field 'dataset': {len(self.data.train)} examples are too few for batch_size "
+                              f"{cfg.batch_size} x grad_accum {self.ga} x {world} process(es)")
+        return mine[:usable]
+
+    def _batch(self, features: list[dict]) -> dict:
+        return {k: v.to(self.acc.device) for k, v in self.data.collate(features).items()}
+
+    def _broadcast(self, event: str, *args) -> None:
+        if self.acc.is_main_process or event == "on_step_end":
+            for cb in self.callbacks:
+                getattr(cb, event)(self.state, *args)
+
+    # ---- training -----------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> TrainState:
+        if resume:
+            self._load_latest()
+        state, cfg = self.state, self.config
+        if state.step == 0 and cfg.eval_at_start and self.data.dev:
+            state.dev_loss_initial = self.evaluate()["dev_loss"]
+        self._broadcast("on_train_begin", state.total_steps)
+        self.objective.train()
+        window_stats = torch.zeros(3, dtype=torch.float64)  # loss_sum, count, tokens
+        window_start = time.perf_counter()
+        while state.step < state.total_steps:
+            batches = self._plan(state.epoch)
+            for k in range(state.micro_in_epoch, len(batches), self.ga):
+                window_stats += self._train_step(batches[k:k + self.ga])
+                state.step, state.micro_in_epoch = state.step + 1, k + self.ga
+                if state.step % cfg.logging_steps == 0 or state.step == state.total_steps:
+                    self._log(window_stats, time.perf_counter() - window_start)
+                    window_stats.zero_()
+                    window_start = time.perf_counter()
+                if state.step % cfg.eval_every == 0 and state.step < state.total_steps and self.data.dev:
+                    self.evaluate()
+                if state.step % cfg.save_steps == 0 and state.step < state.total_steps:
+                    self.save_checkpoint()
+                self._broadcast("on_step_end")
+                if state.step >= state.total_steps:
+                    break
+            else:
+                state.epoch, state.micro_in_epoch = state.epoch + 1, 0
+        if self.data.dev:
+            self.evaluate()
+        self._broadcast("on_train_end")
+        return state
+
+    def _train_step(self, window: list[list[int]]) -> torch.Tensor:
+        feats = [[self.data.train[i] for i in batch] for batch in window]
+        count = max(1, sum(self.data.weight(f) for batch in feats for f in batch))
+        stats = torch.zeros(3, dtype=torch.float64)
+        for batch_feats in feats:
+            batch = self._batch(batch_feats)
+            with self.acc.accumulate(self.objective):
+                out = self.objective(**batch)
+                # accelerate divides by grad_accum; the step's loss is sum / count over the window
+                self.acc.backward(out["loss_sum"] * (self.ga / count))
+                if self.acc.sync_gradients:
+                    self.acc.clip_grad_norm_(self.objective.parameters(), self.config.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+            stats += torch.tensor([out["loss_sum"].item(), float(out["count"]),
+                                   float(batch["attention_mask"].sum())], dtype=torch.float64)
+        return stats
+
+    def _log(self, stats: torch.Tensor, seconds: float) -> None:
+        total = self.acc.reduce(stats.to(self.acc.device), reduction="sum").cpu()
+        self.state.tokens += int(total[2])
+        self.state.train_time_s += seconds
+        logs = {"step": self.state.step, "epoch": round(self.state.epoch + self.state.micro_in_epoch /
+                                                         max(1, len(self._plan(self.state.epoch))), 3),
+                "loss": float(total[0] / max(1.0, float(total[1]))),
+                "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": float(total[2]) / max(seconds, 1e-9)}
+        self.state.history.append(logs)
+        self._broadcast("on_log", logs)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Token-weighted dev loss over the whole dev set (all processes)."""
+        self.objective.eval()
+        dev = self.data.dev
+        batches = batch_plan([self.data.length(f) for f in dev], self.config.eval_batch_size or
+                             self.config.batch_size, 0, 0, group_by_length=True, shuffle=False)
+        stats = torch.zeros(2, dtype=torch.float64)
+        for batch in batches[self.acc.process_index::self.acc.num_processes]:
+            out = self.objective(**self._batch([dev[i] for i in batch]))
+            stats += torch.tensor([out["loss_sum"].item(), float(out["count"])], dtype=torch.float64)
+        total = self.acc.reduce(stats.to(self.acc.device), reduction="sum").cpu()
+        self.objective.train()
+        metrics = {"step": self.state.step, "dev_loss": float(total[0] / max(1.0, float(total[1])))}
+        self.state.eval_history.append(metrics)
+        self._broadcast("on_evaluate", metrics)
+        return metrics
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def _sharded(self) -> bool:
+        return self.acc.distributed_type.name in ("DEEPSPEED", "FSDP")
+
+    def save_checkpoint(self) -> Path:
+        final = self.ckpt_dir / f"{CKPT_PREFIX}{self.state.step}"
+        tmp = self.ckpt_dir / f".tmp-{CKPT_PREFIX}{self.state.step}"
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.acc.wait_for_everyone()
+        if self._sharded():
+            self.acc.save_state(str(tmp / "accelerate"))
+        elif self.acc.is_main_process:
+            from safetensors.torch import save_file
+
+            model = self.acc.unwrap_model(self.objective)
+            weights = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+            save_file(weights, str(tmp / "trainable.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(_rng_state(), tmp / f"rng_{self.acc.process_index}.pt")
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=1), encoding="utf-8")
+            os.replace(tmp, final)
+            self._rotate()
+        self.acc.wait_for_everyone()
+        self._broadcast("on_save", final)
+        return final
+
+    def _rotate(self) -> None:
+        for old in checkpoints(self.ckpt_dir)[: -self.config.save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _load_latest(self) -> None:
+        found = checkpoints(self.ckpt_dir)
+        if not found:
+            if self.acc.is_main_process:
+                print(f"no checkpoint in {self.ckpt_dir}: starting from scratch")
+            return
+        ckpt = found[-1]
+        total = self.state.total_steps
+        if self._sharded():
+            self.acc.load_state(str(ckpt / "accelerate"))
+        else:
+            from safetensors.torch import load_file
+
+            model = self.acc.unwrap_model(self.objective)
+            weights = load_file(str(ckpt / "trainable.safetensors"))
+            missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(weights)
+            if missing:
+                raise ConfigError(f"{ckpt} does not match this model/finetuning (missing {sorted(missing)[:3]})")
+            model.load_state_dict(weights, strict=False)
+            self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+        rng_file = ckpt / f"rng_{self.acc.process_index}.pt"
+        if rng_file.is_file():
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+        saved = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+        self.state = TrainState(**{**saved, "total_steps": total})
+        if self.acc.is_main_process:
+            print(f"resuming from {ckpt} (step {self.state.step} of {total})")
+
+
+def checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete checkpoints in ``ckpt_dir``, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.iterdir() if p.name.startswith(CKPT_PREFIX) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,154 @@
+"""``qihuang.train.run(config)``: one workflow for every stage.
+
+tokenizer -> template -> stage data -> model (+ LoRA) -> objective -> loop -> output dir.
+
+A stage is a module named in ``STAGES`` with ``prepare_data(config, tokenizer, template) ->
+StageData`` and, optionally, ``load_model(config, tokenizer)`` and
+``build_objective(model, config, tokenizer)`` to replace the shared defaults (e.g. a reward
+head or a DPO reference model). Adding a stage is a new module plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from qihuang import __version__
+from qihuang.config import TrainConfig, build_config
+from qihuang.errors import ConfigError
+from qihuang.train.callbacks import Callback, ProgressCallback, plot_losses, write_json_atomic
+from qihuang.train.loop import Loop, StageData, TrainState, checkpoints
+
+STAGES = {"sft": "qihuang.train.sft", "pt": "qihuang.train.pt", "rm": "qihuang.train.rm", "dpo": "qihuang.train.dpo"}
+CONFIG_FILE = "train_config.yaml"
+
+
+@dataclass
+class TrainResult:
+    """Where the run wrote its output, and its metrics (also in ``metrics.json``)."""
+
+    output_dir: Path
+    metrics: dict[str, Any]
+    state: TrainState
+
+
+def stage_module(stage: str):
+    """The module implementing ``stage`` (clear error if that stage is not available)."""
+    if stage not in STAGES:
+        raise ConfigError(f"field 'stage': unknown stage {stage!r}; choose one of {sorted(STAGES)}")
+    try:
+        return importlib.import_module(STAGES[stage])
+    except ModuleNotFoundError as exc:
+        if exc.name == STAGES[stage]:
+            raise ConfigError(f"field 'stage': stage {stage!r} is not available in this version") from None
+        raise
+
+
+def load_model_for_training(config: TrainConfig, tokenizer):
+    """The shared model setup: base weights (4-bit for QLoRA), then LoRA or full training."""
+    import torch
+
+    from qihuang.models.load import load_model
+    from qihuang.models.lora import apply_finetuning, quantization_kwargs
+
+    model = load_model(config.model, dtype=config.dtype, trainable=True, **quantization_kwargs(config.finetuning))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(config.seed)  # LoRA initialisation
+    return apply_finetuning(model, config.finetuning, config.lora_rank, config.alpha, config.lora_dropout,
+                            config.lora_target, config.gradient_checkpointing)
+
+
+def build_objective(model, config: TrainConfig, tokenizer):
+    from qihuang.train.objective import CausalLMObjective
+
+    return CausalLMObjective(model)
+
+
+def _prepare_output(config: TrainConfig, is_main: bool) -> Path:
+    out = config.output_dir
+    if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
+        raise ConfigError(f"field 'output': {out} is not empty; pass --resume to continue it or --overwrite")
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / CONFIG_FILE)
+    return out
+
+
+def run(config: TrainConfig | dict[str, Any], callbacks: list[Callback] | None = None,
+        progress: bool = True) -> TrainResult:
+    """Train according to ``config`` and write the output directory; returns its metrics."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from qihuang.data.prompts import get_template
+    from qihuang.models.load import load_tokenizer
+    from qihuang.models.lora import check_qlora_available
+
+    if not isinstance(config, TrainConfig):
+        config = build_config(dict(config))
+    stage = stage_module(config.stage)
+    if config.finetuning == "qlora":
+        check_qlora_available()
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    out = _prepare_output(config, accelerator.is_main_process)
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    template = get_template(config.template)
+    data: StageData = stage.prepare_data(config, tokenizer, template)
+    model = getattr(stage, "load_model", load_model_for_training)(config, tokenizer)
+    objective = getattr(stage, "build_objective", build_objective)(model, config, tokenizer)
+    cbs = ([ProgressCallback(config.stage)] if progress else []) + list(callbacks or [])
+    loop = Loop(config, objective, data, accelerator, out, cbs)
+    state = loop.train(resume=config.resume and bool(checkpoints(out / "checkpoints")))
+    metrics = _metrics(config, state, data, objective)
+    state_dict = None
+    if accelerator.distributed_type.name in ("DEEPSPEED", "FSDP"):  # gather sharded weights (all ranks)
+        full = accelerator.get_state_dict(loop.objective)
+        state_dict = {k.removeprefix("model."): v for k, v in full.items()} if full else None
+    if accelerator.is_main_process:
+        _write_output(out, config, accelerator.unwrap_model(loop.objective).model, tokenizer, template,
+                      metrics, state, state_dict)
+    accelerator.wait_for_everyone()
+    return TrainResult(out, metrics, state)
+
+
+def _metrics(config: TrainConfig, state: TrainState, data: StageData, objective) -> dict[str, Any]:
+    from qihuang.models.lora import count_parameters
+
+    trainable, total = count_parameters(objective)
+    return {
+        "stage": config.stage, "finetuning": config.finetuning, "steps": state.step,
+        "epochs": state.epoch + (state.micro_in_epoch > 0),
+        "train_loss": state.history[-1]["loss"] if state.history else None,
+        "dev_loss": state.eval_history[-1]["dev_loss"] if state.eval_history else None,
+        "dev_loss_initial": state.dev_loss_initial,
+        "tokens": state.tokens, "train_time_s": round(state.train_time_s, 3),
+        "tokens_per_s": state.tokens / state.train_time_s if state.train_time_s else None,
+        "trainable_params": trainable, "total_params": total, **data.info,
+        "history": state.history, "eval_history": state.eval_history,
+    }
+
+
+def _base_model_ref(name: str) -> str:
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def _write_output(out: Path, config: TrainConfig, model, tokenizer, template, metrics, state,
+                  state_dict: dict | None) -> None:
+    from qihuang.data.prompts import save_template
+    from qihuang.models.load import META_FILE
+
+    model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
+    tokenizer.save_pretrained(out)
+    save_template(template, out)
+    write_json_atomic(out / META_FILE, {
+        "base_model": _base_model_ref(config.model), "stage": config.stage, "finetuning": config.finetuning,
+        "template": template.name, "grounded": config.grounded, "qihuang_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    write_json_atomic(out / "metrics.json", metrics)
+    plot_losses(state.history, state.eval_history, out / "loss.png")
