@@ -101,3 +101,73 @@ def test_read_texts(tmp_path):
     jl.write_text('{"text": "abc"}\n{"text": 3}\n', encoding="utf-8")
     with pytest.raises(InputError, match="t.jsonl:2"):
         list(read_texts(jl))
+
+
+# ---- qihuang.data.registry --------------------------------------------------------------------
+def _jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_registry_dir_with_split_files(tmp_path):
+    from qihuang.data.registry import load_split, resolve_dataset
+
+    _jsonl(tmp_path / "train.jsonl", [ALPACA] * 3)
+    _jsonl(tmp_path / "dev.jsonl", [ALPACA])
+    spec = resolve_dataset(str(tmp_path))
+    assert [s.path.name for s in spec.train] == ["train.jsonl"] and [s.path.name for s in spec.dev] == ["dev.jsonl"]
+    train, dev = load_split(spec, max_samples=2)
+    assert len(train) == 2 and len(dev) == 1
+
+
+def test_registry_dataset_info_columns_tags_and_names(tmp_path):
+    from qihuang.data.registry import load_split, resolve_dataset
+    from qihuang.errors import ConfigError
+
+    d = tmp_path / "lf"
+    d.mkdir()
+    _jsonl(d / "t.jsonl", [{"q": "Q1", "a": "A1", "kn": [["s", "r", "o"]]}, {"q": "Q2", "a": "A2"}])
+    _jsonl(d / "s.jsonl", [{"msgs": [{"who": "u", "text": "Q"}, {"who": "b", "text": "A"}]}])
+    info = {"mine_train": {"file_name": "t.jsonl", "columns": {"prompt": "q", "response": "a", "knowledge": "kn"}},
+            "chat": {"file_name": "s.jsonl", "formatting": "sharegpt", "columns": {"messages": "msgs"},
+                     "tags": {"role_tag": "who", "content_tag": "text", "user_tag": "u", "assistant_tag": "b"}}}
+    (d / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    train, dev = load_split(resolve_dataset(str(d)), val_size=0.5, seed=1)
+    assert len(train) == 1 and len(dev) == 1  # no dev file: val_size held out
+    assert {c["messages"][0]["content"] for c in train + dev} == {"Q1", "Q2"}
+    # NAMEs from a registry dir; several joined by commas
+    spec = resolve_dataset("chat,mine_train", dataset_dir=d)
+    convs, _ = load_split(spec)
+    assert convs[0]["messages"] == [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    assert convs[1]["knowledge"] == [["s", "r", "o"]]
+    with pytest.raises(ConfigError, match="'nope' is not a directory"):
+        resolve_dataset("nope", dataset_dir=d)
+    info["bad"] = {"file_name": "missing.jsonl"}
+    (d / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    with pytest.raises(InputError, match="missing.jsonl"):
+        resolve_dataset("bad", dataset_dir=d)
+
+
+def test_registry_bad_record_names_file_and_line(tmp_path):
+    from qihuang.data.registry import load_split, resolve_dataset
+
+    _jsonl(tmp_path / "train.jsonl", [ALPACA, {"instruction": "Q", "output": 3}])
+    with pytest.raises(InputError, match=r"train\.jsonl:2: field 'output'"):
+        load_split(resolve_dataset(str(tmp_path)))
+
+
+def test_collate_pads_labels_separately_and_plans_batches():
+    from qihuang.data.collate import batch_plan, pad_batch, shard_batches
+
+    batch = pad_batch([{"input_ids": [5, 2], "labels": [-100, 2]}, {"input_ids": [7], "labels": [7]}], pad_id=2)
+    assert batch["input_ids"].tolist() == [[5, 2], [7, 2]]
+    assert batch["labels"].tolist() == [[-100, 2], [7, -100]]  # the real EOS (=pad) stays trained
+    assert batch["attention_mask"].tolist() == [[1, 1], [1, 0]]
+    lengths = [i % 7 + 1 for i in range(40)]
+    plan = batch_plan(lengths, 4, seed=3, epoch=0)
+    assert plan == batch_plan(lengths, 4, seed=3, epoch=0) != batch_plan(lengths, 4, seed=3, epoch=1)
+    assert sorted(i for b in plan for i in b) == list(range(40))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plan)
+    assert spread < sum(max(lengths[i] for i in b) - min(lengths[i] for i in b)
+                        for b in batch_plan(lengths, 4, seed=3, epoch=0, group_by_length=False))
+    assert [len(shard_batches(plan, r, 3)) for r in range(3)] == [3, 3, 3]

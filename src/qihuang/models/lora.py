@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from qihuang.errors import ConfigError
@@ -54,7 +55,9 @@ def apply_finetuning(model, finetuning: str, rank: int = 16, alpha: float = 32.0
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft calls a deprecated transformers alias
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigError(f"field 'lora_target': {exc}") from exc
 

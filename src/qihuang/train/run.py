@@ -14,13 +14,15 @@ import importlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qihuang import __version__
 from qihuang.config import TrainConfig, build_config
 from qihuang.errors import ConfigError
 from qihuang.train.callbacks import Callback, ProgressCallback, plot_losses, write_json_atomic
-from qihuang.train.loop import Loop, StageData, TrainState, checkpoints
+
+if TYPE_CHECKING:  # the loop imports torch: loaded only when training starts
+    from qihuang.train.loop import StageData, TrainState
 
 STAGES = {"sft": "qihuang.train.sft", "pt": "qihuang.train.pt", "rm": "qihuang.train.rm", "dpo": "qihuang.train.dpo"}
 CONFIG_FILE = "train_config.yaml"
@@ -87,6 +89,7 @@ def run(config: TrainConfig | dict[str, Any], callbacks: list[Callback] | None =
     from qihuang.data.prompts import get_template
     from qihuang.models.load import load_tokenizer
     from qihuang.models.lora import check_qlora_available
+    from qihuang.train.loop import Loop, checkpoints
 
     if not isinstance(config, TrainConfig):
         config = build_config(dict(config))
