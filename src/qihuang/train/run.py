@@ -96,7 +96,8 @@ def run(config: TrainConfig | dict[str, Any], callbacks: list[Callback] | None =
     stage = stage_module(config.stage)
     if config.finetuning == "qlora":
         check_qlora_available()
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
+                              cpu=_use_cpu())
     out = _prepare_output(config, accelerator.is_main_process)
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
@@ -107,7 +108,7 @@ def run(config: TrainConfig | dict[str, Any], callbacks: list[Callback] | None =
     cbs = ([ProgressCallback(config.stage)] if progress else []) + list(callbacks or [])
     loop = Loop(config, objective, data, accelerator, out, cbs)
     state = loop.train(resume=config.resume and bool(checkpoints(out / "checkpoints")))
-    metrics = _metrics(config, state, data, objective)
+    metrics = {**_metrics(config, state, data, objective), "num_processes": accelerator.num_processes}
     state_dict = None
     if accelerator.distributed_type.name in ("DEEPSPEED", "FSDP"):  # gather sharded weights (all ranks)
         full = accelerator.get_state_dict(loop.objective)
@@ -117,6 +118,16 @@ def run(config: TrainConfig | dict[str, Any], callbacks: list[Callback] | None =
                       metrics, state, state_dict)
     accelerator.wait_for_everyone()
     return TrainResult(out, metrics, state)
+
+
+def _use_cpu() -> bool:
+    """CPU when there is no GPU or ``accelerate launch`` asked for it (``use_cpu: true``): then
+    a multi-process launch runs DDP over gloo."""
+    import os
+
+    import torch
+
+    return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
 
 
 def _metrics(config: TrainConfig, state: TrainState, data: StageData, objective) -> dict[str, Any]:
