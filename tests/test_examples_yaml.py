@@ -1,0 +1,76 @@
+"""Every YAML under examples/ parses and validates: training configs through TrainConfig,
+accelerate configs through accelerate's own config loader (plus the DeepSpeed JSON they name)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qihuang.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+ACCELERATE = EXAMPLES / "accelerate"
+ALL_YAML = sorted(p for p in EXAMPLES.rglob("*") if p.suffix in (".yaml", ".yml"))
+TRAINING = [p for p in ALL_YAML if ACCELERATE not in p.parents and "stage" in (yaml.safe_load(p.read_text()) or {})]
+ACCEL = [p for p in ALL_YAML if ACCELERATE in p.parents]
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(EXAMPLES))
+
+
+def test_examples_exist():
+    names = {_id(p) for p in ALL_YAML}
+    assert {"sft_lora_default.yaml", "sft_lora_qwen2.5-7b.yaml", "pt.yaml", "accelerate/ddp_cpu.yaml",
+            "accelerate/deepspeed_zero2.yaml", "accelerate/deepspeed_zero3.yaml", "accelerate/fsdp.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=_id)
+def test_every_yaml_parses_to_a_mapping(path):
+    assert isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict)
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=_id)
+def test_training_config_validates(path):
+    config = load_config(path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert config.model_dump(include=set(raw)) == {k: config.model_dump()[k] for k in raw}  # nothing dropped
+    assert config.stage in ("sft", "pt", "rm", "dpo") and config.dataset
+
+
+@pytest.mark.parametrize("path", ACCEL, ids=_id)
+def test_accelerate_config_validates(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))  # raises on unknown keys or bad enum values
+    assert config.num_processes >= 1 and config.num_machines >= 1
+    assert 0 <= config.machine_rank < config.num_machines
+    ds_file = (config.deepspeed_config or {}).get("deepspeed_config_file")
+    if config.distributed_type.name == "DEEPSPEED":
+        assert ds_file, "a DeepSpeed config must name its JSON"
+        ds = json.loads((ROOT / ds_file).read_text(encoding="utf-8"))
+        stage = ds["zero_optimization"]["stage"]
+        assert f"zero{stage}" in path.name
+        assert ds["gradient_accumulation_steps"] == "auto"  # filled from TrainConfig.grad_accum by accelerate
+    if config.distributed_type.name == "FSDP":
+        assert config.fsdp_config.get("fsdp_auto_wrap_policy")
+
+
+def test_deepspeed_json_files_parse():
+    files = sorted((EXAMPLES / "deepspeed").glob("*.json"))
+    assert files
+    for f in files:
+        assert json.loads(f.read_text(encoding="utf-8"))["zero_optimization"]["stage"] in (2, 3)
+
+
+def test_a_broken_training_yaml_names_the_field(tmp_path):
+    from qihuang.errors import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((EXAMPLES / "sft_lora_default.yaml").read_text() + "lora_dropout: 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: .*field 'lora_dropout'"):
+        load_config(bad)
