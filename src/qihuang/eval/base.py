@@ -142,7 +142,7 @@ class Task(ABC):
         rows = []
         for ex, prompt, ans in zip(batch, prompts, answers, strict=True):
             row = base_row(ex, prompt, ans)
-            row.update(self.score_example(ex, row["prediction"], ctx))
+            row.update(self.score_example(ex, scored_text(row), ctx))
             rows.append(row)
         return rows
 
@@ -160,12 +160,19 @@ class Task(ABC):
 
 
 def base_row(ex: Example, prompt: str, answer: Any) -> dict:
-    """The common fields of a prediction row for an answer object (or plain string)."""
+    """The common fields of a prediction row for an answer object (or plain string).
+
+    ``prediction`` is what the user sees (``Answer.text``, a red flag's care message included);
+    ``model_text`` (only when it differs) is what the model itself said, which the text metrics
+    score (see :func:`scored_text`)."""
     text = answer if isinstance(answer, str) else getattr(answer, "text", str(answer))
     row: dict[str, Any] = {"id": ex.id, "question": prompt, "prediction": text, "reference": ex.reference}
     if ex.subject:
         row["subject"] = ex.subject
     if not isinstance(answer, str):
+        model_text = getattr(answer, "model_text", None)
+        if isinstance(model_text, str) and model_text != text:
+            row["model_text"] = model_text
         row["grounded"] = bool(getattr(answer, "grounded", False))
         row["refused"] = bool(getattr(answer, "refused", False))
         triage = getattr(answer, "triage", None)
@@ -174,6 +181,12 @@ def base_row(ex: Example, prompt: str, answer: Any) -> dict:
         citations = getattr(answer, "citations", None) or []
         row["n_citations"] = len(citations)
     return row
+
+
+def scored_text(row: dict) -> str:
+    """The text a task scores: the model's own words (a triage message put in front of them, or
+    the refusal of a harmful question, is the system's, not the model's)."""
+    return row.get("model_text", row["prediction"]) or ""
 
 
 class RunContext:

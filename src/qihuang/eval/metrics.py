@@ -109,7 +109,9 @@ def text_overlap_scores(rows: Sequence[dict], tokenize: str = "jieba") -> dict[s
     scored = [r for r in rows if r.get("reference")]
     if not scored:
         return {}
-    out = {"bleu4": corpus_bleu([r["prediction"] or "" for r in scored], [r["reference"] for r in scored], tokenize)}
+    from qihuang.eval.base import scored_text
+
+    out = {"bleu4": corpus_bleu([scored_text(r) for r in scored], [r["reference"] for r in scored], tokenize)}
     for key in ("bleu4", "rouge1", "rouge2", "rougeL"):
         value = mean(r.get(key) for r in scored)
         if value is not None:

@@ -51,8 +51,7 @@ def run(task: str | Task | type[Task], data: str | Path, *, out_dir: str | Path,
         raise ConfigError(f"limit must be >= 1, got {limit}")
     started, t0 = _now(), time.perf_counter()
     task_obj = make_task(task, **task_options)
-    data = Path(data)
-    out = Path(out_dir)
+    data, out = Path(data), Path(out_dir)
     try:
         dataset = task_obj.load(data)
         dataset.skipped.sort(key=lambda s: (s.source, s.line))
@@ -63,38 +62,48 @@ def run(task: str | Task | type[Task], data: str | Path, *, out_dir: str | Path,
                              path=str(data))
         ctx = RunContext(answerer=answerer, engine=engine, kb=kb, grounded=grounded, batch_size=batch_size,
                          engine_loader=engine_loader, answerer_factory=answerer_factory)
-        if task_obj.needs_model(examples) and not ctx.has_model:
+        needs_model = task_obj.needs_model(examples)
+        if needs_model and not ctx.has_model:
             raise ConfigError(f"task {task_obj.name!r} needs a model: pass answerer= or engine=")
         task_obj.prepare(dataset, ctx)
         data_sha = sha256_of(data)
-        model = {**ctx.model_info(), **(model_info or {})} if task_obj.needs_model(examples) else {}
+        model = {**ctx.model_info(), **(model_info or {})} if needs_model else {}
         config = {"task_options": _public(task_obj.config), "grounded": grounded, "limit": limit,
                   "batch_size": batch_size}
-        fingerprint = _fingerprint(task_obj.name, data_sha, config, model)
         t1 = time.perf_counter()
-        rows, resumed = _predict_all(task_obj, examples, ctx, out, fingerprint, resume=resume, progress=progress)
+        rows, resumed = _predict_all(task_obj, examples, ctx, out, _fingerprint(task_obj.name, data_sha, config, model),
+                                     resume=resume, progress=progress)
         t_predict = time.perf_counter() - t1
-        agg = task_obj.aggregate(rows)
+        agg = _aggregate(task_obj, rows)
     finally:
         task_obj.close()
     results = {
         "task": task_obj.name, "label": label or out.name, "scores": agg["scores"],
         "headline": [k for k in task_obj.headline if agg["scores"].get(k) is not None],
         "details": agg.get("details", {}), "notes": agg.get("notes", []),
-        "n_skipped": len(dataset.skipped),
-        "skipped": [s.to_dict() for s in dataset.skipped[:MAX_SKIPPED_LISTED]],
+        "n_skipped": len(dataset.skipped), "skipped": [s.to_dict() for s in dataset.skipped[:MAX_SKIPPED_LISTED]],
         "config": config, "model": model, "kb": _kb_info(kb),
         "data": {"path": str(data), "sha256": data_sha, "n_examples": len(dataset.examples),
                  "n_evaluated": len(examples)},
-        "timings": {"started_at": started, "finished_at": _now(), "seconds_total": round(time.perf_counter() - t0, 3),
-                    "seconds_predict": round(t_predict, 3), "resumed_examples": resumed,
-                    "seconds_per_example": round(t_predict / max(1, len(examples) - resumed), 4)},
-        "qihuang_version": __version__,
+        "timings": _timings(started, t0, t_predict, len(examples), resumed), "qihuang_version": __version__,
     }
     atomic_write_jsonl(out / "predictions.jsonl", rows)
     atomic_write_json(out / "results.json", results)
     _clear_partial(out)
     return results
+
+
+def _aggregate(task: Task, rows: list[dict]) -> dict:
+    agg = task.aggregate(rows)
+    if any(r.get("refused") for r in rows):  # refusals of harmful requests are the Answerer's, not the model's
+        agg["scores"]["refused_rate"] = round(100 * sum(bool(r.get("refused")) for r in rows) / len(rows), 2)
+    return agg
+
+
+def _timings(started: str, t0: float, t_predict: float, n: int, resumed: int) -> dict:
+    return {"started_at": started, "finished_at": _now(), "seconds_total": round(time.perf_counter() - t0, 3),
+            "seconds_predict": round(t_predict, 3), "resumed_examples": resumed,
+            "seconds_per_example": round(t_predict / max(1, n - resumed), 4)}
 
 
 def _predict_all(task: Task, examples: list[Example], ctx: RunContext, out: Path, fingerprint: str, *,

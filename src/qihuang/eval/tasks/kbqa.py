@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task
+from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, scored_text
 from qihuang.eval.dataio import data_files, first, read_rows
 from qihuang.eval.metrics import hits, length_stats, mean, norm, pct, sentence_scores, text_overlap_scores
 
@@ -81,10 +81,9 @@ class KBQATask(Task):
         examples, skipped = [], []
         for file in data_files(_resolve_path(Path(path)), (".jsonl", ".json")):
             for line, row, error in read_rows(file):
-                ex = None if error else self._example(file, line, row, skipped)
                 if error:
                     skipped.append(Skipped(str(file), line, error))
-                elif ex is not None:
+                elif (ex := self._example(file, line, row, skipped)) is not None:
                     examples.append(ex)
         return Dataset(examples, skipped)
 
@@ -175,7 +174,7 @@ class KBQATask(Task):
             counts = [len(r["hallucinated"]) for r in rows]
             scores["hallucinated_entities_mean"] = round(mean(counts), 4)
         scores.update(text_overlap_scores(rows))
-        scores.update(length_stats([r["prediction"] for r in rows], "prediction"))
+        scores.update(length_stats([scored_text(r) for r in rows], "prediction"))
         if rows and any("grounded" in r for r in rows):
             scores["grounded_rate"] = pct(r.get("grounded", False) for r in rows)
         details = {"by_kind": _breakdown(rows, "kind"), "by_attribute": _breakdown(rows, "subject")}

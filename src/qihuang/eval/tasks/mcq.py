@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, base_row
+from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, base_row, scored_text
 from qihuang.eval.metrics import extract_choice, pct
 from qihuang.eval.tasks.mcq_formats import load_exam
 
@@ -107,7 +107,7 @@ class MCQTask(Task):
         rows = []
         for ex, prompt, ans in zip(batch, prompts, answers, strict=True):
             row = base_row(ex, prompt, ans)
-            row.update(self.score_example(ex, row["prediction"], ctx))
+            row.update(self.score_example(ex, scored_text(row), ctx))
             rows.append(row)
         return rows
 
@@ -160,7 +160,8 @@ class MCQTask(Task):
         scores: dict[str, Any] = {"n": len(rows), "accuracy": pct(r["correct"] for r in rows)}
         if self.config["method"] == "generate":
             scores["unparsed_rate"] = pct(r["pred"] is None for r in rows)
-        per_subject = {s: {"n": len(v), "accuracy": pct(r["correct"] for r in v)} for s, v in sorted(by_subject.items())}
+        per_subject = {s: {"n": len(v), "accuracy": pct(r["correct"] for r in v)}
+                       for s, v in sorted(by_subject.items())}
         if len(per_subject) > 1:
             scores["accuracy_macro"] = round(sum(v["accuracy"] for v in per_subject.values()) / len(per_subject), 2)
         return {"scores": scores, "details": {"by_subject": per_subject, "method": self.config["method"],

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption
+from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, scored_text
 from qihuang.eval.dataio import data_files, first, read_rows
 from qihuang.eval.metrics import BLEU_TOKENIZERS, length_stats, sentence_scores, text_overlap_scores
 
@@ -114,7 +114,7 @@ class OpenQATask(Task):
     def aggregate(self, rows: list[dict]) -> dict:
         scores: dict[str, Any] = {"n": len(rows)}
         scores.update(text_overlap_scores(rows, self.config["bleu_tokenize"]))
-        scores.update(length_stats([r["prediction"] for r in rows], "prediction"))
+        scores.update(length_stats([scored_text(r) for r in rows], "prediction"))
         scores.update(length_stats([r["reference"] or "" for r in rows], "reference"))
         if scores.get("reference_len_mean"):
             scores["length_ratio"] = round(scores["prediction_len_mean"] / scores["reference_len_mean"], 4)
