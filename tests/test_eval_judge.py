@@ -124,3 +124,20 @@ def test_judge_needs_endpoint_and_model(monkeypatch):
         ev.make_task("judge", judge_model="m")
     with pytest.raises(ConfigError, match="judge-model"):
         ev.make_task("judge", judge_base_url="http://127.0.0.1:9/v1")
+
+
+def test_cli_judges_an_earlier_runs_predictions_without_loading_a_model(tmp_path, monkeypatch, capsys):
+    import qihuang.answer.engine as engine_mod
+    from qihuang.cli import main
+
+    monkeypatch.setattr(engine_mod, "load_engine", lambda **kw: pytest.fail("no model should be loaded"))
+    ev.run("openqa", FIX / "openqa.jsonl", answerer=FakeAnswerer(ScriptedEngine(replies=lambda p: "多喝水。")),
+           out_dir=tmp_path / "first", progress=False)
+    with FakeOpenAI(default=_verdict(3, 2, 2)) as base_url:
+        rc = main(["eval", "--task", "judge", "--data", str(tmp_path / "first" / "predictions.jsonl"),
+                   "--judge-base-url", base_url, "--judge-model", "j", "--out", str(tmp_path / "judged"),
+                   "--no-progress"])
+    assert rc == 0
+    res = json.loads((tmp_path / "judged" / "results.json").read_text())
+    assert res["scores"]["judged"] == 3 and res["scores"]["sus_mean"] == pytest.approx(7 / 3, abs=1e-4)
+    assert "sus_mean" in capsys.readouterr().out

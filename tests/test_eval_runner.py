@@ -219,3 +219,21 @@ def test_cli_lists_tasks(capsys):
     assert main(["eval", "tasks"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("kbqa", "mcq", "openqa", "judge"))
+
+
+def test_refusals_are_counted_and_scored_on_the_models_own_text(tmp_path):
+    class RefusingAnswerer(FakeAnswerer):
+        def answer_batch(self, questions, histories=None, grounded=None):
+            answers = super().answer_batch(questions, histories, grounded)
+            for a in answers:
+                if "高血压" in a.question:
+                    a.refused, a.text = True, "这个请求无法回答。"
+                    a.model_text = ""
+            return answers
+
+    res = ev.run("openqa", OPENQA, answerer=RefusingAnswerer(ScriptedEngine(replies=lambda p: "多休息。")),
+                 out_dir=tmp_path / "r", progress=False)
+    assert res["scores"]["refused_rate"] == pytest.approx(100 / 3, abs=0.01)
+    row = _rows(tmp_path / "r")[1]
+    assert row["refused"] is True and row["prediction"] == "这个请求无法回答。" and row["model_text"] == ""
+    assert row["rougeL"] == 0.0
