@@ -1,0 +1,320 @@
+"""The template builder behind ``qihuang data build``: knowledge base -> instruction dataset directory.
+
+For every entity and canonical attribute with values it writes questions in several phrasings with
+answers composed from the KB values, scenario questions (symptoms -> likely diseases, hedged) and
+multi-turn dialogues, each with its knowledge triples and provenance (``entity``, ``attribute``,
+``kind``, ``id``); splits are by entity. ``build_dataset`` is the Python API::
+
+    from qihuang.datagen import build_dataset
+    stats = build_dataset(kb, "data/qihuang", max_examples=2000, balanced=True, seed=0)
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qihuang.datagen.dialogues import make_dialogue
+from qihuang.datagen.io import DatasetWriter, dataset_info
+from qihuang.datagen.kbview import EntityView, load_view
+from qihuang.datagen.scenarios import SymptomIndex, make_scenario
+from qihuang.datagen.splits import Deduper, assign_splits, example_id, may_mention, question_key
+from qihuang.datagen.templates import Phrasebook, load_phrasebook, prepare_values, questions_for, render_answer
+from qihuang.errors import ConfigError
+
+KINDS = ("single", "scenario", "dialogue")
+
+
+@dataclass
+class _Ctx:
+    """Everything the per-entity generator needs."""
+
+    book: Phrasebook
+    seed: int
+    phrasings: int
+    single_attrs: set[str] | None
+    kinds: tuple[str, ...]
+    split_of: dict[str, str]
+    index: SymptomIndex | None
+    scenarios_per_disease: int
+    dialogues_per_entity: int
+    quotas: dict[str, int] | None = None  # balanced: examples still wanted per group
+    prepared: dict = field(default_factory=dict)
+
+    def open(self, group: str) -> bool:
+        return self.quotas is None or self.quotas.get(group, 0) > 0
+
+
+def build_dataset(kb, out_dir: str | Path, *, max_examples: int | None = None, per_entity: int | None = None,
+                  attributes: Iterable[str] | None = None, seed: int = 0, balanced: bool = False,
+                  kinds: Iterable[str] = KINDS, test_entities: Iterable[str] | None = None, phrasings: int = 2,
+                  scenarios_per_disease: int = 2, dialogues_per_entity: int = 1, dev_ratio: float = 0.05,
+                  test_ratio: float = 0.05, sharegpt: bool = False, progress: bool = False) -> dict:
+    """Build a dataset directory from ``kb`` (a KnowledgeBase, a database path, or None for the default).
+
+    - ``max_examples``: stop after this many examples; ``per_entity``: at most this many per entity.
+    - ``attributes``: canonical attribute keys for single-attribute questions and dialogue turns.
+    - ``balanced``: about as many examples per attribute (and for scenarios, dialogues), only the
+      entity types and attributes useful for question answering (``balanced``/``qa`` in phrasings.yaml).
+    - ``kinds``: any of "single", "scenario", "dialogue"; ``phrasings``: questions per entity and attribute.
+    - ``test_entities``: names forced into the test split (the rest is split by ``dev_ratio``/``test_ratio``).
+    Returns the statistics also written to ``stats.json``.
+    """
+    kinds = _check_options(kinds, max_examples, per_entity, phrasings)
+    own = kb is None or isinstance(kb, (str, Path))
+    if own:
+        from qihuang.kb import KnowledgeBase
+
+        kb = KnowledgeBase.open(kb)
+    gc_was_on = gc.isenabled()
+    gc.disable()  # a million small objects, none cyclic: the cycle collector would only rescan them
+    try:
+        return _build(kb, Path(out_dir), max_examples=max_examples, per_entity=per_entity, attributes=attributes,
+                      seed=seed, balanced=balanced, kinds=kinds, test_entities=test_entities, phrasings=phrasings,
+                      scenarios_per_disease=scenarios_per_disease, dialogues_per_entity=dialogues_per_entity,
+                      dev_ratio=dev_ratio, test_ratio=test_ratio, sharegpt=sharegpt, progress=progress)
+    finally:
+        if gc_was_on:
+            gc.enable()
+        if own:
+            kb.close()
+
+
+def _check_options(kinds, max_examples, per_entity, phrasings) -> tuple[str, ...]:
+    kinds = tuple(dict.fromkeys(kinds))
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ConfigError(f"kinds: {bad or 'none given'}; choose from {', '.join(KINDS)}")
+    for name, value in (("max_examples", max_examples), ("per_entity", per_entity), ("phrasings", phrasings)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+    return kinds
+
+
+def check_attributes(attributes: Iterable[str] | None) -> set[str] | None:
+    """Validate canonical attribute keys against the KB schema."""
+    if attributes is None:
+        return None
+    from qihuang.kb.schema import ATTRIBUTES
+
+    wanted = {a.strip() for a in attributes if a.strip()}
+    unknown = sorted(wanted - set(ATTRIBUTES))
+    if unknown or not wanted:
+        raise ConfigError(f"attributes: unknown {unknown or 'none given'}; known: {', '.join(ATTRIBUTES)}")
+    return wanted
+
+
+def _build(kb, out_dir: Path, *, max_examples, per_entity, attributes, seed, balanced, kinds, test_entities,
+           phrasings, scenarios_per_disease, dialogues_per_entity, dev_ratio, test_ratio, sharegpt, progress) -> dict:
+    t0 = time.perf_counter()
+    book = load_phrasebook()
+    single_attrs = check_attributes(attributes)
+    if balanced:
+        from qihuang.kb.schema import ATTRIBUTES
+
+        qa = {a for a in ATTRIBUTES if book.get(a).qa and not book.get(a).generic}
+        single_attrs = qa if single_attrs is None else single_attrs & qa
+    load_attrs = None if single_attrs is None else single_attrs | {"symptoms", "department"}
+    views = load_view(kb, load_attrs, progress=progress)
+    if balanced and book.balanced_types:
+        views = [v for v in views if v.type in book.balanced_types]
+    split_of = _splits(views, kb, seed, dev_ratio, test_ratio, test_entities)
+    index = SymptomIndex(views) if "scenario" in kinds and (single_attrs is None or "symptoms" in single_attrs) \
+        else None
+    ctx = _Ctx(book, seed, phrasings, single_attrs, kinds, split_of, index, scenarios_per_disease,
+               dialogues_per_entity)
+    if balanced:
+        ctx.quotas = _quotas(views, ctx, max_examples)
+    t_read = time.perf_counter() - t0
+    order = list(views)
+    random.Random(seed).shuffle(order)
+    with DatasetWriter(out_dir, sharegpt=sharegpt) as writer:
+        stats = _generate(order, ctx, writer, max_examples, per_entity, progress)
+        seconds = time.perf_counter() - t0
+        stats.update(_summary(kb, stats, seconds, t_read, seed=seed, balanced=balanced, kinds=list(kinds),
+                              phrasings=phrasings, max_examples=max_examples, per_entity=per_entity,
+                              attributes=sorted(single_attrs) if single_attrs is not None else None))
+        stats["splits"] = dict(writer.counts)
+        writer.commit(dataset_info(sharegpt=sharegpt), stats)
+    return stats
+
+
+def _splits(views, kb, seed, dev_ratio, test_ratio, test_entities) -> dict[str, str]:
+    forced = None
+    if test_entities is not None:
+        known = {v.name for v in views}
+        forced, missing = [], []
+        for name in test_entities:
+            canonical = name if name in known else _canonical(kb, name)
+            (forced if canonical in known else missing).append(canonical or name)
+        if missing:
+            raise ConfigError(f"test_entities: not in the knowledge base (or without usable facts): {missing}")
+    return assign_splits([v.name for v in views], seed=seed, dev_ratio=dev_ratio, test_ratio=test_ratio,
+                         test_entities=forced)
+
+
+def _canonical(kb, name: str) -> str | None:
+    entity = kb.show(name) if hasattr(kb, "show") else None
+    return entity.name if entity is not None else None
+
+
+def _quotas(views: list[EntityView], ctx: _Ctx, max_examples: int | None) -> dict[str, int]:
+    """Balanced quotas: as equal as possible across groups, small groups give their share to the others."""
+    avail: Counter[str] = Counter()
+    for v in views:
+        for a in v.attrs:
+            if ctx.single_attrs is None or a in ctx.single_attrs:
+                avail[a] += ctx.phrasings if "single" in ctx.kinds else 0
+        if ctx.index is not None and v.name in ctx.index.position:
+            avail["scenario"] += ctx.scenarios_per_disease
+        if "dialogue" in ctx.kinds:
+            avail["dialogue"] += ctx.dialogues_per_entity
+    groups = sorted((g for g in avail if avail[g] > 0), key=lambda g: avail[g])
+    if not groups:
+        return {}
+    if max_examples is None:
+        sizes = sorted(avail[g] for g in groups)
+        max_examples = sizes[len(sizes) // 2] * len(groups)
+    quotas, left = {}, max_examples
+    for i, g in enumerate(groups):
+        share = math.ceil(left / (len(groups) - i))
+        quotas[g] = min(avail[g], share)
+        left -= quotas[g]
+    return quotas
+
+
+def _answer(ctx: _Ctx, view: EntityView, attr: str, rng: random.Random, variant: int | None = None):
+    """(answer text, knowledge triples) for one attribute of one entity."""
+    key = (view.name, attr)
+    cached = ctx.prepared.get(key)
+    if cached is None:
+        phr = ctx.book.get(attr, view.type)
+        prepared = prepare_values(view.values(attr), phr, ctx.book, exclude=view.name)
+        facts = view.attrs[attr]
+        cached = ctx.prepared[key] = (phr, prepared, [facts[i].triple() for i in prepared.source_indexes()])
+    phr, prepared, knowledge = cached
+    return render_answer(view.name, prepared, phr, ctx.book, rng=rng, variant=variant), knowledge
+
+
+def _record(kind: str, view: EntityView, attribute: str, question: str, answer: str, knowledge: list,
+            history: list | None = None) -> dict:
+    history = history or []
+    return {"instruction": question, "input": "", "output": answer, "history": history, "knowledge": knowledge,
+            "entity": view.name, "attribute": attribute, "kind": kind,
+            "id": example_id(kind, question_key(question, history))}
+
+
+def entity_examples(view: EntityView, ctx: _Ctx) -> Iterator[tuple[str, dict]]:
+    """(group, record) pairs for one entity: one question per attribute first, then its scenarios and
+    dialogue, then the remaining phrasings (so ``per_entity`` keeps variety)."""
+    rng = random.Random(f"{ctx.seed}\x1f{view.name}")
+    ctx.prepared.clear()
+    rounds: list[list[tuple[str, dict]]] = []
+    if "single" in ctx.kinds:
+        attrs = [a for a in view.attrs if (ctx.single_attrs is None or a in ctx.single_attrs) and ctx.open(a)]
+        rng.shuffle(attrs)
+        for attr in attrs:
+            base = int(rng.random() * 8)
+            for j, q in enumerate(questions_for(view.name, attr, ctx.phrasings, entity_type=view.type, rng=rng,
+                                                book=ctx.book)):
+                text, knowledge = _answer(ctx, view, attr, rng, base + j)
+                if text:
+                    while len(rounds) <= j:
+                        rounds.append([])
+                    rounds[j].append((attr, _record("single", view, attr, q, text, knowledge)))
+    yield from rounds[0] if rounds else ()
+    if ctx.index is not None and ctx.open("scenario"):
+        yield from _scenarios(view, ctx, rng)
+    if "dialogue" in ctx.kinds and ctx.open("dialogue"):
+        for _ in range(ctx.dialogues_per_entity):
+            dia = make_dialogue(view, ctx.book, rng, lambda v, a, r: _answer(ctx, v, a, r), ctx.single_attrs)
+            if dia is not None:
+                (q, a), history = dia.turns[-1], [list(t) for t in dia.turns[:-1]]
+                yield "dialogue", _record("dialogue", view, ",".join(dia.attributes), q, a, dia.knowledge, history)
+    for later in rounds[1:]:
+        yield from later
+
+
+def _scenarios(view: EntityView, ctx: _Ctx, rng: random.Random) -> Iterator[tuple[str, dict]]:
+    split = ctx.split_of.get(view.name, "train")
+    allowed = lambda name: may_mention(split, ctx.split_of.get(name))  # noqa: E731
+    for _ in range(ctx.scenarios_per_disease):
+        sc = make_scenario(view, ctx.index, rng, ctx.book, allowed)
+        if sc is not None:
+            yield "scenario", _record("scenario", view, "scenario", sc.question, sc.answer, sc.knowledge)
+
+
+def _generate(order: list[EntityView], ctx: _Ctx, writer: DatasetWriter, max_examples: int | None,
+              per_entity: int | None, progress: bool) -> dict:
+    dedup = Deduper()
+    st = {"kinds": Counter(), "attributes": Counter(), "entity_types": Counter(), "turns": Counter(),
+          "dialogue_turn_attributes": Counter()}
+    entities = {s: set() for s in writer.splits}
+    total = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_examples or None, desc="building examples", unit=" ex", mininterval=0.5)
+    for view in order:
+        if max_examples is not None and total >= max_examples:
+            break
+        if ctx.quotas is not None and not any(v > 0 for v in ctx.quotas.values()):
+            break
+        split = ctx.split_of.get(view.name, "train")
+        n_entity = 0
+        for group, rec in entity_examples(view, ctx):
+            if not ctx.open(group) or not dedup.add(question_key(rec["instruction"], rec["history"])):
+                continue
+            writer.write(split, rec)
+            total += 1
+            n_entity += 1
+            if ctx.quotas is not None:
+                ctx.quotas[group] -= 1
+            _count(st, rec, view.type)
+            entities[split].add(view.name)
+            if (per_entity is not None and n_entity >= per_entity) or (max_examples and total >= max_examples):
+                break
+        if bar is not None:
+            bar.update(n_entity)
+    if bar is not None:
+        bar.close()
+    st["duplicates_dropped"] = dedup.duplicates
+    st["entities_per_split"] = {s: len(v) for s, v in entities.items()}
+    return st
+
+
+def _count(st: dict, rec: dict, entity_type: str) -> None:
+    st["kinds"][rec["kind"]] += 1
+    st["attributes"][rec["attribute"] if rec["kind"] == "single" else rec["kind"]] += 1
+    st["entity_types"][entity_type] += 1
+    st["turns"][len(rec["history"]) + 1] += 1
+    if rec["kind"] == "dialogue":
+        for a in rec["attribute"].split(","):
+            st["dialogue_turn_attributes"][a] += 1
+
+
+def _summary(kb, st: dict, seconds: float, t_read: float, **options) -> dict:
+    total = sum(st["kinds"].values())
+    singles = set(st["attributes"]) - {"scenario", "dialogue"}
+    covered = singles | set(st["dialogue_turn_attributes"])
+    return {
+        "total": total,
+        "kinds": dict(st["kinds"]),
+        "attributes": dict(st["attributes"].most_common()),
+        "entity_types": dict(st["entity_types"].most_common()),
+        "turns": {str(k): v for k, v in sorted(st["turns"].items())},
+        "dialogue_turn_attributes": dict(st["dialogue_turn_attributes"].most_common()),
+        "canonical_attributes": len(covered),
+        "seconds": round(seconds, 3),
+        "seconds_reading_kb": round(t_read, 3),
+        "examples_per_second": round(total / seconds, 1) if seconds > 0 else None,
+        "kb": str(getattr(kb, "path", "")),
+        "options": options,
+    }

@@ -1,0 +1,91 @@
+"""``qihuang data`` subcommands: build (templates), synth (LLM-assisted), validate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _csv(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [t.strip() for t in text.replace("，", ",").split(",") if t.strip()]
+
+
+def cmd_build(args) -> int:
+    from qihuang.datagen.builder import build_dataset
+
+    stats = build_dataset(args.db, args.out, max_examples=args.max_examples, per_entity=args.per_entity,
+                          attributes=_csv(args.attributes), seed=args.seed, balanced=args.balanced,
+                          kinds=_csv(args.kinds) or (), test_entities=_csv(args.test_entities),
+                          phrasings=args.phrasings, dev_ratio=args.dev_ratio, test_ratio=args.test_ratio,
+                          sharegpt=args.sharegpt, progress=not args.json)
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False, indent=2))
+        return 0
+    splits = ", ".join(f"{k} {v}" for k, v in stats["splits"].items())
+    kinds = ", ".join(f"{k} {v}" for k, v in stats["kinds"].items())
+    print(f"wrote {stats['total']} examples ({splits}; {kinds}) over {stats['canonical_attributes']} attributes "
+          f"to {args.out} in {stats['seconds']}s ({stats['examples_per_second']} examples/s)")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from qihuang.datagen.synth import run_synth_cli
+
+    return run_synth_cli(args)
+
+
+def cmd_validate(args) -> int:
+    from qihuang.datagen.validate import run_validate_cli
+
+    return run_validate_cli(args)
+
+
+def register(subparsers) -> None:
+    """Add ``qihuang data build|synth|validate``."""
+    data = subparsers.add_parser("data", help="build, synthesize and validate instruction data",
+                                 description="Instruction data from the knowledge base.")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data.set_defaults(func=lambda args: (data.print_help() or 0))
+
+    b = sub.add_parser("build", help="template-built dataset (questions, scenarios, dialogues) from the KB",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--db", help="knowledge-base file (default $QIHUANG_HOME/kb.sqlite)")
+    b.add_argument("--out", required=True, help="output dataset directory")
+    b.add_argument("--max-examples", type=int, help="stop after this many examples")
+    b.add_argument("--per-entity", type=int, help="at most this many examples per entity")
+    b.add_argument("--attributes", help="comma-separated canonical attributes (default: all)")
+    b.add_argument("--kinds", default="single,scenario,dialogue", help="comma-separated example kinds")
+    b.add_argument("--phrasings", type=int, default=2, help="questions per entity and attribute")
+    b.add_argument("--seed", type=int, default=0, help="random seed (splits, phrasings, sampling)")
+    b.add_argument("--balanced", action="store_true",
+                   help="about equal examples per attribute; only QA-useful entity types and attributes")
+    b.add_argument("--sharegpt", action="store_true", help="also write ShareGPT files")
+    b.add_argument("--test-entities", help="comma-separated entities forced into the test split")
+    b.add_argument("--dev-ratio", type=float, default=0.05, help="share of entities in dev")
+    b.add_argument("--test-ratio", type=float, default=0.05, help="share of entities in test")
+    b.add_argument("--json", action="store_true", help="print the statistics as JSON (no progress bar)")
+    b.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("synth", help="LLM-written patient questions and answers from sampled KB facts",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    s.add_argument("--model", required=True, help="model name sent to the endpoint")
+    s.add_argument("--db", help="knowledge-base file (default $QIHUANG_HOME/kb.sqlite)")
+    s.add_argument("--out", required=True, help="output dataset directory (its cache makes reruns resume)")
+    s.add_argument("--n", type=int, default=100, help="number of fact samples to send")
+    s.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    s.add_argument("--retries", type=int, default=5, help="retries on 429, 5xx, timeouts and broken replies")
+    s.add_argument("--seed", type=int, default=0, help="random seed (fact sampling, splits)")
+    s.add_argument("--temperature", type=float, default=0.7, help="sampling temperature sent to the model")
+    s.add_argument("--sharegpt", action="store_true", help="also write ShareGPT files")
+    s.add_argument("--json", action="store_true", help="print the statistics as JSON (no progress bar)")
+    s.set_defaults(func=cmd_synth)
+
+    v = sub.add_parser("validate", help="check alpaca or ShareGPT data (JSON or JSON lines)")
+    v.add_argument("path", help="a .json/.jsonl file or a dataset directory")
+    v.add_argument("--max-errors", type=int, default=50, help="errors listed before stopping the listing")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(func=cmd_validate)

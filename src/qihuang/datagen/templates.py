@@ -1,0 +1,433 @@
+"""Question phrasings and answer composition from knowledge-base values.
+
+The phrasings are package data (``resources/phrasings.yaml``); this module only loads them and
+turns values into fluent Chinese answers. The functions are reused by the preference-pair builder
+(a KB-faithful answer is ``answer_for(entity, attribute, values)``)::
+
+    answer_for("偏头痛", "drugs", ["布洛芬", "对乙酰氨基酚"])
+    # '偏头痛常用的治疗药物有布洛芬和对乙酰氨基酚。具体用药请遵医嘱，不要自行购药或随意增减剂量。'
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from qihuang.errors import ConfigError
+from qihuang.paths import resource
+
+JOINS = ("and", "or", "list", "clauses")
+STYLES = ("patient", "clinician")
+_PLACEHOLDERS = {"entity", "values", "count", "label"}
+_TRAILING = "。；;，,、 \t\r\n"
+_TAG = re.compile(r"<[^<>]{0,40}>")
+_CLAUSE_PUNCT = re.compile(r"[，。；;,：:！？]")
+
+
+@dataclass(frozen=True)
+class Phrasing:
+    """Everything needed to ask about one attribute (for one entity type) and to answer it."""
+
+    key: str
+    label: str
+    patient: tuple[str, ...]
+    clinician: tuple[str, ...]
+    followup: tuple[str, ...]
+    answer: tuple[str, ...]
+    answer_one: tuple[str, ...] = ()
+    answer_clauses: tuple[str, ...] = ()
+    clause_min_chars: int | None = None
+    join: str = "and"
+    max_values: int = 8
+    safety: str | None = None  # key of safety_notes ("drug", "treatment"), None: no note
+    value_sentences: dict[str, str] = field(default_factory=dict)
+    qa: bool = True
+    generic: bool = False  # built from the label because the attribute has no phrasings
+
+
+@dataclass(frozen=True)
+class Phrasebook:
+    """The parsed ``phrasings.yaml``."""
+
+    attributes: dict[str, Phrasing]
+    by_type: dict[tuple[str, str], Phrasing]
+    generic: dict[str, tuple[str, ...]]
+    safety_notes: dict[str, tuple[str, ...]]
+    scenario: dict
+    dialogue: dict
+    balanced_types: tuple[str, ...]
+    etc: str = "等"
+    clause_max_values: int = 4
+    clause_min_chars: int = 14
+    more_clauses: str = ""
+    clause_answer: tuple[str, ...] = ()
+    generated: dict[str, Phrasing] = field(default_factory=dict, compare=False, repr=False)
+
+    def get(self, attribute: str, entity_type: str | None = None) -> Phrasing:
+        """Phrasing for an attribute, the entity type's override first, else a generic one from its label."""
+        if entity_type is not None:
+            found = self.by_type.get((attribute, entity_type))
+            if found is not None:
+                return found
+        found = self.attributes.get(attribute)
+        if found is not None:
+            return found
+        return _generic_phrasing(self, attribute)
+
+
+def _generic_phrasing(book: Phrasebook, attribute: str) -> Phrasing:
+    found = book.generated.get(attribute)
+    if found is None:
+        label = _label(attribute)
+        fill = {k: tuple(t.replace("{label}", label) for t in v) for k, v in book.generic.items()}
+        found = Phrasing(attribute, label, fill["patient"], fill["clinician"], fill["followup"], fill["answer"],
+                         join="list", qa=False, generic=True)
+        book.generated[attribute] = found
+    return found
+
+
+def _label(attribute: str) -> str:
+    from qihuang.kb.schema import ATTRIBUTES
+
+    return ATTRIBUTES.get(attribute, attribute)
+
+
+# --------------------------------------------------------------------------------------------
+# loading and validation
+# --------------------------------------------------------------------------------------------
+def _check_template(text: object, where: str, path: Path, required: set[str] = frozenset()) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{path}: {where}: expected a non-empty string, got {text!r}")
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {where}: bad template {text!r}: {exc}") from None
+    allowed = _PLACEHOLDERS | {"symptoms", "disease", "matched", "departments"}
+    if names - allowed:
+        raise ConfigError(f"{path}: {where}: unknown placeholder(s) {sorted(names - allowed)} in {text!r}")
+    if required - names:
+        raise ConfigError(f"{path}: {where}: template {text!r} must contain {sorted(required - names)}")
+    if "{values}等" in text:
+        raise ConfigError(f"{path}: {where}: {text!r}: do not write 等 after {{values}} (cut lists already end in 等)")
+    return text
+
+
+def _strings(spec: dict, key: str, where: str, path: Path, required: set[str] = frozenset()) -> tuple[str, ...]:
+    items = spec.get(key) or []
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: {where}.{key}: expected a list")
+    return tuple(_check_template(t, f"{where}.{key}[{i}]", path, required) for i, t in enumerate(items))
+
+
+def _parse_phrasing(key: str, spec: dict, base: Phrasing | None, where: str, path: Path, max_values: int) -> Phrasing:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: {where}: expected a mapping")
+    fields: dict = {}
+    for name in ("patient", "clinician", "followup"):
+        if name in spec:
+            fields[name] = _strings(spec, name, where, path, {"entity"} if name != "followup" else set())
+    for name in ("answer", "answer_one", "answer_clauses"):
+        if name in spec:
+            fields[name] = _strings(spec, name, where, path, {"values"})
+    if "join" in spec:
+        if spec["join"] not in JOINS:
+            raise ConfigError(f"{path}: {where}.join: {spec['join']!r} is not one of {JOINS}")
+        fields["join"] = spec["join"]
+    if "safety" in spec:
+        fields["safety"] = _safety_kind(spec["safety"], f"{where}.safety", path)
+    for name, kind in (("max_values", int), ("clause_min_chars", int), ("qa", bool)):
+        if name in spec:
+            if not isinstance(spec[name], kind):
+                raise ConfigError(f"{path}: {where}.{name}: expected {kind.__name__}, got {spec[name]!r}")
+            fields[name] = spec[name]
+    if "value_sentences" in spec:
+        vs = spec["value_sentences"] or {}
+        fields["value_sentences"] = {str(k): _check_template(v, f"{where}.value_sentences.{k}", path)
+                                     for k, v in vs.items()}
+    if base is not None:
+        return replace(base, **fields)
+    fields.setdefault("max_values", max_values)
+    phr = Phrasing(key, _label(key), fields.pop("patient", ()), fields.pop("clinician", ()),
+                   fields.pop("followup", ()), fields.pop("answer", ()), **fields)
+    if len(phr.patient) + len(phr.clinician) < 2 or not phr.answer:
+        raise ConfigError(f"{path}: {where}: needs at least 2 questions (patient + clinician) and 1 answer")
+    return phr
+
+
+def load_phrasebook(path: str | Path | None = None) -> Phrasebook:
+    """Parse and validate a phrasings file (default: the shipped ``resources/phrasings.yaml``)."""
+    return _load_cached(str(Path(path) if path else resource("phrasings.yaml")))
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path_str: str) -> Phrasebook:
+    path = Path(path_str)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read phrasings: {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("attributes"), dict):
+        raise ConfigError(f"{path}: expected a mapping with an 'attributes' section")
+    defaults = raw.get("defaults") or {}
+    max_values = int(defaults.get("max_values", 8))
+    attributes: dict[str, Phrasing] = {}
+    by_type: dict[tuple[str, str], Phrasing] = {}
+    for key, spec in raw["attributes"].items():
+        overrides = (spec or {}).pop("by_type", None) or {}
+        attributes[key] = base = _parse_phrasing(key, spec or {}, None, f"attributes.{key}", path, max_values)
+        for etype, ospec in overrides.items():
+            by_type[(key, etype)] = _parse_phrasing(key, ospec or {}, base, f"attributes.{key}.by_type.{etype}",
+                                                    path, max_values)
+    generic = raw.get("generic") or {}
+    gen = {k: _strings(generic, k, "generic", path) for k in ("patient", "clinician", "followup", "answer")}
+    if not all(gen.values()):
+        raise ConfigError(f"{path}: generic: needs patient, clinician, followup and answer phrasings")
+    notes = _safety_notes(raw.get("safety_notes"), path)
+    for phr in [*attributes.values(), *by_type.values()]:
+        if phr.safety is not None and phr.safety not in notes:
+            raise ConfigError(f"{path}: attributes.{phr.key}.safety: no safety_notes.{phr.safety}")
+    scenario, dialogue = raw.get("scenario") or {}, raw.get("dialogue") or {}
+    _check_scenario(scenario, path)
+    return Phrasebook(attributes, by_type, gen, notes, scenario, dialogue,
+                      tuple((raw.get("balanced") or {}).get("entity_types") or ()),
+                      etc=str(defaults.get("etc", "等")),
+                      clause_max_values=int(defaults.get("clause_max_values", 4)),
+                      clause_min_chars=int(defaults.get("clause_min_chars", 14)),
+                      more_clauses=str(defaults.get("more_clauses", "")),
+                      clause_answer=_strings(defaults, "clause_answer", "defaults", path, {"values"}))
+
+
+def _safety_kind(value: object, where: str, path: Path) -> str | None:
+    if value is True:
+        return "drug"
+    if value in (False, None, "none"):
+        return None
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{path}: {where}: expected a safety_notes key or none, got {value!r}")
+
+
+def _safety_notes(raw: object, path: Path) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: safety_notes: expected a mapping of kind -> list of notes")
+    notes = {}
+    for kind, items in raw.items():
+        if not isinstance(items, list) or not items:
+            raise ConfigError(f"{path}: safety_notes.{kind}: expected a non-empty list")
+        notes[str(kind)] = tuple(_check_template(t, f"safety_notes.{kind}[{i}]", path) for i, t in enumerate(items))
+    return notes
+
+
+def _check_scenario(spec: dict, path: Path) -> None:
+    for key in ("patient", "clinician", "intro"):
+        _strings(spec, key, "scenario", path, {"symptoms"})
+    for key in ("department",):
+        _strings(spec, key, "scenario", path, {"departments"})
+    for key in ("no_department", "hedge"):
+        _strings(spec, key, "scenario", path)
+    for key in ("candidate", "one_candidate"):
+        _check_template(spec.get(key), f"scenario.{key}", path, {"disease", "matched"})
+
+
+# --------------------------------------------------------------------------------------------
+# values -> text
+# --------------------------------------------------------------------------------------------
+def clean_value(value: str) -> str:
+    """A KB value as shown in an answer: markup and trailing punctuation or "等" removed."""
+    v = value.strip()
+    if "<" in v:
+        v = _TAG.sub("", v).strip()
+    v = v.rstrip(_TRAILING)
+    if len(v) > 2 and v.endswith("等"):
+        v = v[:-1].rstrip(_TRAILING)
+    return v
+
+
+def is_clause(value: str, min_chars: int = 14) -> bool:
+    """Whether a value reads like a sentence (long, or punctuated inside) rather than a short term."""
+    return len(value) >= min_chars or _CLAUSE_PUNCT.search(value) is not None
+
+
+def join_values(values: list[str], join: str = "and", etc: str = "等", cut: bool = False) -> str:
+    """Join cleaned values the Chinese way: ``A、B和C`` (and), ``A、B或C`` (or), ``A、B、C`` (list),
+    ``A；B；C`` (clauses). With ``cut`` the list was shortened and ends in ``等``."""
+    if not values:
+        return ""
+    if join == "clauses":
+        return "；".join(v.replace("。", "，") for v in values)
+    if len(values) == 1:
+        return values[0]
+    if cut:
+        return "、".join(values) + etc
+    if join == "list":
+        return "、".join(values)
+    word = "或" if join == "or" else "和"
+    if any(word in v for v in values):  # "A、B和C和D" would be ambiguous
+        word = "或者" if join == "or" else "以及"
+    return "、".join(values[:-1]) + word + values[-1]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Values ready to be stated: what an answer shows, and which source values it uses."""
+
+    shown: tuple[str, ...]
+    used: tuple[int, ...]  # indexes into the source values, in shown order
+    cut: bool
+    join: str
+    special: int | None = None  # index of a value answered by a whole sentence (value_sentences)
+    special_value: str | None = None
+    joined: str = ""  # the shown values joined as they appear in the answer
+
+    def source_indexes(self) -> list[int]:
+        """Indexes of all source values the answer states (the special one first)."""
+        return ([self.special] if self.special is not None else []) + list(self.used)
+
+
+def prepare_values(values: list[str], phrasing: Phrasing, book: Phrasebook,
+                   max_values: int | None = None, exclude: str | None = None) -> Prepared:
+    """Clean, de-duplicate and cut ``values`` (the caller ranks them, best first); a value equal to
+    ``exclude`` (the entity itself) is dropped. Only as many values as can be shown are cleaned, so
+    long lists cost little."""
+    special = special_value = None
+    if phrasing.value_sentences:
+        for i, raw in enumerate(values):
+            if clean_value(raw) in phrasing.value_sentences:
+                special, special_value = i, clean_value(raw)
+                break
+    limit = max_values or phrasing.max_values
+    shown: list[str] = []
+    used: list[int] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(values):
+        if i == special:
+            continue
+        v = clean_value(raw)
+        if v and v not in seen and v != exclude and (special is None or v not in phrasing.value_sentences):
+            seen.add(v)
+            shown.append(v)
+            used.append(i)
+            if len(shown) > limit:
+                break
+    join = phrasing.join
+    dropped = False
+    if join != "clauses" and shown:
+        min_chars = phrasing.clause_min_chars or book.clause_min_chars
+        flags = [is_clause(v, min_chars) for v in shown]
+        if sum(flags) * 2 > len(shown):
+            join = "clauses"  # mostly sentences: state them one after another
+        elif any(flags):  # mostly terms: a stray sentence would break the list, leave it out
+            dropped = True
+            used = [i for i, f in zip(used, flags) if not f]
+            shown = [v for v, f in zip(shown, flags) if not f]
+    if join == "clauses":
+        limit = min(limit, book.clause_max_values)
+    cut = len(shown) > limit or dropped
+    shown = shown[:limit]
+    return Prepared(tuple(shown), tuple(used[:limit]), cut, join, special, special_value,
+                    join_values(shown, join, book.etc, cut))
+
+
+def render_answer(entity: str, prepared: Prepared, phr: Phrasing, book: Phrasebook | None = None,
+                  *, rng: random.Random | None = None, variant: int | None = None, safety: bool = True) -> str:
+    """The answer sentence(s) for prepared values (pattern chosen by ``variant``, else ``rng``, else the first)."""
+    book = book or load_phrasebook()
+    parts: list[str] = []
+    if prepared.special_value is not None:
+        parts.append(phr.value_sentences[prepared.special_value].format(entity=entity))
+    if prepared.shown:
+        if prepared.join == "clauses" and phr.join != "clauses":  # sentences where terms were expected
+            patterns = phr.answer_clauses or book.clause_answer or phr.answer
+        elif len(prepared.shown) == 1 and phr.answer_one:
+            patterns = phr.answer_one
+        else:
+            patterns = phr.answer
+        text = _pick(patterns, rng, variant).format(entity=entity, values=prepared.joined,
+                                                     count=len(prepared.shown), label=phr.label)
+        if prepared.cut and prepared.join == "clauses" and book.more_clauses:
+            text += book.more_clauses
+        parts.append(text)
+    if parts and safety and phr.safety is not None:
+        parts.append(_pick(book.safety_notes[phr.safety], rng, variant))
+    return "".join(parts)
+
+
+def compose_answer(entity: str, attribute: str, values: list[str], *, entity_type: str | None = None,
+                   rng: random.Random | None = None, variant: int | None = None, safety: bool = True,
+                   max_values: int | None = None, book: Phrasebook | None = None) -> tuple[str, list[int]]:
+    """Answer text and the indexes (into ``values``) of the values it states.
+
+    ``variant`` picks an answer pattern by index (modulo), ``rng`` picks one at random, neither: the
+    first. Drug and treatment attributes end with a short safety note when ``safety`` is true.
+    """
+    book = book or load_phrasebook()
+    phr = book.get(attribute, entity_type)
+    prepared = prepare_values(values, phr, book, max_values, exclude=entity)
+    text = render_answer(entity, prepared, phr, book, rng=rng, variant=variant, safety=safety)
+    return text, (prepared.source_indexes() if text else [])
+
+
+def answer_for(entity: str, attribute: str, values: list[str], *, entity_type: str | None = None,
+               rng: random.Random | None = None, variant: int | None = None, safety: bool = True,
+               max_values: int | None = None) -> str:
+    """A fluent Chinese answer naming ``entity`` and stating (at most ``max_values`` of) ``values``."""
+    return compose_answer(entity, attribute, values, entity_type=entity_type, rng=rng, variant=variant,
+                          safety=safety, max_values=max_values)[0]
+
+
+def questions_for(entity: str, attribute: str, n: int = 1, *, entity_type: str | None = None,
+                  rng: random.Random | None = None, styles: tuple[str, ...] = STYLES,
+                  book: Phrasebook | None = None) -> list[str]:
+    """``n`` different questions about ``entity``'s ``attribute``, alternating patient and clinician style."""
+    book = book or load_phrasebook()
+    phr = book.get(attribute, entity_type)
+    pools = [getattr(phr, s) for s in styles if getattr(phr, s)]
+    if not pools or n < 1:
+        return []
+    if rng is not None and len(pools) > 1 and rng.random() < 0.5:
+        pools.reverse()
+    want = [n // len(pools) + (1 if i < n % len(pools) else 0) for i in range(len(pools))]
+    for i, pool in enumerate(pools):  # a short pool leaves its share to the next
+        extra = want[i] - len(pool)
+        if extra > 0:
+            want[i] = len(pool)
+            if i + 1 < len(pools):
+                want[i + 1] += extra
+    picked = [_sample(pool, k, rng) for pool, k in zip(pools, want)]
+    out: list[str] = []
+    for k in range(max(want)):
+        for chosen in picked:
+            if k < len(chosen):
+                out.append(chosen[k].format(entity=entity, label=phr.label))
+    return out
+
+
+def followup_for(attribute: str, *, entity_type: str | None = None, rng: random.Random | None = None,
+                 book: Phrasebook | None = None) -> str:
+    """A follow-up question (no entity name) for a later dialogue turn."""
+    book = book or load_phrasebook()
+    phr = book.get(attribute, entity_type)
+    pool = phr.followup or tuple(t.replace("{label}", phr.label) for t in book.generic["followup"])
+    return _pick(pool, rng, None).format(label=phr.label)
+
+
+def _sample(pool: tuple[str, ...], k: int, rng: random.Random | None) -> list[str]:
+    if rng is None:
+        return list(pool[:k])
+    if k == 1:  # the common case, without random.sample's overhead
+        return [pool[int(rng.random() * len(pool))]]
+    return rng.sample(pool, k)
+
+
+def _pick(items: tuple[str, ...], rng: random.Random | None, variant: int | None) -> str:
+    if variant is not None:
+        return items[variant % len(items)]
+    if rng is not None:
+        return items[int(rng.random() * len(items))]
+    return items[0]
