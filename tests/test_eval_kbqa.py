@@ -93,3 +93,10 @@ def test_perfect_reference_answers_score_full_marks(tmp_path, kb):
     assert s["fact_recall"] == s["qizhen_two_thirds"] == 100.0
     assert s["bleu4"] == pytest.approx(100.0) and s["rougeL"] == pytest.approx(100.0)
     assert s["hallucination_rate"] == 20.0  # the scenario reference sends the patient to 心血管内科
+
+
+def test_the_answerers_kb_is_used_when_none_is_given(tmp_path, kb):
+    res = ev.run("kbqa", FIX / "kbqa_test.jsonl", answerer=FakeAnswerer(_engine(), kb), out_dir=tmp_path / "run",
+                 progress=False, limit=1)
+    assert res["scores"]["hallucination_rate"] == 100.0  # 阿司匹林 in the first answer
+    assert res["kb"]["path"].endswith("kb.sqlite")

@@ -237,3 +237,14 @@ def test_refusals_are_counted_and_scored_on_the_models_own_text(tmp_path):
     row = _rows(tmp_path / "r")[1]
     assert row["refused"] is True and row["prediction"] == "这个请求无法回答。" and row["model_text"] == ""
     assert row["rougeL"] == 0.0
+
+
+def test_positional_answerer_or_engine(tmp_path):
+    answerer = FakeAnswerer(ScriptedEngine(replies=lambda p: "多休息。"))
+    res = ev.run("openqa", OPENQA, answerer, tmp_path / "a", progress=False, limit=1)
+    assert res["scores"]["n"] == 1 and answerer.batches
+    engine = ScriptedEngine(choices=lambda ctx: "B")
+    res = ev.run("mcq", FIX / "basic_medicine_val.csv", engine, out_dir=tmp_path / "b", progress=False)
+    assert engine.loglik_calls and res["scores"]["accuracy"] == pytest.approx(100 / 3, abs=0.01)
+    with pytest.raises(ConfigError, match="out_dir"):
+        ev.run("openqa", OPENQA, answerer)

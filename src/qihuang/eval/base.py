@@ -200,7 +200,8 @@ class RunContext:
                  grounded: bool | None = None, batch_size: int = 8,
                  engine_loader: Callable[[], Any] | None = None,
                  answerer_factory: Callable[[Any], Any] | None = None):
-        self._answerer, self._engine, self.kb = answerer, engine, kb
+        self._answerer, self._engine = answerer, engine
+        self.kb = kb if kb is not None else getattr(answerer, "kb", None)  # the metrics' KB: given, or the Answerer's
         self.grounded, self.batch_size = grounded, batch_size
         self._engine_loader, self._answerer_factory = engine_loader, answerer_factory
 

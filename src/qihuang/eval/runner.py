@@ -30,8 +30,8 @@ _SECRET = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE)
 MAX_SKIPPED_LISTED = 200
 
 
-def run(task: str | Task | type[Task], data: str | Path, *, out_dir: str | Path, answerer: Any = None,
-        engine: Any = None, kb: Any = None, limit: int | None = None, batch_size: int = 8,
+def run(task: str | Task | type[Task], data: str | Path, answerer_or_engine: Any = None,
+        out_dir: str | Path | None = None, *, answerer: Any = None, engine: Any = None, kb: Any = None, limit: int | None = None, batch_size: int = 8,
         grounded: bool | None = None, resume: bool = True, progress: bool = True, label: str | None = None,
         model_info: dict | None = None, engine_loader: Callable[[], Any] | None = None,
         answerer_factory: Callable[[Any, Any, bool | None], Any] | None = None, **task_options: Any) -> dict:
@@ -39,12 +39,20 @@ def run(task: str | Task | type[Task], data: str | Path, *, out_dir: str | Path,
 
     Give an ``answerer`` (used for generation, so evaluation answers as the CLI/API do), an
     ``engine`` (an Answerer is built from it and ``kb`` when a task needs one; MCQ log-likelihood
-    uses it directly), or both. ``grounded`` overrides the Answerer's grounding (None: its
+    uses it directly), or both; a third positional argument is taken as an Answerer when it has
+    ``answer_batch``, else as an Engine. ``grounded`` overrides the Answerer's grounding (None: its
     default). ``task_options`` are the task's options (see ``qihuang eval --help``).
     ``engine_loader`` (no arguments -> Engine) loads a model only when a task needs one;
     ``answerer_factory(engine, kb, grounded)`` builds the Answerer (default: ``Answerer(engine, kb)``).
     Returns the results dict, also written to ``out_dir/results.json``.
     """
+    if answerer_or_engine is not None:
+        if hasattr(answerer_or_engine, "answer_batch"):
+            answerer = answerer_or_engine
+        else:
+            engine = answerer_or_engine
+    if out_dir is None:
+        raise ConfigError("run() needs out_dir (where results.json and predictions.jsonl go)")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if limit is not None and limit < 1:
@@ -82,7 +90,7 @@ def run(task: str | Task | type[Task], data: str | Path, *, out_dir: str | Path,
         "headline": [k for k in task_obj.headline if agg["scores"].get(k) is not None],
         "details": agg.get("details", {}), "notes": agg.get("notes", []),
         "n_skipped": len(dataset.skipped), "skipped": [s.to_dict() for s in dataset.skipped[:MAX_SKIPPED_LISTED]],
-        "config": config, "model": model, "kb": _kb_info(kb),
+        "config": config, "model": model, "kb": _kb_info(ctx.kb),
         "data": {"path": str(data), "sha256": data_sha, "n_examples": len(dataset.examples),
                  "n_evaluated": len(examples)},
         "timings": _timings(started, t0, t_predict, len(examples), resumed), "qihuang_version": __version__,
