@@ -26,7 +26,7 @@ JOINS = ("and", "or", "list", "clauses")
 STYLES = ("patient", "clinician")
 _PLACEHOLDERS = {"entity", "values", "count", "label"}
 _TRAILING = "。；;，,、 \t\r\n"
-_TAG = re.compile(r"<[^<>]{0,40}>")
+_TAG = re.compile(r"<sup>[^<]{0,40}</sup>|<[^<>]{0,40}>")  # footnote marks go with their text
 _CLAUSE_PUNCT = re.compile(r"[，。；;,：:！？]")
 
 
