@@ -134,10 +134,14 @@ class Task(ABC):
         """The question sent to the Answerer for this example."""
         return example.question
 
+    def history(self, example: Example) -> list[list[str]]:
+        """Earlier turns sent with the question ([[question, answer], ...])."""
+        return example.history
+
     def predict(self, batch: list[Example], ctx: RunContext) -> list[dict]:
         """Answer a batch through the Answerer; one prediction row per example."""
         prompts = [self.prompt(ex) for ex in batch]
-        histories = [ex.history or None for ex in batch]
+        histories = [self.history(ex) or None for ex in batch]
         answers = ctx.answer_batch(prompts, histories)
         rows = []
         for ex, prompt, ans in zip(batch, prompts, answers, strict=True):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, base_row, scored_text
+from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, base_row
 from qihuang.eval.metrics import extract_choice, pct
 from qihuang.eval.tasks.mcq_formats import load_exam
 
@@ -95,21 +95,17 @@ class MCQTask(Task):
 
     # ------------------------------------------------------------ prediction
 
+    def prompt(self, example: Example) -> str:
+        return question_block(example)
+
+    def history(self, example: Example) -> list[list[str]]:
+        """Few-shot examples as earlier turns (method=generate)."""
+        return [[question_block(s), s.fields["answer"]] for s in self.fewshot(example)]
+
     def predict(self, batch: list[Example], ctx: RunContext) -> list[dict]:
         if self.config["method"] == "generate":
-            return self._predict_generate(batch, ctx)
+            return super().predict(batch, ctx)
         return self._predict_loglik(batch, ctx)
-
-    def _predict_generate(self, batch: list[Example], ctx: RunContext) -> list[dict]:
-        prompts = [question_block(ex) for ex in batch]
-        histories = [[[question_block(s), s.fields["answer"]] for s in self.fewshot(ex)] for ex in batch]
-        answers = ctx.answer_batch(prompts, histories)
-        rows = []
-        for ex, prompt, ans in zip(batch, prompts, answers, strict=True):
-            row = base_row(ex, prompt, ans)
-            row.update(self.score_example(ex, scored_text(row), ctx))
-            rows.append(row)
-        return rows
 
     def context(self, ex: Example, engine: Any) -> str:
         """The loglik context for ``ex``: few-shot turns then the question, ready for the letter."""
