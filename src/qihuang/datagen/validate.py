@@ -1,0 +1,168 @@
+"""``qihuang data validate``: check alpaca or ShareGPT data (JSON lines, a JSON array, or a ``.json``
+that is really JSON lines) and report every bad record by line and reason.
+
+The record shapes are those of ``qihuang.data.formats`` (the training side reads data with it, so
+what passes here trains): this module only adds the reporting, reading JSON lines one by one so
+that one broken line does not hide the others.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qihuang.data.formats import read_records, to_conversation
+from qihuang.errors import InputError
+
+DATA_SUFFIXES = (".jsonl", ".json")
+
+
+@dataclass
+class Problem:
+    line: int | None
+    reason: str
+
+    def format(self, path: str) -> str:
+        return f"{path}:{self.line}: {self.reason}" if self.line is not None else f"{path}: {self.reason}"
+
+
+@dataclass
+class FileReport:
+    """What was found in one file."""
+
+    path: str
+    records: int = 0
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    shapes: Counter = field(default_factory=Counter)  # alpaca, sharegpt, flattened, history, knowledge
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "ok": self.ok, "records": self.records, "shapes": dict(self.shapes),
+                "errors": [{"line": p.line, "reason": p.reason} for p in self.errors],
+                "warnings": [{"line": p.line, "reason": p.reason} for p in self.warnings]}
+
+
+def validate_file(path: str | Path) -> FileReport:
+    """Check every record of one data file."""
+    path = Path(path)
+    report = FileReport(str(path))
+    if not path.is_file():
+        raise InputError("file not found", path=str(path))
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:  # a JSON array cannot be read past a syntax error: report it and stop
+            for line, record in read_records(path):
+                _check_record(report, record, line)
+        except InputError as exc:
+            report.errors.append(Problem(exc.line, _reason(exc)))
+    else:
+        for line, raw in enumerate(text.splitlines(), start=1):
+            if raw.strip():
+                _check_line(report, raw, line)
+    if report.records == 0 and not report.errors:
+        report.errors.append(Problem(None, "no records"))
+    return report
+
+
+def _check_line(report: FileReport, raw: str, line: int) -> None:
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        report.errors.append(Problem(line, f"invalid JSON ({exc.msg}, column {exc.colno})"))
+        return
+    _check_record(report, record, line)
+
+
+def _check_record(report: FileReport, record, line: int) -> None:
+    report.records += 1
+    try:
+        conv = to_conversation(record, report.path, line)
+    except InputError as exc:
+        report.errors.append(Problem(line, _reason(exc)))
+        return
+    empty = [i for i, m in enumerate(conv["messages"]) if m["role"] == "user" and not m["content"].strip()]
+    if empty:
+        report.errors.append(Problem(line, f"empty question in turn {empty[0]}"))
+        return
+    sharegpt = "conversations" in record or "messages" in record
+    report.shapes["sharegpt" if sharegpt else "alpaca"] += 1
+    if not sharegpt and "<user>" in (record.get("instruction") or ""):
+        report.shapes["flattened_dialogue"] += 1
+    if len(conv["messages"]) > 2:
+        report.shapes["multi_turn"] += 1
+    if conv["knowledge"]:
+        report.shapes["with_knowledge"] += 1
+    _warn(report, record, line)
+
+
+def _warn(report: FileReport, record: dict, line: int) -> None:
+    kind = record.get("kind")
+    if kind is not None and kind not in ("single", "scenario", "dialogue"):
+        report.warnings.append(Problem(line, f"unknown kind {kind!r}"))
+    for key in ("entity", "attribute", "id"):
+        if key in record and not isinstance(record[key], str):
+            report.warnings.append(Problem(line, f"field {key!r} should be a string"))
+
+
+def _reason(exc: InputError) -> str:
+    """The message of an InputError without its ``path:line:`` prefix (the report adds it)."""
+    text = str(exc)
+    prefix = f"{exc.path}:{exc.line}: " if exc.line is not None else f"{exc.path}: "
+    return text[len(prefix):] if exc.path and text.startswith(prefix) else text
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """The files to check: ``path`` itself, or the data files of a dataset directory (those listed in
+    its ``dataset_info.json``, else every .json/.jsonl except the builder's own bookkeeping)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError("no such file or directory", path=str(path))
+    info = path / "dataset_info.json"
+    if info.is_file():
+        try:
+            entries = json.loads(info.read_text(encoding="utf-8"))
+            names = [e["file_name"] for e in entries.values()]
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+            raise InputError(f"not a dataset_info.json mapping of entries with file_name ({exc})",
+                             path=str(info)) from None
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise InputError(f"files listed but missing: {', '.join(missing)}", path=str(info))
+        return [path / n for n in names]
+    skip = {"dataset_info.json", "stats.json", "synth_cache.jsonl", "synth_dropped.jsonl"}
+    files = sorted(p for p in path.iterdir() if p.suffix in DATA_SUFFIXES and p.name not in skip)
+    if not files:
+        raise InputError("no .json or .jsonl data files", path=str(path))
+    return files
+
+
+def validate_path(path: str | Path) -> list[FileReport]:
+    """Reports for a file or for every data file of a dataset directory."""
+    return [validate_file(p) for p in data_files(path)]
+
+
+def run_validate_cli(args) -> int:
+    """``qihuang data validate PATH``: exit 0 when every record is good, 1 otherwise."""
+    reports = validate_path(args.path)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], ensure_ascii=False, indent=2))
+        return 0 if all(r.ok for r in reports) else 1
+    for r in reports:
+        for p in r.errors[: args.max_errors]:
+            print(p.format(r.path))
+        if len(r.errors) > args.max_errors:
+            print(f"{r.path}: … and {len(r.errors) - args.max_errors} more errors")
+        for p in r.warnings[: args.max_errors]:
+            print("warning: " + p.format(r.path))
+        shapes = ", ".join(f"{k} {v}" for k, v in r.shapes.items())
+        status = "ok" if r.ok else f"{len(r.errors)} bad records"
+        print(f"{r.path}: {r.records} records, {status}" + (f" ({shapes})" if shapes else ""))
+    return 0 if all(r.ok for r in reports) else 1
