@@ -42,6 +42,12 @@ def cmd_validate(args) -> int:
     return run_validate_cli(args)
 
 
+def cmd_prefs(args) -> int:
+    from qihuang.datagen.prefs import run_prefs_cli
+
+    return run_prefs_cli(args)
+
+
 def register(subparsers) -> None:
     """Add ``qihuang data build|synth|validate``."""
     data = subparsers.add_parser("data", help="build, synthesize and validate instruction data",
@@ -83,6 +89,17 @@ def register(subparsers) -> None:
     s.add_argument("--sharegpt", action="store_true", help="also write ShareGPT files")
     s.add_argument("--json", action="store_true", help="print the statistics as JSON (no progress bar)")
     s.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("prefs", help="preference pairs (KB-faithful vs corrupted answers) for --stage rm/dpo",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--db", help="knowledge-base file (default $QIHUANG_HOME/kb.sqlite)")
+    p.add_argument("--dataset", help="take the questions and splits of this `qihuang data build` directory")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--kinds", help="comma-separated corruption kinds: swap, omission, unsafe (default: all)")
+    p.add_argument("--max-pairs", type=int, help="stop after this many pairs")
+    p.add_argument("--seed", type=int, default=0, help="random seed (splits, questions, corruptions)")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON (no progress bar)")
+    p.set_defaults(func=cmd_prefs)
 
     v = sub.add_parser("validate", help="check alpaca or ShareGPT data (JSON or JSON lines)")
     v.add_argument("path", help="a .json/.jsonl file or a dataset directory")
