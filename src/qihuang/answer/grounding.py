@@ -1,0 +1,120 @@
+"""Knowledge grounding: link a question to KB facts, bound them, and cite them.
+
+``ground(kb, question)`` links entities and asked attributes (``kb.link``), keeps a bounded
+number of facts (small models have little room: by default at most 3 entities, 3 attributes
+per entity, 12 values per attribute, 36 facts in all) and groups them into citations. The
+facts go into the prompt through the template's knowledge block
+(:func:`qihuang.data.prompts.format_knowledge`); the citations go back with the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from qihuang.kb.types import Fact
+
+ALIAS = "alias"
+
+
+@dataclass
+class Citation:
+    """Values of one entity's attribute (under one raw relation) that were put in the prompt."""
+
+    entity: str
+    attribute: str
+    relation: str
+    values: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        """One human-readable line, e.g. ``偏头痛 · 药物治疗：布洛芬、对乙酰氨基酚``."""
+        return f"{self.entity} · {self.relation}：{'、'.join(self.values)}"
+
+
+@dataclass(frozen=True)
+class GroundingLimits:
+    """Bounds on what goes into the prompt."""
+
+    max_entities: int = 3
+    max_attributes: int = 3
+    max_values: int = 12
+    max_facts: int = 36
+
+
+@dataclass
+class Grounding:
+    """The facts selected for a question and their citations."""
+
+    facts: list[Fact]
+    citations: list[Citation]
+    entities: list[str]
+    attributes: list[str]
+
+    @property
+    def grounded(self) -> bool:
+        return bool(self.facts)
+
+    @classmethod
+    def empty(cls) -> Grounding:
+        return cls([], [], [], [])
+
+
+def _select(facts: list[Fact], entities: list[str], limits: GroundingLimits) -> list[Fact]:
+    """Keep facts of the first entities, the first attributes of each, the first values of each."""
+    kept: list[Fact] = []
+    attrs_seen: dict[str, list[str]] = {}
+    values_seen: dict[tuple[str, str], int] = {}
+    allowed = set(entities[: limits.max_entities])
+    for fact in facts:
+        if fact.entity not in allowed or fact.attribute == ALIAS:
+            continue
+        attrs = attrs_seen.setdefault(fact.entity, [])
+        if fact.attribute not in attrs:
+            if len(attrs) >= limits.max_attributes:
+                continue
+            attrs.append(fact.attribute)
+        key = (fact.entity, fact.attribute)
+        if values_seen.get(key, 0) >= limits.max_values:
+            continue
+        values_seen[key] = values_seen.get(key, 0) + 1
+        kept.append(fact)
+        if len(kept) >= limits.max_facts:
+            break
+    return kept
+
+
+def citations_of(facts: list[Fact]) -> list[Citation]:
+    """Group facts by (entity, attribute, relation), in first-seen order, values deduplicated."""
+    grouped: dict[tuple[str, str, str], Citation] = {}
+    for f in facts:
+        cite = grouped.setdefault((f.entity, f.attribute, f.relation), Citation(f.entity, f.attribute, f.relation))
+        if f.value not in cite.values:
+            cite.values.append(f.value)
+    return list(grouped.values())
+
+
+def _order_by_question(facts: list[Fact], attributes: list[str]) -> list[Fact]:
+    """Put the attributes the question asks about first (stable otherwise)."""
+    rank = {a: i for i, a in enumerate(attributes)}
+    return sorted(facts, key=lambda f: rank.get(f.attribute, len(rank)))
+
+
+def ground(kb, question: str, limits: GroundingLimits | None = None) -> Grounding:
+    """Link ``question`` against ``kb`` and return the bounded facts and their citations.
+
+    Nothing linked (no entity, or linked entities without facts) gives an empty grounding.
+    """
+    if kb is None or not question.strip():
+        return Grounding.empty()
+    limits = limits or GroundingLimits()
+    link = kb.link(question, max_values=limits.max_values)
+    entities = list(dict.fromkeys(m.name for m in link.entities))
+    entity_rank = {e: i for i, e in enumerate(entities)}
+    ordered = sorted(_order_by_question(link.facts, link.attributes),
+                     key=lambda f: entity_rank.get(f.entity, len(entity_rank)))
+    with_facts = [e for e in entities if any(f.entity == e for f in ordered)]
+    facts = _select(ordered, with_facts, limits)
+    used = list(dict.fromkeys(f.entity for f in facts))
+    return Grounding(facts, citations_of(facts), used, list(link.attributes))

@@ -1,0 +1,74 @@
+"""A scripted fake engine for answering / serving tests (no model needed).
+
+It renders prompts with a real qihuang template and a character-level fake tokenizer, and
+"answers" by quoting the knowledge block of the prompt, so tests can check that grounded
+facts reach the prompt and the answer without loading any model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from qihuang.answer.engine import GenerationParams, cut_at_stop
+from qihuang.data.prompts import KNOWLEDGE_HEADER, get_template
+
+
+class CharTokenizer:
+    """One token per character; enough for counting tokens and text templates."""
+
+    eos_token = "</s>"
+    bos_token = None
+    bos_token_id = None
+    eos_token_id = 0
+    pad_token_id = 0
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=True, **kwargs):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def knowledge_reply(prompt: str) -> str:
+    """Quote the knowledge lines of the prompt, or say that nothing was found."""
+    if KNOWLEDGE_HEADER not in prompt:
+        return "抱歉，我没有找到相关的知识。"
+    block = prompt.split(KNOWLEDGE_HEADER, 1)[1]
+    lines = [ln[2:] for ln in block.splitlines() if ln.startswith("- ")]
+    return "根据知识库：" + "；".join(lines) + "。"
+
+
+class FakeEngine:
+    """Implements the Engine protocol with scripted replies; records every prompt it gets."""
+
+    def __init__(self, reply: Callable[[str], str] = knowledge_reply, template: str = "med_template",
+                 delay: float = 0.0, model_name: str = "fake-model"):
+        self.tokenizer = CharTokenizer()
+        self.template = get_template(template)
+        self.model_name = model_name
+        self.reply = reply
+        self.delay = delay
+        self.prompts: list[str] = []
+        self.lock = threading.Lock()
+
+    def _one(self, prompt: str, params: GenerationParams) -> str:
+        with self.lock:
+            self.prompts.append(prompt)
+        text = cut_at_stop(self.reply(prompt), [*params.stop, *self.template.stop])[0]
+        return text[: params.max_new_tokens]
+
+    def generate(self, prompts: list[str], params: GenerationParams | None = None) -> list[str]:
+        params = params or GenerationParams()
+        if self.delay:
+            time.sleep(self.delay)
+        return [self._one(p, params) for p in prompts]
+
+    def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]:
+        text = self._one(prompt, params or GenerationParams())
+        for i in range(0, len(text), 3):
+            if self.delay:
+                time.sleep(self.delay / 10)
+            yield text[i : i + 3]
+
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
+        return [-float(len(cont)) for _, cont in requests]
