@@ -208,3 +208,14 @@ def test_cli_data_build(tiny_db, tmp_path, capsys):
     assert stats["total"] == sum(1 for s in ("train", "dev", "test")
                                  for _ in (out / f"{s}.jsonl").read_text(encoding="utf-8").splitlines())
     assert main(["data", "build", "--db", str(tiny_db), "--out", str(out), "--attributes", "nope"]) == 2
+
+
+def test_fast_record_encoding_matches_json():
+    from qihuang.datagen.io import encode_json, encode_record
+
+    rec = {"instruction": '他说："头痛\n怎么办"？', "input": "", "output": "建议\t就医\\。", "history": [["问", "答"]],
+           "knowledge": [["偏头痛", "药物治疗", "布洛芬"]], "entity": "偏头痛", "attribute": "drugs", "kind": "single",
+           "id": "s-1"}
+    line = encode_record(rec, encode_json(rec["knowledge"]))
+    assert json.loads(line) == rec and line == encode_json(rec)
+    assert json.loads(encode_record({**rec, "system": "你是医生"}, "[]"))["knowledge"] == rec["knowledge"]

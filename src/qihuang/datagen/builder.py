@@ -15,13 +15,14 @@ import gc
 import math
 import random
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qihuang.datagen.dialogues import make_dialogue
-from qihuang.datagen.io import DatasetWriter, dataset_info
+from qihuang.datagen.io import DatasetWriter, dataset_info, encode_json
 from qihuang.datagen.kbview import EntityView, load_view
 from qihuang.datagen.scenarios import SymptomIndex, make_scenario
 from qihuang.datagen.splits import Deduper, assign_splits, example_id, may_mention, question_key
@@ -190,32 +191,39 @@ def _quotas(views: list[EntityView], ctx: _Ctx, max_examples: int | None) -> dic
 
 
 def _answer(ctx: _Ctx, view: EntityView, attr: str, rng: random.Random, variant: int | None = None):
-    """(answer text, knowledge triples) for one attribute of one entity."""
+    """(answer text, knowledge triples, the triples as JSON) for one attribute of one entity."""
     key = (view.name, attr)
     cached = ctx.prepared.get(key)
     if cached is None:
         phr = ctx.book.get(attr, view.type)
-        prepared = prepare_values(view.values(attr), phr, ctx.book, exclude=view.name)
         facts = view.attrs[attr]
-        cached = ctx.prepared[key] = (phr, prepared, [facts[i].triple() for i in prepared.source_indexes()])
-    phr, prepared, knowledge = cached
-    return render_answer(view.name, prepared, phr, ctx.book, rng=rng, variant=variant), knowledge
+        # an answer shows a few values: looking at the first ones is enough (all of them when some
+        # value has a sentence of its own, e.g. 传染性 无/有)
+        head = facts if phr.value_sentences else facts[: 2 * phr.max_values + 4]
+        prepared = prepare_values([f.value for f in head], phr, ctx.book, exclude=view.name,
+                                  more=len(head) < len(facts))
+        knowledge = [facts[i].triple() for i in prepared.source_indexes()]
+        cached = ctx.prepared[key] = (phr, prepared, knowledge, encode_json(knowledge))
+    phr, prepared, knowledge, knowledge_json = cached
+    return render_answer(view.name, prepared, phr, ctx.book, rng=rng, variant=variant), knowledge, knowledge_json
 
 
 def _record(kind: str, view: EntityView, attribute: str, question: str, answer: str, knowledge: list,
-            history: list | None = None) -> dict:
+            history: list | None = None, knowledge_json: str | None = None) -> tuple[dict, str, str | None]:
+    """(record, its question key for de-duplication, its knowledge as JSON when already encoded)."""
     history = history or []
+    key = question_key(question, history)
     return {"instruction": question, "input": "", "output": answer, "history": history, "knowledge": knowledge,
-            "entity": view.name, "attribute": attribute, "kind": kind,
-            "id": example_id(kind, question_key(question, history))}
+            "entity": view.name, "attribute": attribute, "kind": kind, "id": example_id(kind, key)}, key, \
+        knowledge_json
 
 
-def entity_examples(view: EntityView, ctx: _Ctx) -> Iterator[tuple[str, dict]]:
-    """(group, record) pairs for one entity: one question per attribute first, then its scenarios and
+def entity_examples(view: EntityView, ctx: _Ctx) -> Iterator[tuple[str, tuple[dict, str, str | None]]]:
+    """(group, (record, question key, knowledge JSON)) pairs for one entity: one question per attribute first, then its scenarios and
     dialogue, then the remaining phrasings (so ``per_entity`` keeps variety)."""
-    rng = random.Random(f"{ctx.seed}\x1f{view.name}")
+    rng = random.Random((ctx.seed << 32) ^ zlib.crc32(view.name.encode("utf-8")))  # cheap to seed
     ctx.prepared.clear()
-    rounds: list[list[tuple[str, dict]]] = []
+    rounds: list[list[tuple[str, tuple[dict, str, str | None]]]] = []
     if "single" in ctx.kinds:
         attrs = [a for a in view.attrs if (ctx.single_attrs is None or a in ctx.single_attrs) and ctx.open(a)]
         rng.shuffle(attrs)
@@ -223,17 +231,18 @@ def entity_examples(view: EntityView, ctx: _Ctx) -> Iterator[tuple[str, dict]]:
             base = int(rng.random() * 8)
             for j, q in enumerate(questions_for(view.name, attr, ctx.phrasings, entity_type=view.type, rng=rng,
                                                 book=ctx.book)):
-                text, knowledge = _answer(ctx, view, attr, rng, base + j)
+                text, knowledge, knowledge_json = _answer(ctx, view, attr, rng, base + j)
                 if text:
                     while len(rounds) <= j:
                         rounds.append([])
-                    rounds[j].append((attr, _record("single", view, attr, q, text, knowledge)))
+                    rounds[j].append((attr, _record("single", view, attr, q, text, knowledge,
+                                                    knowledge_json=knowledge_json)))
     yield from rounds[0] if rounds else ()
     if ctx.index is not None and ctx.open("scenario"):
         yield from _scenarios(view, ctx, rng)
     if "dialogue" in ctx.kinds and ctx.open("dialogue"):
         for _ in range(ctx.dialogues_per_entity):
-            dia = make_dialogue(view, ctx.book, rng, lambda v, a, r: _answer(ctx, v, a, r), ctx.single_attrs)
+            dia = make_dialogue(view, ctx.book, rng, lambda v, a, r: _answer(ctx, v, a, r)[:2], ctx.single_attrs)
             if dia is not None:
                 (q, a), history = dia.turns[-1], [list(t) for t in dia.turns[:-1]]
                 yield "dialogue", _record("dialogue", view, ",".join(dia.attributes), q, a, dia.knowledge, history)
@@ -241,7 +250,7 @@ def entity_examples(view: EntityView, ctx: _Ctx) -> Iterator[tuple[str, dict]]:
         yield from later
 
 
-def _scenarios(view: EntityView, ctx: _Ctx, rng: random.Random) -> Iterator[tuple[str, dict]]:
+def _scenarios(view: EntityView, ctx: _Ctx, rng: random.Random) -> Iterator[tuple[str, tuple[dict, str, None]]]:
     split = ctx.split_of.get(view.name, "train")
     allowed = lambda name: may_mention(split, ctx.split_of.get(name))  # noqa: E731
     for _ in range(ctx.scenarios_per_disease):
@@ -269,10 +278,10 @@ def _generate(order: list[EntityView], ctx: _Ctx, writer: DatasetWriter, max_exa
             break
         split = ctx.split_of.get(view.name, "train")
         n_entity = 0
-        for group, rec in entity_examples(view, ctx):
-            if not ctx.open(group) or not dedup.add(question_key(rec["instruction"], rec["history"])):
+        for group, (rec, key, knowledge_json) in entity_examples(view, ctx):
+            if not ctx.open(group) or not dedup.add(key):
                 continue
-            writer.write(split, rec)
+            writer.write(split, rec, knowledge_json)
             total += 1
             n_entity += 1
             if ctx.quotas is not None:

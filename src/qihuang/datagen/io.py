@@ -15,7 +15,23 @@ from pathlib import Path
 from qihuang.datagen.splits import SPLITS
 
 # records are plain trees: skipping the circular-reference check halves the encoding time
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+_ENCODE = encode_json
+_STR = json.encoder.encode_basestring  # a quoted JSON string, non-ASCII kept (C implementation)
+_FIELDS = ("instruction", "input", "output", "history", "knowledge", "entity", "attribute", "kind", "id")
+
+
+def encode_record(record: dict, knowledge_json: str | None = None) -> str:
+    """One JSON line. With ``knowledge_json`` (the record's knowledge, already encoded: the builder
+    shares it between the phrasings of one fact list) a record with exactly the standard fields is
+    written without encoding its knowledge again."""
+    if knowledge_json is None or len(record) != len(_FIELDS):
+        return _ENCODE(record)
+    r = record
+    history = _ENCODE(r["history"]) if r["history"] else "[]"
+    return (f'{{"instruction":{_STR(r["instruction"])},"input":{_STR(r["input"])},"output":{_STR(r["output"])},'
+            f'"history":{history},"knowledge":{knowledge_json},"entity":{_STR(r["entity"])},'
+            f'"attribute":{_STR(r["attribute"])},"kind":{_STR(r["kind"])},"id":{_STR(r["id"])}}}')
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history",
                   "system": "system", "knowledge": "knowledge"}
 
@@ -85,8 +101,8 @@ class DatasetWriter:
             self._files[name] = (Path(tmp), self.out_dir / name, os.fdopen(fd, "w", encoding="utf-8",
                                                                           buffering=1 << 20))
 
-    def write(self, split: str, record: dict) -> None:
-        self._files[f"{split}.jsonl"][2].write(_ENCODE(record) + "\n")
+    def write(self, split: str, record: dict, knowledge_json: str | None = None) -> None:
+        self._files[f"{split}.jsonl"][2].write(encode_record(record, knowledge_json) + "\n")
         if self.sharegpt:
             self._files[f"{split}_sharegpt.jsonl"][2].write(_ENCODE(to_sharegpt(record)) + "\n")
         self.counts[split] += 1

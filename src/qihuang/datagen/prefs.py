@@ -264,8 +264,15 @@ def _dosing(q: Question, rng: random.Random, book: Phrasebook, texts: PrefTexts)
     return {"rejected": plain + claim, "detail": {"unsafe": "dosing", "claim": claim}}
 
 
+@lru_cache(maxsize=1)
+def _rules_by_id() -> dict:
+    from qihuang.answer.triage import load_rules
+
+    return {r.id: r for r in load_rules().rules}
+
+
 def _red_flag(q: Question, rng: random.Random, texts: PrefTexts) -> dict | None:
-    from qihuang.answer.triage import load_rules, triage
+    from qihuang.answer.triage import triage
 
     pool = list(texts.situations.get(q.view.type, ())) + list(texts.situations.get("any", ()))
     situation = pool[int(rng.random() * len(pool))].format(entity=q.view.name)
@@ -273,7 +280,7 @@ def _red_flag(q: Question, rng: random.Random, texts: PrefTexts) -> dict | None:
     tri = triage(question)
     if not tri.is_red_flag:
         return None
-    rules = {r.id: r for r in load_rules().rules}
+    rules = _rules_by_id()
     fired = [rules[m] for m in tri.matched if m in rules and rules[m].level == tri.level]
     advice = texts.advice[tri.level].format(labels="、".join(dict.fromkeys(r.label for r in fired)),
                                             advice="".join(dict.fromkeys(r.advice for r in fired)))

@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 
 from qihuang.datagen.kbview import EntityView
 from qihuang.datagen.templates import Phrasebook, clean_value, is_clause, join_values
@@ -41,6 +42,7 @@ class SymptomIndex:
     def __init__(self, views: list[EntityView], disease_type: str = "disease", common: int = 200):
         self.common = common  # symptoms of more diseases than this tell little
         self._pools: dict[int, tuple[list[str], list[str]]] = {}
+        self._sets: dict[str, frozenset[int]] = {}
         self.names: list[str] = []
         self.symptoms: list[dict[str, Fact]] = []
         self.departments: list[list[Fact]] = []
@@ -61,6 +63,16 @@ class SymptomIndex:
             self.symptoms.append(syms)
             self.departments.append(view.attrs.get("department", []))
             self.position[view.name] = idx
+        by_size = sorted(range(len(self.names)), key=lambda d: (len(self.symptoms[d]), self.names[d]))
+        self._order = [0] * len(by_size)
+        for rank, d in enumerate(by_size):
+            self._order[d] = rank
+
+    def _members(self, symptom: str) -> set[int] | frozenset[int]:
+        found = self._sets.get(symptom)
+        if found is None:
+            found = self._sets[symptom] = frozenset(self.postings[symptom])
+        return found
 
     def pools(self, disease: int) -> tuple[list[str], list[str]]:
         """The disease's usable symptoms, rarest first, and those of them shared with 2..``common``
@@ -81,28 +93,32 @@ class SymptomIndex:
 
     def rank(self, symptoms: list[str], allowed: Callable[[str], bool] | None = None,
              limit: int | None = None) -> list[tuple[int, int]]:
-        """(disease index, overlap) for the diseases sharing most of ``symptoms`` (at least two, or the
-        best overlap there is): most overlap first, then the larger share of the disease's own
-        symptoms, then name. ``allowed`` filters disease names; ``limit`` keeps the first few."""
+        """(disease index, overlap) for the diseases sharing at least two of ``symptoms`` (or one, when
+        none shares two): most overlap first, then the larger share of the disease's own symptoms,
+        then name. ``allowed`` filters disease names; ``limit`` keeps the first few."""
+        posts = sorted((s for s in symptoms if s in self.postings), key=self.df)
+        if not posts:
+            return []
         counts: Counter[int] = Counter()
-        for s in symptoms:
-            counts.update(self.postings.get(s, ()))
-        items = counts.most_common()  # by overlap, highest first
-        floor = min(2, items[0][1]) if items else 0
+        for s in posts[:-1]:  # a disease sharing two or more symptoms is in one of the shorter lists
+            counts.update(self.postings[s])
+        largest = self._members(posts[-1])
+        for d in largest.intersection(counts):
+            counts[d] += 1
+        strong = [d for d, c in counts.items() if c >= 2]
+        if not strong:  # only single-symptom matches: every disease of every list counts
+            counts = Counter(d for s in posts for d in self.postings[s])
+            strong = list(counts)
+        # most overlap first; ties: the larger share of the disease's own symptoms (fewer symptoms), then name
+        strong.sort(key=self._order.__getitem__)
+        strong.sort(key=counts.__getitem__, reverse=True)
         out: list[tuple[int, int]] = []
-        i = 0
-        while i < len(items) and (limit is None or len(out) < limit):
-            c = items[i][1]
-            j = i
-            while j < len(items) and items[j][1] == c:
-                j += 1
-            if c < floor and out:
-                break
-            level = [d for d, _ in items[i:j] if allowed is None or allowed(self.names[d])]
-            level.sort(key=lambda d: (-c / len(self.symptoms[d]), self.names[d]))
-            out.extend((d, c) for d in level)
-            i = j
-        return out[:limit] if limit else out
+        for d in strong:
+            if allowed is None or allowed(self.names[d]):
+                out.append((d, counts[d]))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
 
 
 def pick_symptoms(index: SymptomIndex, disease: int, rng: random.Random, lo: int, hi: int) -> list[str] | None:

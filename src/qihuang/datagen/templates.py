@@ -238,6 +238,7 @@ def _check_scenario(spec: dict, path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # values -> text
 # --------------------------------------------------------------------------------------------
+@lru_cache(maxsize=1 << 18)  # KB values repeat a lot ("恶心", "口服"): clean each once
 def clean_value(value: str) -> str:
     """A KB value as shown in an answer: markup and trailing punctuation or "等" removed."""
     v = value.strip()
@@ -249,6 +250,7 @@ def clean_value(value: str) -> str:
     return v
 
 
+@lru_cache(maxsize=1 << 18)
 def is_clause(value: str, min_chars: int = 14) -> bool:
     """Whether a value reads like a sentence (long, or punctuated inside) rather than a short term."""
     return len(value) >= min_chars or _CLAUSE_PUNCT.search(value) is not None
@@ -291,10 +293,10 @@ class Prepared:
 
 
 def prepare_values(values: list[str], phrasing: Phrasing, book: Phrasebook,
-                   max_values: int | None = None, exclude: str | None = None) -> Prepared:
+                   max_values: int | None = None, exclude: str | None = None, more: bool = False) -> Prepared:
     """Clean, de-duplicate and cut ``values`` (the caller ranks them, best first); a value equal to
-    ``exclude`` (the entity itself) is dropped. Only as many values as can be shown are cleaned, so
-    long lists cost little."""
+    ``exclude`` (the entity itself) is dropped; ``more``: the caller passed only the first values of
+    a longer list. Only as many values as can be shown are cleaned, so long lists cost little."""
     special = special_value = None
     if phrasing.value_sentences:
         for i, raw in enumerate(values):
@@ -328,7 +330,7 @@ def prepare_values(values: list[str], phrasing: Phrasing, book: Phrasebook,
             shown = [v for v, f in zip(shown, flags) if not f]
     if join == "clauses":
         limit = min(limit, book.clause_max_values)
-    cut = len(shown) > limit or dropped
+    cut = len(shown) > limit or dropped or (more and bool(shown))
     shown = shown[:limit]
     return Prepared(tuple(shown), tuple(used[:limit]), cut, join, special, special_value,
                     join_values(shown, join, book.etc, cut))
@@ -392,6 +394,8 @@ def questions_for(entity: str, attribute: str, n: int = 1, *, entity_type: str |
         return []
     if rng is not None and len(pools) > 1 and rng.random() < 0.5:
         pools.reverse()
+    if n <= len(pools):  # the common case: one question from each of the first n styles
+        return [_sample(pool, 1, rng)[0].format(entity=entity, label=phr.label) for pool in pools[:n]]
     want = [n // len(pools) + (1 if i < n % len(pools) else 0) for i in range(len(pools))]
     for i, pool in enumerate(pools):  # a short pool leaves its share to the next
         extra = want[i] - len(pool)
