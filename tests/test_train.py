@@ -42,7 +42,8 @@ def dataset(tmp_path):
 
 def _cfg(model, dataset, output, **kw) -> dict:
     base = {"model": str(model), "dataset": str(dataset), "output": str(output), "max_steps": 6,
-            "batch_size": 4, "save_steps": 3, "learning_rate": 5e-3, "logging_steps": 1, "cutoff_len": 128}
+            "batch_size": 4, "save_steps": 3, "learning_rate": 5e-3, "logging_steps": 1, "cutoff_len": 128,
+            "num_threads": 1}
     return {**base, **kw}
 
 

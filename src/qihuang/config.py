@@ -61,6 +61,8 @@ class TrainConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weight dtype "
                                                                       "(auto: float32 on CPU)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision")
+    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's "
+                                    "choice; 1 is often fastest on a CPU shared with other jobs)")
     gradient_checkpointing: bool = Field(False, description="trade compute for memory")
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
     # preference stages (rm, dpo)

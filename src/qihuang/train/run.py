@@ -83,6 +83,21 @@ def _prepare_output(config: TrainConfig, is_main: bool) -> Path:
 def run(config: TrainConfig | dict[str, Any], callbacks: list[Callback] | None = None,
         progress: bool = True) -> TrainResult:
     """Train according to ``config`` and write the output directory; returns its metrics."""
+    if not isinstance(config, TrainConfig):
+        config = build_config(dict(config))
+    if config.num_threads is None:
+        return _run(config, callbacks, progress)
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    try:
+        return _run(config, callbacks, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(config: TrainConfig, callbacks: list[Callback] | None, progress: bool) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -91,8 +106,6 @@ def run(config: TrainConfig | dict[str, Any], callbacks: list[Callback] | None =
     from qihuang.models.lora import check_qlora_available
     from qihuang.train.loop import Loop, checkpoints
 
-    if not isinstance(config, TrainConfig):
-        config = build_config(dict(config))
     stage = stage_module(config.stage)
     if config.finetuning == "qlora":
         check_qlora_available()
