@@ -1,4 +1,4 @@
-"""``qihuang data`` subcommands: build (templates), synth (LLM-assisted), validate."""
+"""``qihuang data`` subcommands: build (templates), synth (LLM-assisted), prefs (preference pairs), validate."""
 
 from __future__ import annotations
 
@@ -49,12 +49,18 @@ def cmd_prefs(args) -> int:
 
 
 def register(subparsers) -> None:
-    """Add ``qihuang data build|synth|validate``."""
+    """Add ``qihuang data build|synth|prefs|validate``."""
     data = subparsers.add_parser("data", help="build, synthesize and validate instruction data",
                                  description="Instruction data from the knowledge base.")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: (data.print_help() or 0))
+    _add_build(sub)
+    _add_synth(sub)
+    _add_prefs(sub)
+    _add_validate(sub)
 
+
+def _add_build(sub) -> None:
     b = sub.add_parser("build", help="template-built dataset (questions, scenarios, dialogues) from the KB",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--db", help="knowledge-base file (default $QIHUANG_HOME/kb.sqlite)")
@@ -74,6 +80,8 @@ def register(subparsers) -> None:
     b.add_argument("--json", action="store_true", help="print the statistics as JSON (no progress bar)")
     b.set_defaults(func=cmd_build)
 
+
+def _add_synth(sub) -> None:
     s = sub.add_parser("synth", help="LLM-written patient questions and answers from sampled KB facts",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
@@ -90,6 +98,8 @@ def register(subparsers) -> None:
     s.add_argument("--json", action="store_true", help="print the statistics as JSON (no progress bar)")
     s.set_defaults(func=cmd_synth)
 
+
+def _add_prefs(sub) -> None:
     p = sub.add_parser("prefs", help="preference pairs (KB-faithful vs corrupted answers) for --stage rm/dpo",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--db", help="knowledge-base file (default $QIHUANG_HOME/kb.sqlite)")
@@ -101,6 +111,8 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the statistics as JSON (no progress bar)")
     p.set_defaults(func=cmd_prefs)
 
+
+def _add_validate(sub) -> None:
     v = sub.add_parser("validate", help="check alpaca or ShareGPT data (JSON or JSON lines)")
     v.add_argument("path", help="a .json/.jsonl file or a dataset directory")
     v.add_argument("--max-errors", type=int, default=50, help="errors listed before stopping the listing")
