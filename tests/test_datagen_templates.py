@@ -51,6 +51,7 @@ def test_values_are_cleaned_deduplicated_and_sentences_joined_as_clauses():
     assert clean_value(" 心悸等。") == "心悸"
     assert clean_value("Ibuprofen<sup>[药典]</sup>") == "Ibuprofen"
     assert clean_value("中等") == "中等"
+    assert clean_value("用于肺炎") == "肺炎"
     text, used = compose_answer("高血压", "symptoms", ["头痛", "头痛等", "心悸", "高血压"], variant=0)
     assert text == "高血压的常见症状包括头痛和心悸。" and used == [0, 2]  # the entity itself is not a value
     text, used = compose_answer("布洛芬片", "dosage", ["口服。一次1片，一日3次", "遵医嘱"], variant=0, safety=False)

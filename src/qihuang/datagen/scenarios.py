@@ -79,7 +79,9 @@ class SymptomIndex:
         diseases (cached)."""
         found = self._pools.get(disease)
         if found is None:
-            pool = sorted((s for s in self.symptoms[disease] if usable_symptom(s)), key=lambda s: (self.df(s), s))
+            # a "symptom" that is itself a disease of the KB (心肌病, 气胸) would give the answer away
+            pool = sorted((s for s in self.symptoms[disease] if usable_symptom(s) and s not in self.position),
+                          key=lambda s: (self.df(s), s))
             shared = [s for s in pool if 2 <= self.df(s) <= self.common]
             found = self._pools[disease] = (pool, shared)
         return found

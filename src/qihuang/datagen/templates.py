@@ -240,13 +240,15 @@ def _check_scenario(spec: dict, path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 @lru_cache(maxsize=1 << 18)  # KB values repeat a lot ("恶心", "口服"): clean each once
 def clean_value(value: str) -> str:
-    """A KB value as shown in an answer: markup and trailing punctuation or "等" removed."""
+    """A KB value as shown in an answer: markup, trailing punctuation or "等" and a leading "用于" removed."""
     v = value.strip()
     if "<" in v:
         v = _TAG.sub("", v).strip()
     v = v.rstrip(_TRAILING)
     if len(v) > 2 and v.endswith("等"):
         v = v[:-1].rstrip(_TRAILING)
+    if len(v) > 3 and v.startswith("用于"):  # "用于肺炎": the answer patterns say 用于 themselves
+        v = v[2:]
     return v
 
 
