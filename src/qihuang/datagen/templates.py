@@ -277,7 +277,7 @@ def join_values(values: list[str], join: str = "and", etc: str = "等", cut: boo
     return "、".join(values[:-1]) + word + values[-1]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made once per entity and attribute: a plain slots class is cheaper than frozen
 class Prepared:
     """Values ready to be stated: what an answer shows, and which source values it uses."""
 
