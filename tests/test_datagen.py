@@ -163,7 +163,7 @@ def test_failed_build_leaves_previous_output_untouched(kb, tmp_path, monkeypatch
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(builder, "_count", boom)
+    monkeypatch.setattr(builder, "_tally_stats", boom)
     with pytest.raises(RuntimeError):
         build_dataset(kb, out, seed=5)
     assert (out / "train.jsonl").read_bytes() == before

@@ -262,51 +262,57 @@ def _scenarios(view: EntityView, ctx: _Ctx, rng: random.Random) -> Iterator[tupl
 def _generate(order: list[EntityView], ctx: _Ctx, writer: DatasetWriter, max_examples: int | None,
               per_entity: int | None, progress: bool) -> dict:
     dedup = Deduper()
-    st = {"kinds": Counter(), "attributes": Counter(), "entity_types": Counter(), "turns": Counter(),
-          "dialogue_turn_attributes": Counter()}
+    tally: Counter[tuple] = Counter()  # (kind, attribute, entity type, turns): split into stats at the end
     entities = {s: set() for s in writer.splits}
     total = 0
+    limit = max_examples if max_examples is not None else float("inf")
+    cap = per_entity if per_entity is not None else float("inf")
+    quotas = ctx.quotas
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=max_examples or None, desc="building examples", unit=" ex", mininterval=0.5)
     for view in order:
-        if max_examples is not None and total >= max_examples:
-            break
-        if ctx.quotas is not None and not any(v > 0 for v in ctx.quotas.values()):
+        if total >= limit or (quotas is not None and not any(v > 0 for v in quotas.values())):
             break
         split = ctx.split_of.get(view.name, "train")
         n_entity = 0
         for group, (rec, key, knowledge_json) in entity_examples(view, ctx):
-            if not ctx.open(group) or not dedup.add(key):
+            if (quotas is not None and quotas.get(group, 0) <= 0) or not dedup.add(key):
                 continue
             writer.write(split, rec, knowledge_json)
             total += 1
             n_entity += 1
-            if ctx.quotas is not None:
-                ctx.quotas[group] -= 1
-            _count(st, rec, view.type)
-            entities[split].add(view.name)
-            if (per_entity is not None and n_entity >= per_entity) or (max_examples and total >= max_examples):
+            if quotas is not None:
+                quotas[group] -= 1
+            tally[(rec["kind"], rec["attribute"], view.type, len(rec["history"]) + 1)] += 1
+            if n_entity >= cap or total >= limit:
                 break
+        if n_entity:
+            entities[split].add(view.name)
         if bar is not None:
             bar.update(n_entity)
     if bar is not None:
         bar.close()
+    st = _tally_stats(tally)
     st["duplicates_dropped"] = dedup.duplicates
     st["entities_per_split"] = {s: len(v) for s, v in entities.items()}
     return st
 
 
-def _count(st: dict, rec: dict, entity_type: str) -> None:
-    st["kinds"][rec["kind"]] += 1
-    st["attributes"][rec["attribute"] if rec["kind"] == "single" else rec["kind"]] += 1
-    st["entity_types"][entity_type] += 1
-    st["turns"][len(rec["history"]) + 1] += 1
-    if rec["kind"] == "dialogue":
-        for a in rec["attribute"].split(","):
-            st["dialogue_turn_attributes"][a] += 1
+def _tally_stats(tally: Counter) -> dict:
+    st = {"kinds": Counter(), "attributes": Counter(), "entity_types": Counter(), "turns": Counter(),
+          "dialogue_turn_attributes": Counter()}
+    for (kind, attribute, entity_type, turns), n in tally.items():
+        st["kinds"][kind] += n
+        st["attributes"][attribute if kind == "single" else kind] += n
+        st["entity_types"][entity_type] += n
+        st["turns"][turns] += n
+        if kind == "dialogue":
+            for a in attribute.split(","):
+                st["dialogue_turn_attributes"][a] += n
+    return st
 
 
 def _summary(kb, st: dict, seconds: float, t_read: float, **options) -> dict:
