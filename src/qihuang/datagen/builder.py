@@ -213,14 +213,14 @@ def _record(kind: str, view: EntityView, attribute: str, question: str, answer: 
     """(record, its question key for de-duplication, its knowledge as JSON when already encoded)."""
     history = history or []
     key = question_key(question, history)
-    return {"instruction": question, "input": "", "output": answer, "history": history, "knowledge": knowledge,
-            "entity": view.name, "attribute": attribute, "kind": kind, "id": example_id(kind, key)}, key, \
-        knowledge_json
+    record = {"instruction": question, "input": "", "output": answer, "history": history, "knowledge": knowledge,
+              "entity": view.name, "attribute": attribute, "kind": kind, "id": example_id(kind, key)}
+    return record, key, knowledge_json
 
 
 def entity_examples(view: EntityView, ctx: _Ctx) -> Iterator[tuple[str, tuple[dict, str, str | None]]]:
-    """(group, (record, question key, knowledge JSON)) pairs for one entity: one question per attribute first, then its scenarios and
-    dialogue, then the remaining phrasings (so ``per_entity`` keeps variety)."""
+    """(group, (record, question key, knowledge JSON)) for one entity: one question per attribute first,
+    then its scenarios and dialogue, then the remaining phrasings (so ``per_entity`` keeps variety)."""
     rng = random.Random((ctx.seed << 32) ^ zlib.crc32(view.name.encode("utf-8")))  # cheap to seed
     ctx.prepared.clear()
     rounds: list[list[tuple[str, tuple[dict, str, str | None]]]] = []
