@@ -72,3 +72,30 @@ class FakeEngine:
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
         return [-float(len(cont)) for _, cont in requests]
+
+
+def make_tiny_adapter(base_dir, out_dir, seed: int = 0):
+    """A random (non-zero) LoRA adapter for the tiny model, with qihuang metadata and template."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qihuang.data.prompts import save_template
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # make the adapter change the greedy output clearly
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    out = Path(out_dir)
+    peft_model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    save_template(get_template("med_template"), out)
+    (out / "qihuang_meta.json").write_text(json.dumps({"base_model": str(base_dir)}), encoding="utf-8")
+    return out

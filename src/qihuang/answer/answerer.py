@@ -140,13 +140,15 @@ class Answerer:
 
     def answer_batch(self, questions: list[str], histories: list[History | None] | None = None,
                      grounded: bool | None = None, params: GenerationParams | None = None,
-                     system: str | None = None) -> list[Answer]:
-        """Answer many questions with one batched generation (refused ones are not generated)."""
+                     system: str | None = None, systems: list[str | None] | None = None) -> list[Answer]:
+        """Answer many questions with one batched generation (refused ones are not generated).
+        ``systems`` gives one system prompt per question (else ``system`` for all)."""
         params = params or self.params
         histories = histories or [None] * len(questions)
-        if len(histories) != len(questions):
-            raise InputError("histories must have one entry per question", field="histories")
-        plans = [self.plan(q, h, system, grounded) for q, h in zip(questions, histories)]
+        systems = systems or [system] * len(questions)
+        if not len(histories) == len(systems) == len(questions):
+            raise InputError("histories/systems must have one entry per question", field="histories")
+        plans = [self.plan(q, h, s, grounded) for q, h, s in zip(questions, histories, systems)]
         todo = [p for p in plans if p.prompt is not None]
         outputs = iter(self.engine.generate([p.prompt for p in todo], params) if todo else [])
         return [self._finish(p, next(outputs) if p.prompt is not None else "", params) for p in plans]

@@ -1,0 +1,127 @@
+"""Batch inference over alpaca JSON / JSON lines (the HuaTuo ``infer.json`` shape).
+
+Each input record gives a question (``instruction`` + ``input``, optional ``history``, or a
+ShareGPT conversation whose last user turn is the question) and optionally a reference
+``output``. Each output line holds ``line`` (the input line number), ``instruction``,
+``input``, ``output`` (the reference), ``prediction``, ``grounded``, ``citations``, ``triage``,
+``refused`` and ``disclaimer``.
+
+Resumable: results are appended batch by batch to ``OUTPUT.partial`` (flushed and fsynced);
+a rerun skips the input lines already there, and the finished file is moved onto ``OUTPUT``
+with ``os.replace``. A torn last line (a crash mid-write) is dropped and redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from qihuang.errors import InputError
+
+_PLACEHOLDER = "\u2026"  # stands in for a missing reference so the shared record parser accepts it
+
+
+def question_of(record: dict, path: str, line: int) -> dict:
+    """``{"question", "history", "system", "reference", "instruction", "input"}`` of a record."""
+    from qihuang.data.formats import to_conversation
+
+    shaped = dict(record)
+    reference = None
+    if "conversations" in record or "messages" in record:
+        key = "conversations" if "conversations" in record else "messages"
+        turns = record.get(key)
+        if isinstance(turns, list) and turns and isinstance(turns[-1], dict) and \
+                str(turns[-1].get("from", turns[-1].get("role"))).lower() in ("user", "human"):
+            shaped[key] = turns + [{"role": "assistant", "content": _PLACEHOLDER}]
+        conv = to_conversation(shaped, path, line)
+        if shaped.get(key) is turns:
+            reference = conv["messages"][-1]["content"]
+    else:
+        output = record.get("output")
+        reference = output if isinstance(output, str) and output.strip() else None
+        if reference is None and ("instruction" in record or "input" in record):
+            shaped["output"] = _PLACEHOLDER
+        conv = to_conversation(shaped, path, line)
+    messages = conv["messages"]
+    question = messages[-2]["content"]
+    if not question.strip():
+        raise InputError("the question is empty", path=path, line=line, field="instruction")
+    history = [[messages[i]["content"], messages[i + 1]["content"]] for i in range(0, len(messages) - 2, 2)]
+    return {"question": question, "history": history, "system": conv["system"], "reference": reference,
+            "instruction": record.get("instruction", question), "input": record.get("input", "")}
+
+
+def _read_done(path: Path) -> tuple[list[str], set[int]]:
+    """Valid lines of a previous (partial) output and the input line numbers they cover."""
+    kept, done = [], set()
+    if not path.is_file():
+        return kept, done
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError:
+            continue  # a torn line from an interrupted run: redone
+        if isinstance(row, dict) and isinstance(row.get("line"), int):
+            kept.append(raw)
+            done.add(row["line"])
+    return kept, done
+
+
+def _atomic_write_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _result_row(line: int, item: dict, answer) -> dict:
+    row = {"line": line, "instruction": item["instruction"], "input": item["input"],
+           "output": item["reference"], "prediction": answer.text, "grounded": answer.grounded,
+           "citations": [c.to_dict() for c in answer.citations], "triage": answer.triage.to_dict(),
+           "refused": answer.refused, "disclaimer": answer.disclaimer}
+    if item.get("id") is not None:
+        row["id"] = item["id"]
+    return row
+
+
+def run_infer(input_path: str | Path, output_path: str | Path, answerer, batch_size: int = 8,
+              limit: int | None = None, progress: bool = True) -> dict:
+    """Answer every record of ``input_path`` into ``output_path`` (JSON lines); returns counts."""
+    from tqdm import tqdm
+
+    from qihuang.data.formats import read_records
+
+    src, out = Path(input_path), Path(output_path)
+    if src.resolve() == out.resolve():
+        raise InputError("--output must differ from --input", path=str(out))
+    partial = out.with_name(out.name + ".partial")
+    kept, done = _read_done(partial if partial.is_file() else out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_lines(partial, kept)  # drop a torn last line before appending
+    todo = []
+    for line, record in read_records(src):
+        if limit is not None and len(todo) + len(done) >= limit:
+            break
+        if line not in done:
+            item = question_of(record, str(src), line)
+            item["id"] = record.get("id")
+            todo.append((line, item))
+    counts = {"written": 0, "skipped": len(done), "red_flags": 0, "refused": 0, "grounded": 0}
+    bar = tqdm(total=len(todo), desc="infer", unit="q", disable=not progress)
+    with open(partial, "a", encoding="utf-8") as fh:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            answers = answerer.answer_batch([it["question"] for _, it in chunk], [it["history"] for _, it in chunk],
+                                            systems=[it["system"] for _, it in chunk])
+            for (line, item), answer in zip(chunk, answers):
+                fh.write(json.dumps(_result_row(line, item, answer), ensure_ascii=False) + "\n")
+                counts["red_flags"] += answer.triage.is_red_flag
+                counts["refused"] += answer.refused
+                counts["grounded"] += answer.grounded
+            fh.flush()
+            os.fsync(fh.fileno())
+            counts["written"] += len(chunk)
+            bar.update(len(chunk))
+    bar.close()
+    os.replace(partial, out)
+    return counts
