@@ -75,7 +75,9 @@ def sample_facts(views: list[EntityView], n: int, seed: int, prompts: dict) -> l
     """``n`` fact samples. Sample ``i`` depends only on ``seed`` and ``i`` (and the KB), so a rerun
     with a larger ``n`` repeats the first ones exactly and their cached replies are reused."""
     book = load_phrasebook()
-    qa = {a for a in {k for v in views for k in v.attrs} if book.get(a).qa and not book.get(a).generic}
+    skip = set(prompts.get("skip_attributes") or ())
+    qa = {a for a in {k for v in views for k in v.attrs}
+          if a not in skip and book.get(a).qa and not book.get(a).generic}
     by_type: dict[str, list[EntityView]] = {}
     for v in views:
         if any(a in qa for a in v.attrs):
