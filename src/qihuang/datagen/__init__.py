@@ -1,4 +1,17 @@
-"""Instruction data from the knowledge base: template builder, LLM-assisted builder, validation."""
+"""Instruction data from the knowledge base.
+
+    templates.py   phrasings (resources/phrasings.yaml) and answers composed from KB values: answer_for()
+    kbview.py      the KB in memory for building: facts per attribute, most telling values first
+    scenarios.py   symptoms -> the diseases sharing most of them (hedged), with departments
+    dialogues.py   2–4 turn dialogues about one entity, in a natural order per entity type
+    splits.py      train/dev/test by entity (seeded), question keys and de-duplication
+    io.py          atomic dataset directory: split files, ShareGPT, dataset_info.json, stats.json
+    builder.py     build_dataset(): `qihuang data build`
+    llm_client.py  OpenAI-compatible async client with retries, backoff and a reply cache
+    synth.py       synthesize(): `qihuang data synth` (LLM-written, consistency-filtered)
+    prefs.py       preference pairs for reward modelling / DPO: `qihuang data prefs`
+    validate.py    `qihuang data validate` (alpaca / ShareGPT, JSON or JSON lines)
+"""
 
 from qihuang.datagen.builder import build_dataset
 from qihuang.datagen.templates import answer_for, compose_answer, questions_for
