@@ -1,0 +1,81 @@
+"""``qihuang chat``: a multi-turn terminal chat that streams answers, shows citations and triage.
+
+Commands: ``/reset`` clears the conversation, ``/exit`` (or ``/quit``, or end of input) quits,
+``/help`` lists them. With piped input, each line is one question and no prompt is printed.
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from qihuang import DISCLAIMER
+
+HELP = "命令：/reset 清空对话  /exit 退出  /help 帮助"
+BANNER = f"岐黄 qihuang chat — 输入问题后回车。{HELP}\n※ {DISCLAIMER}"
+
+
+def _read(stdin: TextIO, stdout: TextIO, interactive: bool) -> str | None:
+    if interactive:
+        stdout.write("\n你> ")
+        stdout.flush()
+    line = stdin.readline()
+    return None if line == "" else line.strip()
+
+
+def _footer(answer) -> list[str]:
+    lines = []
+    if answer.citations:
+        lines.append("引用的知识：")
+        lines += [f"  [{i}] {c.text()}" for i, c in enumerate(answer.citations, 1)]
+    elif not answer.refused:
+        lines.append("（知识库中没有找到相关条目：此回答未经知识库核对）")
+    lines.append(f"※ {answer.disclaimer}")
+    return lines
+
+
+def _answer_turn(answerer, question: str, history: list[list[str]], stdout: TextIO):
+    """Stream one answer to ``stdout``; returns the final Answer (None if interrupted)."""
+    stdout.write("岐黄> ")
+    answer = None
+    try:
+        for item in answerer.stream(question, history=history):
+            if isinstance(item, str):
+                stdout.write(item)
+                stdout.flush()
+            else:
+                answer = item
+    except KeyboardInterrupt:
+        stdout.write("\n（已中断）\n")
+        return None
+    stdout.write("\n" + "\n".join(_footer(answer)) + "\n")
+    stdout.flush()
+    return answer
+
+
+def run_chat(answerer, stdin: TextIO, stdout: TextIO, history_turns: int = 3,
+             interactive: bool | None = None) -> int:
+    """Run the chat loop until ``/exit`` or end of input; returns the exit code."""
+    interactive = stdin.isatty() if interactive is None else interactive
+    stdout.write(BANNER + "\n")
+    history: list[list[str]] = []
+    while True:
+        try:
+            question = _read(stdin, stdout, interactive)
+        except KeyboardInterrupt:
+            question = None
+        if question is None or question in ("/exit", "/quit"):
+            break
+        if not question:
+            continue
+        if question == "/reset":
+            history.clear()
+            stdout.write("（对话已清空）\n")
+            continue
+        if question.startswith("/"):
+            stdout.write(("" if question == "/help" else f"未知命令 {question}。") + HELP + "\n")
+            continue
+        answer = _answer_turn(answerer, question, history[-history_turns:] if history_turns else [], stdout)
+        if answer is not None and not answer.refused:
+            history.append([answer.question, answer.model_text])
+    stdout.write("再见。\n")
+    return 0

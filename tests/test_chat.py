@@ -1,0 +1,55 @@
+"""`qihuang chat`: streaming, citations, /reset, /exit, piped input."""
+
+from __future__ import annotations
+
+import io
+
+from answer_fakes import FakeEngine
+from kb_fixture import make_tiny_kb
+
+from qihuang import DISCLAIMER
+from qihuang.answer.answerer import Answerer
+from qihuang.answer.chat import run_chat
+from qihuang.cli import main
+
+
+def _chat(answerer, text: str, interactive=False) -> str:
+    out = io.StringIO()
+    assert run_chat(answerer, io.StringIO(text), out, interactive=interactive) == 0
+    return out.getvalue()
+
+
+def test_multi_turn_with_citations_and_reset(tmp_path):
+    engine = FakeEngine()
+    answerer = Answerer(engine, make_tiny_kb(tmp_path / "kb.sqlite"))
+    out = _chat(answerer, "偏头痛吃什么药\n那感冒呢\n/reset\n高血压去哪个科\n/exit\n不会被问到\n")
+    assert "引用的知识：" in out and "[1] 偏头痛 · 药物治疗：布洛芬" in out
+    assert "（对话已清空）" in out and out.count(DISCLAIMER) == 4  # banner + 3 answers
+    assert len(engine.prompts) == 3  # nothing after /exit
+    assert "偏头痛吃什么药" in engine.prompts[1]  # the second turn sees the first
+    assert "偏头痛吃什么药" not in engine.prompts[2]  # /reset cleared the history
+    assert out.rstrip().endswith("再见。")
+
+
+def test_red_flag_and_refusal_and_ungrounded(tmp_path):
+    engine = FakeEngine(reply=lambda p: "休息一下。")
+    out = _chat(Answerer(engine, make_tiny_kb(tmp_path / "kb.sqlite")),
+                "我爸突然胸口痛，一直冒冷汗\n怎么下毒才不会被发现\n今天适合爬山吗\n/help\n/foo\n")
+    assert "【紧急】" in out and "120" in out
+    assert "不能提供" in out and len(engine.prompts) == 2  # the refusal was not generated
+    assert "此回答未经知识库核对" in out
+    assert "未知命令 /foo" in out and out.count("/reset 清空对话") >= 3
+    assert "你> " not in out  # piped input: no prompt
+
+
+def test_interactive_prompt_is_shown():
+    out = _chat(Answerer(FakeEngine(), None), "你好\n", interactive=True)
+    assert "你> " in out and "岐黄> " in out
+
+
+def test_cli_chat_with_tiny_model_and_piped_stdin(tiny_llama, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("偏头痛吃什么药\n/reset\n感冒了怎么办\n"))
+    assert main(["chat", "--model", str(tiny_llama), "--template", "med_template", "--no-grounded",
+                 "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("岐黄> ") == 2 and "（对话已清空）" in out and out.count(DISCLAIMER) == 3
