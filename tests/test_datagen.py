@@ -219,3 +219,16 @@ def test_fast_record_encoding_matches_json():
     line = encode_record(rec, encode_json(rec["knowledge"]))
     assert json.loads(line) == rec and line == encode_json(rec)
     assert json.loads(encode_record({**rec, "system": "你是医生"}, "[]"))["knowledge"] == rec["knowledge"]
+
+
+def test_interleaved_order_spreads_held_out_entities_evenly():
+    from qihuang.datagen.builder import interleave_splits
+    from qihuang.datagen.kbview import EntityView
+
+    views = [EntityView(f"e{i}", "disease", [], {}) for i in range(100)]
+    split_of = assign_splits([v.name for v in views], seed=0, dev_ratio=0.1, test_ratio=0.2)
+    order = interleave_splits(views, split_of, seed=0)
+    assert sorted(v.name for v in order) == sorted(v.name for v in views)
+    first = [split_of[v.name] for v in order[:20]]
+    assert first.count("dev") == 2 and first.count("test") == 4
+    assert [v.name for v in interleave_splits(views, split_of, seed=0)] == [v.name for v in order]

@@ -133,8 +133,7 @@ def _build(kb, out_dir: Path, *, max_examples, per_entity, attributes, seed, bal
     if balanced:
         ctx.quotas = _quotas(views, ctx, max_examples)
     t_read = time.perf_counter() - t0
-    order = list(views)
-    random.Random(seed).shuffle(order)
+    order = interleave_splits(views, split_of, seed)
     with DatasetWriter(out_dir, sharegpt=sharegpt) as writer:
         stats = _generate(order, ctx, writer, max_examples, per_entity, progress)
         seconds = time.perf_counter() - t0
@@ -144,6 +143,31 @@ def _build(kb, out_dir: Path, *, max_examples, per_entity, attributes, seed, bal
         stats["splits"] = dict(writer.counts)
         writer.commit(dataset_info(sharegpt=sharegpt), stats)
     return stats
+
+
+def interleave_splits(views: list[EntityView], split_of: dict[str, str], seed: int) -> list[EntityView]:
+    """Entities in a seeded random order in which the splits are spread evenly (smooth weighted
+    round robin), so a build cut short by ``max_examples`` or quotas still has dev and test examples
+    in about the split ratios."""
+    groups: dict[str, list[EntityView]] = {}
+    for v in views:
+        groups.setdefault(split_of.get(v.name, "train"), []).append(v)
+    rng = random.Random(seed)
+    for name in sorted(groups):
+        rng.shuffle(groups[name])
+    weights = {name: len(vs) for name, vs in groups.items()}
+    total = sum(weights.values())
+    credit = dict.fromkeys(groups, 0)
+    taken = dict.fromkeys(groups, 0)
+    order: list[EntityView] = []
+    for _ in range(total):
+        for name in credit:
+            credit[name] += weights[name]
+        pick = max((n for n in credit if taken[n] < weights[n]), key=lambda n: (credit[n], n))
+        credit[pick] -= total
+        order.append(groups[pick][taken[pick]])
+        taken[pick] += 1
+    return order
 
 
 def _splits(views, kb, seed, dev_ratio, test_ratio, test_entities) -> dict[str, str]:
