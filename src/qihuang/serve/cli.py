@@ -40,11 +40,10 @@ def cmd_serve(args) -> int:
 
 def cmd_webui(args) -> int:
     from qihuang.answer.cli import build_answerer
-    from qihuang.serve.webui import build_webui
+    from qihuang.serve.webui import build_webui, launch
 
-    demo = build_webui(build_answerer(args), title=args.title)
-    demo.queue(max_size=args.max_queue).launch(server_name=args.host, server_port=args.port, share=False,
-                                               footer_links=[])
+    launch(build_webui(build_answerer(args), title=args.title), host=args.host, port=args.port,
+           max_queue=args.max_queue)
     return 0
 
 
