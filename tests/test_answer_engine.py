@@ -91,3 +91,12 @@ def test_dtype_choice():
         choose_dtype("int3")
     with pytest.raises(ConfigError, match="backend"):
         load_engine(backend="tgi")
+
+
+def test_vllm_backend_says_how_to_install_when_missing():
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed")
+    with pytest.raises(ConfigError, match="pip install vllm"):
+        load_engine("default", backend="vllm")

@@ -1,0 +1,90 @@
+"""Optional vLLM backend (``--engine vllm``) for GPU serving and batch inference at scale.
+
+Same :class:`~qihuang.answer.engine.Engine` interface as the transformers backend. Give it a
+merged model directory (``qihuang export``) or a base model plus a LoRA adapter (served with
+vLLM's LoRA support). Needs ``pip install vllm`` on a CUDA machine; it is documented but not
+exercised by the CPU test suite. ``stream`` returns the whole answer as one piece (the offline
+``vllm.LLM`` API does not stream); ``qihuang serve --engine vllm`` still speaks SSE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from qihuang.answer.engine import GenerationParams
+from qihuang.errors import ConfigError
+
+
+def _template_for(template: str | None, adapter: str | None, base: str):
+    from qihuang.data.prompts import get_template, load_template
+
+    if template is not None:
+        return get_template(template)
+    return (load_template(adapter) if adapter else None) or \
+        (load_template(base) if Path(base).is_dir() else None) or get_template("auto")
+
+
+class VLLMEngine:
+    """Engine over ``vllm.LLM``."""
+
+    def __init__(self, llm, tokenizer, template, model_name: str, lora_request=None):
+        self.llm, self.tokenizer, self.template = llm, tokenizer, template
+        self.model_name, self.lora_request = model_name, lora_request
+
+    @classmethod
+    def load(cls, model: str | None = "default", adapter: str | None = None, template: str | None = None,
+             dtype: str = "auto", **llm_kwargs) -> VLLMEngine:
+        """Start vLLM on ``model`` (resolved like the HF backend) with an optional LoRA ``adapter``."""
+        try:
+            import vllm
+        except ImportError as exc:
+            raise ConfigError("--engine vllm needs vLLM (`pip install vllm`, CUDA GPU); "
+                              "use --engine hf on CPU") from exc
+        from qihuang.models.load import is_adapter_dir, read_meta, resolve_model
+
+        if adapter is None and is_adapter_dir(model):
+            model, adapter = None, model
+        if model is None:
+            model = read_meta(adapter).get("base_model", "default") if adapter else "default"
+        base = resolve_model(model)
+        llm = vllm.LLM(model=base, dtype=dtype, enable_lora=adapter is not None, **llm_kwargs)
+        lora = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            lora = LoRARequest("qihuang-adapter", 1, str(adapter))
+        return cls(llm, llm.get_tokenizer(), _template_for(template, adapter, base), str(adapter or model), lora)
+
+    def _sampling(self, params: GenerationParams, **extra):
+        from vllm import SamplingParams
+
+        stops = list(dict.fromkeys([*params.stop, *(self.template.stop or [])]))
+        return SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
+                              top_p=params.top_p, top_k=params.top_k if params.top_k > 0 else -1,
+                              repetition_penalty=params.repetition_penalty, stop=stops or None,
+                              seed=params.seed, **extra)
+
+    def generate(self, prompts: list[str], params: GenerationParams | None = None) -> list[str]:
+        outs = self.llm.generate(prompts, self._sampling(params or GenerationParams()),
+                                 lora_request=self.lora_request, use_tqdm=False)
+        return [o.outputs[0].text.strip() for o in outs]
+
+    def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]:
+        yield from self.generate([prompt], params)
+
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
+        tok = self.tokenizer
+        prompts, lengths = [], []
+        for ctx, cont in requests:
+            ids = tok(ctx)["input_ids"] + tok(cont, add_special_tokens=False)["input_ids"]
+            prompts.append({"prompt_token_ids": ids})
+            lengths.append(len(tok(cont, add_special_tokens=False)["input_ids"]))
+        sampling = self._sampling(GenerationParams(max_new_tokens=1), prompt_logprobs=0)
+        outs = self.llm.generate(prompts, sampling, lora_request=self.lora_request, use_tqdm=False)
+        scores = []
+        for out, prompt, n in zip(outs, prompts, lengths):
+            ids = prompt["prompt_token_ids"]
+            positions = range(len(ids) - n, len(ids))
+            scores.append(sum(out.prompt_logprobs[i][ids[i]].logprob for i in positions))
+        return scores
