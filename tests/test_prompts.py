@@ -112,6 +112,8 @@ def test_chat_without_template_falls_back(tokenizers):
     tok = copy.deepcopy(tokenizers[0])
     tok.chat_template = None
     assert get_template("auto").render(tok, MESSAGES[:1]) == get_template("alpaca").render(tok, MESSAGES[:1])
+    assert get_template("auto").for_tokenizer(tok).stop == ["### Instruction:"]
+    assert get_template("auto").for_tokenizer(tokenizers[0]).name == "auto"
 
 
 def test_chat_template_without_system_role_folds_system(tokenizers):

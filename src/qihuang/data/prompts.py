@@ -77,14 +77,21 @@ class Template:
         ids, labels = _tokenize_with_labels(tokenizer, text, spans)
         return ids[:cutoff_len], labels[:cutoff_len]
 
+    def for_tokenizer(self, tokenizer) -> Template:
+        """The template actually used with ``tokenizer``: a ``chat`` template whose tokenizer
+        has no chat template resolves to its ``fallback`` (e.g. for its ``stop`` strings)."""
+        if self.kind == "chat" and not getattr(tokenizer, "chat_template", None):
+            return get_template(self.fallback or "alpaca")
+        return self
+
     def render_with_spans(self, tokenizer, messages: list[Message], system: str | None = None,
                           knowledge: Any = None, add_generation_prompt: bool = True) -> tuple[str, list[Span]]:
         """The rendered text and the character spans of the trained parts (answers + EOS)."""
         _check_messages(messages)
+        if self.for_tokenizer(tokenizer) is not self:
+            return self.for_tokenizer(tokenizer).render_with_spans(
+                tokenizer, messages, system, knowledge, add_generation_prompt)
         if self.kind == "chat":
-            if not getattr(tokenizer, "chat_template", None):
-                return get_template(self.fallback or "alpaca").render_with_spans(
-                    tokenizer, messages, system, knowledge, add_generation_prompt)
             return _render_chat(tokenizer, messages, _system_text(system, knowledge), add_generation_prompt)
         return self._render_text(tokenizer, messages, system, knowledge)
 
