@@ -144,3 +144,36 @@ def test_tiny_model_served_stream_and_plain(tiny_llama, kb):
         assert streamed.strip() == plain.choices[0].message.content
         assert plain.model_extra["qihuang"]["citations"][0]["entity"] == "糖尿病"
         assert plain.usage.completion_tokens <= 8
+
+
+def test_qihuang_serve_command(tiny_llama, tmp_path):
+    """The real `qihuang serve` process: key required, answers the openai client."""
+    import os
+    import subprocess
+    import sys
+
+    from answer_fakes import free_port
+
+    port = free_port()
+    env = dict(os.environ, QIHUANG_HOME=str(tmp_path))
+    cmd = [sys.executable, "-m", "qihuang.cli", "serve", "--model", str(tiny_llama), "--template", "med_template",
+           "--no-grounded", "--port", str(port), "--api-key", KEY, "--max-new-tokens", "4", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+            time.sleep(0.3)
+        assert httpx.get(url + "/v1/models").status_code == 401
+        resp = _client(url).chat.completions.create(model="x", messages=[{"role": "user", "content": "感冒"}])
+        assert resp.model == f"qihuang-{tiny_llama.name}" and resp.usage.completion_tokens <= 4
+        assert resp.model_extra["qihuang"]["grounded"] is False
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
