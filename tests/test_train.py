@@ -204,3 +204,11 @@ def test_cli_config_file_and_overrides(tiny_llama, dataset, tmp_path, capsys):
     assert "field 'lora_rank'" in capsys.readouterr().err
     assert main(["train", "--config", str(cfg), "colour=red"]) == 2
     assert "unknown field 'colour'" in capsys.readouterr().err
+
+
+def test_time_budget_stops_early_and_still_writes_output(tiny_llama, dataset, tmp_path):
+    out = tmp_path / "budget"
+    result = run(_cfg(tiny_llama, dataset, out, max_steps=500, max_minutes=1e-4, save_steps=1000), progress=False)
+    assert result.metrics["steps"] == 1 and "time budget" in result.metrics["stopped_early"]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "metrics.json").is_file()
+    assert result.metrics["dev_loss"] is not None

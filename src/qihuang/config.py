@@ -57,6 +57,8 @@ class TrainConfig(BaseModel):
     grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
     num_epochs: float = Field(3.0, gt=0, description="epochs (ignored when max_steps is set)")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    max_minutes: float | None = Field(None, gt=0, description="time budget: stop (and save) once training "
+                                      "has run this many minutes, whatever the step")
     seed: int = Field(42, description="random seed (data order, dropout, LoRA init)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weight dtype "
                                                                       "(auto: float32 on CPU)")

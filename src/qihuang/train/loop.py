@@ -51,6 +51,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     eval_history: list[dict] = field(default_factory=list)
     dev_loss_initial: float | None = None
+    stopped_early: str | None = None  # why training ended before total_steps (e.g. the time budget)
 
 
 class Loop:
@@ -104,12 +105,16 @@ class Loop:
         self.objective.train()
         window_stats = torch.zeros(3, dtype=torch.float64)  # loss_sum, count, tokens
         window_start = time.perf_counter()
-        while state.step < state.total_steps:
+        deadline = window_start + cfg.max_minutes * 60 - state.train_time_s if cfg.max_minutes else None
+        while state.step < state.total_steps and not state.stopped_early:
             batches = self._plan(state.epoch)
             for k in range(state.micro_in_epoch, len(batches), self.ga):
                 window_stats += self._train_step(batches[k:k + self.ga])
                 state.step, state.micro_in_epoch = state.step + 1, k + self.ga
-                if state.step % cfg.logging_steps == 0 or state.step == state.total_steps:
+                if deadline is not None and self._out_of_time(deadline):
+                    state.stopped_early = f"time budget of {cfg.max_minutes:g} min reached"
+                if (state.step % cfg.logging_steps == 0 or state.step == state.total_steps
+                        or state.stopped_early):
                     self._log(window_stats, time.perf_counter() - window_start)
                     window_stats.zero_()
                     window_start = time.perf_counter()
@@ -118,7 +123,7 @@ class Loop:
                 if state.step % cfg.save_steps == 0 and state.step < state.total_steps:
                     self.save_checkpoint()
                 self._broadcast("on_step_end")
-                if state.step >= state.total_steps:
+                if state.step >= state.total_steps or state.stopped_early:
                     break
             else:
                 state.epoch, state.micro_in_epoch = state.epoch + 1, 0
@@ -126,6 +131,11 @@ class Loop:
             self.evaluate()
         self._broadcast("on_train_end")
         return state
+
+    def _out_of_time(self, deadline: float) -> bool:
+        """Whether the time budget is spent (decided on the main process, so all ranks stop together)."""
+        flag = torch.tensor([float(time.perf_counter() >= deadline)], device=self.acc.device)
+        return bool(self.acc.reduce(flag, reduction="max").item()) if self.acc.num_processes > 1 else bool(flag.item())
 
     def _train_step(self, window: list[list[int]]) -> torch.Tensor:
         feats = [[self.data.train[i] for i in batch] for batch in window]

@@ -153,7 +153,7 @@ def _metrics(config: TrainConfig, state: TrainState, data: StageData, objective)
         "train_loss": state.history[-1]["loss"] if state.history else None,
         "dev_loss": state.eval_history[-1]["dev_loss"] if state.eval_history else None,
         "dev_loss_initial": state.dev_loss_initial,
-        "tokens": state.tokens, "train_time_s": round(state.train_time_s, 3),
+        "tokens": state.tokens, "train_time_s": round(state.train_time_s, 3), "stopped_early": state.stopped_early,
         "tokens_per_s": state.tokens / state.train_time_s if state.train_time_s else None,
         "trainable_params": trainable, "total_params": total, **data.info,
         "history": state.history, "eval_history": state.eval_history,
