@@ -184,6 +184,7 @@ def base_row(ex: Example, prompt: str, answer: Any) -> dict:
             row["triage"] = getattr(triage, "level", None)
         citations = getattr(answer, "citations", None) or []
         row["n_citations"] = len(citations)
+        row["citations"] = [c.to_dict() if hasattr(c, "to_dict") else c for c in citations]
     return row
 
 
