@@ -300,25 +300,26 @@ def prepare_values(values: list[str], phrasing: Phrasing, book: Phrasebook,
     ``exclude`` (the entity itself) is dropped; ``more``: the caller passed only the first values of
     a longer list. Only as many values as can be shown are cleaned, so long lists cost little."""
     special = special_value = None
-    if phrasing.value_sentences:
+    sentences = phrasing.value_sentences
+    if sentences:
         for i, raw in enumerate(values):
-            if clean_value(raw) in phrasing.value_sentences:
+            if clean_value(raw) in sentences:
                 special, special_value = i, clean_value(raw)
                 break
     limit = max_values or phrasing.max_values
     shown: list[str] = []
     used: list[int] = []
     seen: set[str] = set()
+    stop = limit + 1  # one more than can be shown tells whether the list is cut
     for i, raw in enumerate(values):
-        if i == special:
-            continue
         v = clean_value(raw)
-        if v and v not in seen and v != exclude and (special is None or v not in phrasing.value_sentences):
-            seen.add(v)
-            shown.append(v)
-            used.append(i)
-            if len(shown) > limit:
-                break
+        if not v or v in seen or v == exclude or (sentences and v in sentences):
+            continue
+        seen.add(v)
+        shown.append(v)
+        used.append(i)
+        if len(used) == stop:
+            break
     join = phrasing.join
     dropped = False
     if join != "clauses" and shown:
