@@ -103,3 +103,8 @@ def test_bad_phrasings_file_is_a_config_error_naming_the_field(tmp_path, patch, 
     with pytest.raises(ConfigError, match=message) as err:
         load_phrasebook(path)
     assert str(path) in str(err.value)
+
+
+def test_cause_values_lose_wording_the_answer_already_has():
+    text = answer_for("支原体肺炎", "cause", ["由肺炎支原体感染引起", "免疫等因素所致", "受凉"], variant=2)
+    assert text == "支原体肺炎可能与肺炎支原体感染、免疫等因素和受凉有关。"

@@ -43,6 +43,8 @@ class Phrasing:
     answer_one: tuple[str, ...] = ()
     answer_clauses: tuple[str, ...] = ()
     clause_min_chars: int | None = None
+    strip_prefixes: tuple[str, ...] = ()  # wording around a value that the answer patterns already say
+    strip_suffixes: tuple[str, ...] = ()
     join: str = "and"
     max_values: int = 8
     safety: str | None = None  # key of safety_notes ("drug", "treatment"), None: no note
@@ -146,6 +148,12 @@ def _parse_phrasing(key: str, spec: dict, base: Phrasing | None, where: str, pat
             if not isinstance(spec[name], kind):
                 raise ConfigError(f"{path}: {where}.{name}: expected {kind.__name__}, got {spec[name]!r}")
             fields[name] = spec[name]
+    for name in ("strip_prefixes", "strip_suffixes"):
+        if name in spec:
+            items = spec[name]
+            if not isinstance(items, list) or not all(isinstance(x, str) and x for x in items):
+                raise ConfigError(f"{path}: {where}.{name}: expected a list of non-empty strings")
+            fields[name] = tuple(sorted(items, key=len, reverse=True))
     if "value_sentences" in spec:
         vs = spec["value_sentences"] or {}
         fields["value_sentences"] = {str(k): _check_template(v, f"{where}.value_sentences.{k}", path)
@@ -252,6 +260,19 @@ def clean_value(value: str) -> str:
     return v
 
 
+@lru_cache(maxsize=1 << 16)
+def _trim(value: str, prefixes: tuple[str, ...], suffixes: tuple[str, ...]) -> str:
+    for p in prefixes:
+        if value.startswith(p) and len(value) > len(p) + 1:
+            value = value[len(p):]
+            break
+    for x in suffixes:
+        if value.endswith(x) and len(value) > len(x) + 1:
+            value = clean_value(value[: -len(x)])
+            break
+    return value
+
+
 @lru_cache(maxsize=1 << 18)
 def is_clause(value: str, min_chars: int = 14) -> bool:
     """Whether a value reads like a sentence (long, or punctuated inside) rather than a short term."""
@@ -311,8 +332,11 @@ def prepare_values(values: list[str], phrasing: Phrasing, book: Phrasebook,
     used: list[int] = []
     seen: set[str] = set()
     stop = limit + 1  # one more than can be shown tells whether the list is cut
+    trim = phrasing.strip_prefixes or phrasing.strip_suffixes
     for i, raw in enumerate(values):
         v = clean_value(raw)
+        if trim:
+            v = _trim(v, phrasing.strip_prefixes, phrasing.strip_suffixes)
         if not v or v in seen or v == exclude or (sentences and v in sentences):
             continue
         seen.add(v)
