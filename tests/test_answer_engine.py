@@ -100,3 +100,14 @@ def test_vllm_backend_says_how_to_install_when_missing():
         pytest.skip("vllm is installed")
     with pytest.raises(ConfigError, match="pip install vllm"):
         load_engine("default", backend="vllm")
+
+
+def test_stops_follow_the_resolved_template():
+    from answer_fakes import CharTokenizer
+
+    from qihuang.data.prompts import get_template
+
+    params = GenerationParams(stop=["END"])
+    # a chat template used with a tokenizer that has none falls back to alpaca, with its stops
+    assert params.stop_with_template(get_template("auto"), CharTokenizer()) == ["END", "### Instruction:"]
+    assert params.stop_with_template(get_template("med_template"), CharTokenizer()) == ["END", "### 问题:"]

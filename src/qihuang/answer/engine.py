@@ -56,6 +56,12 @@ class GenerationParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def stop_with_template(self, template, tokenizer) -> list[str]:
+        """These stop strings plus the template's (as resolved for ``tokenizer``)."""
+        if hasattr(template, "for_tokenizer"):
+            template = template.for_tokenizer(tokenizer)
+        return list(dict.fromkeys([*self.stop, *(getattr(template, "stop", None) or [])]))
+
     def with_stop(self, extra: list[str]) -> GenerationParams:
         """A copy whose stop strings also include ``extra`` (deduplicated, order kept)."""
         return replace(self, stop=list(dict.fromkeys([*self.stop, *extra])))
@@ -170,7 +176,7 @@ class HFEngine:
         return int(getattr(cfg, "max_position_embeddings", None) or getattr(self.tokenizer, "model_max_length", 2048))
 
     def _stops(self, params: GenerationParams) -> list[str]:
-        return list(dict.fromkeys([*params.stop, *(getattr(self.template, "stop", None) or [])]))
+        return params.stop_with_template(self.template, self.tokenizer)
 
     def _gen_config(self, params: GenerationParams):
         from transformers import GenerationConfig

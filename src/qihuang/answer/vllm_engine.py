@@ -59,7 +59,7 @@ class VLLMEngine:
     def _sampling(self, params: GenerationParams, **extra):
         from vllm import SamplingParams
 
-        stops = list(dict.fromkeys([*params.stop, *(self.template.stop or [])]))
+        stops = params.stop_with_template(self.template, self.tokenizer)
         return SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
                               top_p=params.top_p, top_k=params.top_k if params.top_k > 0 else -1,
                               repetition_penalty=params.repetition_penalty, stop=stops or None,
