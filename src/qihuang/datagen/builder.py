@@ -214,8 +214,9 @@ def _quotas(views: list[EntityView], ctx: _Ctx, max_examples: int | None) -> dic
     return quotas
 
 
-def _answer(ctx: _Ctx, view: EntityView, attr: str, rng: random.Random, variant: int | None = None):
-    """(answer text, knowledge triples, the triples as JSON) for one attribute of one entity."""
+def _prepared(ctx: _Ctx, view: EntityView, attr: str) -> tuple:
+    """(phrasing, prepared values, knowledge triples, the triples as JSON) of one entity attribute,
+    computed once per entity (the phrasings, the dialogue and the preference builder share it)."""
     key = (view.name, attr)
     cached = ctx.prepared.get(key)
     if cached is None:
@@ -228,8 +229,13 @@ def _answer(ctx: _Ctx, view: EntityView, attr: str, rng: random.Random, variant:
                                   more=len(head) < len(facts))
         knowledge = [facts[i].triple() for i in prepared.source_indexes()]
         cached = ctx.prepared[key] = (phr, prepared, knowledge, encode_json(knowledge))
-    phr, prepared, knowledge, knowledge_json = cached
-    return render_answer(view.name, prepared, phr, ctx.book, rng=rng, variant=variant), knowledge, knowledge_json
+    return cached
+
+
+def _answer(ctx: _Ctx, view: EntityView, attr: str, rng: random.Random, variant: int | None = None):
+    """(answer text, knowledge triples) for one attribute of one entity."""
+    phr, prepared, knowledge, _ = _prepared(ctx, view, attr)
+    return render_answer(view.name, prepared, phr, ctx.book, rng=rng, variant=variant), knowledge
 
 
 def _record(kind: str, view: EntityView, attribute: str, question: str, answer: str, knowledge: list,
@@ -247,31 +253,39 @@ def entity_examples(view: EntityView, ctx: _Ctx) -> Iterator[tuple[str, tuple[di
     then its scenarios and dialogue, then the remaining phrasings (so ``per_entity`` keeps variety)."""
     rng = random.Random((ctx.seed << 32) ^ zlib.crc32(view.name.encode("utf-8")))  # cheap to seed
     ctx.prepared.clear()
-    rounds: list[list[tuple[str, tuple[dict, str, str | None]]]] = []
-    if "single" in ctx.kinds:
-        attrs = [a for a in view.attrs if (ctx.single_attrs is None or a in ctx.single_attrs) and ctx.open(a)]
-        rng.shuffle(attrs)
-        for attr in attrs:
-            base = int(rng.random() * 8)
-            for j, q in enumerate(questions_for(view.name, attr, ctx.phrasings, entity_type=view.type, rng=rng,
-                                                book=ctx.book)):
-                text, knowledge, knowledge_json = _answer(ctx, view, attr, rng, base + j)
-                if text:
-                    while len(rounds) <= j:
-                        rounds.append([])
-                    rounds[j].append((attr, _record("single", view, attr, q, text, knowledge,
-                                                    knowledge_json=knowledge_json)))
+    rounds = _singles(view, ctx, rng) if "single" in ctx.kinds else []
     yield from rounds[0] if rounds else ()
     if ctx.index is not None and ctx.open("scenario"):
         yield from _scenarios(view, ctx, rng)
     if "dialogue" in ctx.kinds and ctx.open("dialogue"):
         for _ in range(ctx.dialogues_per_entity):
-            dia = make_dialogue(view, ctx.book, rng, lambda v, a, r: _answer(ctx, v, a, r)[:2], ctx.single_attrs)
+            dia = make_dialogue(view, ctx.book, rng, lambda v, a, r: _answer(ctx, v, a, r), ctx.single_attrs)
             if dia is not None:
                 (q, a), history = dia.turns[-1], [list(t) for t in dia.turns[:-1]]
                 yield "dialogue", _record("dialogue", view, ",".join(dia.attributes), q, a, dia.knowledge, history)
     for later in rounds[1:]:
         yield from later
+
+
+def _singles(view: EntityView, ctx: _Ctx, rng: random.Random) -> list[list[tuple[str, tuple[dict, str, str]]]]:
+    """Single-attribute examples, as rounds: round j holds the j-th phrasing of every attribute."""
+    name, etype, book = view.name, view.type, ctx.book
+    attrs = [a for a in view.attrs if (ctx.single_attrs is None or a in ctx.single_attrs) and ctx.open(a)]
+    rng.shuffle(attrs)
+    rounds: list[list[tuple[str, tuple[dict, str, str]]]] = []
+    for attr in attrs:
+        phr, prepared, knowledge, knowledge_json = _prepared(ctx, view, attr)
+        if not prepared.shown and prepared.special_value is None:
+            continue
+        base = int(rng.random() * 8)  # answer pattern of the first phrasing; the others take the next ones
+        for j, q in enumerate(questions_for(name, attr, ctx.phrasings, entity_type=etype, rng=rng, book=book)):
+            text = render_answer(name, prepared, phr, book, rng=rng, variant=base + j)
+            record = {"instruction": q, "input": "", "output": text, "history": [], "knowledge": knowledge,
+                      "entity": name, "attribute": attr, "kind": "single", "id": example_id("single", q)}
+            if j == len(rounds):
+                rounds.append([])
+            rounds[j].append((attr, (record, q, knowledge_json)))
+    return rounds
 
 
 def _scenarios(view: EntityView, ctx: _Ctx, rng: random.Random) -> Iterator[tuple[str, tuple[dict, str, None]]]:
