@@ -29,7 +29,9 @@ def test_import_builds_entities_types_aliases_and_attributes(kb):
     assert stats["entity_types"]["disease"] == 18 and stats["entity_types"]["drug"] == 7
     e = kb.show("偏头痛")
     assert e.type == "disease" and e.aliases == ["偏头风"]
-    assert e.values("drugs") == ["布洛芬", "对乙酰氨基酚", "佐米曲普坦"]
+    # most-cited first: 对乙酰氨基酚 treats 3 fixture diseases, 布洛芬 2, 佐米曲普坦 1
+    assert e.values("drugs") == ["对乙酰氨基酚", "布洛芬", "佐米曲普坦"]
+    assert kb.facts("偏头痛", ["drugs"], max_values=1)[0].value == "对乙酰氨基酚"
     assert {f.relation for f in e.facts if f.attribute == "symptoms"} == {"临床症状及体征"}
     # an alias resolves to its entity; raw relations are kept next to the canonical attribute
     drug = kb.show("芬必得")

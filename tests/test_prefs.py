@@ -82,7 +82,8 @@ def test_swaps_and_omissions_change_only_facts(prefs, kb):
         assert restored == r["chosen"]
     assert any(kb.entity_type(v) == "drug" for r in swaps for v in r["corruption_detail"]["added"])
     for r in omissions:
-        assert all(v in r["chosen"] and v not in r["rejected"] for v in r["corruption_detail"]["removed"])
+        # each removed value is said once less (it may still stand inside the entity's name: 甘 in 甘草)
+        assert all(r["rejected"].count(v) == r["chosen"].count(v) - 1 for v in r["corruption_detail"]["removed"])
         assert len(r["rejected"]) < len(r["chosen"])
 
 

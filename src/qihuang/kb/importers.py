@@ -224,6 +224,12 @@ class _Writer:
         rels: dict[int, set[str]] = {}
         for sid, rel in self.conn.execute("SELECT DISTINCT subject_id, relation FROM triples"):
             rels.setdefault(sid, set()).add(rel)
+        self.conn.execute("CREATE TEMP TABLE value_weight AS SELECT attribute, value, COUNT(*) AS n "
+                          "FROM triples GROUP BY attribute, value")
+        self.conn.execute("CREATE UNIQUE INDEX temp.value_weight_key ON value_weight(attribute, value)")
+        self.conn.execute("UPDATE triples SET weight = (SELECT n FROM value_weight w WHERE "
+                          "w.attribute = triples.attribute AND w.value = triples.value)")
+        self.conn.execute("DROP TABLE temp.value_weight")
         inferred = ((self.schema.infer_type(r), sid) for sid, r in rels.items())
         self.conn.executemany("UPDATE entities SET type = ? WHERE id = ?", ((t, i) for t, i in inferred if t != "other"))
         return self.nodes_added

@@ -31,7 +31,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX aliases_by_alias ON aliases(alias);
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """),
+    # how many triples of the same attribute cite a value: most-cited values are listed first
+    ("0002_value_weight", "ALTER TABLE triples ADD COLUMN weight INTEGER NOT NULL DEFAULT 0"),
 ]
+
+# One order for facts everywhere (show, link, grounding, data building): by attribute, the primary
+# relation of the attribute first, then the most-cited values, then import order.
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -127,9 +132,9 @@ class KnowledgeBase:
             attributes = list(attributes)
             sql += f" AND attribute IN ({','.join('?' * len(attributes))})"
             args += attributes
-        rows = self.conn.execute(sql + " ORDER BY attribute, id", args).fetchall()
+        rows = self.conn.execute(sql + " ORDER BY attribute, weight DESC, id", args).fetchall()
         rank = self.schema.relation_rank
-        rows.sort(key=lambda r: (r[1], rank.get(r[0], 99)))  # primary relation of an attribute first
+        rows.sort(key=lambda r: (r[1], rank.get(r[0], 99)))  # stable: primary relation first, then weight
         if max_values is not None:
             kept, seen = [], {}
             for row in rows:
@@ -147,9 +152,7 @@ class KnowledgeBase:
         entity_id, canonical, etype = row
         aliases = [r[0] for r in self.conn.execute(
             "SELECT alias FROM aliases WHERE entity_id = ? ORDER BY rowid", (entity_id,))]
-        facts = self._facts_by_id(entity_id, canonical)
-        facts.sort(key=lambda f: f.relation)
-        return Entity(canonical, etype, aliases, facts)
+        return Entity(canonical, etype, aliases, self._facts_by_id(entity_id, canonical))
 
     def facts(self, entity: str, attributes: list[str] | None = None, max_values: int | None = None) -> list[Fact]:
         """Facts of an entity, optionally restricted to canonical attributes."""
@@ -180,15 +183,19 @@ class KnowledgeBase:
         if type:
             sql += " WHERE e.type = ?"
             args.append(type)
+        rank = self.schema.relation_rank
         current: Entity | None = None
         current_id = None
-        for eid, name, etype, rel, attr, value in self.conn.execute(sql + " ORDER BY t.subject_id, t.id", args):
+        rows = self.conn.execute(sql + " ORDER BY t.subject_id, t.attribute, t.weight DESC, t.id", args)
+        for eid, name, etype, rel, attr, value in rows:
             if eid != current_id:
                 if current is not None:
+                    current.facts.sort(key=lambda f: (f.attribute, rank.get(f.relation, 99)))
                     yield current
                 current, current_id = Entity(name, etype, aliases.get(eid, []), []), eid
             current.facts.append(Fact(name, attr, rel, value))
         if current is not None:
+            current.facts.sort(key=lambda f: (f.attribute, rank.get(f.relation, 99)))
             yield current
 
     def attributes(self) -> dict[str, str]:
