@@ -25,6 +25,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="generation backend (vllm: GPU serving; needs `pip install vllm`, loads a merged export)")
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="weights dtype (auto: bf16 on GPUs and CPUs with native bf16, else float32)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0 = torch's default; 1 is fastest on a busy shared machine)")
 
 
 def add_answer_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -79,6 +81,10 @@ def build_answerer(args, engine=None):
     params = params_from_args(args)  # validate before the slow model load
     kb = open_kb(args.kb, args.grounded)
     if engine is None:
+        if args.threads > 0:
+            import torch
+
+            torch.set_num_threads(args.threads)
         engine = load_engine(args.model, adapter=args.adapter, template=args.template, backend=args.engine,
                              dtype=args.dtype, batch_size=args.batch_size)
     return Answerer(engine, kb, grounded=kb is not None, params=params, system=args.system)
