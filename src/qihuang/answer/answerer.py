@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from qihuang import DISCLAIMER
-from qihuang.answer.engine import Engine, GenerationParams
+from qihuang.answer.engine import Engine, GenerationParams, clean_text
 from qihuang.answer.grounding import Citation, Grounding, GroundingLimits, ground
 from qihuang.answer.triage import Triage, triage
 from qihuang.errors import InputError
@@ -168,4 +168,4 @@ class Answerer:
         for piece in self.engine.stream(plan.prompt, params):
             pieces.append(piece)
             yield piece
-        yield self._finish(plan, "".join(pieces).strip(), params)
+        yield self._finish(plan, clean_text("".join(pieces)), params)

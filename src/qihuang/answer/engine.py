@@ -88,6 +88,12 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def clean_text(text: str) -> str:
+    """Strip spaces and the replacement characters left by a multi-byte character cut at the
+    token limit (byte-level tokenizers)."""
+    return text.strip().strip("\ufffd").strip()
+
+
 # ---- dtype / device choice ------------------------------------------------------------------
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
@@ -222,7 +228,7 @@ class HFEngine:
                 ids = self.model.generate(**enc, generation_config=self._gen_config(params),
                                           stopping_criteria=criteria)
             texts = self.tokenizer.batch_decode(ids[:, prompt_len:], skip_special_tokens=True)
-            out.extend(cut_at_stop(t, stops)[0].strip() for t in texts)
+            out.extend(clean_text(cut_at_stop(t, stops)[0]) for t in texts)
         return out
 
     def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]:
