@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qihuang.answer.engine import (Engine, GenerationParams, HFEngine, _hold_back_stops, choose_dtype,
+from qihuang.answer.engine import (Engine, GenerationParams, HFEngine, _hold_back_stops, choose_dtype, clean_text,
                                    cut_at_stop, load_engine)
 from qihuang.errors import ConfigError
 
@@ -31,7 +31,7 @@ def test_batched_equals_one_by_one(engine):
 
 def test_stream_gives_the_same_text(engine):
     params = GenerationParams(max_new_tokens=12)
-    assert "".join(engine.stream(PROMPTS[0], params)).strip() == engine.generate([PROMPTS[0]], params)[0]
+    assert clean_text("".join(engine.stream(PROMPTS[0], params))) == engine.generate([PROMPTS[0]], params)[0]
 
 
 def test_stop_string_cuts_generation(engine):
