@@ -1,0 +1,12 @@
+"""Answering: one path from a question to a triaged, grounded, cited answer.
+
+- ``engine``      :class:`~qihuang.answer.engine.Engine` interface, ``GenerationParams``, the transformers
+                  backend (batched left-padded ``generate``, ``stream``, ``loglikelihood``) and ``load_engine``
+- ``vllm_engine`` optional vLLM backend (``--engine vllm``)
+- ``triage``      red-flag triage; rules are data in ``resources/red_flags.yaml``
+- ``grounding``   KB linking -> bounded facts -> citations
+- ``answerer``    ``Answerer`` / ``Answer``: triage, grounding, prompt, generation, disclaimer
+- ``infer``       batch inference over alpaca / HuaTuo JSON lines (resumable)
+- ``chat``        the terminal chat loop
+- ``cli``         ``qihuang infer``, ``qihuang chat``, ``qihuang export`` and the shared model options
+"""
