@@ -200,6 +200,16 @@ def _stream_events(answerer, question, history, system, params, grounded, model,
         release()
 
 
+def check_key(request: Request, api_key: str | None) -> None:
+    """401 unless the request carries ``Authorization: Bearer <api_key>`` (no-op without a key)."""
+    if api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer KEY')",
+                       type="authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
 def create_app(answerer, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application serving ``answerer``."""
     settings = settings or ServeSettings()
@@ -217,16 +227,6 @@ def create_app(answerer, settings: ServeSettings | None = None) -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError):
         return ApiError(422, _describe(exc.errors()), code="invalid_request").response()
 
-    def check_key(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
-            raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer KEY')",
-                           type="authentication_error", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
-
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": settings.model_name, "kb": answerer.kb is not None,
@@ -234,12 +234,12 @@ def create_app(answerer, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(request: Request):
-        check_key(request)
+        check_key(request, settings.api_key)
         return P.ModelList(data=[P.ModelCard(id=settings.model_name, created=started)]).model_dump()
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request, body: P.ChatCompletionRequest):
-        check_key(request)
+        check_key(request, settings.api_key)
         question, history, system = _conversation(body, settings)
         params = _params(body, answerer.params, settings)
         admission.enter()
