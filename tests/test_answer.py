@@ -56,6 +56,14 @@ def test_grounding_is_bounded(kb):
     assert "alias" not in {f.attribute for f in g.facts}
 
 
+def test_alias_questions_cite_the_aliases(kb):
+    g = ground(kb, "冠心病有没有别称？")
+    assert [c.attribute for c in g.citations] == ["alias"]
+    assert g.citations[0].values == kb.show("冠心病").aliases[: len(g.citations[0].values)]
+    both = ground(kb, "偏头痛又叫什么，吃什么药")
+    assert {c.attribute for c in both.citations} == {"alias", "drugs"}
+
+
 def test_red_flag_message_is_added_whatever_the_model_says(kb):
     engine = FakeEngine(reply=lambda prompt: "多喝热水，休息一下就好。")
     ans = Answerer(engine, kb).answer("我爸突然胸口痛，一直冒冷汗")

@@ -68,7 +68,7 @@ def _select(facts: list[Fact], entities: list[str], limits: GroundingLimits) -> 
     values_seen: dict[tuple[str, str], int] = {}
     allowed = set(entities[: limits.max_entities])
     for fact in facts:
-        if fact.entity not in allowed or fact.attribute == ALIAS:
+        if fact.entity not in allowed:
             continue
         attrs = attrs_seen.setdefault(fact.entity, [])
         if fact.attribute not in attrs:
@@ -112,9 +112,14 @@ def ground(kb, question: str, limits: GroundingLimits | None = None) -> Groundin
     link = kb.link(question, max_values=limits.max_values)
     entities = list(dict.fromkeys(m.name for m in link.entities))
     entity_rank = {e: i for i, e in enumerate(entities)}
-    ordered = sorted(_order_by_question(link.facts, link.attributes),
+    facts = [f for f in link.facts if f.attribute != ALIAS]
+    if ALIAS in link.attributes:  # "X有什么别称": the aliases, not the default attributes
+        aliases = [f for e in entities[: limits.max_entities] for f in kb.facts(e, [ALIAS], limits.max_values)]
+        only_alias = all(a == ALIAS for a in link.attributes)
+        facts = aliases + ([] if only_alias and aliases else facts)
+    ordered = sorted(_order_by_question(facts, link.attributes),
                      key=lambda f: entity_rank.get(f.entity, len(entity_rank)))
     with_facts = [e for e in entities if any(f.entity == e for f in ordered)]
-    facts = _select(ordered, with_facts, limits)
-    used = list(dict.fromkeys(f.entity for f in facts))
-    return Grounding(facts, citations_of(facts), used, list(link.attributes))
+    kept = _select(ordered, with_facts, limits)
+    used = list(dict.fromkeys(f.entity for f in kept))
+    return Grounding(kept, citations_of(kept), used, list(link.attributes))
