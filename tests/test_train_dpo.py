@@ -26,13 +26,14 @@ def sft(tiny_llama, tmp_path_factory) -> Path:
     out = root / "sft"
     run({"model": str(tiny_llama), "dataset": str(write_alpaca(root / "data")), "output": str(out), "max_steps": 4,
          "batch_size": 4, "save_steps": 100, "learning_rate": 5e-3, "cutoff_len": 128, "lora_rank": 8,
-         "eval_at_start": False}, progress=False)
+         "eval_at_start": False, "num_threads": 1}, progress=False)
     return out
 
 
 def _cfg(model, dataset, output, **kw) -> dict:
     base = {"stage": "dpo", "model": str(model), "dataset": str(dataset), "output": str(output), "max_steps": 6,
-            "batch_size": 4, "save_steps": 3, "learning_rate": 5e-3, "logging_steps": 1, "cutoff_len": 128}
+            "batch_size": 4, "save_steps": 3, "learning_rate": 5e-3, "logging_steps": 1, "cutoff_len": 128,
+            "num_threads": 1}
     return {**base, **kw}
 
 
@@ -68,13 +69,14 @@ def test_reference_logps_are_the_sft_models(sft, pairs, tiny_llama):
     from qihuang.data.prompts import get_template
     from qihuang.models.load import load_model, load_tokenizer
     from qihuang.train.dpo import prepare_data, sequence_logps
+    from qihuang.train.pairs import quiet_peft
 
     tok = load_tokenizer(sft)
     data = prepare_data(build_config(_cfg(sft, pairs, "unused")), tok, get_template("auto"))
     feature = data.dev[0]
     rows = [{"input_ids": feature[f"{s}_input_ids"], "labels": feature[f"{s}_labels"]} for s in ("chosen", "rejected")]
     batch = pad_batch(rows, tok.pad_token_id)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_peft():
         sft_logps = sequence_logps(load_model(tiny_llama, adapter=sft), **batch)
         base_logps = sequence_logps(load_model(tiny_llama), **batch)
         full = load_model(tiny_llama, adapter=sft)(input_ids=batch["input_ids"]).logits.log_softmax(-1)
@@ -98,7 +100,7 @@ def test_cli_dpo_full_from_sft_adapter(sft, pairs, tmp_path, capsys):
     out = tmp_path / "dpo-full"
     assert main(["train", "--stage", "dpo", "--model", str(sft), "--dataset", str(pairs), "--output", str(out),
                  "--finetuning", "full", "--pref-beta", "0.5", "max_steps=2", "save_steps=10",
-                 "learning_rate=1e-4"]) == 0
+                 "learning_rate=1e-4", "num_threads=1"]) == 0
     assert "output: " in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dev_loss_initial"] == pytest.approx(math.log(2), abs=1e-5)  # reference = merged SFT model

@@ -38,7 +38,8 @@ def pairs(tmp_path_factory) -> Path:
 
 def _cfg(model, dataset, output, **kw) -> dict:
     base = {"stage": "rm", "model": str(model), "dataset": str(dataset), "output": str(output), "max_steps": 8,
-            "batch_size": 4, "save_steps": 4, "learning_rate": 5e-3, "logging_steps": 1, "cutoff_len": 128}
+            "batch_size": 4, "save_steps": 4, "learning_rate": 5e-3, "logging_steps": 1, "cutoff_len": 128,
+            "num_threads": 1}
     return {**base, **kw}
 
 
@@ -100,7 +101,7 @@ def test_cli_rm_full_finetuning_qwen2(tiny_qwen2, pairs, tmp_path, capsys):
     out = tmp_path / "rm-full"
     assert main(["train", "--stage", "rm", "--model", str(tiny_qwen2), "--dataset", str(pairs), "--output", str(out),
                  "--finetuning", "full", "--template", "alpaca", "max_steps=2", "batch_size=4", "save_steps=10",
-                 "learning_rate=1e-3"]) == 0
+                 "learning_rate=1e-3", "num_threads=1"]) == 0
     assert "output: " in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["Qwen2ForSequenceClassification"] and len(config["id2label"]) == 1
