@@ -257,8 +257,14 @@ class HFEngine:
         finished = threading.Event()
 
         def pieces() -> Iterator[str]:
-            yield from streamer
+            last = ""
+            for piece in streamer:  # one piece behind, to drop a cut multi-byte character at the end
+                if last:
+                    yield last
+                last = piece
             finished.set()
+            if last.rstrip("\ufffd"):
+                yield last.rstrip("\ufffd")
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
