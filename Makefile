@@ -25,11 +25,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# Debian's Chromium for the web UI browser test (Playwright drives it by executablePath).
+# Debian's Chromium for the web UI browser test (Playwright drives it by executablePath),
+# and a CJK font so that the screenshot and the report charts show Chinese text.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test will be skipped"; \
-	  else echo "chromium not found and not root: the browser test will be skipped"; fi; }
+	@{ command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi wqy; } || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null) \
+	    || echo "chromium not installed: the browser test will be skipped"; \
+	  else echo "chromium or fonts-wqy-microhei missing and not root: the browser test will be skipped"; fi; }
 
 quickstart: install
 	$(VENV)/bin/qihuang quickstart $(ARGS)
