@@ -119,3 +119,17 @@ def test_reference_answers_of_a_built_dataset_recall_every_gold_value(tmp_path, 
     assert set(kinds) == {"single", "scenario", "dialogue"} and res["scores"]["n"] == len(records)
     assert all(v["fact_recall"] == 100.0 for v in kinds.values()), kinds
     assert res["scores"]["hallucination_rate"] == 0.0
+
+
+def test_kb_facts_beyond_the_reference_are_not_hallucinations(tmp_path, kb):
+    # the reference shows 2 of 高血压's 4 KB symptoms; 心悸 is a true KB symptom, 胸闷 is 冠心病's
+    record = {"instruction": "高血压有什么症状", "output": "高血压常见头晕、头痛。", "kind": "single",
+              "knowledge": [["高血压", "常见症状", "头晕"], ["高血压", "常见症状", "头痛"]],
+              "entity": "高血压", "attribute": "symptoms", "id": "h1"}
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    engine = ScriptedEngine(replies={"高血压有什么症状": "高血压可有头晕、心悸，也可能胸闷。"})
+    ev.run("kbqa", data, answerer=FakeAnswerer(engine, kb), kb=kb, out_dir=tmp_path / "run", progress=False)
+    row = json.loads((tmp_path / "run" / "predictions.jsonl").read_text(encoding="utf-8"))
+    assert row["fact_recall"] == pytest.approx(0.5)
+    assert row["hallucinated"] == ["胸闷"]

@@ -40,9 +40,9 @@ class QuickstartConfig:
     db: str | None = None
     out: str | None = None
     examples: int = 1200
-    test_questions: int = 32
+    test_questions: int = 24
     steps: int | None = None
-    budget_minutes: float = 6.0
+    budget_minutes: float = 5.0
     learning_rate: float = 1e-3
     lora_rank: int = 16
     batch_size: int = 8

@@ -39,8 +39,8 @@ class GroundingLimits:
 
     max_entities: int = 3
     max_attributes: int = 3
-    max_values: int = 12
-    max_facts: int = 36
+    max_values: int = 8  # as many as a `qihuang data build` answer lists, so grounded SFT sees the same blocks
+    max_facts: int = 24
 
 
 @dataclass

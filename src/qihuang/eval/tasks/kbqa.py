@@ -141,11 +141,21 @@ class KBQATask(Task):
             row.update(sentence_scores(prediction, example.reference))
         return row
 
+    @staticmethod
+    def _kb_truth(kb: Any, example: Example) -> list[str]:
+        """Every KB value of the asked entity for the asked attribute(s): the complete gold facts, of
+        which a reference answer shows only the first few. Naming one of them is not a hallucination."""
+        attrs = [a for a in str(example.subject or "").split(",") if a in getattr(kb, "attributes", dict)()]
+        if not attrs or not example.fields["entity"]:
+            return []
+        return [f.value for f in kb.facts(example.fields["entity"], attrs)]
+
     def _hallucinated(self, kb: Any, example: Example, prediction: str) -> list[str]:
         context = [example.question, *(turn for pair in example.history for turn in pair)]
         allowed_names = {m.name for text in context for m in kb.find_entities(text)}
         strings = [example.fields["entity"], *example.fields["gold"]]
         strings += [str(x) for t in example.fields["knowledge"] for x in (t[0], t[2])]
+        strings += self._kb_truth(kb, example)
         allowed_norm = []
         for s in _dedupe(strings):
             for v in self._variants(kb, s):
