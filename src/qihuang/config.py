@@ -69,7 +69,8 @@ class TrainConfig(BaseModel):
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
     # preference stages (rm, dpo)
     pref_beta: float = Field(0.1, gt=0, description="DPO beta (strength of the KL constraint)")
-    ref_model: str | None = Field(None, description="DPO reference model (default: the base model)")
+    ref_model: str | None = Field(None, description="DPO reference model (default: the starting "
+                                     "model, e.g. the SFT output that DPO continues)")
     # output, evaluation, checkpoints
     output: str | None = Field(None, description="output directory (default: outputs/<stage>-<finetuning>)")
     overwrite: bool = Field(False, description="allow writing into a non-empty output directory")

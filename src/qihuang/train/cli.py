@@ -8,7 +8,7 @@ import types
 import typing
 from typing import Any, Literal
 
-_SHORT_HELP = "fine-tune a model (sft | pt) on a dataset; writes adapter/model, metrics and loss.png"
+_SHORT_HELP = "train a model (sft | pt | rm | dpo) on a dataset; writes adapter/model, metrics and loss.png"
 
 
 def _option_kwargs(annotation: Any) -> dict[str, Any]:
