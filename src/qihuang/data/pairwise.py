@@ -113,21 +113,13 @@ def read_pairs(path: str | Path, source: DataSource | None = None) -> Iterator[t
 def load_pairs(spec: DatasetSpec, max_samples: int | None = None, val_size: float = 0.0,
                seed: int = 42) -> tuple[list[Pair], list[Pair]]:
     """Train and dev pairs of a resolved dataset; without a dev split, ``val_size`` of train is held out."""
-    import random
+    from qihuang.data.registry import hold_out
 
     train = [p for s in spec.train for _, p in read_pairs(s.path, s)]
     dev = [p for s in spec.dev for _, p in read_pairs(s.path, s)]
     if not train:
         raise ConfigError(f"field 'dataset': {spec.name} has no preference pairs")
-    if not dev and val_size > 0 and len(train) > 1:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        n_dev = max(1, int(len(train) * val_size))
-        dev = [train[i] for i in order[:n_dev]]
-        train = [train[i] for i in sorted(order[n_dev:])]
-    if max_samples is not None:
-        train = train[:max_samples]
-    return train, dev
+    return hold_out(train, dev, max_samples, val_size, seed)
 
 
 # ---- tokenizing and batching ------------------------------------------------------------------

@@ -155,6 +155,11 @@ def load_split(spec: DatasetSpec, max_samples: int | None = None, val_size: floa
     dev = [conv for _, _, conv in iter_conversations(spec.dev)]
     if not train:
         raise ConfigError(f"field 'dataset': {spec.name} has no training examples")
+    return hold_out(train, dev, max_samples, val_size, seed)
+
+
+def hold_out(train: list, dev: list, max_samples: int | None, val_size: float, seed: int) -> tuple[list, list]:
+    """Without a dev split, hold out ``val_size`` of train (seeded); then cap train at ``max_samples``."""
     if not dev and val_size > 0 and len(train) > 1:
         order = list(range(len(train)))
         random.Random(seed).shuffle(order)
