@@ -58,3 +58,13 @@ def default_model(_default_model_cache, qihuang_home):
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(_default_model_cache, target_is_directory=True)
     return "default"
+
+
+@pytest.fixture(scope="module")
+def tiny_db(tmp_path_factory):
+    """A fresh tiny fixture KB (tests/fixtures/tiny_kb.jsonl) per test module; yields its path."""
+    from kb_fixture import make_tiny_kb
+
+    path = tmp_path_factory.mktemp("kb") / "kb.sqlite"
+    make_tiny_kb(path).close()
+    return path

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from kb_fixture import make_tiny_kb
 from qihuang.cli import main
 from qihuang.datagen import build_dataset
 from qihuang.datagen.splits import assign_splits, question_key
@@ -16,13 +15,6 @@ from qihuang.kb import KnowledgeBase
 
 REQUIRED = {"instruction": str, "input": str, "output": str, "history": list, "knowledge": list,
             "entity": str, "attribute": str, "kind": str, "id": str}
-
-
-@pytest.fixture(scope="module")
-def tiny_db(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("kb") / "kb.sqlite"
-    make_tiny_kb(path).close()
-    return path
 
 
 @pytest.fixture()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from kb_fixture import make_tiny_kb
 from qihuang.cli import main
 from qihuang.data.pairwise import collate_pairs, encode_pair, load_pairs, read_pairs, to_pair
 from qihuang.data.registry import resolve_dataset
@@ -15,13 +14,6 @@ from qihuang.datagen import build_dataset
 from qihuang.datagen.prefs import KINDS, build_prefs, load_pref_texts
 from qihuang.errors import ConfigError, InputError
 from qihuang.kb import KnowledgeBase
-
-
-@pytest.fixture(scope="module")
-def tiny_db(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("kb") / "kb.sqlite"
-    make_tiny_kb(path).close()
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from fake_openai import Fault, FakeOpenAI
-from kb_fixture import make_tiny_kb
 from qihuang.cli import main
 from qihuang.datagen.kbview import load_view
 from qihuang.datagen.synth import (build_messages, check_consistency, load_prompts, parse_reply, sample_facts,
@@ -20,13 +19,6 @@ from qihuang.errors import ConfigError
 from qihuang.kb import KnowledgeBase
 
 FAST = {"backoff": 0.01, "timeout": 2.0, "retries": 3}
-
-
-@pytest.fixture(scope="module")
-def tiny_db(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("kb") / "kb.sqlite"
-    make_tiny_kb(path).close()
-    return path
 
 
 @pytest.fixture()
