@@ -127,3 +127,27 @@ def test_default_model_converts_and_generates(default_model):
     ids = tok(prompt, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1]:])
+
+
+def test_load_for_inference_merges_the_adapter_for_generation(tiny_llama, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "adapter"
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),  # random B: the adapter matters
+                           LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False,
+                                      task_type="CAUSAL_LM"))
+    model.save_pretrained(out)
+    (out / mload.META_FILE).write_text(json.dumps({"base_model": str(tiny_llama)}))
+    unmerged = mload.load_for_inference(adapter=str(out))[0]
+    merged = mload.load_for_inference(adapter=str(out), merge=True)[0]
+    base = mload.load_for_inference(str(tiny_llama), merge=True)[0]
+    assert type(unmerged).__name__ == "PeftModelForCausalLM" and type(merged).__name__ == "LlamaForCausalLM"
+    assert not merged.training and not any("lora" in name for name, _ in merged.named_parameters())
+    ids = torch.randint(3, 500, (2, 7))
+    with torch.no_grad():
+        want, got = unmerged(input_ids=ids).logits, merged(input_ids=ids).logits
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(base(input_ids=ids).logits, want, atol=1e-3)

@@ -347,7 +347,7 @@ def load_engine(model: str | None = "default", adapter: str | None = None, templ
 
     device = choose_device(device)
     resolved = choose_dtype(dtype, device)
-    hf_model, tokenizer, tmpl = load_for_inference(model, adapter, template, dtype=resolved)
+    hf_model, tokenizer, tmpl = load_for_inference(model, adapter, template, dtype=resolved, merge=True)
     if device != "cpu":
         hf_model = hf_model.to(device)
     name = adapter or model or "default"

@@ -172,13 +172,21 @@ def read_meta(directory: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
 
 
+def _quantized(model) -> bool:
+    return getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None) is not None
+
+
 def is_adapter_dir(path: str | os.PathLike | None) -> bool:
     return path is not None and (Path(path) / "adapter_config.json").is_file()
 
 
 def load_for_inference(model: str | None = None, adapter: str | None = None, template: str | None = None,
-                       dtype: str = "auto"):
+                       dtype: str = "auto", merge: bool = False):
     """``(model, tokenizer, Template)`` ready for generation.
+
+    ``merge``: fold a LoRA adapter into the base weights (``merge_and_unload``) so generation
+    costs what the base model's does; without it every linear layer also runs the adapter.
+    Quantized bases keep the adapter unmerged (merging would round the adapter away).
 
     ``model`` may be ``None`` (the adapter's recorded base, else ``"default"``), a base model,
     or a training output directory (an adapter dir is treated as ``adapter``). Template
@@ -193,6 +201,8 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, tem
     base = resolve_model(model)
     tokenizer = load_tokenizer(adapter, fallback=base) if adapter else load_tokenizer(base)
     lm = load_model(base, adapter=adapter, dtype=dtype)
+    if merge and adapter and hasattr(lm, "merge_and_unload") and not _quantized(lm):
+        lm = lm.merge_and_unload().eval()
     if template is not None:
         chosen = get_template(template)
     else:
