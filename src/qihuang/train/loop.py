@@ -46,6 +46,7 @@ class TrainState:
     epoch: int = 0
     micro_in_epoch: int = 0  # micro-batches of the current epoch already trained (per process)
     tokens: int = 0  # non-padding input tokens trained, all processes
+    loss_items: int = 0  # what the loss averages over (sft/pt: labelled tokens; rm/dpo: pairs), all processes
     train_time_s: float = 0.0
     total_steps: int = 0
     history: list[dict] = field(default_factory=list)
@@ -159,6 +160,7 @@ class Loop:
     def _log(self, stats: torch.Tensor, seconds: float) -> None:
         total = self.acc.reduce(stats.to(self.acc.device), reduction="sum").cpu()
         self.state.tokens += int(total[2])
+        self.state.loss_items += int(total[1])
         self.state.train_time_s += seconds
         logs = {"step": self.state.step, "epoch": round(self.state.epoch + self.state.micro_in_epoch /
                                                          max(1, len(self._plan(self.state.epoch))), 3),

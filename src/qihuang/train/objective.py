@@ -18,16 +18,32 @@ def base_causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def causal_mask_or_none(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``None`` when every row is right-padded (ones, then zeros), else ``attention_mask``.
+
+    In a causal model no real token can attend to a padding token that comes after it, so the
+    plain causal mask gives the same outputs at every real position; without a padding mask the
+    attention kernel takes its causal fast path and skips the masked half."""
+    if attention_mask is None or bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):
+        return None
+    return attention_mask
+
+
 class CausalLMObjective(nn.Module):
     """Next-token cross-entropy on labelled positions only.
 
     The output head runs only where a label exists (answer tokens), not over the whole
-    sequence: with a large vocabulary this is most of the cost of a forward pass.
+    sequence: with a large vocabulary this is most of the cost of a forward pass. With
+    ``fused_lora``, PEFT LoRA layers run as one fused op each (:mod:`qihuang.train.fastlora`).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, fused_lora: bool = False):
         super().__init__()
         self.model = model
+        if fused_lora:
+            from qihuang.train.fastlora import fuse_lora
+
+            fuse_lora(model)
         lm = base_causal_lm(model)
         self._selective = (hasattr(lm, "get_decoder") and lm.get_output_embeddings() is not None
                            and getattr(lm.config, "final_logit_softcapping", None) is None)
@@ -35,6 +51,7 @@ class CausalLMObjective(nn.Module):
     def forward(self, input_ids, attention_mask, labels) -> dict[str, torch.Tensor]:
         target = labels[:, 1:]
         keep = target != IGNORE_INDEX
+        attention_mask = causal_mask_or_none(attention_mask)
         if self._selective:
             lm = base_causal_lm(self.model)
             hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,

@@ -67,7 +67,7 @@ def load_model_for_training(config: TrainConfig, tokenizer):
 def build_objective(model, config: TrainConfig, tokenizer):
     from qihuang.train.objective import CausalLMObjective
 
-    return CausalLMObjective(model)
+    return CausalLMObjective(model, fused_lora=config.fused_lora)
 
 
 def _prepare_output(config: TrainConfig, is_main: bool) -> Path:
@@ -155,6 +155,8 @@ def _metrics(config: TrainConfig, state: TrainState, data: StageData, objective)
         "dev_loss_initial": state.dev_loss_initial,
         "tokens": state.tokens, "train_time_s": round(state.train_time_s, 3), "stopped_early": state.stopped_early,
         "tokens_per_s": state.tokens / state.train_time_s if state.train_time_s else None,
+        "loss_items": state.loss_items,
+        "loss_items_per_s": state.loss_items / state.train_time_s if state.train_time_s else None,
         "trainable_params": trainable, "total_params": total, **data.info,
         "history": state.history, "eval_history": state.eval_history,
     }
