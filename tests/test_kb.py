@@ -185,3 +185,44 @@ def test_cli_roundtrip(tmp_path, capsys):
     assert main(["kb", "show", "无此词", "--db", db]) == 2
     assert "no entity named" in capsys.readouterr().err
     assert main(["kb", "stats", "--db", str(tmp_path / "missing.sqlite")]) == 2
+
+
+def test_link_shared_cues_pick_the_attribute_the_entity_has(kb):
+    herb = kb.link("人参有什么作用？")  # 作用 of a herb: its 功效
+    assert herb.attributes == ["efficacy", "indications"] and {f.attribute for f in herb.facts} == {"efficacy"}
+    drug = kb.link("二甲双胍片有什么作用？")  # a drug has no 功效: its 适应症
+    assert {f.attribute for f in drug.facts} == {"indications"}
+    assert {f.attribute for f in kb.link("糖尿病怎么治？").facts} == {"drugs"}  # no 治疗 facts: the drugs
+    assert {f.attribute for f in kb.link("当归的功能主治是什么？").facts} == {"indications"}  # not 功能 -> 功效
+
+
+def test_link_yields_to_and_cues_inside_value_entities(kb):
+    assert kb.detect_attributes("糖尿病常用的治疗药物有哪些？") == ["drugs"]  # not treatment in general
+    assert kb.detect_attributes("请列举治疗糖尿病的常用药物。") == ["drugs"]
+    assert kb.detect_attributes("甲状腺功能亢进症是什么") == []  # 功能 inside a disease's name is part of it
+    # ... but a cue inside the name of an entity of the kind the attribute lists still counts
+    text = "甲状腺功能亢进症要做甲状腺功能检查吗"
+    assert kb.linker.detect_attribute_groups(text, kb.find_entities(text)) == [("examinations",)]
+
+
+def test_every_question_phrasing_retrieves_its_own_attribute(kb):
+    """Data building and grounding agree: each phrasing of an attribute, asked about an entity that
+    has it, makes ``link`` retrieve that attribute's facts and no other's."""
+    from qihuang.datagen.templates import load_phrasebook
+
+    book = load_phrasebook()
+    rows = kb.conn.execute("SELECT DISTINCT e.name, e.type, t.attribute FROM triples t "
+                           "JOIN entities e ON e.id = t.subject_id ORDER BY e.name").fetchall()
+    checked, wrong = 0, []
+    for name, etype, attribute in rows:
+        phrasing = book.attributes.get(attribute)
+        if phrasing is None or not phrasing.qa:
+            continue
+        phrasing = book.get(attribute, etype)
+        for pattern in sorted(set(phrasing.patient) | set(phrasing.clinician)):
+            question = pattern.format(entity=name)
+            got = sorted({f.attribute for f in kb.link(question).facts if f.entity == name})
+            checked += 1
+            if got != [attribute]:
+                wrong.append((question, attribute, got))
+    assert checked > 500 and wrong == []

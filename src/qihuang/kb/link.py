@@ -27,8 +27,11 @@ def _leftmost_longest(matches: list[tuple[int, int, object]]) -> list[tuple[int,
 class Linker:
     """Finds KB entities (names and aliases) and asked attributes in free text."""
 
-    def __init__(self, entities: ahocorasick.Automaton, cues: ahocorasick.Automaton):
+    def __init__(self, entities: ahocorasick.Automaton, cues: ahocorasick.Automaton,
+                 object_types: dict[str, str] | None = None, yields_to: dict[str, tuple[str, ...]] | None = None):
         self._entities, self._cues = entities, cues
+        self._object_types = object_types or {}  # attribute -> type of its values ("examinations" -> examination)
+        self._yields_to = yields_to or {}
 
     @classmethod
     def build(cls, kb) -> "Linker":
@@ -52,15 +55,20 @@ class Linker:
             entities.add_word(key, (len(key), key.isascii()) + payload)
         entities.make_automaton()
 
+        # a cue names one attribute, or (shared_cues) alternatives: the first one an entity has is meant
         cue_map: dict[str, list[str]] = {}
         for key, attr in kb.schema.attributes.items():
             for cue in attr.cues:
                 cue_map.setdefault(normalize(cue), []).append(key)
+        for cue, attrs in kb.schema.shared_cues.items():
+            cue_map[normalize(cue)] = list(attrs)
         cues = ahocorasick.Automaton()
         for cue, attrs in cue_map.items():
             cues.add_word(cue, (len(cue), tuple(attrs)))
         cues.make_automaton()
-        return cls(entities, cues)
+        attributes = kb.schema.attributes
+        return cls(entities, cues, {k: a.object_type for k, a in attributes.items() if a.object_type},
+                   {k: a.yields_to for k, a in attributes.items() if a.yields_to})
 
     def find_entities(self, text: str) -> list[Mention]:
         norm = normalize(text)
@@ -74,17 +82,34 @@ class Linker:
         return [Mention(name, text[s:e], s, e, etype, via_alias)
                 for s, e, (name, etype, via_alias) in _leftmost_longest(matches)]
 
-    def detect_attributes(self, text: str, mentions: list[Mention] | None = None) -> list[str]:
+    def detect_attribute_groups(self, text: str, mentions: list[Mention] | None = None) -> list[tuple[str, ...]]:
+        """What ``text`` asks about, in text order: one tuple per cue, of alternative attributes
+        (most cues name one; a shared cue such as 作用 names several, the first an entity has is meant).
+
+        A cue wholly inside an entity mention is part of that name (药物性肝炎 does not ask for drugs)
+        unless the entity is of the kind the attribute lists (影像学检查 asks for examinations).
+        An attribute is dropped when the text also asks for one it yields to (治疗药物: drugs, not treatment).
+        """
         norm = normalize(text)
-        inside = bytearray(len(norm))
+        owner: list[Mention | None] = [None] * len(norm)
         for m in mentions or ():
-            inside[m.start:m.end] = b"\1" * (m.end - m.start)
+            for i in range(m.start, min(m.end, len(norm))):
+                owner[i] = m
         matches = [(end - length + 1, end + 1, attrs) for end, (length, attrs) in self._cues.iter(norm)]
-        found: list[str] = []
+        groups: list[tuple[str, ...]] = []
         for start, end, attrs in _leftmost_longest(matches):
-            if any(inside[start:end]):
+            holder = owner[start]
+            if holder is not None and all(owner[i] is holder for i in range(start, end)) and \
+                    not any(self._object_types.get(a) == holder.type for a in attrs):
                 continue
-            for a in attrs:
-                if a not in found:
-                    found.append(a)
+            if attrs not in groups:
+                groups.append(attrs)
+        asked = {a for group in groups for a in group}
+        return [g for g in groups if not all(asked & set(self._yields_to.get(a, ())) for a in g)]
+
+    def detect_attributes(self, text: str, mentions: list[Mention] | None = None) -> list[str]:
+        """Every attribute ``text`` may ask about (the groups of :meth:`detect_attribute_groups`, flattened)."""
+        found: list[str] = []
+        for group in self.detect_attribute_groups(text, mentions):
+            found.extend(a for a in group if a not in found)
         return found

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import yaml
 
+from qihuang.errors import ConfigError
 from qihuang.paths import resource
 
 OTHER = "other"
@@ -19,6 +20,7 @@ class Attribute:
     relations: tuple[str, ...]
     object_type: str | None
     cues: tuple[str, ...]
+    yields_to: tuple[str, ...] = ()  # dropped from a question that also asks for one of these
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Schema:
     default_attributes: dict[str, tuple[str, ...]]
     relation_rank: dict[str, int]
     link_stopwords: frozenset[str]
+    shared_cues: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def attribute_of(self, relation: str) -> str:
         """Canonical attribute key of a raw relation name ("other" when unmapped)."""
@@ -57,16 +60,22 @@ def load_schema() -> Schema:
     rel_map: dict[str, str] = {}
     for key, spec in raw["attributes"].items():
         attr = Attribute(key, spec["label"], tuple(spec.get("relations", [])), spec.get("object_type"),
-                         tuple(spec.get("cues", [])))
+                         tuple(spec.get("cues", [])), tuple(spec.get("yields_to", [])))
         attributes[key] = attr
         for rel in attr.relations:
             rel_map.setdefault(rel, key)
     rules = tuple((t, frozenset(rels)) for t, rels in raw["types"].items())
     defaults = {t: tuple(v) for t, v in raw.get("default_attributes", {}).items()}
     rank = {rel: i for attr in attributes.values() for i, rel in enumerate(attr.relations)}
-    cues = {c for attr in attributes.values() for c in attr.cues}
+    shared = {cue: tuple(attrs) for cue, attrs in (raw.get("shared_cues") or {}).items()}
+    for where, keys in [(f"shared_cues.{c}", a) for c, a in shared.items()] + \
+            [(f"attributes.{a.key}.yields_to", a.yields_to) for a in attributes.values()]:
+        unknown = [k for k in keys if k not in attributes]
+        if unknown:
+            raise ConfigError(f"kb_schema.yaml: {where}: unknown attributes {unknown}")
+    cues = {c for attr in attributes.values() for c in attr.cues} | set(shared)
     stop = frozenset(raw.get("link_stopwords", [])) | cues
-    return Schema(attributes, rel_map, rules, defaults, rank, stop)
+    return Schema(attributes, rel_map, rules, defaults, rank, stop, shared)
 
 
 ATTRIBUTES: dict[str, str] = {k: a.label for k, a in load_schema().attributes.items()}

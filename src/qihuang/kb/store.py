@@ -236,12 +236,16 @@ class KnowledgeBase:
 
     def detect_attributes(self, text: str) -> list[str]:
         """Canonical attributes the wording of ``text`` asks about."""
-        return self.linker.detect_attributes(text)
+        return self.linker.detect_attributes(text, self.find_entities(text))
 
     def link(self, text: str, max_values: int | None = None) -> LinkResult:
-        """Entities, asked attributes and the matching facts for a free-text question."""
+        """Entities, asked attributes and the matching facts for a free-text question.
+
+        Per entity: the asked attributes (of a shared cue, the first one the entity has), else the
+        default attributes of its type."""
         mentions = self.find_entities(text)
-        attributes = self.linker.detect_attributes(text, mentions)
+        groups = self.linker.detect_attribute_groups(text, mentions)
+        attributes = list(dict.fromkeys(a for g in groups for a in g))
         facts: list[Fact] = []
         seen: set[str] = set()
         for m in mentions:
@@ -251,6 +255,12 @@ class KnowledgeBase:
             row = self.conn.execute("SELECT id, is_subject FROM entities WHERE name = ?", (m.name,)).fetchone()
             if not row or not row[1]:
                 continue
-            wanted = [a for a in attributes if a != ALIAS] or list(self.schema.defaults_for(m.type))
-            facts.extend(self._facts_by_id(row[0], m.name, wanted, max_values))
+            asked = [g for g in ([a for a in g if a != ALIAS] for g in groups) if g]
+            if not asked:
+                facts.extend(self._facts_by_id(row[0], m.name, self.schema.defaults_for(m.type), max_values))
+                continue
+            found = self._facts_by_id(row[0], m.name, [a for g in asked for a in g], max_values)
+            present = {f.attribute for f in found}
+            chosen = {next((a for a in g if a in present), None) for g in asked}
+            facts.extend(f for f in found if f.attribute in chosen)
         return LinkResult(text, mentions, attributes, facts)
