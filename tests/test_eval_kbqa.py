@@ -133,3 +133,19 @@ def test_kb_facts_beyond_the_reference_are_not_hallucinations(tmp_path, kb):
     row = json.loads((tmp_path / "run" / "predictions.jsonl").read_text(encoding="utf-8"))
     assert row["fact_recall"] == pytest.approx(0.5)
     assert row["hallucinated"] == ["胸闷"]
+
+
+def test_hallucination_ignores_names_found_across_word_boundaries(kb):
+    from qihuang.eval.base import Example, RunContext
+    from qihuang.eval.metrics import word_boundaries
+    from qihuang.eval.tasks.kbqa import KBQATask
+
+    assert {2, 4} <= word_boundaries("具体检查")  # 具体/检查: no boundary inside 体检
+    example = Example(id="x", question="高血压有哪些并发症", subject="complications",
+                      fields={"gold": ["脑卒中"], "knowledge": [["高血压", "并发症", "脑卒中"]], "entity": "高血压",
+                              "kind": "single"})
+    task, ctx = KBQATask(), RunContext(kb=kb)
+    text = "厌恶心理"  # 恶心 (a KB symptom) is found inside, across the 厌恶/心理 cut
+    assert any(m.name == "恶心" for m in kb.find_entities(text))
+    assert task.score_example(example, f"可能有脑卒中。{text}。", ctx)["hallucinated"] == []
+    assert task.score_example(example, "可能有脑卒中，还会恶心。", ctx)["hallucinated"] == ["恶心"]

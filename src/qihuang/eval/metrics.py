@@ -57,6 +57,14 @@ def segment(text: str) -> list[str]:
     return [t for t in _jieba().lcut(text or "") if t.strip()]
 
 
+def word_boundaries(text: str) -> set[int]:
+    """Offsets in ``text`` where a jieba word starts or ends."""
+    cuts = {0, len(text)}
+    for _word, start, end in _jieba().tokenize(text):
+        cuts.update((start, end))
+    return cuts
+
+
 # ---------------------------------------------------------------- BLEU / ROUGE
 
 

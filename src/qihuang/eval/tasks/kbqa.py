@@ -16,7 +16,8 @@ at least one value hit, at least 1/2 hit, at least 2/3 hit.
 
 Hallucinated entities: KB entities found in the answer (``kb.find_entities``) that are not
 named by the question, not the record's entity, not a subject or object of its knowledge
-triples, not an alias of those, and not part of one of those strings. Reported as the share
+triples, not an alias of those, and not part of one of those strings. A name found across a
+word boundary (体检 inside 具体检查: jieba cuts 具体/检查) is not a mention. Reported as the share
 of answers with at least one, and the mean count per answer. Needs a KB.
 
 BLEU-4 and ROUGE-1/2/L against the reference ``output`` are reported as well.
@@ -30,7 +31,8 @@ from typing import Any
 
 from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, scored_text
 from qihuang.eval.dataio import data_files, first, read_rows
-from qihuang.eval.metrics import hits, length_stats, mean, norm, pct, sentence_scores, text_overlap_scores
+from qihuang.eval.metrics import (hits, length_stats, mean, norm, pct, sentence_scores, text_overlap_scores,
+                                  word_boundaries)
 
 _SPLIT = re.compile(r"[,，、;；]")
 
@@ -164,8 +166,9 @@ class KBQATask(Task):
                 if ent is not None:
                     allowed_names.add(ent.name)
         out = []
+        cuts = word_boundaries(prediction)
         for m in kb.find_entities(prediction):
-            if m.name in allowed_names:
+            if m.name in allowed_names or m.start not in cuts or m.end not in cuts:
                 continue
             forms = {norm(m.name), norm(m.surface)}
             if any(f and f in s for f in forms for s in allowed_norm):
