@@ -129,10 +129,16 @@ def test_kb_facts_beyond_the_reference_are_not_hallucinations(tmp_path, kb):
     data = tmp_path / "one.jsonl"
     data.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
     engine = ScriptedEngine(replies={"高血压有什么症状": "高血压可有头晕、心悸，也可能胸闷。"})
-    ev.run("kbqa", data, answerer=FakeAnswerer(engine, kb), kb=kb, out_dir=tmp_path / "run", progress=False)
+    # the tiny KB cites 胸闷 twice: count every name (min_support=1), as for any small KB
+    ev.run("kbqa", data, answerer=FakeAnswerer(engine, kb), kb=kb, out_dir=tmp_path / "run", progress=False,
+           min_support=1)
     row = json.loads((tmp_path / "run" / "predictions.jsonl").read_text(encoding="utf-8"))
     assert row["fact_recall"] == pytest.approx(0.5)
     assert row["hallucinated"] == ["胸闷"]
+    # with the default (3), a name only ever cited as a value in fewer triples is not a named entity
+    assert "胸闷" in kb.rare_values(3) and "高血压" not in kb.rare_values(3) and not kb.rare_values(1)
+    ev.run("kbqa", data, answerer=FakeAnswerer(engine, kb), kb=kb, out_dir=tmp_path / "run3", progress=False)
+    assert json.loads((tmp_path / "run3" / "predictions.jsonl").read_text(encoding="utf-8"))["hallucinated"] == []
 
 
 def test_hallucination_ignores_names_found_across_word_boundaries(kb):
@@ -144,7 +150,7 @@ def test_hallucination_ignores_names_found_across_word_boundaries(kb):
     example = Example(id="x", question="高血压有哪些并发症", subject="complications",
                       fields={"gold": ["脑卒中"], "knowledge": [["高血压", "并发症", "脑卒中"]], "entity": "高血压",
                               "kind": "single"})
-    task, ctx = KBQATask(), RunContext(kb=kb)
+    task, ctx = KBQATask(min_support=1), RunContext(kb=kb)
     text = "厌恶心理"  # 恶心 (a KB symptom) is found inside, across the 厌恶/心理 cut
     assert any(m.name == "恶心" for m in kb.find_entities(text))
     assert task.score_example(example, f"可能有脑卒中。{text}。", ctx)["hallucinated"] == []

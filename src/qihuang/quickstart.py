@@ -40,7 +40,7 @@ class QuickstartConfig:
     db: str | None = None
     out: str | None = None
     examples: int = 1200
-    test_questions: int = 24
+    test_questions: int = 40
     steps: int | None = None
     budget_minutes: float = 5.0
     learning_rate: float = 1e-3

@@ -76,6 +76,7 @@ class KnowledgeBase:
         self.path = path
         self.schema = load_schema()
         self._linker = None
+        self._rare: dict[int, frozenset[str]] = {}
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -112,7 +113,7 @@ class KnowledgeBase:
         from qihuang.kb.importers import import_source
 
         report = import_source(self, source, skip_bad=skip_bad, progress=progress)
-        self._linker = None
+        self._linker, self._rare = None, {}
         return report
 
     # -- queries -------------------------------------------------------------------------
@@ -162,6 +163,16 @@ class KnowledgeBase:
     def entity_type(self, name: str) -> str | None:
         row = self._resolve(name)
         return row[2] if row else None
+
+    def rare_values(self, min_support: int = 3) -> frozenset[str]:
+        """Names that are only ever values (no entry of their own) and are cited by fewer than
+        ``min_support`` triples. In CMeKG these are mostly extraction noise (结合, 常见的, 有疼痛,
+        哮喘等), not medical names: an answer that uses such a word names nothing."""
+        if min_support not in self._rare:
+            subjects = {n for (n,) in self.conn.execute("SELECT name FROM entities WHERE is_subject = 1")}
+            rows = self.conn.execute("SELECT value FROM triples GROUP BY value HAVING count(*) < ?", (min_support,))
+            self._rare[min_support] = frozenset(v for (v,) in rows if v not in subjects)
+        return self._rare[min_support]
 
     def entity_names(self, type: str | None = None, subjects_only: bool = True) -> list[str]:
         sql, args = "SELECT name FROM entities WHERE 1", []

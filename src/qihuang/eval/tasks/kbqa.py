@@ -17,7 +17,10 @@ at least one value hit, at least 1/2 hit, at least 2/3 hit.
 Hallucinated entities: KB entities found in the answer (``kb.find_entities``) that are not
 named by the question, not the record's entity, not a subject or object of its knowledge
 triples, not an alias of those, and not part of one of those strings. A name found across a
-word boundary (体检 inside 具体检查: jieba cuts 具体/检查) is not a mention. Reported as the share
+word boundary (体检 inside 具体检查: jieba cuts 具体/检查) is not a mention, and neither is a name
+that is only ever a value in fewer than ``min_support`` (3) triples (``kb.rare_values``: in CMeKG
+mostly extraction noise such as 结合, 常见的, 有疼痛, 哮喘等; set it to 1 for a small KB).
+Reported as the share
 of answers with at least one, and the mean count per answer. Needs a KB.
 
 BLEU-4 and ROUGE-1/2/L against the reference ``output`` are reported as well.
@@ -29,7 +32,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, scored_text
+from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, scored_text
 from qihuang.eval.dataio import data_files, first, read_rows
 from qihuang.eval.metrics import (hits, length_stats, mean, norm, pct, sentence_scores, text_overlap_scores,
                                   word_boundaries)
@@ -74,6 +77,8 @@ class KBQATask(Task):
     description = "fact recall / hallucination / QiZhen criteria on `qihuang data build` test splits"
     headline = ("fact_recall", "qizhen_any", "qizhen_half", "qizhen_two_thirds",
                 "hallucination_rate", "hallucinated_entities_mean", "bleu4", "rougeL")
+    options = (TaskOption("min_support", int, 3, "a name that is only a KB value, in fewer triples than this, is "
+                          "not counted as a hallucinated entity (KB extraction noise); 1 counts every name"),)
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -167,8 +172,10 @@ class KBQATask(Task):
                     allowed_names.add(ent.name)
         out = []
         cuts = word_boundaries(prediction)
+        support = self.config["min_support"]
+        rare = kb.rare_values(support) if support > 1 and hasattr(kb, "rare_values") else frozenset()
         for m in kb.find_entities(prediction):
-            if m.name in allowed_names or m.start not in cuts or m.end not in cuts:
+            if m.name in allowed_names or m.name in rare or m.start not in cuts or m.end not in cuts:
                 continue
             forms = {norm(m.name), norm(m.surface)}
             if any(f and f in s for f in forms for s in allowed_norm):
