@@ -124,3 +124,15 @@ def test_to_dict_is_json_ready(kb):
     d = Answerer(FakeEngine(), kb).answer("偏头痛吃什么药").to_dict()
     assert json.loads(json.dumps(d, ensure_ascii=False))["citations"][0]["entity"] == "偏头痛"
     assert set(d) >= {"text", "grounded", "citations", "triage", "disclaimer", "refused"}
+
+
+def test_grounding_shows_a_value_once_when_two_relations_list_it(tmp_path):
+    from qihuang.kb import KnowledgeBase
+
+    src = tmp_path / "dup.jsonl"
+    src.write_text('{"中心词": "测试病", "病因": ["受凉", "劳累"], "常见病因": ["受凉", "熬夜"]}\n', encoding="utf-8")
+    with KnowledgeBase.create(tmp_path / "dup.sqlite") as kb:
+        kb.import_source(src, progress=False)
+        assert len([f for f in kb.link("测试病的病因是什么").facts if f.value == "受凉"]) == 2  # both relations
+        grounding = ground(kb, "测试病的病因是什么")
+    assert sorted(f.value for f in grounding.facts) == ["劳累", "受凉", "熬夜"]

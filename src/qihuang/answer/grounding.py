@@ -101,6 +101,19 @@ def _order_by_question(facts: list[Fact], attributes: list[str]) -> list[Fact]:
     return sorted(facts, key=lambda f: rank.get(f.attribute, len(rank)))
 
 
+def _distinct(facts: list[Fact]) -> list[Fact]:
+    """One fact per (entity, attribute, value): two relations of one attribute (病因, 常见病因) often
+    list the same values, which would show twice in the knowledge block."""
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for f in facts:
+        key = (f.entity, f.attribute, f.value)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
 def ground(kb, question: str, limits: GroundingLimits | None = None) -> Grounding:
     """Link ``question`` against ``kb`` and return the bounded facts and their citations.
 
@@ -112,7 +125,7 @@ def ground(kb, question: str, limits: GroundingLimits | None = None) -> Groundin
     link = kb.link(question, max_values=limits.max_values)
     entities = list(dict.fromkeys(m.name for m in link.entities))
     entity_rank = {e: i for i, e in enumerate(entities)}
-    facts = [f for f in link.facts if f.attribute != ALIAS]
+    facts = _distinct([f for f in link.facts if f.attribute != ALIAS])
     if ALIAS in link.attributes:  # "X有什么别称": the aliases, not the default attributes
         aliases = [f for e in entities[: limits.max_entities] for f in kb.facts(e, [ALIAS], limits.max_values)]
         only_alias = all(a == ALIAS for a in link.attributes)
