@@ -7,8 +7,6 @@ from these fields. Values come from defaults < a YAML file < command-line option
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,13 +119,9 @@ class TrainConfig(BaseModel):
 
     def save(self, path: str | Path) -> Path:
         """Write the resolved config as YAML (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_config_")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(self.to_yaml())
-        os.replace(tmp, path)
-        return path
+        from qihuang.fileio import atomic_write_text
+
+        return atomic_write_text(path, self.to_yaml())
 
 
 def _format_errors(exc: ValidationError, source: str | None) -> str:

@@ -104,7 +104,7 @@ def _trim_test(path: Path, n: int, seed: int) -> None:
         for attr in sorted(by_attr):
             if by_attr[attr] and len(picked) < n:
                 picked.append(by_attr[attr].pop())
-    from qihuang.steps import atomic_write_text
+    from qihuang.fileio import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in picked))
 
@@ -207,7 +207,7 @@ def _print_next(out: Path, adapter: str, console: Console) -> None:
 def write_report(out: Path, scores: dict, trained: dict, eval_dir: Path, console: Console) -> dict:
     """``report.md`` (table, training figures, three sample answers with citations) + ``compare.png``."""
     from qihuang.eval import compare
-    from qihuang.steps import atomic_write_text
+    from qihuang.fileio import atomic_write_text
 
     table = compare([eval_dir / r for r in RUNS], out_png=out / "compare.png", metrics=list(TABLE_METRICS))
     lines = ["# qihuang quickstart report", "",

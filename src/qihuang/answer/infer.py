@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from qihuang.errors import InputError
+from qihuang.fileio import atomic_write_text
 
 _PLACEHOLDER = "\u2026"  # stands in for a missing reference so the shared record parser accepts it
 
@@ -69,9 +70,7 @@ def _read_done(path: Path) -> tuple[list[str], set[int]]:
 
 
 def _atomic_write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
 def _result_row(line: int, item: dict, answer) -> dict:

@@ -13,8 +13,6 @@ BOS by itself.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -316,14 +314,9 @@ def get_template(name: str) -> Template:
 
 def save_template(template: Template, out_dir: str | Path) -> Path:
     """Write ``qihuang_template.json`` into ``out_dir`` (atomically); returns its path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / TEMPLATE_FILE
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp_template_")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(template.to_dict(), fh, ensure_ascii=False, indent=2)
-    os.replace(tmp, target)
-    return target
+    from qihuang.fileio import atomic_write_json
+
+    return atomic_write_json(Path(out_dir) / TEMPLATE_FILE, template.to_dict())
 
 
 def load_template(directory: str | Path) -> Template | None:

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from qihuang.datagen.splits import SPLITS
+from qihuang.fileio import atomic_write_json
 
 # records are plain trees: skipping the circular-reference check halves the encoding time
 encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
@@ -34,24 +35,6 @@ def encode_record(record: dict, knowledge_json: str | None = None) -> str:
             f'"attribute":{_STR(r["attribute"])},"kind":{_STR(r["kind"])},"id":{_STR(r["id"])}}}')
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history",
                   "system": "system", "knowledge": "knowledge"}
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
 def to_sharegpt(record: dict) -> dict:

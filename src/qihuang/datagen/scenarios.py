@@ -12,7 +12,6 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from operator import itemgetter
 
 from qihuang.datagen.kbview import EntityView
 from qihuang.datagen.templates import Phrasebook, clean_value, is_clause, join_values

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from qihuang.datagen.io import DatasetWriter, atomic_write_text, dataset_info
+from qihuang.datagen.io import DatasetWriter, dataset_info
+from qihuang.fileio import atomic_write_text
 from qihuang.datagen.kbview import EntityView, load_view
 from qihuang.datagen.llm_client import ChatClient, ReplyCache, RequestFailed, api_key_from_env
 from qihuang.datagen.splits import assign_splits
@@ -198,7 +199,7 @@ def synthesize(kb, out_dir: str | Path, *, base_url: str, model: str, n: int = 1
         stats = _write(kb, out_dir, results, prompts, seed, sharegpt, dev_ratio, test_ratio)
         stats.update(requested=n, http=dict(client.counts), seconds=round(time.perf_counter() - t0, 3),
                      model=model, base_url=base_url)
-        from qihuang.datagen.io import atomic_write_json
+        from qihuang.fileio import atomic_write_json
 
         atomic_write_json(out_dir / "stats.json", stats)
         return stats

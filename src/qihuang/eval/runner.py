@@ -23,7 +23,8 @@ from typing import Any
 from qihuang import __version__
 from qihuang.errors import ConfigError, InputError
 from qihuang.eval.base import Example, RunContext, Task, make_task
-from qihuang.eval.dataio import atomic_write_json, atomic_write_jsonl, sha256_of
+from qihuang.eval.dataio import sha256_of
+from qihuang.fileio import atomic_write_json, atomic_write_jsonl
 
 log = logging.getLogger("qihuang.eval")
 _SECRET = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE)

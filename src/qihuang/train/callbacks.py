@@ -7,7 +7,6 @@ Raising from a hook aborts the run (the latest checkpoint stays resumable).
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -52,14 +51,6 @@ class ProgressCallback(Callback):
     def on_train_end(self, state):
         if self.bar is not None:
             self.bar.close()
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, ensure_ascii=False, indent=2)
-    os.replace(tmp, path)
 
 
 def plot_losses(history: list[dict], eval_history: list[dict], path: Path) -> Path:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from qihuang import __version__
 from qihuang.config import TrainConfig, build_config
 from qihuang.errors import ConfigError
-from qihuang.train.callbacks import Callback, ProgressCallback, plot_losses, write_json_atomic
+from qihuang.fileio import atomic_write_json
+from qihuang.train.callbacks import Callback, ProgressCallback, plot_losses
 
 if TYPE_CHECKING:  # the loop imports torch: loaded only when training starts
     from qihuang.train.loop import StageData, TrainState
@@ -175,9 +176,9 @@ def _write_output(out: Path, config: TrainConfig, model, tokenizer, template, me
     model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(out)
     save_template(template, out)
-    write_json_atomic(out / META_FILE, {
+    atomic_write_json(out / META_FILE, {
         "base_model": _base_model_ref(config.model), "stage": config.stage, "finetuning": config.finetuning,
         "template": template.name, "grounded": config.grounded, "qihuang_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    write_json_atomic(out / "metrics.json", metrics)
+    atomic_write_json(out / "metrics.json", metrics)
     plot_losses(state.history, state.eval_history, out / "loss.png")
