@@ -106,3 +106,23 @@ def test_cli_dpo_full_from_sft_adapter(sft, pairs, tmp_path, capsys):
     assert metrics["dev_loss_initial"] == pytest.approx(math.log(2), abs=1e-5)  # reference = merged SFT model
     assert metrics["finetuning"] == "full" and (out / "model.safetensors").is_file()
     assert not (out / "adapter_config.json").exists() and "dev_reward_margin" in metrics
+
+
+def test_dpo_output_loads_as_its_base_plus_one_adapter(sft, pairs, tiny_llama, tmp_path):
+    """The DPO adapter already holds SFT + DPO (it continued the SFT adapter): loading it must apply it
+    once to the real base model, not on top of the SFT adapter again."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from qihuang.models.load import load_for_inference, read_meta
+
+    out = tmp_path / "dpo"
+    run(_cfg(sft, pairs, out, max_steps=2), progress=False)
+    meta = read_meta(out)
+    assert meta["base_model"] == str(Path(tiny_llama).resolve()) and meta["continued_from"] == str(sft.resolve())
+    model = load_for_inference(str(out))[0]
+    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), str(out)).eval()
+    ids = torch.randint(3, 500, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, expected(input_ids=ids).logits)

@@ -117,6 +117,17 @@ def load_model(config: TrainConfig, tokenizer):
     return model
 
 
+def output_meta(config: TrainConfig) -> dict:
+    """A LoRA DPO output is the SFT adapter continued: it holds SFT + DPO and loads on the SFT
+    adapter's own base (loading it on top of the SFT adapter would apply the SFT delta twice)."""
+    from qihuang.train.run import resolved_ref
+
+    base, adapter = split_model_ref(config.model)
+    if adapter is None or config.finetuning == "full":
+        return {"base_model": resolved_ref(config.model)}
+    return {"base_model": resolved_ref(base), "continued_from": resolved_ref(adapter)}
+
+
 # ---- objective ----------------------------------------------------------------------------------------
 class DPOObjective(nn.Module):
     """Sigmoid DPO loss summed over pairs, against precomputed reference log-probabilities."""

@@ -163,9 +163,17 @@ def _metrics(config: TrainConfig, state: TrainState, data: StageData, objective)
     }
 
 
-def _base_model_ref(name: str) -> str:
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
+def resolved_ref(ref: str) -> str:
+    """A model reference as recorded in output metadata: local paths absolute, hub ids as given."""
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if path.exists() else ref
+
+
+def _base_model_ref(config: TrainConfig) -> dict:
+    """``base_model`` (what the output loads on) for the metadata; a stage may say otherwise
+    (``output_meta``: DPO continuing an SFT adapter records the adapter's own base)."""
+    hook = getattr(stage_module(config.stage), "output_meta", None)
+    return hook(config) if hook is not None else {"base_model": resolved_ref(config.model)}
 
 
 def _write_output(out: Path, config: TrainConfig, model, tokenizer, template, metrics, state,
@@ -177,7 +185,7 @@ def _write_output(out: Path, config: TrainConfig, model, tokenizer, template, me
     tokenizer.save_pretrained(out)
     save_template(template, out)
     atomic_write_json(out / META_FILE, {
-        "base_model": _base_model_ref(config.model), "stage": config.stage, "finetuning": config.finetuning,
+        **_base_model_ref(config), "stage": config.stage, "finetuning": config.finetuning,
         "template": template.name, "grounded": config.grounded, "qihuang_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     atomic_write_json(out / "metrics.json", metrics)
