@@ -109,7 +109,9 @@ class Linker:
 
     def detect_attributes(self, text: str, mentions: list[Mention] | None = None) -> list[str]:
         """Every attribute ``text`` may ask about (the groups of :meth:`detect_attribute_groups`, flattened)."""
-        found: list[str] = []
-        for group in self.detect_attribute_groups(text, mentions):
-            found.extend(a for a in group if a not in found)
-        return found
+        return flatten(self.detect_attribute_groups(text, mentions))
+
+
+def flatten(groups: list[tuple[str, ...]]) -> list[str]:
+    """The attributes of cue groups, each once, in order."""
+    return list(dict.fromkeys(a for group in groups for a in group))

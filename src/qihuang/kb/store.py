@@ -255,8 +255,11 @@ class KnowledgeBase:
         Per entity: the asked attributes (of a shared cue, the first one the entity has), else the
         default attributes of its type."""
         mentions = self.find_entities(text)
+        from qihuang.kb.link import flatten
+
         groups = self.linker.detect_attribute_groups(text, mentions)
-        attributes = list(dict.fromkeys(a for g in groups for a in g))
+        attributes = flatten(groups)
+        asked = [g for g in ([a for a in g if a != ALIAS] for g in groups) if g]
         facts: list[Fact] = []
         seen: set[str] = set()
         for m in mentions:
@@ -266,7 +269,6 @@ class KnowledgeBase:
             row = self.conn.execute("SELECT id, is_subject FROM entities WHERE name = ?", (m.name,)).fetchone()
             if not row or not row[1]:
                 continue
-            asked = [g for g in ([a for a in g if a != ALIAS] for g in groups) if g]
             if not asked:
                 facts.extend(self._facts_by_id(row[0], m.name, self.schema.defaults_for(m.type), max_values))
                 continue
