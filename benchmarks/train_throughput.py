@@ -224,12 +224,13 @@ def spawn(role: str, argv: list[str], work: Path, threads: int) -> tuple[dict, f
 def cpu_line(threads: int) -> str:
     import torch
 
-    flags = ""
-    if Path("/proc/cpuinfo").is_file():
-        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor()) if flags else platform.processor()
-    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+
+    def field(name: str, default: str) -> str:
+        return next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith(name)), default)
+
+    flags, model = field("flags", "").split(), field("model name", platform.processor())
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
     bf16 = f"native bf16 ({', '.join(native)})" if native else "no native bf16 (no avx512_bf16/amx_bf16)"
     return (f"cpu: {model}, {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.backends.cpu.get_cpu_capability()}), {bf16}; {threads} thread(s) per run")

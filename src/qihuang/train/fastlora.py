@@ -19,6 +19,7 @@ quantized or non-float base weights, a non-dropout ``lora_dropout``) keep PEFT's
 
 from __future__ import annotations
 
+import math
 import types
 
 import torch
@@ -36,9 +37,7 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor
     """A boolean tensor of ``shape``, each element False with probability ``drop_rate(p)``, independently.
 
     Four 16-bit uniforms per 64-bit random word: a quarter of the generator calls of ``bernoulli_``."""
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)
     uniform16 = words.view(torch.int16)[:numel]  # full 64-bit words: all four quarters are uniform
     return (uniform16 >= -_SPAN // 2 + round(p * _SPAN)).view(shape)
