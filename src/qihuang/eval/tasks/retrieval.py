@@ -1,0 +1,248 @@
+"""``retrieval``: the retrieval stage measured on its own, against labelled questions (no model).
+
+Each record (JSON lines) holds ``question``, gold ``entities`` (KB names; an empty list means the KB
+does not have what is asked, so nothing must be retrieved), gold ``attributes`` (canonical keys of
+``resources/kb_schema.yaml``), and optionally ``kind`` (a style label), ``negated`` (names the question
+negates), ``history`` ([[question, answer], ...]) and ``split`` (``dev`` or ``heldout``).
+
+Every question goes through :func:`qihuang.answer.grounding.ground`, the routine answering uses, so
+what is measured is what the model is shown. Definitions:
+
+* **Question entities** (the ranked list): for each retrieved fact in order, the entity it was
+  reached from (``Fact.anchor`` when ``Fact.via`` is not ``direct``, else ``Fact.entity``), then the
+  grounding's entities; each once. A reverse question (布洛芬能治什么病) is thus about 布洛芬 when its
+  facts are anchored there, a symptom question about its symptoms. When the grounding carries
+  ``question_entities`` (a list of names), those come first.
+* **entity_acc1**: the first question entity is a gold entity; **entity_recall3**: share of the gold
+  entities among the first three (out of ``min(3, len(gold))``); both over questions with gold entities.
+* **attr_precision / attr_recall / attr_f1**: micro-averaged over all questions, detected attributes
+  (``Grounding.attributes`` = ``link.attributes``) against the gold ones.
+* A fact **belongs** to the gold pair (e, a) when e is a gold entity, a a gold attribute and either
+  (direct) ``fact.entity == e`` and ``fact.attribute == a``; or (looked up) ``fact.via`` is not direct,
+  ``fact.anchor == e`` and ``fact.attribute == a`` (two-hop, symptom candidates) or the fact points at
+  its anchor (``fact.value == e``) and ``Schema.inverse[fact.attribute] == a`` (reverse: 偏头痛 -drugs->
+  布洛芬 answers 布洛芬's indications). The evidence of a symptom lookup (``via == "symptom"``, a
+  ``symptoms`` fact whose value is a gold entity) belongs as well.
+* **fact_recall**: per question with gold entities and attributes, the share of gold pairs
+  (every gold entity x every gold attribute) with at least one belonging fact; averaged.
+* **citation_precision**: retrieved facts that belong / retrieved facts, micro-averaged over the
+  questions with gold entities (what a not-in-KB question retrieves is counted by the abstain scores).
+* **abstain_recall**: not-in-KB questions (no gold entity) that retrieved no fact / not-in-KB
+  questions; **abstain_precision**: not-in-KB questions among those that retrieved no fact.
+* **negated_hit_rate**: questions with ``negated`` names where one of them is a question entity.
+* **questions_per_s**: questions / seconds spent inside ``ground`` (one process, one thread).
+
+Scores are also broken down per ``kind`` and per ``split`` (``details``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+from qihuang.errors import ConfigError
+from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption
+from qihuang.eval.dataio import data_files, read_rows
+
+SPLITS = ("dev", "heldout")
+VIA_DIRECT = "direct"
+_SUMMED = ("attr_tp", "attr_fp", "attr_fn", "n_facts", "n_belonging")
+
+
+def _names(value: Any, field: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"field {field!r}: expected a list of non-empty strings")
+    return list(dict.fromkeys(v.strip() for v in value))
+
+
+def parse_record(row: dict) -> dict:
+    """The validated gold labels of one record (raises ValueError naming the field)."""
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("field 'question': missing or empty")
+    if "entities" not in row or "attributes" not in row:
+        raise ValueError("fields 'entities' and 'attributes' are required (an empty list is allowed)")
+    split = row.get("split") or "dev"
+    if split not in SPLITS:
+        raise ValueError(f"field 'split': {split!r} is not one of {list(SPLITS)}")
+    history = row.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(p, list) and len(p) == 2 for p in history):
+        raise ValueError("field 'history': expected [[question, answer], ...]")
+    return {"question": question.strip(), "entities": _names(row["entities"], "entities"),
+            "attributes": _names(row["attributes"], "attributes"), "kind": str(row.get("kind") or "plain"),
+            "negated": _names(row.get("negated"), "negated"), "split": split,
+            "history": [[str(q), str(a)] for q, a in history]}
+
+
+def _via(fact: Any) -> str:
+    return getattr(fact, "via", None) or VIA_DIRECT
+
+
+def fact_pair(fact: Any, entities: list[str], attributes: list[str],
+              inverse: dict[str, str]) -> tuple[str, str] | None:
+    """The gold (entity, attribute) pair ``fact`` belongs to, or None (see the module docstring)."""
+    if fact.entity in entities and fact.attribute in attributes:
+        return fact.entity, fact.attribute
+    via, anchor = _via(fact), getattr(fact, "anchor", None)
+    if via == VIA_DIRECT or anchor not in entities:
+        return None
+    if fact.attribute in attributes:
+        return anchor, fact.attribute
+    if fact.value == anchor and inverse.get(fact.attribute) in attributes:
+        return anchor, inverse[fact.attribute]
+    if via == "symptom" and fact.attribute == "symptoms" and fact.value in entities:
+        return anchor, "evidence"
+    return None
+
+
+def question_entities(grounding: Any) -> list[str]:
+    """The ranked entities a grounding is about (see the module docstring)."""
+    ranked = list(getattr(grounding, "question_entities", None) or [])
+    for fact in grounding.facts:
+        anchor = getattr(fact, "anchor", None)
+        ranked.append(anchor if anchor and _via(fact) != VIA_DIRECT else fact.entity)
+    ranked.extend(grounding.entities)
+    return list(dict.fromkeys(ranked))
+
+
+def score_grounding(gold: dict, grounding: Any, inverse: dict[str, str]) -> dict:
+    """Per-question scores of one grounding against one record's gold labels."""
+    ents, attrs = gold["entities"], gold["attributes"]
+    ranked = question_entities(grounding)
+    predicted_attrs = list(dict.fromkeys(grounding.attributes))
+    pairs = [fact_pair(f, ents, attrs, inverse) for f in grounding.facts]
+    gold_pairs = {(e, a) for e in ents for a in attrs}
+    row: dict[str, Any] = {
+        "pred_entities": ranked, "pred_attributes": predicted_attrs,
+        "facts": [{"entity": f.entity, "attribute": f.attribute, "relation": f.relation, "value": f.value,
+                   "via": _via(f), "anchor": getattr(f, "anchor", None), "belongs": p is not None}
+                  for f, p in zip(grounding.facts, pairs, strict=True)],
+        "attr_tp": len(set(predicted_attrs) & set(attrs)), "attr_fp": len(set(predicted_attrs) - set(attrs)),
+        "attr_fn": len(set(attrs) - set(predicted_attrs)), "n_facts": len(pairs),
+        "n_belonging": sum(p is not None for p in pairs), "in_kb": bool(ents), "abstained": not pairs,
+        "entity_acc1": None, "entity_recall3": None, "fact_recall": None, "negated_hit": None,
+    }
+    if ents:
+        row["entity_acc1"] = bool(ranked) and ranked[0] in ents
+        row["entity_recall3"] = round(len(set(ranked[:3]) & set(ents)) / min(3, len(ents)), 4)
+    if gold_pairs:
+        row["fact_recall"] = round(len(gold_pairs & set(pairs)) / len(gold_pairs), 4)
+    if gold["negated"]:
+        row["negated_hit"] = bool(set(gold["negated"]) & set(ranked))
+    return row
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return round(100.0 * num / den, 2) if den else None
+
+
+def _mean_pct(values: list) -> float | None:
+    kept = [float(v) for v in values if v is not None]
+    return round(100.0 * sum(kept) / len(kept), 2) if kept else None
+
+
+def summarize(rows: list[dict]) -> dict[str, Any]:
+    """The scores of a set of scored rows (all questions, one kind or one split)."""
+    tot = {k: sum(r[k] for r in rows) for k in _SUMMED}
+    in_kb = [r for r in rows if r["in_kb"]]
+    out_kb = [r for r in rows if not r["in_kb"]]
+    abstained = [r for r in rows if r["abstained"]]
+    p = _ratio(tot["attr_tp"], tot["attr_tp"] + tot["attr_fp"])
+    r = _ratio(tot["attr_tp"], tot["attr_tp"] + tot["attr_fn"])
+    f1 = round(2 * p * r / (p + r), 2) if p and r else (0.0 if p is not None and r is not None else None)
+    seconds = sum(r["seconds"] for r in rows)
+    return {
+        "n": len(rows), "n_in_kb": len(in_kb), "n_not_in_kb": len(out_kb),
+        "entity_acc1": _mean_pct([r["entity_acc1"] for r in in_kb]),
+        "entity_recall3": _mean_pct([r["entity_recall3"] for r in in_kb]),
+        "attr_precision": p, "attr_recall": r, "attr_f1": f1,
+        "fact_recall": _mean_pct([r["fact_recall"] for r in in_kb]),
+        "citation_precision": _ratio(sum(r["n_belonging"] for r in in_kb), sum(r["n_facts"] for r in in_kb)),
+        "abstain_recall": _ratio(sum(r["abstained"] for r in out_kb), len(out_kb)),
+        "abstain_precision": _ratio(sum(not r["in_kb"] for r in abstained), len(abstained)),
+        "retrieved_rate": _ratio(sum(not r["abstained"] for r in rows), len(rows)),
+        "negated_hit_rate": _mean_pct([r["negated_hit"] for r in rows]),
+        "facts_mean": round(tot["n_facts"] / len(rows), 2) if rows else None,
+        "questions_per_s": round(len(rows) / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def _accepts_history(fn: Any) -> bool:
+    try:
+        return "history" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class RetrievalTask(Task):
+    """Entity, attribute, fact and abstain scores of ``ground`` on labelled questions; needs only a KB."""
+
+    name = "retrieval"
+    description = "entity acc@1/recall@3, attribute F1, fact recall, citation precision, abstain of retrieval"
+    headline = ("entity_acc1", "entity_recall3", "attr_f1", "fact_recall", "citation_precision",
+                "abstain_recall", "abstain_precision", "questions_per_s")
+    options = (TaskOption("split", str, "all", "score only the questions of this split",
+                          choices=("all", *SPLITS)),)
+
+    def load(self, path: Path) -> Dataset:
+        examples, skipped = [], []
+        wanted = self.config["split"]
+        for file in data_files(Path(path), (".jsonl", ".json")):
+            for line, row, error in read_rows(file):
+                if error:
+                    skipped.append(Skipped(str(file), line, error))
+                    continue
+                try:
+                    gold = parse_record(row)
+                except ValueError as exc:
+                    skipped.append(Skipped(str(file), line, str(exc)))
+                    continue
+                if wanted != "all" and gold["split"] != wanted:
+                    continue
+                examples.append(Example(id=str(row.get("id") or f"{file.name}:{line}"), question=gold["question"],
+                                        history=gold["history"], subject=gold["kind"], fields=gold,
+                                        source=str(file), line=line))
+        return Dataset(examples, skipped)
+
+    def needs_model(self, examples: list[Example]) -> bool:
+        return False
+
+    def prepare(self, dataset: Dataset, ctx: RunContext) -> None:
+        if ctx.kb is None:
+            raise ConfigError("the retrieval task needs a knowledge base (CLI: --kb, or a default KB)")
+        from qihuang.answer.grounding import ground
+
+        self._ground = ground
+        self._with_history = _accepts_history(ground)
+        self._inverse = dict(getattr(ctx.kb.schema, "inverse", None) or {})
+        ctx.kb.link("预热")  # build the linker outside the timed calls
+
+    def predict(self, batch: list[Example], ctx: RunContext) -> list[dict]:
+        return [self.score_example(ex, "", ctx) for ex in batch]
+
+    def score_example(self, example: Example, prediction: str, ctx: RunContext) -> dict:
+        kwargs = {"history": example.history} if self._with_history and example.history else {}
+        t0 = time.perf_counter()
+        grounding = self._ground(ctx.kb, example.question, **kwargs)
+        seconds = time.perf_counter() - t0
+        gold = example.fields
+        row = {"id": example.id, "question": example.question, "kind": gold["kind"], "split": gold["split"],
+               "gold_entities": gold["entities"], "gold_attributes": gold["attributes"],
+               "negated": gold["negated"], "history_used": bool(kwargs)}
+        row.update(score_grounding(gold, grounding, self._inverse))
+        row["seconds"] = round(seconds, 6)
+        return row
+
+    def aggregate(self, rows: list[dict]) -> dict:
+        scores = summarize(rows)
+        by_kind = {k: summarize([r for r in rows if r["kind"] == k]) for k in sorted({r["kind"] for r in rows})}
+        by_split = {s: summarize([r for r in rows if r["split"] == s]) for s in SPLITS
+                    if any(r["split"] == s for r in rows)}
+        notes = []
+        if not getattr(self, "_with_history", True) and any(r["kind"] == "followup" for r in rows):
+            notes.append("ground() takes no history: follow-up questions were grounded on their own")
+        return {"scores": scores, "details": {"by_kind": by_kind, "by_split": by_split}, "notes": notes}
