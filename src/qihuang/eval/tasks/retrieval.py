@@ -3,7 +3,9 @@
 Each record (JSON lines) holds ``question``, gold ``entities`` (KB names; an empty list means the KB
 does not have what is asked, so nothing must be retrieved), gold ``attributes`` (canonical keys of
 ``resources/kb_schema.yaml``), and optionally ``kind`` (a style label), ``negated`` (names the question
-negates), ``history`` ([[question, answer], ...]) and ``split`` (``dev`` or ``heldout``).
+negates), ``accept`` ({gold name: [other KB names that count as that entity]}, e.g. the products
+布洛芬片, 布洛芬缓释胶囊 for the generic 布洛芬), ``history`` ([[question, answer], ...]) and ``split``
+(``dev`` or ``heldout``). Every name is read through ``accept`` first (an accepted name *is* its gold entity).
 
 Every question goes through :func:`qihuang.answer.grounding.ground`, the routine answering uses, so
 what is measured is what the model is shown. Definitions:
@@ -72,7 +74,17 @@ def parse_record(row: dict) -> dict:
     history = row.get("history") or []
     if not isinstance(history, list) or not all(isinstance(p, list) and len(p) == 2 for p in history):
         raise ValueError("field 'history': expected [[question, answer], ...]")
-    return {"question": question.strip(), "entities": _names(row["entities"], "entities"),
+    accept = row.get("accept") or {}
+    if not isinstance(accept, dict):
+        raise ValueError("field 'accept': expected {gold entity: [names], ...}")
+    entities = _names(row["entities"], "entities")
+    canon: dict[str, str] = {}
+    for gold, alts in accept.items():
+        if gold not in entities:
+            raise ValueError(f"field 'accept': {gold!r} is not one of the gold entities")
+        for alt in _names(alts, f"accept.{gold}"):
+            canon.setdefault(alt, gold)
+    return {"question": question.strip(), "entities": entities, "canon": canon,
             "attributes": _names(row["attributes"], "attributes"), "kind": str(row.get("kind") or "plain"),
             "negated": _names(row.get("negated"), "negated"), "split": split,
             "history": [[str(q), str(a)] for q, a in history]}
@@ -82,39 +94,45 @@ def _via(fact: Any) -> str:
     return getattr(fact, "via", None) or VIA_DIRECT
 
 
-def fact_pair(fact: Any, entities: list[str], attributes: list[str],
-              inverse: dict[str, str]) -> tuple[str, str] | None:
-    """The gold (entity, attribute) pair ``fact`` belongs to, or None (see the module docstring)."""
-    if fact.entity in entities and fact.attribute in attributes:
-        return fact.entity, fact.attribute
+def fact_pair(fact: Any, entities: list[str], attributes: list[str], inverse: dict[str, str],
+              canon: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """The gold (entity, attribute) pair ``fact`` belongs to, or None (see the module docstring).
+    ``canon`` maps accepted names to their gold entity."""
+    canon = canon or {}
+    entity = canon.get(fact.entity, fact.entity)
+    if entity in entities and fact.attribute in attributes:
+        return entity, fact.attribute
     via, anchor = _via(fact), getattr(fact, "anchor", None)
+    anchor = canon.get(anchor, anchor)
     if via == VIA_DIRECT or anchor not in entities:
         return None
     if fact.attribute in attributes:
         return anchor, fact.attribute
-    if fact.value == anchor and inverse.get(fact.attribute) in attributes:
+    if canon.get(fact.value, fact.value) == anchor and inverse.get(fact.attribute) in attributes:
         return anchor, inverse[fact.attribute]
-    if via == "symptom" and fact.attribute == "symptoms" and fact.value in entities:
+    if via == "symptom" and fact.attribute == "symptoms" and canon.get(fact.value, fact.value) in entities:
         return anchor, "evidence"
     return None
 
 
-def question_entities(grounding: Any) -> list[str]:
-    """The ranked entities a grounding is about (see the module docstring)."""
+def question_entities(grounding: Any, canon: dict[str, str] | None = None) -> list[str]:
+    """The ranked entities a grounding is about (see the module docstring), accepted names read as
+    their gold entity."""
+    canon = canon or {}
     ranked = list(getattr(grounding, "question_entities", None) or [])
     for fact in grounding.facts:
         anchor = getattr(fact, "anchor", None)
         ranked.append(anchor if anchor and _via(fact) != VIA_DIRECT else fact.entity)
     ranked.extend(grounding.entities)
-    return list(dict.fromkeys(ranked))
+    return list(dict.fromkeys(canon.get(name, name) for name in ranked))
 
 
 def score_grounding(gold: dict, grounding: Any, inverse: dict[str, str]) -> dict:
     """Per-question scores of one grounding against one record's gold labels."""
-    ents, attrs = gold["entities"], gold["attributes"]
-    ranked = question_entities(grounding)
+    ents, attrs, canon = gold["entities"], gold["attributes"], gold.get("canon") or {}
+    ranked = question_entities(grounding, canon)
     predicted_attrs = list(dict.fromkeys(grounding.attributes))
-    pairs = [fact_pair(f, ents, attrs, inverse) for f in grounding.facts]
+    pairs = [fact_pair(f, ents, attrs, inverse, canon) for f in grounding.facts]
     gold_pairs = {(e, a) for e in ents for a in attrs}
     row: dict[str, Any] = {
         "pred_entities": ranked, "pred_attributes": predicted_attrs,
@@ -134,6 +152,49 @@ def score_grounding(gold: dict, grounding: Any, inverse: dict[str, str]) -> dict
     if gold["negated"]:
         row["negated_hit"] = bool(set(gold["negated"]) & set(ranked))
     return row
+
+
+_SUPPORT = {  # kind -> SQL: does the KB back (name, attribute) through a lookup rather than own facts?
+    "reverse": "SELECT 1 FROM triples WHERE value=? AND attribute='drugs' AND ?='indications'",
+    "symptom": "SELECT 1 FROM triples s JOIN triples t ON t.subject_id=s.subject_id "
+               "WHERE s.value=? AND s.attribute='symptoms' AND t.attribute=?",
+    "two_hop": "SELECT 1 FROM triples d JOIN entities e ON e.id=d.subject_id JOIN entities x ON x.name=d.value "
+               "JOIN triples t ON t.subject_id=x.id WHERE e.name=? AND d.attribute='drugs' AND t.attribute=?",
+}
+
+
+def label_problems(kb: Any, record: dict) -> list[str]:
+    """What is wrong with one labelled record, read from the KB's tables (never from the linker).
+
+    Every gold, accepted and negated name must be a KB entity; every gold (entity, attribute) must be
+    backed by triples: the entity's (or an accepted name's) own facts, or for ``reverse`` records the
+    diseases that list the drug under drugs (answering indications), for ``symptom`` records a disease
+    that has the symptom and the attribute, for ``two_hop`` records a drug of the disease that has it."""
+    try:
+        gold = parse_record(record)
+    except ValueError as exc:
+        return [str(exc)]
+    conn = kb.conn
+
+    def one(sql: str, *args: str) -> bool:
+        return conn.execute(sql, args).fetchone() is not None
+
+    alts: dict[str, list[str]] = {}
+    for alt, name in gold["canon"].items():
+        alts.setdefault(name, []).append(alt)
+    out = [f"{n!r} is not a KB entity" for n in [*gold["entities"], *gold["negated"], *gold["canon"]]
+           if not one("SELECT 1 FROM entities WHERE name=?", n)]
+    for e in gold["entities"]:
+        for a in gold["attributes"]:
+            names = [e, *alts.get(e, [])]
+            own = any(one("SELECT 1 FROM triples t JOIN entities x ON x.id=t.subject_id WHERE x.name=? "
+                          "AND t.attribute=?", n, a) for n in names)
+            looked_up = gold["kind"] in _SUPPORT and one(_SUPPORT[gold["kind"]], e, a)
+            if not (own or looked_up):
+                out.append(f"no {a} facts for {e!r}")
+    if gold["entities"] and not gold["attributes"]:
+        out.append("a question the KB has must name the attributes asked")
+    return out
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -232,6 +293,7 @@ class RetrievalTask(Task):
         gold = example.fields
         row = {"id": example.id, "question": example.question, "kind": gold["kind"], "split": gold["split"],
                "gold_entities": gold["entities"], "gold_attributes": gold["attributes"],
+               "accepted": sorted(gold["canon"]),
                "negated": gold["negated"], "history_used": bool(kwargs)}
         row.update(score_grounding(gold, grounding, self._inverse))
         row["seconds"] = round(seconds, 6)
