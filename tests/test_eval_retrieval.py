@@ -158,8 +158,10 @@ def test_reverse_two_hop_and_symptom_facts_belong_through_the_contract():
     dept = LookedUp("偏头痛", "department", "就诊科室", "神经内科", via="symptom", anchor="头痛")
     evidence = LookedUp("偏头痛", "symptoms", "临床症状及体征", "头痛", via="symptom", anchor="头痛")
     row = rt.score_grounding(symptom, _grounding([dept, evidence], ["department"]), INVERSE)
-    assert row["n_belonging"] == 2 and row["fact_recall"] == 0.5  # (发热, department) was not reached
+    assert row["n_belonging"] == 2 and row["fact_recall"] == 1.0  # the candidates answer for both symptoms
     assert row["negated_hit"] is False
+    one_hop = LookedUp("偏头痛", "department", "就诊科室", "神经内科", via="two_hop", anchor="头痛")
+    assert rt.score_grounding(symptom, _grounding([one_hop], ["department"]), INVERSE)["fact_recall"] == 0.5
     cough = LookedUp("感冒", "department", "就诊科室", "呼吸内科", via="symptom", anchor="咳嗽")
     row = rt.score_grounding(symptom, _grounding([cough], ["department"]), INVERSE)
     assert row["negated_hit"] is True and row["n_belonging"] == 0

@@ -94,25 +94,25 @@ def _via(fact: Any) -> str:
     return getattr(fact, "via", None) or VIA_DIRECT
 
 
-def fact_pair(fact: Any, entities: list[str], attributes: list[str], inverse: dict[str, str],
-              canon: dict[str, str] | None = None) -> tuple[str, str] | None:
-    """The gold (entity, attribute) pair ``fact`` belongs to, or None (see the module docstring).
-    ``canon`` maps accepted names to their gold entity."""
+def fact_pairs(fact: Any, entities: list[str], attributes: list[str], inverse: dict[str, str],
+               canon: dict[str, str] | None = None) -> set[tuple[str, str]]:
+    """The gold (entity, attribute) pairs ``fact`` belongs to; empty when it belongs to none (see the
+    module docstring). ``canon`` maps accepted names to their gold entity."""
     canon = canon or {}
     entity = canon.get(fact.entity, fact.entity)
     if entity in entities and fact.attribute in attributes:
-        return entity, fact.attribute
+        return {(entity, fact.attribute)}
     via, anchor = _via(fact), getattr(fact, "anchor", None)
     anchor = canon.get(anchor, anchor)
     if via == VIA_DIRECT or anchor not in entities:
-        return None
-    if fact.attribute in attributes:
-        return anchor, fact.attribute
+        return set()
+    if fact.attribute in attributes:  # symptom candidates answer for all the symptoms described together
+        return {(e, fact.attribute) for e in entities} if via == "symptom" else {(anchor, fact.attribute)}
     if canon.get(fact.value, fact.value) == anchor and inverse.get(fact.attribute) in attributes:
-        return anchor, inverse[fact.attribute]
+        return {(anchor, inverse[fact.attribute])}
     if via == "symptom" and fact.attribute == "symptoms" and canon.get(fact.value, fact.value) in entities:
-        return anchor, "evidence"
-    return None
+        return {(anchor, "evidence")}
+    return set()
 
 
 def question_entities(grounding: Any, canon: dict[str, str] | None = None) -> list[str]:
@@ -132,23 +132,23 @@ def score_grounding(gold: dict, grounding: Any, inverse: dict[str, str]) -> dict
     ents, attrs, canon = gold["entities"], gold["attributes"], gold.get("canon") or {}
     ranked = question_entities(grounding, canon)
     predicted_attrs = list(dict.fromkeys(grounding.attributes))
-    pairs = [fact_pair(f, ents, attrs, inverse, canon) for f in grounding.facts]
+    pairs = [fact_pairs(f, ents, attrs, inverse, canon) for f in grounding.facts]
     gold_pairs = {(e, a) for e in ents for a in attrs}
     row: dict[str, Any] = {
         "pred_entities": ranked, "pred_attributes": predicted_attrs,
         "facts": [{"entity": f.entity, "attribute": f.attribute, "relation": f.relation, "value": f.value,
-                   "via": _via(f), "anchor": getattr(f, "anchor", None), "belongs": p is not None}
+                   "via": _via(f), "anchor": getattr(f, "anchor", None), "belongs": bool(p)}
                   for f, p in zip(grounding.facts, pairs, strict=True)],
         "attr_tp": len(set(predicted_attrs) & set(attrs)), "attr_fp": len(set(predicted_attrs) - set(attrs)),
         "attr_fn": len(set(attrs) - set(predicted_attrs)), "n_facts": len(pairs),
-        "n_belonging": sum(p is not None for p in pairs), "in_kb": bool(ents), "abstained": not pairs,
+        "n_belonging": sum(bool(p) for p in pairs), "in_kb": bool(ents), "abstained": not pairs,
         "entity_acc1": None, "entity_recall3": None, "fact_recall": None, "negated_hit": None,
     }
     if ents:
         row["entity_acc1"] = bool(ranked) and ranked[0] in ents
         row["entity_recall3"] = round(len(set(ranked[:3]) & set(ents)) / min(3, len(ents)), 4)
     if gold_pairs:
-        row["fact_recall"] = round(len(gold_pairs & set(pairs)) / len(gold_pairs), 4)
+        row["fact_recall"] = round(len(gold_pairs & set().union(*pairs)) / len(gold_pairs), 4)
     if gold["negated"]:
         row["negated_hit"] = bool(set(gold["negated"]) & set(ranked))
     return row
