@@ -5,14 +5,27 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+VIAS = ("direct", "reverse", "symptom", "two_hop", "lexical", "history")
+
+
 @dataclass(frozen=True)
 class Fact:
-    """One triple, with the canonical attribute its raw relation maps to."""
+    """One triple, with the canonical attribute its raw relation maps to.
+
+    ``via`` says how retrieval reached it: ``direct`` (a fact of an entity the question names),
+    ``reverse`` (the named entity is the triple's value: (偏头痛, 药物治疗, 布洛芬) for "布洛芬能治什么病"),
+    ``symptom`` (evidence or an attribute of a candidate disease for described symptoms), ``two_hop``
+    (a fact of a drug of the named disease), ``lexical`` (BM25 fallback) or ``history`` (an entity of an
+    earlier turn). ``anchor`` is the question's entity it was reached from (the drug or symptom named,
+    for reverse; the middle drug, for two_hop; the symptoms joined by "、", for symptom).
+    :meth:`triple` is always the KB triple as stored."""
 
     entity: str
     attribute: str  # canonical key, e.g. "drugs" (see resources/kb_schema.yaml)
     relation: str  # raw relation name as in the source, e.g. "药物治疗"
     value: str
+    via: str = "direct"
+    anchor: str = ""
 
     def triple(self) -> list[str]:
         return [self.entity, self.relation, self.value]
@@ -63,11 +76,20 @@ class Entity:
 
 @dataclass
 class LinkResult:
+    """What retrieval found for a question.
+
+    ``candidates`` (symptom descriptions only): ranked candidate diseases, each
+    ``{"disease", "score", "evidence": [symptoms], "negated": [symptoms], "confident": bool}``, never a
+    diagnosis. ``abstained``: nothing was retrieved."""
+
     text: str
     entities: list[Mention]
     attributes: list[str]
     facts: list[Fact]
+    candidates: list[dict] = field(default_factory=list)
+    abstained: bool = False
 
     def to_dict(self) -> dict:
         return {"text": self.text, "entities": [m.to_dict() for m in self.entities],
-                "attributes": self.attributes, "facts": [f.to_dict() for f in self.facts]}
+                "attributes": self.attributes, "facts": [f.to_dict() for f in self.facts],
+                "candidates": self.candidates, "abstained": self.abstained}

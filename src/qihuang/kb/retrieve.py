@@ -1,0 +1,306 @@
+"""The lookups behind :meth:`KnowledgeBase.link`: direct, reverse, symptom -> disease, two-hop, history, lexical.
+
+``retrieve(kb, text)`` links the question (entities and asked attributes, :mod:`qihuang.kb.link`) and
+then, per entity the question names:
+
+- **direct**: a subject entity's asked attributes, else its type's default attributes in the schema's
+  order (a drug's 适应症 before its 不良反应);
+- **reverse**: an entity that is only ever a value (布洛芬, 头痛, 神经内科) is answered backwards through
+  the schema's ``inverse`` map: "布洛芬能治什么病" -> the diseases whose 药物治疗 lists 布洛芬, ranked by
+  how often the KB cites them, bounded;
+- **symptom**: two or more described symptoms (or one with nothing else to answer it) give ranked
+  candidate diseases by IDF-weighted overlap with their symptoms, negated symptoms subtracted and never
+  evidence; the evidence triples and the asked attribute of the top candidates (科室, 检查, 药物) follow.
+  Candidates are hedged: ``confident`` needs two matched symptoms, and nothing here is a diagnosis;
+- **two_hop**: a disease's drugs, then those drugs' 禁忌 / 不良反应 / 相互作用 / 用法 when asked;
+- **history**: with no entity in the question, the entities of the latest earlier user turn that has one;
+- **lexical**: with no entity at all, BM25 over entity names and fact text (:mod:`qihuang.kb.lexical`),
+  thresholded so that unrelated questions retrieve nothing.
+
+Every :class:`Fact` says how it was reached (``via``) and from which entity of the question (``anchor``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from qihuang.kb.link import flatten
+from qihuang.kb.schema import ALIAS
+from qihuang.kb.types import Fact, LinkResult, Mention
+
+# attributes of a drug that a question about a disease's drugs may ask for (two hops)
+DRUG_ATTRIBUTES = ("contraindications", "adverse_reactions", "interactions", "dosage", "precautions")
+# what a symptom description asks about its candidate diseases when it names no attribute
+SYMPTOM_DEFAULT = ("department",)
+MAX_CANDIDATES = 5  # candidate diseases reported
+TOP_CANDIDATES = 3  # candidates whose facts are retrieved
+TWO_HOP_DRUGS = 3  # drugs of a disease followed to their own facts
+REVERSE_LIMIT = 10  # subjects listed by a reverse lookup when max_values is not given
+MIN_EVIDENCE = 2  # matched symptoms a candidate needs to be "confident"
+
+
+class Lookups:
+    """Per-KB caches for the lookups (built lazily, dropped on import)."""
+
+    def __init__(self, kb):
+        self.kb = kb
+        self._rows: dict[str, tuple[int, int, str] | None] = {}
+        self._prominence: dict[str, int] | None = None
+        self._n_diseases: int | None = None
+        self._products: dict[str, str | None] = {}
+        self._lexical = None
+
+    def row(self, name: str) -> tuple[int, int, str] | None:
+        """(id, is_subject, type) of an entity by canonical name."""
+        if name not in self._rows:
+            self._rows[name] = self.kb.conn.execute(
+                "SELECT id, is_subject, type FROM entities WHERE name = ?", (name,)).fetchone()
+        return self._rows[name]
+
+    @property
+    def prominence(self) -> dict[str, int]:
+        """How many triples cite each subject entity as their value (how widely the KB refers to it)."""
+        if self._prominence is None:
+            self._prominence = dict(self.kb.conn.execute(
+                "SELECT t.value, COUNT(*) FROM triples t JOIN entities e ON e.name = t.value "
+                "WHERE e.is_subject = 1 GROUP BY t.value"))
+        return self._prominence
+
+    @property
+    def n_diseases(self) -> int:
+        if self._n_diseases is None:
+            self._n_diseases = self.kb.conn.execute(
+                "SELECT COUNT(*) FROM entities WHERE type = 'disease' AND is_subject = 1").fetchone()[0]
+        return self._n_diseases
+
+    @property
+    def lexical(self):
+        if self._lexical is None:
+            from qihuang.kb.lexical import LexicalIndex
+
+            self._lexical = LexicalIndex.load_or_build(self.kb)
+        return self._lexical
+
+    # -- reverse ---------------------------------------------------------------------------
+    def reverse(self, name: str, wanted: str, limit: int) -> list[Fact]:
+        """Triples whose value is ``name`` and whose attribute, read backwards, answers ``wanted``:
+        most-cited subjects first, at most ``limit``."""
+        sources = self.kb.schema.reverse_sources(wanted)
+        if not sources:
+            return []
+        rows = self.kb.conn.execute(
+            "SELECT e.name, t.attribute, t.relation FROM triples t JOIN entities e ON e.id = t.subject_id "
+            f"WHERE t.value = ? AND t.attribute IN ({','.join('?' * len(sources))}) ORDER BY t.id",
+            (name, *sources)).fetchall()
+        rank, prom = self.kb.schema.relation_rank, self.prominence
+        best: dict[str, tuple] = {}
+        for subject, attr, rel in rows:  # one fact per subject: its primary relation
+            key = (rank.get(rel, 99), -prom.get(subject, 0))
+            if subject not in best or key < best[subject][0]:
+                best[subject] = (key, attr, rel)
+        ordered = sorted(best.items(), key=lambda kv: kv[1][0])[:limit]
+        return [Fact(s, attr, rel, name, "reverse", name) for s, (_k, attr, rel) in ordered]
+
+    # -- drugs of a disease -> the drug's own facts -------------------------------------------
+    def product_for(self, drug: str) -> str | None:
+        """The subject entity that holds a drug's own facts: the drug itself, else the shortest-named
+        product whose 成份 is the drug and whose name contains it (布洛芬 -> 布洛芬片)."""
+        if drug not in self._products:
+            row = self.row(drug)
+            if row and row[1]:
+                self._products[drug] = drug
+            else:
+                hit = self.kb.conn.execute(
+                    "SELECT e.name FROM triples t JOIN entities e ON e.id = t.subject_id WHERE t.value = ? "
+                    "AND t.attribute = 'ingredients' AND instr(e.name, ?) > 0 ORDER BY length(e.name), e.id LIMIT 1",
+                    (drug, drug)).fetchone()
+                self._products[drug] = hit[0] if hit else None
+        return self._products[drug]
+
+    # -- symptoms -> candidate diseases ----------------------------------------------------------
+    def _diseases_listing(self, symptom: str) -> dict[str, str]:
+        rows = self.kb.conn.execute(
+            "SELECT e.name, t.relation FROM triples t JOIN entities e ON e.id = t.subject_id "
+            "WHERE t.value = ? AND t.attribute = 'symptoms' AND e.type = 'disease' ORDER BY t.id", (symptom,))
+        out: dict[str, str] = {}
+        for disease, rel in rows:
+            out.setdefault(disease, rel)
+        return out
+
+    def candidates(self, symptoms: list[str], negated: list[str]) -> tuple[list[dict], dict[str, dict[str, str]]]:
+        """Candidate diseases for described symptoms, best first, and the evidence relation of each
+        matched symptom per disease. Score: sum of IDF of the matched symptoms minus that of the
+        negated symptoms the disease lists (a negated symptom is never evidence)."""
+        n = max(self.n_diseases, 1)
+        score: dict[str, float] = defaultdict(float)
+        evidence: dict[str, dict[str, str]] = defaultdict(dict)
+        for s in dict.fromkeys(symptoms):
+            listing = self._diseases_listing(s)
+            idf = math.log(1 + n / len(listing)) if listing else 0.0
+            for disease, rel in listing.items():
+                score[disease] += idf
+                evidence[disease][s] = rel
+        against: dict[str, list[str]] = defaultdict(list)
+        for s in dict.fromkeys(negated):
+            listing = self._diseases_listing(s)
+            idf = math.log(1 + n / len(listing)) if listing else 0.0
+            for disease in listing.keys() & score.keys():
+                score[disease] -= idf
+                against[disease].append(s)
+        prom = self.prominence
+        ranked = sorted((d for d in score if score[d] > 0),
+                        key=lambda d: (-len(evidence[d]), -score[d], -prom.get(d, 0), d))[:MAX_CANDIDATES]
+        out = [{"disease": d, "score": round(score[d], 3), "evidence": list(evidence[d]),
+                "negated": against.get(d, []), "confident": len(evidence[d]) >= MIN_EVIDENCE} for d in ranked]
+        return out, {d: evidence[d] for d in ranked}
+
+
+def _asked_groups(groups: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    return [g for g in ([a for a in g if a != ALIAS] for g in groups) if g]
+
+
+def _direct(kb, entity_id: int, name: str, etype: str, asked: list[tuple[str, ...]], max_values: int | None,
+            via: str = "direct", anchor: str = "") -> list[Fact]:
+    """An entity's asked attributes (per cue group, the first one it has), else its type's defaults."""
+    if not asked:
+        found = kb._facts_by_id(entity_id, name, kb.schema.defaults_for(etype), max_values)
+    else:
+        found = kb._facts_by_id(entity_id, name, [a for g in asked for a in g], max_values)
+        present = {f.attribute for f in found}
+        chosen = {next((a for a in g if a in present), None) for g in asked}
+        found = [f for f in found if f.attribute in chosen]
+    if via == "direct" and not anchor:
+        return found
+    return [Fact(f.entity, f.attribute, f.relation, f.value, via, anchor) for f in found]
+
+
+def _reverse(kb, name: str, etype: str, asked: list[tuple[str, ...]], limit: int) -> list[Fact]:
+    """Reverse facts for a value entity: per cue group the first attribute that finds any, else the
+    type's defaults, each that finds any."""
+    look = kb.lookups
+    facts: list[Fact] = []
+    for group in asked or [(a,) for a in kb.schema.defaults_for(etype)]:
+        for wanted in group:
+            found = look.reverse(name, wanted, limit)
+            if found:
+                facts.extend(found)
+                break
+    return facts
+
+
+def _two_hop(kb, disease: str, disease_id: int, wanted: list[str], max_values: int | None) -> list[Fact]:
+    """The disease's drugs (the first hop, cited) and the asked drug attributes of up to
+    :data:`TWO_HOP_DRUGS` of them (the second hop), each reached through the product that holds them."""
+    look = kb.lookups
+    facts: list[Fact] = []
+    followed = 0
+    for hop in kb._facts_by_id(disease_id, disease, ["drugs"], None)[:40]:
+        product = look.product_for(hop.value)
+        row = look.row(product) if product else None
+        if row is None:
+            continue
+        own = kb._facts_by_id(row[0], product, wanted, max_values)
+        if not own:
+            continue
+        facts.append(Fact(hop.entity, hop.attribute, hop.relation, hop.value, "two_hop", hop.value))
+        if product != hop.value:
+            facts.append(Fact(product, "ingredients", "成份", hop.value, "two_hop", hop.value))
+        facts.extend(Fact(f.entity, f.attribute, f.relation, f.value, "two_hop", hop.value) for f in own)
+        followed += 1
+        if followed >= TWO_HOP_DRUGS:
+            break
+    return facts
+
+
+def _symptom_facts(kb, candidates: list[dict], evidence: dict[str, dict[str, str]],
+                   asked: list[tuple[str, ...]], max_values: int | None) -> list[Fact]:
+    look = kb.lookups
+    facts: list[Fact] = []
+    wanted = asked or [(a,) for a in SYMPTOM_DEFAULT]
+    for cand in candidates[:TOP_CANDIDATES]:
+        disease = cand["disease"]
+        anchor = "、".join(cand["evidence"])
+        facts.extend(Fact(disease, "symptoms", rel, s, "symptom", anchor) for s, rel in evidence[disease].items())
+        row = look.row(disease)
+        if row:
+            facts.extend(_direct(kb, row[0], disease, "disease", wanted, max_values, "symptom", anchor))
+    return facts
+
+
+def _two_hop_wanted(asked: list[tuple[str, ...]], found: list[Fact]) -> list[str]:
+    """Drug attributes to follow from a disease to its drugs: asked together with drugs, in a cue group
+    the disease's own facts left unanswered (不舒服 of a disease is its symptoms, not adverse reactions)."""
+    if not any("drugs" in g for g in asked):
+        return []
+    present = {f.attribute for f in found}
+    return [a for g in asked if not present & set(g) for a in g if a in DRUG_ATTRIBUTES]
+
+
+def _history_mentions(kb, history: list[str] | None) -> list[Mention]:
+    """The entities of the latest earlier turn that names any (offsets index that turn)."""
+    for turn in reversed(history or []):
+        if isinstance(turn, str) and turn.strip():
+            found = [m for m in kb.find_entities(turn) if not getattr(m, "negated", False)]
+            if found:
+                return found
+    return []
+
+
+def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_values: int | None,
+            via: str) -> tuple[list[Fact], list[dict]]:
+    look = kb.lookups
+    limit = max_values or REVERSE_LIMIT
+    negated = list(dict.fromkeys(m.name for m in mentions if getattr(m, "negated", False)))
+    named = [m for m in dict((m.name, m) for m in mentions).values() if m.name not in negated]
+    rows = {m.name: look.row(m.name) for m in named}
+    subjects = [m for m in named if rows[m.name] and rows[m.name][1]]
+    symptoms = [m.name for m in named if m.type == "symptom" and not (rows[m.name] and rows[m.name][1])]
+    facts: list[Fact] = []
+    answered: set[str] = set()
+    for m in named:
+        row = rows[m.name]
+        if row is None or (m.type == "symptom" and m.name in symptoms):
+            continue
+        if row[1]:
+            found = _direct(kb, row[0], m.name, m.type, asked, max_values, via, m.name if via != "direct" else "")
+            hops = _two_hop_wanted(asked, found) if m.type == "disease" else []
+            if hops:
+                found += _two_hop(kb, m.name, row[0], hops, max_values)
+            if not found and asked:
+                found = _reverse(kb, m.name, m.type, asked, limit)
+        else:
+            found = _reverse(kb, m.name, m.type, asked, limit)
+        if found:
+            answered.add(m.name)
+        facts.extend(found)
+    candidates: list[dict] = []
+    if len(symptoms) >= 2 or (symptoms and not subjects):
+        # one symptom asked about directly ("头痛吃什么药") is answered backwards when the KB can;
+        # several, or one the KB cannot answer backwards, are a description: candidate diseases
+        reverse = _reverse(kb, symptoms[0], "symptom", asked, limit) if len(symptoms) == 1 and asked else []
+        if reverse:
+            facts.extend(reverse)
+        else:
+            candidates, evidence = look.candidates(symptoms, negated)
+            facts.extend(_symptom_facts(kb, candidates, evidence, asked, max_values))
+    return facts, candidates
+
+
+def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | None = None) -> LinkResult:
+    """Entities, asked attributes, facts and (for symptom descriptions) candidate diseases for ``text``."""
+    linker = kb.linker
+    mentions = linker.find_entities(text)
+    groups = linker.detect_attribute_groups(text, mentions)
+    attributes = flatten(groups)
+    asked = _asked_groups(groups)
+    via = "direct"
+    if not mentions and history:
+        mentions = _history_mentions(kb, history)
+        via = "history"
+    candidates: list[dict] = []
+    if mentions:
+        facts, candidates = _lookup(kb, mentions, asked, max_values, via)
+    else:
+        facts = kb.lookups.lexical.search(kb, text, asked, max_values)
+    return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts)
