@@ -33,7 +33,7 @@ from qihuang.kb.types import Fact, LinkResult, Mention
 DRUG_ATTRIBUTES = ("contraindications", "adverse_reactions", "interactions", "dosage", "precautions")
 # what a symptom description asks about its candidate diseases when it names no attribute
 SYMPTOM_DEFAULT = ("department",)
-MAX_CANDIDATES = 5  # candidate diseases reported
+MAX_CANDIDATES = 8  # candidate diseases reported
 TOP_CANDIDATES = 3  # candidates whose facts are retrieved
 TWO_HOP_DRUGS = 3  # drugs of a disease followed to their own facts
 REVERSE_LIMIT = 10  # subjects listed by a reverse lookup when max_values is not given
@@ -218,13 +218,19 @@ def _symptom_facts(kb, candidates: list[dict], evidence: dict[str, dict[str, str
     look = kb.lookups
     facts: list[Fact] = []
     wanted = asked or [(a,) for a in SYMPTOM_DEFAULT]
-    for cand in candidates[:TOP_CANDIDATES]:
+    taken = 0
+    for cand in candidates:  # the best candidates that have what is asked (a 科室 for 挂什么科)
         disease = cand["disease"]
         anchor = "、".join(cand["evidence"])
-        facts.extend(Fact(disease, "symptoms", rel, s, "symptom", anchor) for s, rel in evidence[disease].items())
         row = look.row(disease)
-        if row:
-            facts.extend(_direct(kb, row[0], disease, "disease", wanted, max_values, "symptom", anchor))
+        own = _direct(kb, row[0], disease, "disease", wanted, max_values, "symptom", anchor) if row else []
+        if not own and asked:
+            continue
+        facts.extend(Fact(disease, "symptoms", rel, s, "symptom", anchor) for s, rel in evidence[disease].items())
+        facts.extend(own)
+        taken += 1
+        if taken >= TOP_CANDIDATES:
+            break
     return facts
 
 

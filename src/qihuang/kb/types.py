@@ -8,6 +8,21 @@ from dataclasses import asdict, dataclass, field
 VIAS = ("direct", "reverse", "symptom", "two_hop", "lexical", "history")
 
 
+def via_note(via: str, anchor: str, relation: str) -> str:
+    """How a fact was reached, in words shown with it (citations, knowledge block); "" for direct."""
+    if via == "reverse":
+        return f"反查：{anchor} ← {relation}"
+    if via == "symptom":
+        return "候选疾病，可能相关，非诊断"  # the evidence is the candidate's own symptom line
+    if via == "two_hop":
+        return f"经药物 {anchor}"
+    if via == "lexical":
+        return "词面检索匹配，可能不相关"
+    if via == "history":
+        return f"上文提到的 {anchor}" if anchor else "上文提到的"
+    return ""
+
+
 @dataclass(frozen=True)
 class Fact:
     """One triple, with the canonical attribute its raw relation maps to.
