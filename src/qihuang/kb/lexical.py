@@ -1,9 +1,10 @@
 """BM25 fallback for questions in which linking finds no entity (``bm25s`` over jieba tokens).
 
 One document per subject entity: its name (repeated), its aliases and the first values of a few
-attributes (``resources/lexical.yaml``). A question retrieves an entity only when the top BM25 score
-passes ``min_score`` and the entity's name shares characters with the question, so that unrelated
-questions ("今天天气怎么样") retrieve nothing. The index is built on first use and cached in memory and
+attributes (``resources/lexical.yaml``). A question retrieves an entity only when its BM25 score passes
+``min_score`` and most of the entity's name is in the question (``min_name_overlap`` characters and
+``min_name_coverage`` of its own), so that unrelated questions ("今天天气怎么样" -> 叶天天花) retrieve
+nothing: BM25 ranks, the name rule decides. The index is built on first use and cached in memory and
 on disk under ``$QIHUANG_HOME/cache/``, keyed by the KB's source hashes.
 """
 
@@ -37,6 +38,8 @@ class LexicalConfig(BaseModel):
     name_repeat: int = Field(ge=1)
     min_score: float = Field(ge=0)
     min_name_overlap: int = Field(ge=1)
+    min_name_coverage: float = Field(ge=0, le=1)
+    top_k: int = Field(ge=1)
     max_entities: int = Field(ge=1)
     stopwords: list[str]
 
@@ -144,14 +147,19 @@ class LexicalIndex:
         if not query or not self.names:
             return []
         scores = self.retriever.get_scores(query)
-        top = np.argsort(-scores)[: self.cfg.max_entities]
+        top = np.argsort(-scores)[: self.cfg.top_k]
         norm = set(normalize(text))
         out = []
         for i in top:
             name, score = self.names[int(i)], float(scores[int(i)])
-            if score < self.cfg.min_score or len(set(normalize(name)) & norm) < self.cfg.min_name_overlap:
+            chars = set(normalize(name))
+            shared = len(chars & norm)
+            if score < self.cfg.min_score or shared < self.cfg.min_name_overlap or \
+                    shared < self.cfg.min_name_coverage * len(chars):
                 continue
             out.append((name, round(score, 3)))
+            if len(out) >= self.cfg.max_entities:
+                break
         return out
 
     def search(self, kb, text: str, asked: list[tuple[str, ...]], max_values: int | None) -> list[Fact]:
