@@ -22,6 +22,7 @@ Every :class:`Fact` says how it was reached (``via``) and from which entity of t
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import defaultdict
 
@@ -47,8 +48,9 @@ class Lookups:
         self.kb = kb
         self._rows: dict[str, tuple[int, int, str] | None] = {}
         self._prominence: dict[str, int] | None = None
-        self._n_diseases: int | None = None
         self._products: dict[str, str | None] = {}
+        self._diseases: dict[int, str] | None = None
+        self._listings: dict[str, dict[int, str]] | None = None
         self._lexical = None
 
     def row(self, name: str) -> tuple[int, int, str] | None:
@@ -66,13 +68,6 @@ class Lookups:
                 "SELECT t.value, COUNT(*) FROM triples t JOIN entities e ON e.name = t.value "
                 "WHERE e.is_subject = 1 GROUP BY t.value"))
         return self._prominence
-
-    @property
-    def n_diseases(self) -> int:
-        if self._n_diseases is None:
-            self._n_diseases = self.kb.conn.execute(
-                "SELECT COUNT(*) FROM entities WHERE type = 'disease' AND is_subject = 1").fetchone()[0]
-        return self._n_diseases
 
     @property
     def lexical(self):
@@ -119,41 +114,65 @@ class Lookups:
         return self._products[drug]
 
     # -- symptoms -> candidate diseases ----------------------------------------------------------
-    def _diseases_listing(self, symptom: str) -> dict[str, str]:
-        rows = self.kb.conn.execute(
-            "SELECT e.name, t.relation FROM triples t JOIN entities e ON e.id = t.subject_id "
-            "WHERE t.value = ? AND t.attribute = 'symptoms' AND e.type = 'disease' ORDER BY t.id", (symptom,))
-        out: dict[str, str] = {}
-        for disease, rel in rows:
-            out.setdefault(disease, rel)
-        return out
+    @property
+    def disease_names(self) -> dict[int, str]:
+        """Subject diseases by id."""
+        if self._diseases is None:
+            self._diseases = dict(self.kb.conn.execute(
+                "SELECT id, name FROM entities WHERE type = 'disease' AND is_subject = 1"))
+        return self._diseases
+
+    def _diseases_listing(self, symptom: str) -> dict[int, str]:
+        """Diseases (by id) whose symptoms list ``symptom``, with the relation that lists it. All listings
+        are read in one pass on first use (about 100k triples in CMeKG, a fraction of a second)."""
+        if self._listings is None:
+            names, rank = self.disease_names, self.kb.schema.relation_rank
+            listings: dict[str, dict[int, str]] = defaultdict(dict)
+            for value, sid, rel in self.kb.conn.execute(
+                    "SELECT value, subject_id, relation FROM triples WHERE attribute = 'symptoms' ORDER BY id"):
+                if sid in names:
+                    held = listings[value].get(sid)
+                    if held is None or rank.get(rel, 99) < rank.get(held, 99):
+                        listings[value][sid] = rel
+            self._listings = dict(listings)
+        return self._listings.get(symptom, {})
 
     def candidates(self, symptoms: list[str], negated: list[str]) -> tuple[list[dict], dict[str, dict[str, str]]]:
         """Candidate diseases for described symptoms, best first, and the evidence relation of each
-        matched symptom per disease. Score: sum of IDF of the matched symptoms minus that of the
-        negated symptoms the disease lists (a negated symptom is never evidence)."""
-        n = max(self.n_diseases, 1)
-        score: dict[str, float] = defaultdict(float)
-        evidence: dict[str, dict[str, str]] = defaultdict(dict)
+        matched symptom per disease. Ranked by the number of matched symptoms, then by score: the sum of
+        IDF of the matched symptoms minus that of the negated symptoms the disease lists (a negated
+        symptom is never evidence), then by how often the KB cites the disease."""
+        n = max(len(self.disease_names), 1)
+        score: dict[int, float] = defaultdict(float)
+        evidence: dict[int, dict[str, str]] = defaultdict(dict)
         for s in dict.fromkeys(symptoms):
             listing = self._diseases_listing(s)
             idf = math.log(1 + n / len(listing)) if listing else 0.0
-            for disease, rel in listing.items():
-                score[disease] += idf
-                evidence[disease][s] = rel
-        against: dict[str, list[str]] = defaultdict(list)
+            for sid, rel in listing.items():
+                score[sid] += idf
+                evidence[sid][s] = rel
+        against: dict[int, list[str]] = defaultdict(list)
         for s in dict.fromkeys(negated):
             listing = self._diseases_listing(s)
             idf = math.log(1 + n / len(listing)) if listing else 0.0
-            for disease in listing.keys() & score.keys():
-                score[disease] -= idf
-                against[disease].append(s)
-        prom = self.prominence
-        ranked = sorted((d for d in score if score[d] > 0),
-                        key=lambda d: (-len(evidence[d]), -score[d], -prom.get(d, 0), d))[:MAX_CANDIDATES]
-        out = [{"disease": d, "score": round(score[d], 3), "evidence": list(evidence[d]),
+            for sid in listing.keys() & score.keys():
+                score[sid] -= idf
+                against[sid].append(s)
+        buckets: dict[int, list[int]] = defaultdict(list)  # by matched count: sort only the best buckets
+        for sid, value in score.items():
+            if value > 0:
+                buckets[len(evidence[sid])].append(sid)
+        pool: list[int] = []
+        for count in sorted(buckets, reverse=True):
+            pool += buckets[count]
+            if len(pool) >= MAX_CANDIDATES:
+                break
+        names, prom = self.disease_names, self.prominence
+        ranked = heapq.nsmallest(MAX_CANDIDATES, pool,
+                                 key=lambda d: (-len(evidence[d]), -score[d], -prom.get(names[d], 0), d))
+        out = [{"disease": names[d], "score": round(score[d], 3), "evidence": list(evidence[d]),
                 "negated": against.get(d, []), "confident": len(evidence[d]) >= MIN_EVIDENCE} for d in ranked]
-        return out, {d: evidence[d] for d in ranked}
+        return out, {names[d]: evidence[d] for d in ranked}
 
 
 def _asked_groups(groups: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
