@@ -143,14 +143,14 @@ class Lookups:
         IDF of the matched symptoms minus that of the negated symptoms the disease lists (a negated
         symptom is never evidence), then by how often the KB cites the disease."""
         n = max(len(self.disease_names), 1)
+        given = [(s, self._diseases_listing(s)) for s in dict.fromkeys(symptoms)]
         score: dict[int, float] = defaultdict(float)
-        evidence: dict[int, dict[str, str]] = defaultdict(dict)
-        for s in dict.fromkeys(symptoms):
-            listing = self._diseases_listing(s)
+        count: dict[int, int] = defaultdict(int)
+        for _s, listing in given:
             idf = math.log(1 + n / len(listing)) if listing else 0.0
-            for sid, rel in listing.items():
+            for sid in listing:
                 score[sid] += idf
-                evidence[sid][s] = rel
+                count[sid] += 1
         against: dict[int, list[str]] = defaultdict(list)
         for s in dict.fromkeys(negated):
             listing = self._diseases_listing(s)
@@ -158,21 +158,24 @@ class Lookups:
             for sid in listing.keys() & score.keys():
                 score[sid] -= idf
                 against[sid].append(s)
-        buckets: dict[int, list[int]] = defaultdict(list)  # by matched count: sort only the best buckets
+        buckets: dict[int, list[int]] = defaultdict(list)  # by matched count: rank only the best buckets
         for sid, value in score.items():
             if value > 0:
-                buckets[len(evidence[sid])].append(sid)
+                buckets[count[sid]].append(sid)
         pool: list[int] = []
-        for count in sorted(buckets, reverse=True):
-            pool += buckets[count]
+        for matched in sorted(buckets, reverse=True):
+            pool += buckets[matched]
             if len(pool) >= MAX_CANDIDATES:
                 break
         names, prom = self.disease_names, self.prominence
         ranked = heapq.nsmallest(MAX_CANDIDATES, pool,
-                                 key=lambda d: (-len(evidence[d]), -score[d], -prom.get(names[d], 0), d))
-        out = [{"disease": names[d], "score": round(score[d], 3), "evidence": list(evidence[d]),
-                "negated": against.get(d, []), "confident": len(evidence[d]) >= MIN_EVIDENCE} for d in ranked]
-        return out, {names[d]: evidence[d] for d in ranked}
+                                 key=lambda d: (-count[d], -score[d], -prom.get(names[d], 0), d))
+        out, evidence = [], {}
+        for d in ranked:
+            evidence[names[d]] = {s: listing[d] for s, listing in given if d in listing}
+            out.append({"disease": names[d], "score": round(score[d], 3), "evidence": list(evidence[names[d]]),
+                        "negated": against.get(d, []), "confident": count[d] >= MIN_EVIDENCE})
+        return out, evidence
 
 
 def _asked_groups(groups: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
