@@ -173,3 +173,8 @@ def test_lexical_settings_file_is_validated(tmp_path):
     bad.write_text(cfg.model_dump_json().replace('"symptoms"', '"nosuch"'), encoding="utf-8")
     with pytest.raises(ConfigError, match="fields: unknown attributes"):
         load_lexical_config(str(bad))
+
+
+def test_symptoms_next_to_an_answered_entity_are_not_a_description(kb):
+    res = kb.link("布洛芬缓释胶囊的副作用有恶心、皮疹吗？")
+    assert res.candidates == [] and {f.entity for f in res.facts} == {"布洛芬缓释胶囊"}

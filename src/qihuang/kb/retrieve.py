@@ -282,7 +282,6 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
     negated = list(dict.fromkeys(m.name for m in mentions if getattr(m, "negated", False)))
     named = [m for m in dict((m.name, m) for m in mentions).values() if m.name not in negated]
     rows = {m.name: look.row(m.name) for m in named}
-    subjects = [m for m in named if rows[m.name] and rows[m.name][1]]
     symptoms = [m.name for m in named if m.type == "symptom" and not (rows[m.name] and rows[m.name][1])]
     facts: list[Fact] = []
     answered: set[str] = set()
@@ -303,7 +302,9 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
             answered.add(m.name)
         facts.extend(found)
     candidates: list[dict] = []
-    if len(symptoms) >= 2 or (symptoms and not subjects):
+    about = answered | {m.name for m in named if m.name not in symptoms and rows[m.name] and rows[m.name][1]}
+    if symptoms and not about:
+        # symptoms next to an entity the question is about (布洛芬缓释胶囊会引起头痛恶心吗) are no description;
         # one symptom asked about directly ("头痛吃什么药") is answered backwards when the KB can;
         # several, or one the KB cannot answer backwards, are a description: candidate diseases
         reverse = _reverse(kb, symptoms[0], "symptom", asked, limit) if len(symptoms) == 1 and asked else []
