@@ -178,3 +178,16 @@ def test_lexical_settings_file_is_validated(tmp_path):
 def test_symptoms_next_to_an_answered_entity_are_not_a_description(kb):
     res = kb.link("布洛芬缓释胶囊的副作用有恶心、皮疹吗？")
     assert res.candidates == [] and {f.entity for f in res.facts} == {"布洛芬缓释胶囊"}
+
+
+def test_a_value_only_drug_is_answered_through_the_product_that_holds_it(kb):
+    res = kb.link("布洛芬有什么副作用？")
+    assert ("布洛芬缓释胶囊", "成份", "布洛芬") in {tuple(f.triple()) for f in res.facts}
+    adverse = [f for f in res.facts if f.attribute == "adverse_reactions"]
+    assert adverse and all(f.entity == "布洛芬缓释胶囊" and f.via == "two_hop" and f.anchor == "布洛芬"
+                           for f in adverse)
+    # no attribute asked: the diseases that use it (reverse), then the product's own sections, in order
+    overview = kb.link("布洛芬")
+    assert overview.facts[0].via == "reverse"
+    assert [a for a in dict.fromkeys(f.attribute for f in overview.facts) if a != "ingredients"] == \
+        ["drugs", "adverse_reactions", "dosage"]

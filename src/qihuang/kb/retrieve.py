@@ -211,6 +211,27 @@ def _reverse(kb, name: str, etype: str, asked: list[tuple[str, ...]], limit: int
     return facts
 
 
+def _value_drug(kb, name: str, asked: list[tuple[str, ...]], limit: int, max_values: int | None) -> list[Fact]:
+    """A drug named only as a value (布洛芬): per cue group, reverse facts where the inverse map answers
+    it (能治什么病 -> the diseases that list it), else the facts of the product that holds the drug
+    (布洛芬片, cited through its 成份; ``via="two_hop"``, anchor the drug)."""
+    look = kb.lookups
+    facts: list[Fact] = []
+    rest: list[tuple[str, ...]] = []
+    for group in asked or [(a,) for a in kb.schema.defaults_for("drug")]:
+        found = next((hit for hit in (look.reverse(name, w, limit) for w in group) if hit), [])
+        facts += found
+        if not found:
+            rest.append(group)
+    product = look.product_for(name) if rest else None
+    row = look.row(product) if product else None
+    if row and row[1]:
+        own = _direct(kb, row[0], product, "drug", rest, max_values, "two_hop", name)
+        if own:
+            facts += [Fact(product, "ingredients", "成份", name, "two_hop", name)] + own
+    return facts
+
+
 def _two_hop(kb, disease: str, disease_id: int, wanted: list[str], max_values: int | None) -> list[Fact]:
     """The disease's drugs (the first hop, cited) and the asked drug attributes of up to
     :data:`TWO_HOP_DRUGS` of them (the second hop), each reached through the product that holds them."""
@@ -296,6 +317,8 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
                 found += _two_hop(kb, m.name, row[0], hops, max_values)
             if not found and asked:
                 found = _reverse(kb, m.name, m.type, asked, limit)
+        elif m.type == "drug":
+            found = _value_drug(kb, m.name, asked, limit, max_values)
         else:
             found = _reverse(kb, m.name, m.type, asked, limit)
         if found:
