@@ -191,3 +191,15 @@ def test_a_value_only_drug_is_answered_through_the_product_that_holds_it(kb):
     assert overview.facts[0].via == "reverse"
     assert [a for a in dict.fromkeys(f.attribute for f in overview.facts) if a != "ingredients"] == \
         ["drugs", "adverse_reactions", "dosage"]
+
+
+def test_symptoms_asking_for_drugs_get_the_drugs_indicated_for_them(kb):
+    res = kb.link("我头痛，还发热，吃点什么药好？")
+    drugs = [f for f in res.facts if f.via == "reverse"]
+    # both fixture drugs whose 适应症 list 头痛 and 发热, cited backwards; no candidate disease's drugs
+    assert {f.entity for f in drugs} == {"布洛芬缓释胶囊", "对乙酰氨基酚片"}
+    assert {f.anchor for f in drugs} == {"头痛、发热"} and {f.value for f in drugs} == {"头痛", "发热"}
+    assert not any(f.attribute == "drugs" for f in res.facts)
+    g = ground(kb, "我头痛，还发热，吃点什么药好？")
+    assert g.facts[0].via == "reverse"  # what was asked comes first
+    assert any("反查：头痛、发热 ← 适应症" in c.text() for c in g.citations)

@@ -116,10 +116,16 @@ def citations_of(facts: list[Fact]) -> list[Citation]:
     return list(grouped.values())
 
 
-def _order_by_question(facts: list[Fact], attributes: list[str]) -> list[Fact]:
-    """Put the attributes the question asks about first (stable otherwise)."""
+def _order_by_question(facts: list[Fact], attributes: list[str], inverse: dict[str, str] | None = None) -> list[Fact]:
+    """Put the attributes the question asks about first (stable otherwise); a reverse fact counts as the
+    attribute it answers about its value ((布洛芬片, 适应症, 头痛) answers the drugs of 头痛)."""
     rank = {a: i for i, a in enumerate(attributes)}
-    return sorted(facts, key=lambda f: rank.get(f.attribute, len(rank)))
+    inverse = inverse or {}
+
+    def answers(f: Fact) -> str:
+        return inverse.get(f.attribute, f.attribute) if f.via == "reverse" else f.attribute
+
+    return sorted(facts, key=lambda f: rank.get(answers(f), len(rank)))
 
 
 def _distinct(facts: list[Fact]) -> list[Fact]:
@@ -154,7 +160,8 @@ def ground(kb, question: str, limits: GroundingLimits | None = None,
         facts = aliases + ([] if only_alias and aliases else facts)
     groups = list(dict.fromkeys(_group(f) for f in facts))
     group_rank = {g: i for i, g in enumerate(groups)}
-    ordered = sorted(_order_by_question(facts, link.attributes), key=lambda f: group_rank[_group(f)])
+    inverse = getattr(getattr(kb, "schema", None), "inverse", None)
+    ordered = sorted(_order_by_question(facts, link.attributes, inverse), key=lambda f: group_rank[_group(f)])
     kept = _select(ordered, groups, limits)
     used = list(dict.fromkeys(f.entity for f in kept))
     shown = {f.entity for f in kept if f.via == "symptom"}

@@ -39,6 +39,8 @@ TOP_CANDIDATES = 3  # candidates whose facts are retrieved
 TWO_HOP_DRUGS = 3  # drugs of a disease followed to their own facts
 REVERSE_LIMIT = 10  # subjects listed by a reverse lookup when max_values is not given
 MIN_EVIDENCE = 2  # matched symptoms a candidate needs to be "confident"
+WEAK_ATTRIBUTES = frozenset({"department", "examinations"})  # all a weak candidate may contribute
+TOP_DRUGS = 5  # drugs indicated for described symptoms
 
 
 class Lookups:
@@ -49,8 +51,8 @@ class Lookups:
         self._rows: dict[str, tuple[int, int, str] | None] = {}
         self._prominence: dict[str, int] | None = None
         self._products: dict[str, str | None] = {}
-        self._diseases: dict[int, str] | None = None
-        self._listings: dict[str, dict[int, str]] | None = None
+        self._names: dict[str, dict[int, str]] = {}
+        self._listings: dict[tuple[str, str], dict[str, dict[int, str]]] = {}
         self._lexical = None
 
     def row(self, name: str) -> tuple[int, int, str] | None:
@@ -113,51 +115,53 @@ class Lookups:
                 self._products[drug] = hit[0] if hit else None
         return self._products[drug]
 
-    # -- symptoms -> candidate diseases ----------------------------------------------------------
-    @property
-    def disease_names(self) -> dict[int, str]:
-        """Subject diseases by id."""
-        if self._diseases is None:
-            self._diseases = dict(self.kb.conn.execute(
-                "SELECT id, name FROM entities WHERE type = 'disease' AND is_subject = 1"))
-        return self._diseases
+    # -- symptoms -> candidate diseases (and drugs indicated for them) -----------------------------
+    def names_of(self, etype: str) -> dict[int, str]:
+        """Subject entities of a type, by id."""
+        if etype not in self._names:
+            self._names[etype] = dict(self.kb.conn.execute(
+                "SELECT id, name FROM entities WHERE type = ? AND is_subject = 1", (etype,)))
+        return self._names[etype]
 
-    def _diseases_listing(self, symptom: str) -> dict[int, str]:
-        """Diseases (by id) whose symptoms list ``symptom``, with the relation that lists it. All listings
-        are read in one pass on first use (about 100k triples in CMeKG, a fraction of a second)."""
-        if self._listings is None:
-            names, rank = self.disease_names, self.kb.schema.relation_rank
+    def listing(self, value: str, attribute: str = "symptoms", etype: str = "disease") -> dict[int, str]:
+        """Subjects of ``etype`` (by id) whose ``attribute`` lists ``value``, with the relation that lists
+        it. All listings of an attribute are read in one pass on first use (CMeKG: ~100k symptom triples,
+        a fraction of a second)."""
+        key = (attribute, etype)
+        if key not in self._listings:
+            names, rank = self.names_of(etype), self.kb.schema.relation_rank
             listings: dict[str, dict[int, str]] = defaultdict(dict)
-            for value, sid, rel in self.kb.conn.execute(
-                    "SELECT value, subject_id, relation FROM triples WHERE attribute = 'symptoms' ORDER BY id"):
+            for val, sid, rel in self.kb.conn.execute(
+                    "SELECT value, subject_id, relation FROM triples WHERE attribute = ? ORDER BY id", (attribute,)):
                 if sid in names:
-                    held = listings[value].get(sid)
+                    held = listings[val].get(sid)
                     if held is None or rank.get(rel, 99) < rank.get(held, 99):
-                        listings[value][sid] = rel
-            self._listings = dict(listings)
-        return self._listings.get(symptom, {})
+                        listings[val][sid] = rel
+            self._listings[key] = dict(listings)
+        return self._listings[key].get(value, {})
 
-    def candidates(self, symptoms: list[str], negated: list[str]) -> tuple[list[dict], dict[str, dict[str, str]]]:
-        """Candidate diseases for described symptoms, best first, and the evidence relation of each
-        matched symptom per disease. Ranked by the number of matched symptoms, then by score: the sum of
-        IDF of the matched symptoms minus that of the negated symptoms the disease lists (a negated
-        symptom is never evidence), then by how often the KB cites the disease."""
-        n = max(len(self.disease_names), 1)
-        given = [(s, self._diseases_listing(s)) for s in dict.fromkeys(symptoms)]
+    def overlap(self, values: list[str], negated: list[str], attribute: str, etype: str,
+                limit: int) -> list[tuple[str, int, float, dict[str, str], list[str]]]:
+        """Subjects whose ``attribute`` lists the most of ``values``, best first: (name, matched count,
+        score, {value: relation}, negated values it lists). Ranked by the number matched, then by the
+        sum of IDF of the matched values minus that of the negated values the subject lists (a negated
+        value is never evidence), then by how often the KB cites the subject."""
+        n = max(len(self.names_of(etype)), 1)
+        given = [(v, self.listing(v, attribute, etype)) for v in dict.fromkeys(values)]
         score: dict[int, float] = defaultdict(float)
         count: dict[int, int] = defaultdict(int)
-        for _s, listing in given:
+        for _v, listing in given:
             idf = math.log(1 + n / len(listing)) if listing else 0.0
             for sid in listing:
                 score[sid] += idf
                 count[sid] += 1
         against: dict[int, list[str]] = defaultdict(list)
-        for s in dict.fromkeys(negated):
-            listing = self._diseases_listing(s)
+        for v in dict.fromkeys(negated):
+            listing = self.listing(v, attribute, etype)
             idf = math.log(1 + n / len(listing)) if listing else 0.0
             for sid in listing.keys() & score.keys():
                 score[sid] -= idf
-                against[sid].append(s)
+                against[sid].append(v)
         buckets: dict[int, list[int]] = defaultdict(list)  # by matched count: rank only the best buckets
         for sid, value in score.items():
             if value > 0:
@@ -165,17 +169,20 @@ class Lookups:
         pool: list[int] = []
         for matched in sorted(buckets, reverse=True):
             pool += buckets[matched]
-            if len(pool) >= MAX_CANDIDATES:
+            if len(pool) >= limit:
                 break
-        names, prom = self.disease_names, self.prominence
-        ranked = heapq.nsmallest(MAX_CANDIDATES, pool,
-                                 key=lambda d: (-count[d], -score[d], -prom.get(names[d], 0), d))
-        out, evidence = [], {}
-        for d in ranked:
-            evidence[names[d]] = {s: listing[d] for s, listing in given if d in listing}
-            out.append({"disease": names[d], "score": round(score[d], 3), "evidence": list(evidence[names[d]]),
-                        "negated": against.get(d, []), "confident": count[d] >= MIN_EVIDENCE})
-        return out, evidence
+        names, prom = self.names_of(etype), self.prominence
+        ranked = heapq.nsmallest(limit, pool, key=lambda d: (-count[d], -score[d], -prom.get(names[d], 0), d))
+        return [(names[d], count[d], score[d], {v: listing[d] for v, listing in given if d in listing},
+                 against.get(d, [])) for d in ranked]
+
+    def candidates(self, symptoms: list[str], negated: list[str]) -> tuple[list[dict], dict[str, dict[str, str]]]:
+        """Candidate diseases for described symptoms (see :meth:`overlap`), best first, and the evidence
+        relation of each matched symptom per disease."""
+        ranked = self.overlap(symptoms, negated, "symptoms", "disease", MAX_CANDIDATES)
+        out = [{"disease": d, "score": round(score, 3), "evidence": list(ev), "negated": neg,
+                "confident": matched >= MIN_EVIDENCE} for d, matched, score, ev, neg in ranked]
+        return out, {d: ev for d, _m, _s, ev, _n in ranked}
 
 
 def _asked_groups(groups: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
@@ -258,22 +265,44 @@ def _two_hop(kb, disease: str, disease_id: int, wanted: list[str], max_values: i
 
 def _symptom_facts(kb, candidates: list[dict], evidence: dict[str, dict[str, str]],
                    asked: list[tuple[str, ...]], max_values: int | None) -> list[Fact]:
+    """Evidence triples and asked attributes of the best candidates that have them. When some candidate
+    is confident, only confident ones are used; weak ones (one matched symptom) only ever give where to
+    go and what to check (:data:`WEAK_ATTRIBUTES`), never drugs or treatments."""
     look = kb.lookups
     facts: list[Fact] = []
     wanted = asked or [(a,) for a in SYMPTOM_DEFAULT]
+    any_confident = any(c["confident"] for c in candidates)
     taken = 0
     for cand in candidates:  # the best candidates that have what is asked (a 科室 for 挂什么科)
+        if any_confident and not cand["confident"]:
+            break
+        want = wanted if cand["confident"] else [g for g in wanted if set(g) & WEAK_ATTRIBUTES]
+        if not want:
+            break
         disease = cand["disease"]
         anchor = "、".join(cand["evidence"])
         row = look.row(disease)
-        own = _direct(kb, row[0], disease, "disease", wanted, max_values, "symptom", anchor) if row else []
-        if not own and asked:
+        own = _direct(kb, row[0], disease, "disease", want, max_values, "symptom", anchor) if row else []
+        if not own:
             continue
         facts.extend(Fact(disease, "symptoms", rel, s, "symptom", anchor) for s, rel in evidence[disease].items())
         facts.extend(own)
         taken += 1
         if taken >= TOP_CANDIDATES:
             break
+    return facts
+
+
+def _indicated_drugs(kb, symptoms: list[str], negated: list[str]) -> list[Fact]:
+    """Drugs whose 适应症 list the most of the described symptoms (all of them when some do), cited
+    backwards: (布洛芬片, 适应症, 头痛), ``via="reverse"``, anchor the symptoms matched."""
+    ranked = kb.lookups.overlap(symptoms, negated, "indications", "drug", TOP_DRUGS)
+    best = ranked[0][1] if ranked else 0
+    facts: list[Fact] = []
+    for drug, matched, _score, ev, _neg in ranked:
+        if matched < best:
+            break
+        facts.extend(Fact(drug, "indications", rel, s, "reverse", "、".join(ev)) for s, rel in ev.items())
     return facts
 
 
@@ -335,6 +364,9 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
             facts.extend(reverse)
         else:
             candidates, evidence = look.candidates(symptoms, negated)
+            if any("drugs" in g for g in asked):  # drugs indicated for the symptoms, not the candidates' drugs
+                facts.extend(_indicated_drugs(kb, symptoms, negated))
+                asked = [g for g in asked if "drugs" not in g] or [(a,) for a in SYMPTOM_DEFAULT]
             facts.extend(_symptom_facts(kb, candidates, evidence, asked, max_values))
     return facts, candidates
 
