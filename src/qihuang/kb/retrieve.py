@@ -7,11 +7,13 @@ then, per entity the question names:
   order (a drug's 适应症 before its 不良反应);
 - **reverse**: an entity that is only ever a value (布洛芬, 头痛, 神经内科) is answered backwards through
   the schema's ``inverse`` map: "布洛芬能治什么病" -> the diseases whose 药物治疗 lists 布洛芬, ranked by
-  how often the KB cites them, bounded;
+  how often the KB cites them, bounded; a drug named only as a value is otherwise answered through the
+  product that holds it (布洛芬的副作用 -> 布洛芬片, cited through its 成份);
 - **symptom**: two or more described symptoms (or one with nothing else to answer it) give ranked
   candidate diseases by IDF-weighted overlap with their symptoms, negated symptoms subtracted and never
-  evidence; the evidence triples and the asked attribute of the top candidates (科室, 检查, 药物) follow.
-  Candidates are hedged: ``confident`` needs two matched symptoms, and nothing here is a diagnosis;
+  evidence; the evidence triples and the asked attribute of the top candidates (科室, 检查) follow, and
+  for 吃什么药 the drugs whose 适应症 list the symptoms. Candidates are hedged: ``confident`` needs two
+  matched symptoms, weak candidates only say where to go and what to check, nothing is a diagnosis;
 - **two_hop**: a disease's drugs, then those drugs' 禁忌 / 不良反应 / 相互作用 / 用法 when asked;
 - **history**: with no entity in the question, the entities of the latest earlier user turn that has one;
 - **lexical**: with no entity at all, BM25 over entity names and fact text (:mod:`qihuang.kb.lexical`),
