@@ -149,18 +149,17 @@ class LexicalIndex:
         scores = self.retriever.get_scores(query)
         top = np.argsort(-scores)[: self.cfg.top_k]
         norm = set(normalize(text))
-        out = []
-        for i in top:
+        passing = []
+        for rank, i in enumerate(top):
             name, score = self.names[int(i)], float(scores[int(i)])
             chars = set(normalize(name))
             shared = len(chars & norm)
             if score < self.cfg.min_score or shared < self.cfg.min_name_overlap or \
                     shared < self.cfg.min_name_coverage * len(chars):
                 continue
-            out.append((name, round(score, 3)))
-            if len(out) >= self.cfg.max_entities:
-                break
-        return out
+            passing.append((-shared / len(chars), rank, name, round(score, 3)))
+        # of the names that pass, the most completely named one (血压高 -> 高血压 before 老年高血压)
+        return [(name, score) for _c, _r, name, score in sorted(passing)[: self.cfg.max_entities]]
 
     def search(self, kb, text: str, asked: list[tuple[str, ...]], max_values: int | None) -> list[Fact]:
         """Facts of the matched entities (asked attributes, else defaults), ``via="lexical"``."""
