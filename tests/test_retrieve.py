@@ -203,3 +203,25 @@ def test_symptoms_asking_for_drugs_get_the_drugs_indicated_for_them(kb):
     g = ground(kb, "我头痛，还发热，吃点什么药好？")
     assert g.facts[0].via == "reverse"  # what was asked comes first
     assert any("反查：头痛、发热 ← 适应症" in c.text() for c in g.citations)
+
+
+def test_a_symptom_with_an_entry_of_its_own_counts_in_a_description(tmp_path):
+    """CMeKG has entries for 胸痛, 腹泻 …: next to a plain symptom they are part of the description."""
+    from qihuang.kb import KnowledgeBase
+
+    src = tmp_path / "kb.jsonl"
+    src.write_text("\n".join([
+        '{"中心词": "心肌梗死", "临床症状及体征": ["胸痛", "大汗", "濒死感"], "就诊科室": ["心血管内科"]}',
+        '{"中心词": "肺炎", "常见症状": ["胸痛", "咳嗽"], "就诊科室": ["呼吸内科"]}',
+        '{"中心词": "胸痛", "常见症状": ["胸闷"], "就诊科室": ["心胸外科"]}',
+        '{"中心词": "高血压", "常见症状": ["头晕"], "药物治疗": ["氨氯地平"], "就诊科室": ["心血管内科"]}',
+    ]), encoding="utf-8")
+    with KnowledgeBase.create(tmp_path / "own.sqlite") as own:
+        own.import_source(src, progress=False)
+        res = own.link("胸痛，大汗，还有濒死感，挂什么科？")
+        assert res.candidates[0]["disease"] == "心肌梗死" and res.candidates[0]["confident"]
+        assert ("心肌梗死", "就诊科室", "心血管内科") in {tuple(f.triple()) for f in res.facts}
+        assert not any(f.entity == "胸痛" for f in res.facts)
+        # a subject that is not listed as anyone's symptom keeps the question about itself
+        res = own.link("高血压头晕挂什么科？")
+        assert res.candidates == [] and {f.entity for f in res.facts} == {"高血压"}

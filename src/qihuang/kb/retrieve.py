@@ -327,6 +327,19 @@ def _history_mentions(kb, history: list[str] | None) -> list[Mention]:
     return []
 
 
+def _described_symptoms(kb, named: list[Mention], rows: dict) -> list[str]:
+    """The symptoms a question describes: value-only symptom mentions, and when there is one of those,
+    also the named subjects that diseases list as symptoms (胸痛, 腹泻 have entries of their own in CMeKG:
+    "胸痛，大汗，有濒死感" describes three symptoms), unless some other subject is named."""
+    plain = [m.name for m in named if m.type == "symptom" and not (rows[m.name] and rows[m.name][1])]
+    if not plain:
+        return []
+    look = kb.lookups
+    subjects = [m.name for m in named if m.name not in plain and rows[m.name] and rows[m.name][1]]
+    listed = [n for n in subjects if look.listing(n)]
+    return plain if len(listed) < len(subjects) else [m.name for m in named if m.name in plain or m.name in listed]
+
+
 def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_values: int | None,
             via: str) -> tuple[list[Fact], list[dict]]:
     look = kb.lookups
@@ -334,12 +347,12 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
     negated = list(dict.fromkeys(m.name for m in mentions if getattr(m, "negated", False)))
     named = [m for m in dict((m.name, m) for m in mentions).values() if m.name not in negated]
     rows = {m.name: look.row(m.name) for m in named}
-    symptoms = [m.name for m in named if m.type == "symptom" and not (rows[m.name] and rows[m.name][1])]
+    symptoms = _described_symptoms(kb, named, rows)
     facts: list[Fact] = []
     answered: set[str] = set()
     for m in named:
         row = rows[m.name]
-        if row is None or (m.type == "symptom" and m.name in symptoms):
+        if row is None or m.name in symptoms:
             continue
         if row[1]:
             found = _direct(kb, row[0], m.name, m.type, asked, max_values, via, m.name if via != "direct" else "")
