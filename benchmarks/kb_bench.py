@@ -89,7 +89,7 @@ def main() -> int:
     t = time.perf_counter()
     kb.link("偏头痛吃什么药")
     kb.link("布洛芬能治什么病")  # builds the lookups caches: prominence of each entity
-    kb.link("我头痛，还发热")  # ... and the symptom listings
+    kb.link("我头痛，还发热，吃什么药")  # ... and the symptom and indication listings
     print(f"linker and lookups build: {time.perf_counter() - t:.2f} s")
     t = time.perf_counter()
     kb.lookups.lexical.match("预热")  # the BM25 index (built or loaded from $QIHUANG_HOME/cache) and jieba

@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
+from itertools import combinations
 
 from qihuang.kb.link import flatten
 from qihuang.kb.schema import ALIAS
@@ -43,6 +44,7 @@ REVERSE_LIMIT = 10  # subjects listed by a reverse lookup when max_values is not
 MIN_EVIDENCE = 2  # matched symptoms a candidate needs to be "confident"
 WEAK_ATTRIBUTES = frozenset({"department", "examinations"})  # all a weak candidate may contribute
 TOP_DRUGS = 5  # drugs indicated for described symptoms
+MAX_DESCRIBED = 8  # described symptoms scored (the first ones)
 
 
 class Lookups:
@@ -52,6 +54,7 @@ class Lookups:
         self.kb = kb
         self._rows: dict[str, tuple[int, int, str] | None] = {}
         self._prominence: dict[str, int] | None = None
+        self._prominence_id: dict[int, int] | None = None
         self._products: dict[str, str | None] = {}
         self._names: dict[str, dict[int, str]] = {}
         self._listings: dict[tuple[str, str], dict[str, dict[int, str]]] = {}
@@ -149,34 +152,43 @@ class Lookups:
         sum of IDF of the matched values minus that of the negated values the subject lists (a negated
         value is never evidence), then by how often the KB cites the subject."""
         n = max(len(self.names_of(etype)), 1)
-        given = [(v, self.listing(v, attribute, etype)) for v in dict.fromkeys(values)]
-        score: dict[int, float] = defaultdict(float)
-        count: dict[int, int] = defaultdict(int)
-        for _v, listing in given:
-            idf = math.log(1 + n / len(listing)) if listing else 0.0
-            for sid in listing:
-                score[sid] += idf
-                count[sid] += 1
-        against: dict[int, list[str]] = defaultdict(list)
-        for v in dict.fromkeys(negated):
-            listing = self.listing(v, attribute, etype)
-            idf = math.log(1 + n / len(listing)) if listing else 0.0
-            for sid in listing.keys() & score.keys():
-                score[sid] -= idf
-                against[sid].append(v)
-        buckets: dict[int, list[int]] = defaultdict(list)  # by matched count: rank only the best buckets
-        for sid, value in score.items():
-            if value > 0:
-                buckets[count[sid]].append(sid)
-        pool: list[int] = []
-        for matched in sorted(buckets, reverse=True):
-            pool += buckets[matched]
-            if len(pool) >= limit:
+        idf = lambda listing: math.log(1 + n / len(listing)) if listing else 0.0  # noqa: E731
+        given = [(v, listing, idf(listing)) for v in list(dict.fromkeys(values))[:MAX_DESCRIBED]
+                 for listing in [self.listing(v, attribute, etype)]]
+        against_given = [(v, listing, idf(listing)) for v in dict.fromkeys(negated)
+                         for listing in [self.listing(v, attribute, etype)]]
+        names, prom = self.names_of(etype), self.prominence_by_id
+        groups: list[tuple[int, float, frozenset[str], set[int]]] = []  # (matched, score, negated, subjects)
+        keys = [listing.keys() for _v, listing, _w in given]
+        for k in range(len(given), 0, -1):  # subjects that list exactly these values share one score
+            for combo in combinations(range(len(given)), k):
+                members = set(keys[combo[0]]).intersection(*(keys[i] for i in combo[1:]))
+                members.difference_update(*(keys[i] for i in range(len(given)) if i not in combo))
+                base = sum(given[i][2] for i in combo)
+                for part, against in _split(members, against_given):
+                    score = base - sum(w for v, _l, w in against_given if v in against)
+                    if part and score > 0:
+                        groups.append((k, score, against, part))
+            if sum(len(g[3]) for g in groups) >= limit:
                 break
-        names, prom = self.names_of(etype), self.prominence
-        ranked = heapq.nsmallest(limit, pool, key=lambda d: (-count[d], -score[d], -prom.get(names[d], 0), d))
-        return [(names[d], count[d], score[d], {v: listing[d] for v, listing in given if d in listing},
-                 against.get(d, [])) for d in ranked]
+        groups.sort(key=lambda g: (-g[0], -g[1]))
+        out: list[tuple[str, int, float, dict[str, str], list[str]]] = []
+        for matched, score, against, members in groups:  # most cited first, then by id
+            for sid in heapq.nlargest(limit - len(out), sorted(members), key=prom.get):
+                out.append((names[sid], matched, score, {v: listing[sid] for v, listing, _w in given if sid in listing},
+                            [v for v, _l, _w in against_given if v in against]))
+            if len(out) >= limit:
+                break
+        return out
+
+    @property
+    def prominence_by_id(self) -> dict[int, int]:
+        """:attr:`prominence` keyed by entity id (a plain ``dict.get`` ranks thousands of ties fast)."""
+        if self._prominence_id is None:
+            prom = self.prominence
+            self._prominence_id = {eid: prom.get(name, 0) for eid, name in self.kb.conn.execute(
+                "SELECT id, name FROM entities WHERE is_subject = 1")}
+        return self._prominence_id
 
     def candidates(self, symptoms: list[str], negated: list[str]) -> tuple[list[dict], dict[str, dict[str, str]]]:
         """Candidate diseases for described symptoms (see :meth:`overlap`), best first, and the evidence
@@ -185,6 +197,16 @@ class Lookups:
         out = [{"disease": d, "score": round(score, 3), "evidence": list(ev), "negated": neg,
                 "confident": matched >= MIN_EVIDENCE} for d, matched, score, ev, neg in ranked]
         return out, {d: ev for d, _m, _s, ev, _n in ranked}
+
+
+def _split(members: set[int], against: list[tuple[str, dict, float]]) -> list[tuple[set[int], frozenset[str]]]:
+    """``members`` split by which negated values' listings they are in: [(part, those values)]."""
+    parts = [(members, frozenset())]
+    for v, listing, _w in against:
+        keys = listing.keys()
+        parts = [piece for part, neg in parts
+                 for piece in ((part - keys, neg), (part & keys, neg | {v}))]
+    return parts
 
 
 def _asked_groups(groups: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
