@@ -225,3 +225,38 @@ def test_a_symptom_with_an_entry_of_its_own_counts_in_a_description(tmp_path):
         # a subject that is not listed as anyone's symptom keeps the question about itself
         res = own.link("高血压头晕挂什么科？")
         assert res.candidates == [] and {f.entity for f in res.facts} == {"高血压"}
+
+
+_TINY = None
+
+
+def _tiny_kb(tmp_path_factory):
+    global _TINY
+    if _TINY is None:
+        _TINY = make_tiny_kb(tmp_path_factory.mktemp("tiny") / "kb.sqlite")
+    return _TINY
+
+
+def test_any_text_gives_a_well_formed_result(tmp_path_factory):
+    """Arbitrary text (fixture names mixed with noise, history or not) never fails and is consistent."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from qihuang.kb.types import VIAS
+
+    kb = _tiny_kb(tmp_path_factory)
+    words = st.sampled_from(["偏头痛", "布洛芬", "头痛", "发热", "咳嗽", "没有", "吃什么药", "禁忌", "挂什么科",
+                             "高血压", "呼吸内科", "，", "？", "那", "Ｘ", "頭痛"])
+    text = st.lists(st.one_of(words, st.text(max_size=4)), max_size=8).map("".join)
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(text, st.lists(text, max_size=2))
+    def check(question, history):
+        res = kb.link(question, max_values=3, history=history)
+        assert res.abstained == (not res.facts)
+        assert all(f.via in VIAS for f in res.facts)
+        assert all(f.anchor for f in res.facts if f.via in ("reverse", "two_hop", "symptom", "history"))
+        g = ground(kb, question, history=history)
+        assert len(g.facts) <= 24 and all(c.values for c in g.citations)
+
+    check()

@@ -141,13 +141,11 @@ class LexicalIndex:
 
     def match(self, text: str) -> list[tuple[str, float]]:
         """Entities whose documents match ``text`` above the thresholds, best first."""
-        import numpy as np
-
         query = [t for t in tokenize(text, self.stop) if t in self.retriever.vocab_dict]
         if not query or not self.names:
             return []
         scores = self.retriever.get_scores(query)
-        top = np.argsort(-scores)[: self.cfg.top_k]
+        top = (-scores).argsort()[: self.cfg.top_k]
         norm = set(normalize(text))
         passing = []
         for rank, i in enumerate(top):
