@@ -310,7 +310,9 @@ def retrieved_knowledge(kb, view: EntityView, question: str, answer_triples: lis
     another attribute of the entity, at a random place)."""
     from qihuang.answer.grounding import ground
 
-    got = [f.triple() for f in ground(kb, question).facts]
+    # records hold plain triples, which render as direct facts: indirect ones (rare for these questions)
+    # are left out rather than shown without the note they carry at inference
+    got = [f.triple() for f in ground(kb, question).facts if f.via == "direct"]
     have = {tuple(t) for t in got}
     block = got + [t for t in answer_triples if tuple(t) not in have]
     if rng.random() < 0.5:
