@@ -5,13 +5,18 @@ number of facts (small models have little room: by default at most 3 entities, 3
 per entity, 12 values per attribute, 36 facts in all) and groups them into citations. The
 facts go into the prompt through the template's knowledge block
 (:func:`qihuang.data.prompts.format_knowledge`); the citations go back with the answer.
+
+Facts reached indirectly say so in both (``Fact.via``): a reverse lookup cites
+``偏头痛 · 药物治疗：布洛芬 (反查：布洛芬 ← 药物治疗)``, a candidate disease of described symptoms is
+marked 候选疾病，可能相关，非诊断, a two-hop fact names the drug it was reached through. The bounds
+apply per group: a reverse lookup's subjects are one group (the value the question named).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from qihuang.kb.types import Fact
+from qihuang.kb.types import Fact, via_note
 
 ALIAS = "alias"
 
@@ -24,13 +29,21 @@ class Citation:
     attribute: str
     relation: str
     values: list[str] = field(default_factory=list)
+    via: str = "direct"  # how the facts were reached (see qihuang.kb.types.Fact)
+    anchor: str = ""  # the question's entity they were reached from
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"note": self.note()}
+
+    def note(self) -> str:
+        """The direction or hedge of indirect facts ("" for direct ones)."""
+        return via_note(self.via, self.anchor, self.relation)
 
     def text(self) -> str:
-        """One human-readable line, e.g. ``偏头痛 · 药物治疗：布洛芬、对乙酰氨基酚``."""
-        return f"{self.entity} · {self.relation}：{'、'.join(self.values)}"
+        """One human-readable line, e.g. ``偏头痛 · 药物治疗：布洛芬、对乙酰氨基酚``, with the note of
+        indirect facts: ``偏头痛 · 药物治疗：布洛芬 (反查：布洛芬 ← 药物治疗)``."""
+        note = self.note()
+        return f"{self.entity} · {self.relation}：{'、'.join(self.values)}" + (f" ({note})" if note else "")
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class Grounding:
     citations: list[Citation]
     entities: list[str]
     attributes: list[str]
+    candidates: list[dict] = field(default_factory=list)  # symptom descriptions: candidate diseases, hedged
 
     @property
     def grounded(self) -> bool:
@@ -61,21 +75,27 @@ class Grounding:
         return cls([], [], [], [])
 
 
-def _select(facts: list[Fact], entities: list[str], limits: GroundingLimits) -> list[Fact]:
-    """Keep facts of the first entities, the first attributes of each, the first values of each."""
+def _group(fact: Fact) -> str:
+    """The unit the bounds count: the entity, or for a reverse lookup the value the question named."""
+    return fact.anchor if fact.via == "reverse" and fact.anchor else fact.entity
+
+
+def _select(facts: list[Fact], groups: list[str], limits: GroundingLimits) -> list[Fact]:
+    """Keep facts of the first groups, the first attributes of each, the first values of each."""
     kept: list[Fact] = []
     attrs_seen: dict[str, list[str]] = {}
     values_seen: dict[tuple[str, str], int] = {}
-    allowed = set(entities[: limits.max_entities])
+    allowed = set(groups[: limits.max_entities])
     for fact in facts:
-        if fact.entity not in allowed:
+        group = _group(fact)
+        if group not in allowed:
             continue
-        attrs = attrs_seen.setdefault(fact.entity, [])
+        attrs = attrs_seen.setdefault(group, [])
         if fact.attribute not in attrs:
             if len(attrs) >= limits.max_attributes:
                 continue
             attrs.append(fact.attribute)
-        key = (fact.entity, fact.attribute)
+        key = (group, fact.attribute)
         if values_seen.get(key, 0) >= limits.max_values:
             continue
         values_seen[key] = values_seen.get(key, 0) + 1
@@ -86,19 +106,26 @@ def _select(facts: list[Fact], entities: list[str], limits: GroundingLimits) -> 
 
 
 def citations_of(facts: list[Fact]) -> list[Citation]:
-    """Group facts by (entity, attribute, relation), in first-seen order, values deduplicated."""
-    grouped: dict[tuple[str, str, str], Citation] = {}
+    """Group facts by (entity, attribute, relation, via, anchor), in first-seen order, values deduplicated."""
+    grouped: dict[tuple[str, ...], Citation] = {}
     for f in facts:
-        cite = grouped.setdefault((f.entity, f.attribute, f.relation), Citation(f.entity, f.attribute, f.relation))
+        key = (f.entity, f.attribute, f.relation, f.via, f.anchor)
+        cite = grouped.setdefault(key, Citation(f.entity, f.attribute, f.relation, via=f.via, anchor=f.anchor))
         if f.value not in cite.values:
             cite.values.append(f.value)
     return list(grouped.values())
 
 
-def _order_by_question(facts: list[Fact], attributes: list[str]) -> list[Fact]:
-    """Put the attributes the question asks about first (stable otherwise)."""
+def _order_by_question(facts: list[Fact], attributes: list[str], inverse: dict[str, str] | None = None) -> list[Fact]:
+    """Put the attributes the question asks about first (stable otherwise); a reverse fact counts as the
+    attribute it answers about its value ((布洛芬片, 适应症, 头痛) answers the drugs of 头痛)."""
     rank = {a: i for i, a in enumerate(attributes)}
-    return sorted(facts, key=lambda f: rank.get(f.attribute, len(rank)))
+    inverse = inverse or {}
+
+    def answers(f: Fact) -> str:
+        return inverse.get(f.attribute, f.attribute) if f.via == "reverse" else f.attribute
+
+    return sorted(facts, key=lambda f: rank.get(answers(f), len(rank)))
 
 
 def _distinct(facts: list[Fact]) -> list[Fact]:
@@ -114,25 +141,30 @@ def _distinct(facts: list[Fact]) -> list[Fact]:
     return out
 
 
-def ground(kb, question: str, limits: GroundingLimits | None = None) -> Grounding:
-    """Link ``question`` against ``kb`` and return the bounded facts and their citations.
+def ground(kb, question: str, limits: GroundingLimits | None = None,
+           history: list[str] | None = None) -> Grounding:
+    """Link ``question`` against ``kb`` (``kb.link``, with ``history``: earlier user turns, oldest first)
+    and return the bounded facts and their citations.
 
-    Nothing linked (no entity, or linked entities without facts) gives an empty grounding.
+    Nothing retrieved (no entity, or linked entities without facts) gives an empty grounding.
     """
     if kb is None or not question.strip():
         return Grounding.empty()
     limits = limits or GroundingLimits()
-    link = kb.link(question, max_values=limits.max_values)
+    link = kb.link(question, max_values=limits.max_values, history=history)
     entities = list(dict.fromkeys(m.name for m in link.entities))
-    entity_rank = {e: i for i, e in enumerate(entities)}
     facts = _distinct([f for f in link.facts if f.attribute != ALIAS])
     if ALIAS in link.attributes:  # "X有什么别称": the aliases, not the default attributes
         aliases = [f for e in entities[: limits.max_entities] for f in kb.facts(e, [ALIAS], limits.max_values)]
         only_alias = all(a == ALIAS for a in link.attributes)
         facts = aliases + ([] if only_alias and aliases else facts)
-    ordered = sorted(_order_by_question(facts, link.attributes),
-                     key=lambda f: entity_rank.get(f.entity, len(entity_rank)))
-    with_facts = [e for e in entities if any(f.entity == e for f in ordered)]
-    kept = _select(ordered, with_facts, limits)
+    groups = list(dict.fromkeys(_group(f) for f in facts))
+    group_rank = {g: i for i, g in enumerate(groups)}
+    inverse = getattr(getattr(kb, "schema", None), "inverse", None)
+    ordered = sorted(_order_by_question(facts, link.attributes, inverse), key=lambda f: group_rank[_group(f)])
+    kept = _select(ordered, groups, limits)
     used = list(dict.fromkeys(f.entity for f in kept))
-    return Grounding(kept, citations_of(kept), used, list(link.attributes))
+    shown = {f.entity for f in kept if f.via == "symptom"}
+    candidates = [c for c in link.candidates if c["disease"] in shown] + \
+        [c for c in link.candidates if c["disease"] not in shown]
+    return Grounding(kept, citations_of(kept), used, list(link.attributes), candidates)

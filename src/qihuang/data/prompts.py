@@ -134,21 +134,33 @@ def format_knowledge(facts: Any) -> str:
 
     ``facts`` is a list of :class:`qihuang.kb.Fact` or of ``[subject, relation, object]``
     triples. Values sharing a subject and relation are grouped on one line, in first-seen
-    order; duplicates are dropped. Returns ``""`` for no facts.
+    order; duplicates are dropped. Facts that retrieval reached indirectly (``Fact.via``) carry
+    their note: reverse-lookup facts share one line per named value and relation, its subjects
+    first (``- 偏头痛、腹痛 药物治疗：布洛芬（反查：布洛芬 ← 药物治疗）``); candidate diseases of
+    described symptoms are marked 候选疾病，可能相关，非诊断. Returns ``""`` for no facts.
     """
-    grouped: dict[tuple[str, str], list[str]] = {}
+    from qihuang.kb.types import via_note
+
+    grouped: dict[tuple[str, str, str], list[str]] = {}
     for i, fact in enumerate(facts or []):
         triple = fact.triple() if hasattr(fact, "triple") else fact
         if not isinstance(triple, (list, tuple)) or len(triple) != 3 or not all(isinstance(x, str) for x in triple):
             raise InputError(f"item {i} must be a [subject, relation, object] triple of strings, got {fact!r}",
                              field="knowledge")
         subject, relation, value = (x.strip() for x in triple)
-        values = grouped.setdefault((subject, relation), [])
+        via, anchor = getattr(fact, "via", "direct"), getattr(fact, "anchor", "")
+        note = via_note(via, anchor, relation)
+        if via == "reverse":  # one line per (value, relation): the subjects that list it
+            subject, value = value, subject
+        values = grouped.setdefault((subject, relation, note, via), [])
         if value not in values:
             values.append(value)
     if not grouped:
         return ""
-    lines = [f"- {s} {r}：{'、'.join(v)}" for (s, r), v in grouped.items()]
+    lines = []
+    for (s, r, note, via), v in grouped.items():
+        tail = f"（{note}）" if note else ""
+        lines.append(f"- {'、'.join(v)} {r}：{s}{tail}" if via == "reverse" else f"- {s} {r}：{'、'.join(v)}{tail}")
     return KNOWLEDGE_HEADER + "\n" + "\n".join(lines)
 
 

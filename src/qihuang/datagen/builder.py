@@ -30,6 +30,7 @@ from qihuang.datagen.templates import Phrasebook, load_phrasebook, prepare_value
 from qihuang.errors import ConfigError
 
 KINDS = ("single", "scenario", "dialogue")
+KNOWLEDGE_MODES = ("answer", "retrieved")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class _Ctx:
     dialogues_per_entity: int
     quotas: dict[str, int] | None = None  # balanced: examples still wanted per group
     prepared: dict = field(default_factory=dict)
+    retrieval: object | None = None  # knowledge="retrieved": the KB whose retrieval writes the blocks
 
     def open(self, group: str) -> bool:
         return self.quotas is None or self.quotas.get(group, 0) > 0
@@ -56,7 +58,8 @@ def build_dataset(kb, out_dir: str | Path, *, max_examples: int | None = None, p
                   attributes: Iterable[str] | None = None, seed: int = 0, balanced: bool = False,
                   kinds: Iterable[str] = KINDS, test_entities: Iterable[str] | None = None, phrasings: int = 2,
                   scenarios_per_disease: int = 2, dialogues_per_entity: int = 1, dev_ratio: float = 0.05,
-                  test_ratio: float = 0.05, sharegpt: bool = False, progress: bool = False) -> dict:
+                  test_ratio: float = 0.05, sharegpt: bool = False, progress: bool = False,
+                  knowledge: str = "answer") -> dict:
     """Build a dataset directory from ``kb`` (a KnowledgeBase, a database path, or None for the default).
 
     - ``max_examples``: stop after this many examples; ``per_entity``: at most this many per entity.
@@ -65,9 +68,16 @@ def build_dataset(kb, out_dir: str | Path, *, max_examples: int | None = None, p
       entity types and attributes useful for question answering (``balanced``/``qa`` in phrasings.yaml).
     - ``kinds``: any of "single", "scenario", "dialogue"; ``phrasings``: questions per entity and attribute.
     - ``test_entities``: names forced into the test split (the rest is split by ``dev_ratio``/``test_ratio``).
+    - ``knowledge``: "answer" (the block holds the triples the answer uses) or "retrieved" (single questions
+      get the block that grounding retrieves for the question, as at inference, with the answer's triples
+      added where retrieval missed them and, for about half of them, a distractor: a few values of another
+      attribute of the entity), so the tuned model learns to pick the right facts when retrieval is
+      imperfect. The records are otherwise the same as with "answer" (same seed, same questions).
     Returns the statistics also written to ``stats.json``.
     """
     kinds = _check_options(kinds, max_examples, per_entity, phrasings)
+    if knowledge not in KNOWLEDGE_MODES:
+        raise ConfigError(f"knowledge: {knowledge!r} is not one of {', '.join(KNOWLEDGE_MODES)}")
     own = kb is None or isinstance(kb, (str, Path))
     if own:
         from qihuang.kb import KnowledgeBase
@@ -79,7 +89,8 @@ def build_dataset(kb, out_dir: str | Path, *, max_examples: int | None = None, p
         return _build(kb, Path(out_dir), max_examples=max_examples, per_entity=per_entity, attributes=attributes,
                       seed=seed, balanced=balanced, kinds=kinds, test_entities=test_entities, phrasings=phrasings,
                       scenarios_per_disease=scenarios_per_disease, dialogues_per_entity=dialogues_per_entity,
-                      dev_ratio=dev_ratio, test_ratio=test_ratio, sharegpt=sharegpt, progress=progress)
+                      dev_ratio=dev_ratio, test_ratio=test_ratio, sharegpt=sharegpt, progress=progress,
+                      knowledge=knowledge)
     finally:
         if gc_was_on:
             gc.enable()
@@ -112,7 +123,8 @@ def check_attributes(attributes: Iterable[str] | None) -> set[str] | None:
 
 
 def _build(kb, out_dir: Path, *, max_examples, per_entity, attributes, seed, balanced, kinds, test_entities,
-           phrasings, scenarios_per_disease, dialogues_per_entity, dev_ratio, test_ratio, sharegpt, progress) -> dict:
+           phrasings, scenarios_per_disease, dialogues_per_entity, dev_ratio, test_ratio, sharegpt, progress,
+           knowledge="answer") -> dict:
     t0 = time.perf_counter()
     book = load_phrasebook()
     single_attrs = check_attributes(attributes)
@@ -129,7 +141,7 @@ def _build(kb, out_dir: Path, *, max_examples, per_entity, attributes, seed, bal
     index = SymptomIndex(views) if "scenario" in kinds and (single_attrs is None or "symptoms" in single_attrs) \
         else None
     ctx = _Ctx(book, seed, phrasings, single_attrs, kinds, split_of, index, scenarios_per_disease,
-               dialogues_per_entity)
+               dialogues_per_entity, retrieval=kb if knowledge == "retrieved" else None)
     if balanced:
         ctx.quotas = _quotas(views, ctx, max_examples)
     t_read = time.perf_counter() - t0
@@ -138,7 +150,7 @@ def _build(kb, out_dir: Path, *, max_examples, per_entity, attributes, seed, bal
         stats = _generate(order, ctx, writer, max_examples, per_entity, progress)
         seconds = time.perf_counter() - t0
         stats.update(_summary(kb, stats, seconds, t_read, seed=seed, balanced=balanced, kinds=list(kinds),
-                              phrasings=phrasings, max_examples=max_examples, per_entity=per_entity,
+                              phrasings=phrasings, max_examples=max_examples, per_entity=per_entity, knowledge=knowledge,
                               attributes=sorted(single_attrs) if single_attrs is not None else None))
         stats["splits"] = dict(writer.counts)
         writer.commit(dataset_info(sharegpt=sharegpt), stats)
@@ -280,12 +292,37 @@ def _singles(view: EntityView, ctx: _Ctx, rng: random.Random) -> list[list[tuple
         base = int(rng.random() * 8)  # answer pattern of the first phrasing; the others take the next ones
         for j, q in enumerate(questions_for(name, attr, ctx.phrasings, entity_type=etype, rng=rng, book=book)):
             text = render_answer(name, prepared, phr, book, rng=rng, variant=base + j)
-            record = {"instruction": q, "input": "", "output": text, "history": [], "knowledge": knowledge,
+            block, block_json = knowledge, knowledge_json
+            if ctx.retrieval is not None:
+                own = random.Random(zlib.crc32(q.encode("utf-8")) ^ ctx.seed)  # leaves the build's stream alone
+                block, block_json = retrieved_knowledge(ctx.retrieval, view, q, knowledge, own), None
+            record = {"instruction": q, "input": "", "output": text, "history": [], "knowledge": block,
                       "entity": name, "attribute": attr, "kind": "single", "id": example_id("single", q)}
             if j == len(rounds):
                 rounds.append([])
-            rounds[j].append((attr, (record, q, knowledge_json)))
+            rounds[j].append((attr, (record, q, block_json)))
     return rounds
+
+
+def retrieved_knowledge(kb, view: EntityView, question: str, answer_triples: list, rng: random.Random) -> list:
+    """The knowledge block grounding retrieves for ``question`` (triples), with the answer's triples
+    added where retrieval missed them, and for about half the questions a distractor (a few values of
+    another attribute of the entity, at a random place)."""
+    from qihuang.answer.grounding import ground
+
+    # records hold plain triples, which render as direct facts: indirect ones (rare for these questions)
+    # are left out rather than shown without the note they carry at inference
+    got = [f.triple() for f in ground(kb, question).facts if f.via == "direct"]
+    have = {tuple(t) for t in got}
+    block = got + [t for t in answer_triples if tuple(t) not in have]
+    if rng.random() < 0.5:
+        asked = {t[1] for t in answer_triples}
+        others = [a for a, facts in view.attrs.items() if facts and facts[0].relation not in asked]
+        extra = [f.triple() for f in view.attrs[rng.choice(others)][:3]] if others else []
+        extra = [t for t in extra if tuple(t) not in have]
+        at = rng.randrange(len(block) + 1)
+        block = block[:at] + extra + block[at:]
+    return block
 
 
 def _scenarios(view: EntityView, ctx: _Ctx, rng: random.Random) -> Iterator[tuple[str, tuple[dict, str, None]]]:

@@ -70,15 +70,27 @@ def cmd_link(args) -> int:
     from qihuang.kb import KnowledgeBase
 
     with KnowledgeBase.open(args.db) as kb:
-        result = kb.link(args.text, max_values=args.max_values)
+        result = kb.link(args.text, max_values=args.max_values, history=args.history or None)
         labels = kb.attributes()
     if args.json:
         _print_json(result.to_dict())
         return 0
-    print("entities: " + ("; ".join(f"{m.name}[{m.type}] @{m.start}-{m.end}" for m in result.entities) or "(none)"))
+    from qihuang.kb.types import via_note
+
+    print("entities: " + ("; ".join(f"{m.name}[{m.type}] @{m.start}-{m.end}" + (" (negated)" if getattr(
+        m, "negated", False) else "") for m in result.entities) or "(none)"))
     print("attributes: " + (", ".join(f"{a} ({labels.get(a, a)})" for a in result.attributes) or "(none)"))
+    if result.candidates:
+        print("candidate diseases (可能相关，非诊断):")
+        for c in result.candidates:
+            neg = f"; against: {'、'.join(c['negated'])}" if c["negated"] else ""
+            print(f"  {c['disease']}  score {c['score']}{'' if c['confident'] else ' (weak)'}  "
+                  f"evidence: {'、'.join(c['evidence'])}{neg}")
+    if result.abstained:
+        print("facts: (none: nothing retrieved)")
     for f in result.facts:
-        print(f"  {f.entity} | {f.relation} | {f.value}")
+        note = via_note(f.via, f.anchor, f.relation)
+        print(f"  {f.entity} | {f.relation} | {f.value}" + (f"   [{f.via}: {note}]" if note else ""))
     return 0
 
 
@@ -103,3 +115,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add("link", cmd_link, "entities, asked attributes and facts found in a question")
     p.add_argument("text")
     p.add_argument("--max-values", type=int, default=10, help="values per attribute in the facts")
+    p.add_argument("--history", action="append", metavar="TURN",
+                   help="an earlier user turn (repeat, oldest first): its entities answer a question that names none")

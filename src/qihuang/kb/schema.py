@@ -32,6 +32,8 @@ class Schema:
     relation_rank: dict[str, int]
     link_stopwords: frozenset[str]
     shared_cues: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # attribute of a subject -> what a triple of it answers about its value (reverse lookups)
+    inverse: dict[str, str] = field(default_factory=dict)
 
     def attribute_of(self, relation: str) -> str:
         """Canonical attribute key of a raw relation name ("other" when unmapped)."""
@@ -48,8 +50,23 @@ class Schema:
                 return type_name
         return OTHER
 
+    def reverse_sources(self, wanted: str) -> tuple[str, ...]:
+        """Attributes whose triples, read backwards, answer ``wanted`` about their value."""
+        return tuple(src for src, dst in self.inverse.items() if dst == wanted)
+
     def defaults_for(self, entity_type: str) -> tuple[str, ...]:
         return self.default_attributes.get(entity_type) or self.default_attributes.get(OTHER, ())
+
+
+def _parse_inverse(raw, attributes: dict[str, Attribute]) -> dict[str, str]:
+    """The ``inverse:`` section: a mapping of known attribute keys to known attribute keys."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"kb_schema.yaml: inverse: must be a mapping of attribute: attribute, got {raw!r}")
+    for src, dst in raw.items():
+        for where, key in ((f"inverse.{src}", src), (f"inverse.{src} (value)", dst)):
+            if not isinstance(key, str) or key not in attributes:
+                raise ConfigError(f"kb_schema.yaml: {where}: unknown attribute {key!r}")
+    return dict(raw)
 
 
 @lru_cache(maxsize=1)
@@ -73,9 +90,10 @@ def load_schema() -> Schema:
         unknown = [k for k in keys if k not in attributes]
         if unknown:
             raise ConfigError(f"kb_schema.yaml: {where}: unknown attributes {unknown}")
+    inverse = _parse_inverse(raw.get("inverse") or {}, attributes)
     cues = {c for attr in attributes.values() for c in attr.cues} | set(shared)
     stop = frozenset(raw.get("link_stopwords", [])) | cues
-    return Schema(attributes, rel_map, rules, defaults, rank, stop, shared)
+    return Schema(attributes, rel_map, rules, defaults, rank, stop, shared, inverse)
 
 
 ATTRIBUTES: dict[str, str] = {k: a.label for k, a in load_schema().attributes.items()}

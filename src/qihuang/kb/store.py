@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from qihuang.errors import QihuangError
-from qihuang.kb.schema import ALIAS, load_schema
+from qihuang.kb.schema import load_schema
 from qihuang.kb.types import Entity, Fact, LinkResult, Mention
 from qihuang.paths import default_db
 
@@ -33,6 +33,8 @@ MIGRATIONS: list[tuple[str, str]] = [
     """),
     # how many triples of the same attribute cite a value: most-cited values are listed first
     ("0002_value_weight", "ALTER TABLE triples ADD COLUMN weight INTEGER NOT NULL DEFAULT 0"),
+    # reverse and symptom lookups read triples by value ("which diseases list 布洛芬 under 药物治疗")
+    ("0003_value_index", "CREATE INDEX triples_by_value ON triples(value, attribute)"),
 ]
 
 # One order for facts everywhere (show, link, grounding, data building): by attribute, the primary
@@ -76,6 +78,7 @@ class KnowledgeBase:
         self.path = path
         self.schema = load_schema()
         self._linker = None
+        self._lookups = None
         self._rare: dict[int, frozenset[str]] = {}
 
     # -- opening -------------------------------------------------------------------------
@@ -113,7 +116,7 @@ class KnowledgeBase:
         from qihuang.kb.importers import import_source
 
         report = import_source(self, source, skip_bad=skip_bad, progress=progress)
-        self._linker, self._rare = None, {}
+        self._linker, self._lookups, self._rare = None, None, {}
         return report
 
     # -- queries -------------------------------------------------------------------------
@@ -135,7 +138,11 @@ class KnowledgeBase:
             args += attributes
         rows = self.conn.execute(sql + " ORDER BY attribute, weight DESC, id", args).fetchall()
         rank = self.schema.relation_rank
-        rows.sort(key=lambda r: (r[1], rank.get(r[0], 99)))  # stable: primary relation first, then weight
+        if attributes is None:  # every attribute (show): by attribute key
+            rows.sort(key=lambda r: (r[1], rank.get(r[0], 99)))  # stable: primary relation first, then weight
+        else:  # the attributes in the order asked (a type's defaults: 适应症 before 不良反应)
+            order = {a: i for i, a in enumerate(attributes)}
+            rows.sort(key=lambda r: (order.get(r[1], len(order)), rank.get(r[0], 99)))
         if max_values is not None:
             kept, seen = [], {}
             for row in rows:
@@ -249,31 +256,24 @@ class KnowledgeBase:
         """Canonical attributes the wording of ``text`` asks about."""
         return self.linker.detect_attributes(text, self.find_entities(text))
 
-    def link(self, text: str, max_values: int | None = None) -> LinkResult:
-        """Entities, asked attributes and the matching facts for a free-text question.
+    @property
+    def lookups(self):
+        """Caches for the reverse, symptom, two-hop and lexical lookups (built lazily)."""
+        if self._lookups is None:
+            from qihuang.kb.retrieve import Lookups
 
-        Per entity: the asked attributes (of a shared cue, the first one the entity has), else the
-        default attributes of its type."""
-        mentions = self.find_entities(text)
-        from qihuang.kb.link import flatten
+            self._lookups = Lookups(self)
+        return self._lookups
 
-        groups = self.linker.detect_attribute_groups(text, mentions)
-        attributes = flatten(groups)
-        asked = [g for g in ([a for a in g if a != ALIAS] for g in groups) if g]
-        facts: list[Fact] = []
-        seen: set[str] = set()
-        for m in mentions:
-            if m.name in seen:
-                continue
-            seen.add(m.name)
-            row = self.conn.execute("SELECT id, is_subject FROM entities WHERE name = ?", (m.name,)).fetchone()
-            if not row or not row[1]:
-                continue
-            if not asked:
-                facts.extend(self._facts_by_id(row[0], m.name, self.schema.defaults_for(m.type), max_values))
-                continue
-            found = self._facts_by_id(row[0], m.name, [a for g in asked for a in g], max_values)
-            present = {f.attribute for f in found}
-            chosen = {next((a for a in g if a in present), None) for g in asked}
-            facts.extend(f for f in found if f.attribute in chosen)
-        return LinkResult(text, mentions, attributes, facts)
+    def link(self, text: str, max_values: int | None = None, history: list[str] | None = None) -> LinkResult:
+        """Retrieval's one entry point: entities, asked attributes and the facts that answer ``text``.
+
+        Per named entity, the asked attributes (of a shared cue, the first one the entity has), else the
+        default attributes of its type in the schema's order; an entity that is only ever a value
+        (布洛芬, 头痛) is answered backwards through the schema's ``inverse`` map; described symptoms give
+        ranked candidate diseases; a disease's drugs give their contraindications etc. (two hops); with
+        no entity, the entities of ``history`` (earlier user turns, oldest first) or a BM25 fallback.
+        Each fact says how it was reached (``Fact.via``); see :mod:`qihuang.kb.retrieve`."""
+        from qihuang.kb.retrieve import retrieve
+
+        return retrieve(self, text, max_values=max_values, history=history)

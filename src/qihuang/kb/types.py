@@ -5,14 +5,42 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+VIAS = ("direct", "reverse", "symptom", "two_hop", "lexical", "history")
+
+
+def via_note(via: str, anchor: str, relation: str) -> str:
+    """How a fact was reached, in words shown with it (citations, knowledge block); "" for direct."""
+    if via == "reverse":
+        return f"反查：{anchor} ← {relation}"
+    if via == "symptom":
+        return "候选疾病，可能相关，非诊断"  # the evidence is the candidate's own symptom line
+    if via == "two_hop":
+        return f"经药物 {anchor}"
+    if via == "lexical":
+        return "词面检索匹配，可能不相关"
+    if via == "history":
+        return f"上文提到的 {anchor}" if anchor else "上文提到的"
+    return ""
+
+
 @dataclass(frozen=True)
 class Fact:
-    """One triple, with the canonical attribute its raw relation maps to."""
+    """One triple, with the canonical attribute its raw relation maps to.
+
+    ``via`` says how retrieval reached it: ``direct`` (a fact of an entity the question names),
+    ``reverse`` (the named entity is the triple's value: (偏头痛, 药物治疗, 布洛芬) for "布洛芬能治什么病"),
+    ``symptom`` (evidence or an attribute of a candidate disease for described symptoms), ``two_hop``
+    (a fact of a drug of the named disease), ``lexical`` (BM25 fallback) or ``history`` (an entity of an
+    earlier turn). ``anchor`` is the question's entity it was reached from (the drug or symptom named,
+    for reverse; the middle drug, for two_hop; the symptoms joined by "、", for symptom).
+    :meth:`triple` is always the KB triple as stored."""
 
     entity: str
     attribute: str  # canonical key, e.g. "drugs" (see resources/kb_schema.yaml)
     relation: str  # raw relation name as in the source, e.g. "药物治疗"
     value: str
+    via: str = "direct"
+    anchor: str = ""
 
     def triple(self) -> list[str]:
         return [self.entity, self.relation, self.value]
@@ -63,11 +91,20 @@ class Entity:
 
 @dataclass
 class LinkResult:
+    """What retrieval found for a question.
+
+    ``candidates`` (symptom descriptions only): ranked candidate diseases, each
+    ``{"disease", "score", "evidence": [symptoms], "negated": [symptoms], "confident": bool}``, never a
+    diagnosis. ``abstained``: nothing was retrieved."""
+
     text: str
     entities: list[Mention]
     attributes: list[str]
     facts: list[Fact]
+    candidates: list[dict] = field(default_factory=list)
+    abstained: bool = False
 
     def to_dict(self) -> dict:
         return {"text": self.text, "entities": [m.to_dict() for m in self.entities],
-                "attributes": self.attributes, "facts": [f.to_dict() for f in self.facts]}
+                "attributes": self.attributes, "facts": [f.to_dict() for f in self.facts],
+                "candidates": self.candidates, "abstained": self.abstained}

@@ -1,0 +1,171 @@
+"""BM25 fallback for questions in which linking finds no entity (``bm25s`` over jieba tokens).
+
+One document per subject entity: its name (repeated), its aliases and the first values of a few
+attributes (``resources/lexical.yaml``). A question retrieves an entity only when its BM25 score passes
+``min_score`` and most of the entity's name is in the question (``min_name_overlap`` characters and
+``min_name_coverage`` of its own), so that unrelated questions ("今天天气怎么样" -> 叶天天花) retrieve
+nothing: BM25 ranks, the name rule decides. The index is built on first use and cached in memory and
+on disk under ``$QIHUANG_HOME/cache/``, keyed by the KB's source hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import unicodedata
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from qihuang.errors import ConfigError
+from qihuang.kb.normalize import normalize
+from qihuang.kb.types import Fact
+from qihuang.paths import home, resource
+
+log = logging.getLogger(__name__)
+
+
+class LexicalConfig(BaseModel):
+    """``resources/lexical.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+    fields: list[str]
+    values_per_field: int = Field(ge=0)
+    name_repeat: int = Field(ge=1)
+    min_score: float = Field(ge=0)
+    min_name_overlap: int = Field(ge=1)
+    min_name_coverage: float = Field(ge=0, le=1)
+    top_k: int = Field(ge=1)
+    max_entities: int = Field(ge=1)
+    stopwords: list[str]
+
+
+@lru_cache(maxsize=1)
+def load_lexical_config(path: str | None = None) -> LexicalConfig:
+    """Parse and validate the lexical-fallback settings (errors name the file and field)."""
+    file = Path(path) if path else resource("lexical.yaml")
+    try:
+        cfg = LexicalConfig.model_validate(yaml.safe_load(file.read_text(encoding="utf-8")))
+    except ValidationError as e:
+        where = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"{file.name}: {where}") from e
+    from qihuang.kb.schema import load_schema
+
+    unknown = [f for f in cfg.fields if f not in load_schema().attributes]
+    if unknown:
+        raise ConfigError(f"{file.name}: fields: unknown attributes {unknown}")
+    return cfg
+
+
+def _is_word(tok: str) -> bool:
+    return any(not unicodedata.category(c).startswith(("P", "S", "Z")) for c in tok)
+
+
+def tokenize(text: str, stop: frozenset[str] = frozenset()) -> list[str]:
+    """jieba search-mode tokens and character bigrams of normalized ``text``, stopwords dropped."""
+    import jieba
+
+    norm = normalize(text)
+    toks = [t for t in jieba.lcut_for_search(norm) if _is_word(t) and t not in stop]
+    chars = [c for c in norm if _is_word(c)]
+    grams = ["".join(chars[i:i + 2]) for i in range(len(chars) - 1)]
+    return toks + [g for g in grams if g not in stop]
+
+
+class LexicalIndex:
+    """A BM25 index over the KB's subject entities."""
+
+    def __init__(self, retriever, names: list[str], cfg: LexicalConfig, stop: frozenset[str]):
+        self.retriever, self.names, self.cfg, self.stop = retriever, names, cfg, stop
+
+    @staticmethod
+    def _stop(kb, cfg: LexicalConfig) -> frozenset[str]:
+        cues = {normalize(c) for a in kb.schema.attributes.values() for c in a.cues} | set(kb.schema.shared_cues)
+        return frozenset(normalize(w) for w in cfg.stopwords) | cues
+
+    @classmethod
+    def build(cls, kb, cfg: LexicalConfig | None = None) -> "LexicalIndex":
+        import bm25s
+
+        cfg = cfg or load_lexical_config()
+        stop = cls._stop(kb, cfg)
+        aliases: dict[int, list[str]] = {}
+        for alias, eid in kb.conn.execute("SELECT alias, entity_id FROM aliases ORDER BY rowid"):
+            aliases.setdefault(eid, []).append(alias)
+        values: dict[int, list[str]] = {}
+        if cfg.fields:
+            marks = ",".join("?" * len(cfg.fields))
+            for eid, value in kb.conn.execute(
+                    f"SELECT subject_id, value FROM triples WHERE attribute IN ({marks}) ORDER BY subject_id, weight DESC, id",
+                    cfg.fields):
+                kept = values.setdefault(eid, [])
+                if len(kept) < cfg.values_per_field * len(cfg.fields):
+                    kept.append(value)
+        names, corpus = [], []
+        for eid, name in kb.conn.execute("SELECT id, name FROM entities WHERE is_subject = 1 ORDER BY id"):
+            doc = tokenize(name, stop) * cfg.name_repeat
+            for text in aliases.get(eid, [])[:10] + values.get(eid, []):
+                doc += tokenize(text, stop)
+            names.append(name)
+            corpus.append(doc or ["\0"])
+        retriever = bm25s.BM25()
+        retriever.index(corpus, show_progress=False)
+        return cls(retriever, names, cfg, stop)
+
+    @classmethod
+    def load_or_build(cls, kb) -> "LexicalIndex":
+        """The cached index for ``kb``'s sources, else a new one (then cached on disk)."""
+        cfg = load_lexical_config()
+        shas = [r[0] for r in kb.conn.execute("SELECT sha256 FROM sources ORDER BY id")]
+        key = hashlib.sha256(json.dumps([shas, cfg.model_dump()], ensure_ascii=False).encode()).hexdigest()[:16]
+        path = home() / "cache" / f"lexical-{key}.pkl"
+        if path.exists():
+            try:
+                with path.open("rb") as fh:
+                    retriever, names = pickle.load(fh)
+                return cls(retriever, names, cfg, cls._stop(kb, cfg))
+            except Exception as e:  # a stale or broken cache is rebuilt
+                log.warning("rebuilding the lexical index (%s unreadable: %s)", path, e)
+        index = cls.build(kb, cfg)
+        if shas:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            with tmp.open("wb") as fh:
+                pickle.dump((index.retriever, index.names), fh)
+            tmp.replace(path)
+        return index
+
+    def match(self, text: str) -> list[tuple[str, float]]:
+        """Entities whose documents match ``text`` above the thresholds, best first."""
+        query = [t for t in tokenize(text, self.stop) if t in self.retriever.vocab_dict]
+        if not query or not self.names:
+            return []
+        scores = self.retriever.get_scores(query)
+        top = (-scores).argsort()[: self.cfg.top_k]
+        norm = set(normalize(text))
+        passing = []
+        for rank, i in enumerate(top):
+            name, score = self.names[int(i)], float(scores[int(i)])
+            chars = set(normalize(name))
+            shared = len(chars & norm)
+            if score < self.cfg.min_score or shared < self.cfg.min_name_overlap or \
+                    shared < self.cfg.min_name_coverage * len(chars):
+                continue
+            passing.append((-shared / len(chars), rank, name, round(score, 3)))
+        # of the names that pass, the most completely named one (血压高 -> 高血压 before 老年高血压)
+        return [(name, score) for _c, _r, name, score in sorted(passing)[: self.cfg.max_entities]]
+
+    def search(self, kb, text: str, asked: list[tuple[str, ...]], max_values: int | None) -> list[Fact]:
+        """Facts of the matched entities (asked attributes, else defaults), ``via="lexical"``."""
+        from qihuang.kb.retrieve import _direct
+
+        facts: list[Fact] = []
+        for name, _score in self.match(text):
+            row = kb.lookups.row(name)
+            if row:
+                facts.extend(_direct(kb, row[0], name, row[2], asked, max_values, "lexical", name))
+        return facts

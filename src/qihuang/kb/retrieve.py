@@ -1,0 +1,427 @@
+"""The lookups behind :meth:`KnowledgeBase.link`: direct, reverse, symptom -> disease, two-hop, history, lexical.
+
+``retrieve(kb, text)`` links the question (entities and asked attributes, :mod:`qihuang.kb.link`) and
+then, per entity the question names:
+
+- **direct**: a subject entity's asked attributes, else its type's default attributes in the schema's
+  order (a drug's 适应症 before its 不良反应);
+- **reverse**: an entity that is only ever a value (布洛芬, 头痛, 神经内科) is answered backwards through
+  the schema's ``inverse`` map: "布洛芬能治什么病" -> the diseases whose 药物治疗 lists 布洛芬, ranked by
+  how often the KB cites them, bounded; a drug named only as a value is otherwise answered through the
+  product that holds it (布洛芬的副作用 -> 布洛芬片, cited through its 成份);
+- **symptom**: two or more described symptoms (or one with nothing else to answer it) give ranked
+  candidate diseases by IDF-weighted overlap with their symptoms, negated symptoms subtracted and never
+  evidence; the evidence triples and the asked attribute of the top candidates (科室, 检查) follow, and
+  for 吃什么药 the drugs whose 适应症 list the symptoms. Candidates are hedged: ``confident`` needs two
+  matched symptoms, weak candidates only say where to go and what to check, nothing is a diagnosis;
+- **two_hop**: a disease's drugs, then those drugs' 禁忌 / 不良反应 / 相互作用 / 用法 when asked;
+- **history**: with no entity in the question, the entities of the latest earlier user turn that has one;
+- **lexical**: with no entity at all, BM25 over entity names and fact text (:mod:`qihuang.kb.lexical`),
+  thresholded so that unrelated questions retrieve nothing.
+
+Every :class:`Fact` says how it was reached (``via``) and from which entity of the question (``anchor``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import defaultdict
+from itertools import combinations
+
+from qihuang.kb.link import flatten
+from qihuang.kb.schema import ALIAS
+from qihuang.kb.types import Fact, LinkResult, Mention
+
+# attributes of a drug that a question about a disease's drugs may ask for (two hops)
+DRUG_ATTRIBUTES = ("contraindications", "adverse_reactions", "interactions", "dosage", "precautions")
+# what a symptom description asks about its candidate diseases when it names no attribute
+SYMPTOM_DEFAULT = ("department",)
+MAX_CANDIDATES = 8  # candidate diseases reported
+TOP_CANDIDATES = 3  # candidates whose facts are retrieved
+TWO_HOP_DRUGS = 3  # drugs of a disease followed to their own facts
+REVERSE_LIMIT = 10  # subjects listed by a reverse lookup when max_values is not given
+MIN_EVIDENCE = 2  # matched symptoms a candidate needs to be "confident"
+WEAK_ATTRIBUTES = frozenset({"department", "examinations"})  # all a weak candidate may contribute
+TOP_DRUGS = 5  # drugs indicated for described symptoms
+MAX_DESCRIBED = 8  # described symptoms scored (the first ones)
+
+
+class Lookups:
+    """Per-KB caches for the lookups (built lazily, dropped on import)."""
+
+    def __init__(self, kb):
+        self.kb = kb
+        self._rows: dict[str, tuple[int, int, str] | None] = {}
+        self._prominence: dict[str, int] | None = None
+        self._prominence_id: dict[int, int] | None = None
+        self._products: dict[str, str | None] = {}
+        self._names: dict[str, dict[int, str]] = {}
+        self._listings: dict[tuple[str, str], dict[str, dict[int, str]]] = {}
+        self._lexical = None
+
+    def row(self, name: str) -> tuple[int, int, str] | None:
+        """(id, is_subject, type) of an entity by canonical name."""
+        if name not in self._rows:
+            self._rows[name] = self.kb.conn.execute(
+                "SELECT id, is_subject, type FROM entities WHERE name = ?", (name,)).fetchone()
+        return self._rows[name]
+
+    @property
+    def prominence(self) -> dict[str, int]:
+        """How many triples cite each subject entity as their value (how widely the KB refers to it)."""
+        if self._prominence is None:
+            self._prominence = dict(self.kb.conn.execute(
+                "SELECT t.value, COUNT(*) FROM triples t JOIN entities e ON e.name = t.value "
+                "WHERE e.is_subject = 1 GROUP BY t.value"))
+        return self._prominence
+
+    @property
+    def lexical(self):
+        if self._lexical is None:
+            from qihuang.kb.lexical import LexicalIndex
+
+            self._lexical = LexicalIndex.load_or_build(self.kb)
+        return self._lexical
+
+    # -- reverse ---------------------------------------------------------------------------
+    def reverse(self, name: str, wanted: str, limit: int) -> list[Fact]:
+        """Triples whose value is ``name`` and whose attribute, read backwards, answers ``wanted``:
+        most-cited subjects first, at most ``limit``."""
+        sources = self.kb.schema.reverse_sources(wanted)
+        if not sources:
+            return []
+        rows = self.kb.conn.execute(
+            "SELECT e.name, t.attribute, t.relation FROM triples t JOIN entities e ON e.id = t.subject_id "
+            f"WHERE t.value = ? AND t.attribute IN ({','.join('?' * len(sources))}) ORDER BY t.id",
+            (name, *sources)).fetchall()
+        rank, prom = self.kb.schema.relation_rank, self.prominence
+        best: dict[str, tuple] = {}
+        for subject, attr, rel in rows:  # one fact per subject: its primary relation
+            key = (rank.get(rel, 99), -prom.get(subject, 0))
+            if subject not in best or key < best[subject][0]:
+                best[subject] = (key, attr, rel)
+        ordered = sorted(best.items(), key=lambda kv: kv[1][0])[:limit]
+        return [Fact(s, attr, rel, name, "reverse", name) for s, (_k, attr, rel) in ordered]
+
+    # -- drugs of a disease -> the drug's own facts -------------------------------------------
+    def product_for(self, drug: str) -> str | None:
+        """The subject entity that holds a drug's own facts: the drug itself, else the shortest-named
+        product whose 成份 is the drug and whose name contains it (布洛芬 -> 布洛芬片)."""
+        if drug not in self._products:
+            row = self.row(drug)
+            if row and row[1]:
+                self._products[drug] = drug
+            else:
+                hit = self.kb.conn.execute(
+                    "SELECT e.name FROM triples t JOIN entities e ON e.id = t.subject_id WHERE t.value = ? "
+                    "AND t.attribute = 'ingredients' AND instr(e.name, ?) > 0 ORDER BY length(e.name), e.id LIMIT 1",
+                    (drug, drug)).fetchone()
+                self._products[drug] = hit[0] if hit else None
+        return self._products[drug]
+
+    # -- symptoms -> candidate diseases (and drugs indicated for them) -----------------------------
+    def names_of(self, etype: str) -> dict[int, str]:
+        """Subject entities of a type, by id."""
+        if etype not in self._names:
+            self._names[etype] = dict(self.kb.conn.execute(
+                "SELECT id, name FROM entities WHERE type = ? AND is_subject = 1", (etype,)))
+        return self._names[etype]
+
+    def listing(self, value: str, attribute: str = "symptoms", etype: str = "disease") -> dict[int, str]:
+        """Subjects of ``etype`` (by id) whose ``attribute`` lists ``value``, with the relation that lists
+        it. All listings of an attribute are read in one pass on first use (CMeKG: ~100k symptom triples,
+        a fraction of a second)."""
+        key = (attribute, etype)
+        if key not in self._listings:
+            names, rank = self.names_of(etype), self.kb.schema.relation_rank
+            listings: dict[str, dict[int, str]] = defaultdict(dict)
+            for val, sid, rel in self.kb.conn.execute(
+                    "SELECT value, subject_id, relation FROM triples WHERE attribute = ? ORDER BY id", (attribute,)):
+                if sid in names:
+                    held = listings[val].get(sid)
+                    if held is None or rank.get(rel, 99) < rank.get(held, 99):
+                        listings[val][sid] = rel
+            self._listings[key] = dict(listings)
+        return self._listings[key].get(value, {})
+
+    def overlap(self, values: list[str], negated: list[str], attribute: str, etype: str,
+                limit: int) -> list[tuple[str, int, float, dict[str, str], list[str]]]:
+        """Subjects whose ``attribute`` lists the most of ``values``, best first: (name, matched count,
+        score, {value: relation}, negated values it lists). Ranked by the number matched, then by the
+        sum of IDF of the matched values minus that of the negated values the subject lists (a negated
+        value is never evidence), then by how often the KB cites the subject."""
+        n = max(len(self.names_of(etype)), 1)
+        idf = lambda listing: math.log(1 + n / len(listing)) if listing else 0.0  # noqa: E731
+        given = [(v, listing, idf(listing)) for v in list(dict.fromkeys(values))[:MAX_DESCRIBED]
+                 for listing in [self.listing(v, attribute, etype)]]
+        against_given = [(v, listing, idf(listing)) for v in dict.fromkeys(negated)
+                         for listing in [self.listing(v, attribute, etype)]]
+        names, prom = self.names_of(etype), self.prominence_by_id
+        groups: list[tuple[int, float, frozenset[str], set[int]]] = []  # (matched, score, negated, subjects)
+        keys = [listing.keys() for _v, listing, _w in given]
+        for k in range(len(given), 0, -1):  # subjects that list exactly these values share one score
+            for combo in combinations(range(len(given)), k):
+                members = set(keys[combo[0]]).intersection(*(keys[i] for i in combo[1:]))
+                members.difference_update(*(keys[i] for i in range(len(given)) if i not in combo))
+                base = sum(given[i][2] for i in combo)
+                for part, against in _split(members, against_given):
+                    score = base - sum(w for v, _l, w in against_given if v in against)
+                    if part and score > 0:
+                        groups.append((k, score, against, part))
+            if sum(len(g[3]) for g in groups) >= limit:
+                break
+        groups.sort(key=lambda g: (-g[0], -g[1]))
+        out: list[tuple[str, int, float, dict[str, str], list[str]]] = []
+        for matched, score, against, members in groups:  # most cited first, then by id
+            for sid in heapq.nlargest(limit - len(out), sorted(members), key=prom.get):
+                out.append((names[sid], matched, score, {v: listing[sid] for v, listing, _w in given if sid in listing},
+                            [v for v, _l, _w in against_given if v in against]))
+            if len(out) >= limit:
+                break
+        return out
+
+    @property
+    def prominence_by_id(self) -> dict[int, int]:
+        """:attr:`prominence` keyed by entity id (a plain ``dict.get`` ranks thousands of ties fast)."""
+        if self._prominence_id is None:
+            prom = self.prominence
+            self._prominence_id = {eid: prom.get(name, 0) for eid, name in self.kb.conn.execute(
+                "SELECT id, name FROM entities WHERE is_subject = 1")}
+        return self._prominence_id
+
+    def candidates(self, symptoms: list[str], negated: list[str]) -> tuple[list[dict], dict[str, dict[str, str]]]:
+        """Candidate diseases for described symptoms (see :meth:`overlap`), best first, and the evidence
+        relation of each matched symptom per disease."""
+        ranked = self.overlap(symptoms, negated, "symptoms", "disease", MAX_CANDIDATES)
+        out = [{"disease": d, "score": round(score, 3), "evidence": list(ev), "negated": neg,
+                "confident": matched >= MIN_EVIDENCE} for d, matched, score, ev, neg in ranked]
+        return out, {d: ev for d, _m, _s, ev, _n in ranked}
+
+
+def _split(members: set[int], against: list[tuple[str, dict, float]]) -> list[tuple[set[int], frozenset[str]]]:
+    """``members`` split by which negated values' listings they are in: [(part, those values)]."""
+    parts = [(members, frozenset())]
+    for v, listing, _w in against:
+        keys = listing.keys()
+        parts = [piece for part, neg in parts
+                 for piece in ((part - keys, neg), (part & keys, neg | {v}))]
+    return parts
+
+
+def _asked_groups(groups: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    return [g for g in ([a for a in g if a != ALIAS] for g in groups) if g]
+
+
+def _direct(kb, entity_id: int, name: str, etype: str, asked: list[tuple[str, ...]], max_values: int | None,
+            via: str = "direct", anchor: str = "") -> list[Fact]:
+    """An entity's asked attributes (per cue group, the first one it has), else its type's defaults."""
+    if not asked:
+        found = kb._facts_by_id(entity_id, name, kb.schema.defaults_for(etype), max_values)
+    else:
+        found = kb._facts_by_id(entity_id, name, [a for g in asked for a in g], max_values)
+        present = {f.attribute for f in found}
+        chosen = {next((a for a in g if a in present), None) for g in asked}
+        found = [f for f in found if f.attribute in chosen]
+    if via == "direct" and not anchor:
+        return found
+    return [Fact(f.entity, f.attribute, f.relation, f.value, via, anchor) for f in found]
+
+
+def _reverse(kb, name: str, etype: str, asked: list[tuple[str, ...]], limit: int) -> list[Fact]:
+    """Reverse facts for a value entity: per cue group the first attribute that finds any, else the
+    type's defaults, each that finds any."""
+    look = kb.lookups
+    facts: list[Fact] = []
+    for group in asked or [(a,) for a in kb.schema.defaults_for(etype)]:
+        for wanted in group:
+            found = look.reverse(name, wanted, limit)
+            if found:
+                facts.extend(found)
+                break
+    return facts
+
+
+def _value_drug(kb, name: str, asked: list[tuple[str, ...]], limit: int, max_values: int | None) -> list[Fact]:
+    """A drug named only as a value (布洛芬): per cue group, reverse facts where the inverse map answers
+    it (能治什么病 -> the diseases that list it), else the facts of the product that holds the drug
+    (布洛芬片, cited through its 成份; ``via="two_hop"``, anchor the drug)."""
+    look = kb.lookups
+    facts: list[Fact] = []
+    rest: list[tuple[str, ...]] = []
+    for group in asked or [(a,) for a in kb.schema.defaults_for("drug")]:
+        found = next((hit for hit in (look.reverse(name, w, limit) for w in group) if hit), [])
+        facts += found
+        if not found:
+            rest.append(group)
+    product = look.product_for(name) if rest else None
+    row = look.row(product) if product else None
+    if row and row[1]:
+        own = _direct(kb, row[0], product, "drug", rest, max_values, "two_hop", name)
+        if own:
+            facts += [Fact(product, "ingredients", "成份", name, "two_hop", name)] + own
+    return facts
+
+
+def _two_hop(kb, disease: str, disease_id: int, wanted: list[str], max_values: int | None) -> list[Fact]:
+    """The disease's drugs (the first hop, cited) and the asked drug attributes of up to
+    :data:`TWO_HOP_DRUGS` of them (the second hop), each reached through the product that holds them."""
+    look = kb.lookups
+    facts: list[Fact] = []
+    followed = 0
+    for hop in kb._facts_by_id(disease_id, disease, ["drugs"], None)[:40]:
+        product = look.product_for(hop.value)
+        row = look.row(product) if product else None
+        if row is None:
+            continue
+        own = kb._facts_by_id(row[0], product, wanted, max_values)
+        if not own:
+            continue
+        facts.append(Fact(hop.entity, hop.attribute, hop.relation, hop.value, "two_hop", hop.value))
+        if product != hop.value:
+            facts.append(Fact(product, "ingredients", "成份", hop.value, "two_hop", hop.value))
+        facts.extend(Fact(f.entity, f.attribute, f.relation, f.value, "two_hop", hop.value) for f in own)
+        followed += 1
+        if followed >= TWO_HOP_DRUGS:
+            break
+    return facts
+
+
+def _symptom_facts(kb, candidates: list[dict], evidence: dict[str, dict[str, str]],
+                   asked: list[tuple[str, ...]], max_values: int | None) -> list[Fact]:
+    """Evidence triples and asked attributes of the best candidates that have them. When some candidate
+    is confident, only confident ones are used; weak ones (one matched symptom) only ever give where to
+    go and what to check (:data:`WEAK_ATTRIBUTES`), never drugs or treatments."""
+    look = kb.lookups
+    facts: list[Fact] = []
+    wanted = asked or [(a,) for a in SYMPTOM_DEFAULT]
+    any_confident = any(c["confident"] for c in candidates)
+    taken = 0
+    for cand in candidates:  # the best candidates that have what is asked (a 科室 for 挂什么科)
+        if any_confident and not cand["confident"]:
+            break
+        want = wanted if cand["confident"] else [g for g in wanted if set(g) & WEAK_ATTRIBUTES]
+        if not want:
+            break
+        disease = cand["disease"]
+        anchor = "、".join(cand["evidence"])
+        row = look.row(disease)
+        own = _direct(kb, row[0], disease, "disease", want, max_values, "symptom", anchor) if row else []
+        if not own:
+            continue
+        facts.extend(Fact(disease, "symptoms", rel, s, "symptom", anchor) for s, rel in evidence[disease].items())
+        facts.extend(own)
+        taken += 1
+        if taken >= TOP_CANDIDATES:
+            break
+    return facts
+
+
+def _indicated_drugs(kb, symptoms: list[str], negated: list[str]) -> list[Fact]:
+    """Drugs whose 适应症 list the most of the described symptoms (all of them when some do), cited
+    backwards: (布洛芬片, 适应症, 头痛), ``via="reverse"``, anchor the symptoms matched."""
+    ranked = kb.lookups.overlap(symptoms, negated, "indications", "drug", TOP_DRUGS)
+    best = ranked[0][1] if ranked else 0
+    facts: list[Fact] = []
+    for drug, matched, _score, ev, _neg in ranked:
+        if matched < best:
+            break
+        facts.extend(Fact(drug, "indications", rel, s, "reverse", "、".join(ev)) for s, rel in ev.items())
+    return facts
+
+
+def _two_hop_wanted(asked: list[tuple[str, ...]], found: list[Fact]) -> list[str]:
+    """Drug attributes to follow from a disease to its drugs: asked together with drugs, in a cue group
+    the disease's own facts left unanswered (不舒服 of a disease is its symptoms, not adverse reactions)."""
+    if not any("drugs" in g for g in asked):
+        return []
+    present = {f.attribute for f in found}
+    return [a for g in asked if not present & set(g) for a in g if a in DRUG_ATTRIBUTES]
+
+
+def _history_mentions(kb, history: list[str] | None) -> list[Mention]:
+    """The entities of the latest earlier turn that names any (offsets index that turn)."""
+    for turn in reversed(history or []):
+        if isinstance(turn, str) and turn.strip():
+            found = [m for m in kb.find_entities(turn) if not getattr(m, "negated", False)]
+            if found:
+                return found
+    return []
+
+
+def _described_symptoms(kb, named: list[Mention], rows: dict) -> list[str]:
+    """The symptoms a question describes: value-only symptom mentions, and when there is one of those,
+    also the named subjects that diseases list as symptoms (胸痛, 腹泻 have entries of their own in CMeKG:
+    "胸痛，大汗，有濒死感" describes three symptoms), unless some other subject is named."""
+    plain = [m.name for m in named if m.type == "symptom" and not (rows[m.name] and rows[m.name][1])]
+    if not plain:
+        return []
+    look = kb.lookups
+    subjects = [m.name for m in named if m.name not in plain and rows[m.name] and rows[m.name][1]]
+    listed = [n for n in subjects if look.listing(n)]
+    return plain if len(listed) < len(subjects) else [m.name for m in named if m.name in plain or m.name in listed]
+
+
+def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_values: int | None,
+            via: str) -> tuple[list[Fact], list[dict]]:
+    look = kb.lookups
+    limit = max_values or REVERSE_LIMIT
+    negated = list(dict.fromkeys(m.name for m in mentions if getattr(m, "negated", False)))
+    named = [m for m in dict((m.name, m) for m in mentions).values() if m.name not in negated]
+    rows = {m.name: look.row(m.name) for m in named}
+    symptoms = _described_symptoms(kb, named, rows)
+    facts: list[Fact] = []
+    answered: set[str] = set()
+    for m in named:
+        row = rows[m.name]
+        if row is None or m.name in symptoms:
+            continue
+        if row[1]:
+            found = _direct(kb, row[0], m.name, m.type, asked, max_values, via, m.name if via != "direct" else "")
+            hops = _two_hop_wanted(asked, found) if m.type == "disease" else []
+            if hops:
+                found += _two_hop(kb, m.name, row[0], hops, max_values)
+            if not found and asked:
+                found = _reverse(kb, m.name, m.type, asked, limit)
+        elif m.type == "drug":
+            found = _value_drug(kb, m.name, asked, limit, max_values)
+        else:
+            found = _reverse(kb, m.name, m.type, asked, limit)
+        if found:
+            answered.add(m.name)
+        facts.extend(found)
+    candidates: list[dict] = []
+    about = answered | {m.name for m in named if m.name not in symptoms and rows[m.name] and rows[m.name][1]}
+    if symptoms and not about:
+        # symptoms next to an entity the question is about (布洛芬缓释胶囊会引起头痛恶心吗) are no description;
+        # one symptom asked about directly ("头痛吃什么药") is answered backwards when the KB can;
+        # several, or one the KB cannot answer backwards, are a description: candidate diseases
+        reverse = _reverse(kb, symptoms[0], "symptom", asked, limit) if len(symptoms) == 1 and asked else []
+        if reverse:
+            facts.extend(reverse)
+        else:
+            candidates, evidence = look.candidates(symptoms, negated)
+            if any("drugs" in g for g in asked):  # drugs indicated for the symptoms, not the candidates' drugs
+                facts.extend(_indicated_drugs(kb, symptoms, negated))
+                asked = [g for g in asked if "drugs" not in g] or [(a,) for a in SYMPTOM_DEFAULT]
+            facts.extend(_symptom_facts(kb, candidates, evidence, asked, max_values))
+    return facts, candidates
+
+
+def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | None = None) -> LinkResult:
+    """Entities, asked attributes, facts and (for symptom descriptions) candidate diseases for ``text``."""
+    linker = kb.linker
+    mentions = linker.find_entities(text)
+    groups = linker.detect_attribute_groups(text, mentions)
+    attributes = flatten(groups)
+    asked = _asked_groups(groups)
+    via = "direct"
+    if not mentions and history:
+        mentions = _history_mentions(kb, history)
+        via = "history"
+    candidates: list[dict] = []
+    if mentions:
+        facts, candidates = _lookup(kb, mentions, asked, max_values, via)
+    else:
+        facts = kb.lookups.lexical.search(kb, text, asked, max_values)
+    return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts)
