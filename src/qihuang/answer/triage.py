@@ -22,6 +22,8 @@ How a match is read (the file's ``negation`` and ``context`` sections hold the c
   or preventive sentence ("如果/万一…", "怎么预防/防止…"), is a general question. "被蛇咬了应该怎么急救" is general,
   "我爸刚才被蛇咬了" is an emergency; "胸口疼得厉害怎么办" (no subject, no knowledge cue) fires,
   because patients often drop the subject. Refusals, and rules marked ``always``, ignore this.
+- **Known misspellings** (``typos`` in the file: homophones such as 农要 → 农药, variant characters
+  such as 睪 → 睾) are corrected before matching.
 - **Earlier turns count.** ``triage(text, history=[...])`` reads the earlier user turns with the
   current one (each turn its own sentences), so a red flag told two turns ago still leads the answer.
 """
@@ -101,6 +103,14 @@ class RuleSet:
     negation: re.Pattern | None
     context: Context | None = None
     source: str = ""
+    typos: dict[str, str] = field(default_factory=dict)
+    typo_pattern: re.Pattern | None = None
+
+    def fix_typos(self, text: str) -> str:
+        """``text`` with the file's known misspellings (homophones, variant characters) corrected."""
+        if self.typo_pattern is None:
+            return text
+        return self.typo_pattern.sub(lambda m: self.typos[m.group(0)], text)
 
 
 def _compile(pattern, where: str) -> re.Pattern:
@@ -160,6 +170,15 @@ def _parse_context(raw, path: Path) -> Context | None:
     return Context(_compile(raw["general"], f"{where}.general"), _compile(raw["anchors"], f"{where}.anchors"), **opt)
 
 
+def _parse_typos(raw, path: Path) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and k and isinstance(v, str) and v
+                                            for k, v in raw.items()):
+        raise ConfigError(f"{path}: field 'typos' must map misspellings to corrections (non-empty strings)")
+    return {normalize(k): normalize(v) for k, v in raw.items()}
+
+
 def load_rules(path: str | Path | None = None) -> RuleSet:
     """Parse and validate a red-flag rule file (default: the packaged ``red_flags.yaml``)."""
     path = Path(path) if path else resource("red_flags.yaml")
@@ -178,8 +197,10 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise ConfigError(f"{path}: duplicate rule ids {dupes}")
+    typos = _parse_typos(data.get("typos"), path)
+    typo_pattern = re.compile("|".join(map(re.escape, sorted(typos, key=len, reverse=True)))) if typos else None
     return RuleSet(rules, messages, _parse_negation(data.get("negation"), path),
-                   _parse_context(data.get("context"), path), str(data.get("source", "")))
+                   _parse_context(data.get("context"), path), str(data.get("source", "")), typos, typo_pattern)
 
 
 @lru_cache(maxsize=4)
@@ -255,7 +276,7 @@ def triage(text: str, rules: RuleSet | None = None, history: list[str] | None = 
     them still counts (each turn is read as its own sentences, negation never crosses turns)."""
     rules = rules or _default_rules(None)
     turns = [t for t in (history or []) if isinstance(t, str) and t.strip()] + [text or ""]
-    t = _Text("\n".join(normalize(x) for x in turns), rules)
+    t = _Text(rules.fix_typos("\n".join(normalize(x) for x in turns)), rules)
     fired = [r for r in rules.rules if _fires(r, t)]
     if not fired:
         return Triage()
