@@ -24,6 +24,9 @@ How a match is read (the file's ``negation`` and ``context`` sections hold the c
   because patients often drop the subject. Refusals, and rules marked ``always``, ignore this.
 - **Known misspellings** (``typos`` in the file: homophones such as 农要 → 农药, variant characters
   such as 睪 → 睾) are corrected before matching.
+- **A learned backstop** (``answer/triage_model.py``) catches wording no pattern knows: when no
+  red-flag rule fired, a classifier trained on qihuang's own labelled questions may still raise
+  ``emergency`` (rule id ``learned_backstop``), with the threshold of the file's ``model``.
 - **Earlier turns count.** ``triage(text, history=[...])`` reads the earlier user turns with the
   current one (each turn its own sentences), so a red flag told two turns ago still leads the answer.
 """
@@ -105,6 +108,9 @@ class RuleSet:
     source: str = ""
     typos: dict[str, str] = field(default_factory=dict)
     typo_pattern: re.Pattern | None = None
+    backstop: Rule | None = None
+    threshold: float = 1.0
+    model_c: float = 1.0
 
     def fix_typos(self, text: str) -> str:
         """``text`` with the file's known misspellings (homophones, variant characters) corrected."""
@@ -179,6 +185,25 @@ def _parse_typos(raw, path: Path) -> dict[str, str]:
     return {normalize(k): normalize(v) for k, v in raw.items()}
 
 
+def _parse_model(raw, path: Path) -> tuple[Rule | None, float, float]:
+    """The ``model`` section: the learned backstop's threshold, C, label and advice."""
+    if raw is None:
+        return None, 1.0, 1.0
+    where = f"{path}: model"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with threshold, c, label, advice")
+    for key in ("label", "advice"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"{where}: field {key!r} is required (a string)")
+    for key in ("threshold", "c"):
+        if not isinstance(raw.get(key), (int, float)) or isinstance(raw.get(key), bool) or raw[key] <= 0:
+            raise ConfigError(f"{where}: field {key!r} must be a positive number")
+    if raw["threshold"] > 1:
+        raise ConfigError(f"{where}: field 'threshold' must be at most 1")
+    rule = Rule("learned_backstop", "emergency", raw["label"], raw["advice"], (), source="triage_model")
+    return rule, float(raw["threshold"]), float(raw["c"])
+
+
 def load_rules(path: str | Path | None = None) -> RuleSet:
     """Parse and validate a red-flag rule file (default: the packaged ``red_flags.yaml``)."""
     path = Path(path) if path else resource("red_flags.yaml")
@@ -200,7 +225,8 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
     typos = _parse_typos(data.get("typos"), path)
     typo_pattern = re.compile("|".join(map(re.escape, sorted(typos, key=len, reverse=True)))) if typos else None
     return RuleSet(rules, messages, _parse_negation(data.get("negation"), path),
-                   _parse_context(data.get("context"), path), str(data.get("source", "")), typos, typo_pattern)
+                   _parse_context(data.get("context"), path), str(data.get("source", "")), typos, typo_pattern,
+                   *_parse_model(data.get("model"), path))
 
 
 @lru_cache(maxsize=4)
@@ -258,6 +284,17 @@ def _fires(rule: Rule, t: _Text) -> bool:
     return not all(t.general(p) for p in positions)
 
 
+def _backstop(t: _Text, rules: RuleSet) -> Rule | None:
+    """The learned backstop's rule (at its predicted level) when it fires on a non-general text."""
+    if rules.backstop is None or all(t.general(p) for p in t.sentences if p < len(t.text)):
+        return None
+    from qihuang.answer.triage_model import default_model, red_flag_probability
+
+    if red_flag_probability(default_model(None, rules.model_c), t.text) < rules.threshold:
+        return None
+    return rules.backstop
+
+
 def _message(level: str, fired: list[Rule], rules: RuleSet) -> str:
     top = [r for r in fired if r.level == level]
     labels = "、".join(dict.fromkeys(r.label for r in top))
@@ -278,6 +315,9 @@ def triage(text: str, rules: RuleSet | None = None, history: list[str] | None = 
     turns = [t for t in (history or []) if isinstance(t, str) and t.strip()] + [text or ""]
     t = _Text(rules.fix_typos("\n".join(normalize(x) for x in turns)), rules)
     fired = [r for r in rules.rules if _fires(r, t)]
+    if not any(r.level != "refuse" for r in fired):
+        backstop = _backstop(t, rules)
+        fired += [backstop] if backstop is not None else []
     if not fired:
         return Triage()
     level = max((r.level for r in fired), key=_SEVERITY.__getitem__)
