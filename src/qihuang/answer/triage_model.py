@@ -55,7 +55,7 @@ def build(texts: list[str], labels: list[str], c: float = 4.0):
     from sklearn.pipeline import make_pipeline
 
     model = make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=1),
-                          LogisticRegression(C=c, class_weight="balanced", solver="liblinear"))
+                          LogisticRegression(C=c, class_weight="balanced", solver="liblinear", random_state=0))
     return model.fit([strip_negated(t) for t in texts], [label != "none" for label in labels])
 
 
