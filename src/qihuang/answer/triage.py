@@ -322,3 +322,13 @@ def triage(text: str, rules: RuleSet | None = None, history: list[str] | None = 
         return Triage()
     level = max((r.level for r in fired), key=_SEVERITY.__getitem__)
     return Triage(level=level, message=_message(level, fired, rules), matched=[r.id for r in fired])
+
+
+def warm(rules: RuleSet | None = None) -> None:
+    """Compile the rules and train the learned backstop now (a server calls this at start-up, so the
+    first question does not wait for it)."""
+    rules = rules or _default_rules(None)
+    if rules.backstop is not None:
+        from qihuang.answer.triage_model import default_model
+
+        default_model(None, rules.model_c)
