@@ -3,14 +3,16 @@
 Trained on the data-building question phrasings (``resources/phrasings.yaml``: every patient, clinician
 and follow-up wording of every attribute, with the entity masked) plus the overview wordings of
 ``lexicon.yaml`` (``intent.none``: questions that ask nothing specific), as scikit-learn character
-1-3-gram TF-IDF and one logistic regression per attribute (multi-label, one-vs-rest). It is trained at
+1-3-gram TF-IDF and one logistic regression per attribute (multi-label, one-vs-rest,
+liblinear, balanced class weights; the overview wordings are a label of their own). It is trained at
 first use and cached under ``$QIHUANG_HOME/cache`` keyed by a hash of its training inputs (a second
 process loads it in milliseconds); scoring is done with the learned weights directly (numpy), tens of
 microseconds per question.
 
 How :meth:`qihuang.kb.link.Linker.detect_attribute_groups` combines it with the cues: cues win when
-any fires; otherwise the attributes the detector gives at least ``intent.threshold`` probability form
-one group of alternatives, most probable first (the first one the entity has is meant).
+any fires; otherwise the (at most two) attributes the detector gives at least ``intent.threshold``
+probability form one group of alternatives, most probable first (the first one the entity has is meant),
+unless the overview label is at least as probable as the best of them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import hashlib
 import json
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ import numpy as np
 from qihuang.kb.normalize import normalize
 
 MASK = "□"  # stands for the entity mention, in training and in use
+NONE = "_none"  # the label of overview wordings: asks for no particular attribute
 _SPACES = re.compile(r"\s\s+")
 _MEMO: dict[str, "IntentDetector"] = {}
 
@@ -82,10 +84,10 @@ class IntentDetector:
 
         texts = [t for t, _ in examples]
         binarizer = MultiLabelBinarizer()
-        y = binarizer.fit_transform([[a] if a else [] for _, a in examples])
+        y = binarizer.fit_transform([[a or NONE] for _, a in examples])
         vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, lowercase=False)
         x = vec.fit_transform(texts)
-        model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=2000)).fit(x, y)
+        model = OneVsRestClassifier(LogisticRegression(C=c, solver="liblinear", class_weight="balanced")).fit(x, y)
         coef = np.stack([est.coef_[0] for est in model.estimators_], axis=1)
         intercept = np.array([est.intercept_[0] for est in model.estimators_])
         return cls(dict(vec.vocabulary_), vec.idf_.astype(np.float64), coef, intercept,
@@ -130,14 +132,15 @@ class IntentDetector:
     def probabilities(self, masked: str) -> dict[str, float]:
         """Probability of each attribute for an already masked, normalized question."""
         text = _SPACES.sub(" ", masked)
-        counts = Counter(text[i:i + n] for n in range(self.ngram[0], self.ngram[1] + 1)
-                         for i in range(len(text) - n + 1))
-        idx, weights = [], []
-        for gram, tf in counts.items():
-            j = self.vocabulary.get(gram)
-            if j is not None:
-                idx.append(j)
-                weights.append((1.0 + math.log(tf)) * self.idf[j])
+        vocab = self.vocabulary
+        counts: dict[int, int] = {}
+        for n in range(self.ngram[0], self.ngram[1] + 1):
+            for i in range(len(text) - n + 1):
+                j = vocab.get(text[i:i + n])
+                if j is not None:
+                    counts[j] = counts.get(j, 0) + 1
+        idx = list(counts)
+        weights = [(1.0 + math.log(tf)) * self.idf[j] for j, tf in counts.items()]
         scores = self.intercept.copy()
         if idx:
             w = np.asarray(weights)
@@ -145,7 +148,10 @@ class IntentDetector:
         probs = 1.0 / (1.0 + np.exp(-scores))
         return dict(zip(self.labels, probs.tolist()))
 
-    def predict(self, masked: str) -> list[tuple[str, float]]:
-        """Attributes at or above the threshold, most probable first."""
+    def predict(self, masked: str, top: int = 2) -> list[tuple[str, float]]:
+        """Attributes at or above the threshold, most probable first (at most ``top``); nothing when the
+        overview label is at least as probable as the best attribute."""
         probs = self.probabilities(masked)
-        return sorted(((a, p) for a, p in probs.items() if p >= self.threshold), key=lambda x: -x[1])
+        none = probs.pop(NONE, 0.0)
+        found = sorted(((a, p) for a, p in probs.items() if p >= self.threshold), key=lambda x: -x[1])[:top]
+        return [] if not found or none >= found[0][1] else found
