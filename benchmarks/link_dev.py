@@ -5,7 +5,8 @@
 Per split: entity recall (gold entities found; a gold name counts as found when a mention names it, lists
 it among its forms, or is its drug stem), entity accuracy@1 (the first mention is the first gold entity),
 negation accuracy (per gold-entity mention), abstain (no-entity questions link nothing), and attribute
-precision / recall / F1 (micro; of a group of alternatives, the first attribute a linked subject has counts).
+precision / recall / F1 (micro; of a group of alternatives, the first attribute that a linked entity or
+one of its forms has counts).
 ``--sweep`` prints attribute P/R/F1 on the tune split for a range of detector thresholds, of the detector
 alone (cues off: how it does on wordings it was not trained on) and combined with the cues.
 """
@@ -30,7 +31,8 @@ def _matches(mention, gold: str, forms) -> bool:
 
 
 def _effective(kb: KnowledgeBase, groups, mentions) -> set[str]:
-    subjects = [m.name for m in mentions if kb.entity_type(m.name) and kb.facts(m.name, max_values=1)]
+    names = dict.fromkeys(n for m in mentions for n in (m.name, *m.forms))
+    subjects = [n for n in names if kb.facts(n, max_values=1)]
     out = set()
     for group in groups:
         having = [a for a in group if any(kb.facts(s, [a], max_values=1) for s in subjects)]
@@ -101,11 +103,11 @@ def main() -> None:
         linker.intent = None
     if args.sweep:
         tune = [r for r in rows if r["split"] == "tune"]
-        for th in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        for th in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7):
             alone = evaluate(kb, tune, detector.with_threshold(th))
             linker.intent = detector.with_threshold(th)
             res = evaluate(kb, tune)
-            print(f"threshold {th:.1f}: detector alone P {alone['attr_precision']:.3f} R {alone['attr_recall']:.3f} "
+            print(f"threshold {th:.2f}: detector alone P {alone['attr_precision']:.3f} R {alone['attr_recall']:.3f} "
                   f"F1 {alone['attr_f1']:.3f} | cues + detector F1 {res['attr_f1']:.3f}")
         linker.intent = detector
     splits = ["tune", "held"] if args.split == "all" else [args.split]

@@ -24,8 +24,11 @@ def _leftmost_longest(matches: list[tuple[int, int, object]]) -> list[tuple[int,
     return sorted(taken, key=lambda m: m[0])
 
 
-# Tiers of a surface's candidates (higher wins): what a written name most likely means.
-SUBJECT, COLLOQUIAL, ALIAS_SUBJECT, STEM, VALUE, ALIAS_VALUE = 6, 5, 4, 3, 2, 1
+# Tiers of a surface's candidates (higher wins): what a written name most likely means. A drug stem
+# (阿莫西林 of 阿莫西林胶囊) links to the product only where the KB has no node of that name; where it has
+# one (a value node: 布洛芬, cited by the diseases it treats), the node is linked and the products are
+# listed in ``Mention.forms`` (for questions only a product answers: 布洛芬的副作用).
+SUBJECT, COLLOQUIAL, ALIAS_SUBJECT, VALUE, STEM, ALIAS_VALUE = 6, 5, 4, 3, 2, 1
 _SEPARATORS = frozenset("、和及与或跟 ")
 _CLAUSE_END = frozenset("，,。.;；!！?？:：\n()（）")
 
@@ -35,12 +38,14 @@ class Linker:
 
     def __init__(self, entities: ahocorasick.Automaton, cues: ahocorasick.Automaton,
                  object_types: dict[str, str] | None = None, yields_to: dict[str, tuple[str, ...]] | None = None,
-                 negation: ahocorasick.Automaton | None = None, max_gap: int = 8, intent=None):
+                 negation: ahocorasick.Automaton | None = None, max_gap: int = 8, intent=None,
+                 drug_affixes: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())):
         self._entities, self._cues = entities, cues
         self._object_types = object_types or {}  # attribute -> type of its values ("examinations" -> examination)
         self._yields_to = yields_to or {}
         self._negation, self._max_gap = negation, max_gap
         self.intent = intent  # an IntentDetector (kb/intent.py) or None: cues only
+        self._affixes = drug_affixes  # salt / form words a drug mention's span grows over (盐酸…缓释片)
 
     @classmethod
     def build(cls, kb, intent: bool | object = True) -> "Linker":
@@ -68,26 +73,51 @@ class Linker:
         attributes = kb.schema.attributes
         return cls(entities, cues, {k: a.object_type for k, a in attributes.items() if a.object_type},
                    {k: a.yields_to for k, a in attributes.items() if a.yields_to},
-                   _negation_automaton(lexicon.negation), lexicon.negation.max_gap, intent or None)
+                   _negation_automaton(lexicon.negation), lexicon.negation.max_gap, intent or None,
+                   lexicon.drug_forms.affixes())
 
     def find_entities(self, text: str) -> list[Mention]:
         """Entity mentions, non-overlapping (longest first), each marked ``negated`` when a negation
         cue before it in its clause scopes over it."""
         norm = normalize(text)
         matches = []
-        for end, (length, is_ascii, name, etype, via_alias, forms) in self._entities.iter(norm):
+        for end, (length, is_ascii, name, etype, via_alias, forms, is_value) in self._entities.iter(norm):
             start = end - length + 1
             if is_ascii and ((start > 0 and norm[start - 1] in _ASCII_WORD) or
                              (end + 1 < len(norm) and norm[end + 1] in _ASCII_WORD)):
                 continue  # "CT" inside "ACTH" is not a mention
-            matches.append((start, end + 1, (name, etype, via_alias, forms)))
-        if any(e - s == 2 for s, e, _ in matches):
-            cuts = _word_cuts(norm)
-            matches = [m for m in matches if m[1] - m[0] != 2 or m[0] in cuts or m[1] in cuts]
-        spans = _leftmost_longest(matches)
+            matches.append((start, end + 1, (name, etype, via_alias, forms, is_value)))
+        spans = self._grow_drugs(norm, _leftmost_longest(matches))
         negated = self._negated(norm, spans) if spans and self._negation is not None else set()
         return [Mention(name, text[s:e], s, e, etype, via_alias, s in negated, forms)
-                for s, e, (name, etype, via_alias, forms) in spans]
+                for s, e, (name, etype, via_alias, forms, _v) in spans]
+
+    def _grow_drugs(self, norm: str, spans: list[tuple[int, int, tuple]]) -> list[tuple[int, int, tuple]]:
+        """A drug mention's span takes in the salt and form words around it, up to the neighbouring
+        mentions; a bare substance written with a form word means its product (盐酸二甲双胍缓释片: one
+        mention of 二甲双胍片, not of the value node 二甲双胍)."""
+        prefixes, suffixes = self._affixes
+        out = []
+        for i, (start, end, payload) in enumerate(spans):
+            if payload[1] == "drug":
+                low = spans[i - 1][1] if i else 0
+                high = spans[i + 1][0] if i + 1 < len(spans) else len(norm)
+                grown = True
+                while grown:
+                    grown = False
+                    for p in prefixes:
+                        if start - len(p) >= low and norm.startswith(p, start - len(p)):
+                            start, grown = start - len(p), True
+                            break
+                    for x in suffixes:
+                        if end + len(x) <= high and norm.startswith(x, end):
+                            end, grown = end + len(x), True
+                            break
+                name, etype, _via, forms, is_value = payload
+                if is_value and forms and (start, end) != (spans[i][0], spans[i][1]):
+                    payload = (forms[0], etype, True, (name, *forms[1:]), False)
+            out.append((start, end, payload))
+        return out
 
     def _negated(self, norm: str, spans: list[tuple[int, int, object]]) -> set[int]:
         """Starts of the spans a negation cue scopes over: the cue precedes the span in the same clause,
@@ -163,18 +193,6 @@ def flatten(groups: list[tuple[str, ...]]) -> list[str]:
     return list(dict.fromkeys(a for group in groups for a in group))
 
 
-def _word_cuts(norm: str) -> set[int]:
-    """Word boundaries of jieba's segmentation: a two-character name inside two words is no mention
-    (性病 in 持续性/病症)."""
-    import jieba
-
-    cuts, pos = {0}, 0
-    for word in jieba.cut(norm, HMM=False):
-        pos += len(word)
-        cuts.add(pos)
-    return cuts
-
-
 def _negation_automaton(negation) -> ahocorasick.Automaton:
     auto = ahocorasick.Automaton()
     for kind, words in (("cue", negation.cues), ("break", negation.breaks), ("other", negation.not_negating)):
@@ -220,16 +238,27 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
         for key in _stems(normalize(name), forms):
             written = nodes.get(key)
             if written is None or (not written[1] and written[0] == "drug"):
-                offer(key, (STEM, size, -len(name)), name, "drug", True)
+                offer(key, (STEM, size, -len(name)), name, "drug", True)  # products of one stem: richest first
 
+    for options in cands.values():
+        options.sort(key=lambda o: o[0], reverse=True)
+    # a value-only drug name whose stem names a product (盐酸二甲双胍 -> 二甲双胍 -> 二甲双胍片): its form
+    for key, options in cands.items():
+        rank, name, etype, _ = options[0]
+        if rank[0] == VALUE and etype == "drug" and not any(o[0][0] == STEM for o in options):
+            for stem in _stems(key, forms):
+                best = cands.get(stem, [((0,),)])[0]
+                if best[0][0] == STEM:
+                    options.append(best)
+                    break
     auto = ahocorasick.Automaton()
     for key, options in cands.items():
-        options.sort(key=lambda o: o[0], reverse=True)
         _rank, name, etype, via_alias = options[0]
         also = [n for r, n, _t, _a in options[1:] if r[0] in (STEM, VALUE) and n != name]
         if key in nodes and key != name and key not in noise:
             also.insert(0, key)
-        auto.add_word(key, (len(key), key.isascii(), name, etype, via_alias, tuple(dict.fromkeys(also))[:8]))
+        is_value = options[0][0][0] == VALUE
+        auto.add_word(key, (len(key), key.isascii(), name, etype, via_alias, tuple(dict.fromkeys(also))[:8], is_value))
     auto.make_automaton()
     return auto
 

@@ -169,16 +169,12 @@ class KnowledgeBase:
     def rare_values(self, min_support: int = 3) -> frozenset[str]:
         """Names that are only ever values (no entry of their own) and are cited by fewer than
         ``min_support`` triples. In CMeKG these are mostly extraction noise (结合, 常见的, 有疼痛,
-        哮喘等), not medical names: an answer that uses such a word names nothing. Targets of colloquial
-        names (``lexicon.yaml``: 失眠) are medical names however rare. On a large KB
-        :meth:`noise_names` contains these (for the default ``min_support``)."""
+        哮喘等), not medical names: an answer that uses such a word names nothing. On a large KB
+        :meth:`noise_names` contains these (default ``min_support``), less the targets of colloquial names."""
         if min_support not in self._rare:
-            from qihuang.kb.noise import protected_names
-
             subjects = {n for (n,) in self.conn.execute("SELECT name FROM entities WHERE is_subject = 1")}
-            keep = protected_names(self.conn)
             self._rare[min_support] = frozenset(
-                v for v, n in self._value_support().items() if n < min_support and v not in subjects and v not in keep)
+                v for v, n in self._value_support().items() if n < min_support and v not in subjects)
         return self._rare[min_support]
 
     def _value_support(self) -> dict[str, int]:
