@@ -96,15 +96,16 @@ class IntentDetector:
     @classmethod
     def default(cls) -> "IntentDetector":
         """The detector for the shipped phrasings: from memory, else the cache file, else trained now."""
+        from importlib.metadata import version
+
         import joblib
-        import sklearn
 
         from qihuang.kb.lexicon import load_lexicon
         from qihuang.paths import home
 
         cfg = load_lexicon().intent
         examples = training_examples()
-        key = hashlib.sha256(json.dumps([examples, cfg.c, sklearn.__version__], ensure_ascii=False)
+        key = hashlib.sha256(json.dumps([examples, cfg.c, version("scikit-learn")], ensure_ascii=False)
                              .encode("utf-8")).hexdigest()[:16]
         if key in _MEMO:
             return _MEMO[key].with_threshold(cfg.threshold)
