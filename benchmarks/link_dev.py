@@ -1,6 +1,6 @@
 """Linking and intent figures on the linking helper's own dev questions (tests/fixtures/retrieval_dev_link.jsonl).
 
-    QIHUANG_HOME=/work/qh python benchmarks/link_dev.py [--split tune|held|all] [--no-intent] [--sweep]
+    QIHUANG_HOME=/work/qh python benchmarks/link_dev.py [--db KB] [--split tune|held|all] [--no-intent] [--sweep]
 
 Per split: entity recall (gold entities found; a gold name counts as found when a mention names it, lists
 it among its forms, or is its drug stem), entity accuracy@1 (the first mention is the first gold entity),
@@ -91,10 +91,11 @@ def main() -> None:
     ap.add_argument("--split", default="all", choices=["tune", "held", "all"])
     ap.add_argument("--no-intent", action="store_true", help="cues alone (no learned detector)")
     ap.add_argument("--sweep", action="store_true", help="attribute F1 on the tune split per threshold")
-    ap.add_argument("--errors", action="store_true")
+    ap.add_argument("--errors", action="store_true", help="list every miss")
+    ap.add_argument("--db", help="KB file (default: $QIHUANG_HOME/kb.sqlite)")
     args = ap.parse_args()
     rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kb = KnowledgeBase.open()
+    kb = KnowledgeBase.open(args.db)
     t0 = time.perf_counter()
     linker = kb.linker
     print(f"linker built in {time.perf_counter() - t0:.1f} s")
