@@ -15,15 +15,20 @@ entry of its own) and is not the target of a colloquial name (``lexicon.yaml``),
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from qihuang.kb.lexicon import NoiseRule, load_lexicon
 
 
 def word_frequencies(words: Iterable[str]) -> tuple[dict[str, int], int]:
     """jieba dictionary frequency of each of ``words`` that it lists, and the dictionary's total."""
+    return _frequencies(frozenset(words))
+
+
+@lru_cache(maxsize=4)
+def _frequencies(wanted: frozenset[str]) -> tuple[dict[str, int], int]:
     import jieba
 
-    wanted = set(words)
     found: dict[str, int] = {}
     total = 0
     with jieba.dt.get_dict_file() as fh:
