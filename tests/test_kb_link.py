@@ -128,3 +128,21 @@ def test_the_linker_excludes_noise_names(tiny_db):
         assert [m.name for m in kb.find_entities("胸闷、心悸")] == ["心悸"]
     finally:
         kb.close()
+
+
+def test_linking_data_is_cached_per_kb_content(tmp_path, qihuang_home, monkeypatch):
+    import qihuang.kb.link as link_mod
+    from qihuang.kb import KnowledgeBase
+
+    db = tmp_path / "kb.sqlite"
+    make_tiny_kb(db).close()
+    with KnowledgeBase.open(db) as first:
+        Linker.build(first, intent=False)
+    assert {p.name.split("-")[0] for p in (qihuang_home / "cache").glob("*.pkl")} == {"noise", "entities"}
+    monkeypatch.setattr(link_mod, "_entity_automaton", lambda *a: pytest.fail("rebuilt"))
+    with KnowledgeBase.open(db) as again:  # same content: loaded, not rebuilt
+        assert Linker.build(again, intent=False).find_entities("头疼")[0].name == "头痛"
+    monkeypatch.undo()
+    with KnowledgeBase.open(db) as changed:  # new content: a new key
+        changed.conn.execute("INSERT INTO entities (name, type, is_subject) VALUES ('新病', 'disease', 1)")
+        assert Linker.build(changed, intent=False).find_entities("新病")[0].name == "新病"

@@ -53,8 +53,10 @@ class Linker:
         False uses the cue lexicon alone, or pass a ready :class:`~qihuang.kb.intent.IntentDetector`."""
         from qihuang.kb.lexicon import load_lexicon
 
+        from qihuang.kb.cache import cached, digest
+
         lexicon = load_lexicon()
-        entities = _entity_automaton(kb, lexicon)
+        entities = cached(kb, "entities", lambda: _entity_automaton(kb, lexicon), extra=digest(kb.noise_names()))
         # a cue names one attribute, or (shared_cues) alternatives: the first one an entity has is meant
         cue_map: dict[str, list[str]] = {}
         for key, attr in kb.schema.attributes.items():

@@ -192,9 +192,12 @@ class KnowledgeBase:
             from qihuang.kb.lexicon import load_lexicon
             from qihuang.kb.noise import compute_noise
 
+            from qihuang.kb.cache import cached
+
             rule = load_lexicon().noise
-            self._noise = compute_noise(self.conn, self.schema.link_stopwords, self.rare_values(rule.min_support),
-                                        rule, support=self._value_support())
+            self._noise = cached(self, "noise", lambda: compute_noise(
+                self.conn, self.schema.link_stopwords, self.rare_values(rule.min_support), rule,
+                support=self._value_support()))
         return self._noise
 
     def entity_names(self, type: str | None = None, subjects_only: bool = True) -> list[str]:
