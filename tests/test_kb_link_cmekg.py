@@ -75,3 +75,10 @@ def test_dev_questions_tune_split(cmekg):
     res = link_dev.evaluate(cmekg, [r for r in rows if r["split"] == "tune"])
     assert res["attr_f1"] >= 0.95 and res["entity_recall"] >= 0.93 and res["negation_acc"] >= 0.95, res["errors"]
     assert res["abstain_recall"] == 1.0
+
+
+def test_every_colloquial_target_is_in_cmekg(cmekg):
+    from qihuang.kb.lexicon import load_lexicon
+
+    missing = [t for t in load_lexicon().colloquial.values() if cmekg.show(t) is None]
+    assert missing == []
