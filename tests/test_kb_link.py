@@ -95,6 +95,10 @@ def test_drug_stems():
     ("头痛不严重", set()),
     ("发烧不舒服，咳嗽", set()),
     ("没有注意到最近这几个星期以来一直头痛", set()),  # too far from the cue (max_gap)
+    ("吃了药以后不头疼了", {"头痛"}),
+    ("无明显诱因出现头痛", set()),  # a clinical formula, not a negated symptom
+    ("不仅头疼还发烧", set()),
+    ("无发热伴有胸痛", {"发热"}),
 ])
 def test_negation_scope(kb, text, negated):
     found = kb.find_entities(text)
