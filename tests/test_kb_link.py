@@ -150,3 +150,20 @@ def test_linking_data_is_cached_per_kb_content(tmp_path, qihuang_home, monkeypat
     with KnowledgeBase.open(db) as changed:  # new content: a new key
         changed.conn.execute("INSERT INTO entities (name, type, is_subject) VALUES ('新病', 'disease', 1)")
         assert Linker.build(changed, intent=False).find_entities("新病")[0].name == "新病"
+
+
+def test_dev_questions_file_is_well_formed():
+    import json
+    from pathlib import Path
+
+    from qihuang.kb.schema import load_schema
+
+    path = Path(__file__).parent / "fixtures" / "retrieval_dev_link.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keys = set(load_schema().attributes)
+    assert len(rows) >= 150 and sum(r["split"] == "held" for r in rows) >= 30
+    assert len({r["question"] for r in rows}) == len(rows)
+    for r in rows:
+        assert r["split"] in {"tune", "held"} and r["question"].strip()
+        assert set(r["attributes"]) <= keys and set(r["negated"]) <= set(r["entities"])
+        assert r["kind"] in {"single", "multi", "negated", "not_in_kb"}
