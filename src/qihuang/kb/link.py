@@ -44,8 +44,11 @@ class Linker:
         self._object_types = object_types or {}  # attribute -> type of its values ("examinations" -> examination)
         self._yields_to = yields_to or {}
         self._negation, self._max_gap = negation, max_gap
+        cues = [w for w, (_n, kind) in negation.items() if kind == "cue"] if negation is not None else []
+        self._neg_chars = frozenset(w[0] for w in cues)  # no such character: no negation to look for
         self.intent = intent  # an IntentDetector (kb/intent.py) or None: cues only
-        self._affixes = drug_affixes  # salt / form words a drug mention's span grows over (盐酸…缓释片)
+        # salt / form words a drug mention's span grows over (盐酸…缓释片): word sets and their lengths, longest first
+        self._affixes = tuple((frozenset(words), sorted({len(w) for w in words}, reverse=True)) for words in drug_affixes)
 
     @classmethod
     def build(cls, kb, intent: bool | object = True) -> "Linker":
@@ -90,7 +93,8 @@ class Linker:
                 continue  # "CT" inside "ACTH" is not a mention
             matches.append((start, end + 1, (name, etype, via_alias, forms, is_value)))
         spans = self._grow_drugs(norm, _leftmost_longest(matches))
-        negated = self._negated(norm, spans) if spans and self._negation is not None else set()
+        negated = self._negated(norm, spans) if spans and self._negation is not None and \
+            not self._neg_chars.isdisjoint(norm) else set()
         return [Mention(name, text[s:e], s, e, etype, via_alias, s in negated, forms)
                 for s, e, (name, etype, via_alias, forms, _v) in spans]
 
@@ -107,14 +111,12 @@ class Linker:
                 grown = True
                 while grown:
                     grown = False
-                    for p in prefixes:
-                        if start - len(p) >= low and norm.startswith(p, start - len(p)):
-                            start, grown = start - len(p), True
-                            break
-                    for x in suffixes:
-                        if end + len(x) <= high and norm.startswith(x, end):
-                            end, grown = end + len(x), True
-                            break
+                    p = _affix_at(norm, start, low, prefixes, before=True)
+                    if p:
+                        start, grown = start - p, True
+                    x = _affix_at(norm, end, high, suffixes, before=False)
+                    if x:
+                        end, grown = end + x, True
                 name, etype, _via, forms, is_value = payload
                 if is_value and forms and (start, end) != (spans[i][0], spans[i][1]):
                     payload = (forms[0], etype, True, (name, *forms[1:]), False)
@@ -193,6 +195,17 @@ class Linker:
 def flatten(groups: list[tuple[str, ...]]) -> list[str]:
     """The attributes of cue groups, each once, in order."""
     return list(dict.fromkeys(a for group in groups for a in group))
+
+
+def _affix_at(norm: str, pos: int, limit: int, affixes: tuple, before: bool) -> int:
+    """Length of the longest affix word ending (``before``) or starting at ``pos`` within ``limit``; 0 if none."""
+    words, lengths = affixes
+    for n in lengths:
+        if before and pos - n >= limit and norm[pos - n:pos] in words:
+            return n
+        if not before and pos + n <= limit and norm[pos:pos + n] in words:
+            return n
+    return 0
 
 
 def _negation_automaton(negation) -> ahocorasick.Automaton:
