@@ -53,6 +53,7 @@ def test_lexicon_errors_name_file_and_field(raw, where):
 
 
 def test_colloquial_names_link_to_the_kb_name(kb):
+    assert [m.name for m in kb.find_entities("偏头疼有哪些症状？")] == ["偏头痛"]  # not 头痛 inside it
     found = kb.find_entities("发烧、头疼，还有点心梗的感觉")
     assert [(m.name, m.surface, m.via_alias) for m in found] == [
         ("发热", "发烧", True), ("头痛", "头疼", True), ("心肌梗死", "心梗", True)]
@@ -99,6 +100,7 @@ def test_drug_stems():
     ("无明显诱因出现头痛", set()),  # a clinical formula, not a negated symptom
     ("不仅头疼还发烧", set()),
     ("无发热伴有胸痛", {"发热"}),
+    ("平时怎么做才能不得感冒？", set()),  # a prevention question: nothing is said to be absent
 ])
 def test_negation_scope(kb, text, negated):
     found = kb.find_entities(text)
