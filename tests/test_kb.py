@@ -155,6 +155,7 @@ def test_link_mixed_width_and_traditional(kb):
 def test_link_longest_match_first_and_attribute_cues(kb):
     mentions = kb.find_entities("布洛芬缓释胶囊和布洛芬有什么副作用")
     assert [m.name for m in mentions] == ["布洛芬缓释胶囊", "布洛芬"]
+    assert mentions[1].forms == ("布洛芬缓释胶囊",)  # the bare substance: its product is one of its forms
     assert kb.detect_attributes("布洛芬缓释胶囊有什么副作用") == ["adverse_reactions"]  # not "作用" -> indications
     assert kb.detect_attributes("高血压挂什么科") == ["department"]
     assert set(kb.detect_attributes("糖尿病怎么治")) >= {"drugs", "treatment"}

@@ -24,37 +24,42 @@ def _leftmost_longest(matches: list[tuple[int, int, object]]) -> list[tuple[int,
     return sorted(taken, key=lambda m: m[0])
 
 
+# Tiers of a surface's candidates (higher wins): what a written name most likely means. A drug stem
+# (阿莫西林 of 阿莫西林胶囊) links to the product only where the KB has no node of that name; where it has
+# one (a value node: 布洛芬, cited by the diseases it treats), the node is linked and the products are
+# listed in ``Mention.forms`` (for questions only a product answers: 布洛芬的副作用).
+SUBJECT, COLLOQUIAL, ALIAS_SUBJECT, VALUE, STEM, ALIAS_VALUE = 6, 5, 4, 3, 2, 1
+_SEPARATORS = frozenset("、和及与或跟 ")
+_CLAUSE_END = frozenset("，,。.;；!！?？:：\n()（）")
+
+
 class Linker:
-    """Finds KB entities (names and aliases) and asked attributes in free text."""
+    """Finds KB entities (names, aliases, colloquial names, drug stems) and asked attributes in free text."""
 
     def __init__(self, entities: ahocorasick.Automaton, cues: ahocorasick.Automaton,
-                 object_types: dict[str, str] | None = None, yields_to: dict[str, tuple[str, ...]] | None = None):
+                 object_types: dict[str, str] | None = None, yields_to: dict[str, tuple[str, ...]] | None = None,
+                 negation: ahocorasick.Automaton | None = None, max_gap: int = 8, intent=None,
+                 drug_affixes: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())):
         self._entities, self._cues = entities, cues
         self._object_types = object_types or {}  # attribute -> type of its values ("examinations" -> examination)
         self._yields_to = yields_to or {}
+        self._negation, self._max_gap = negation, max_gap
+        cues = [w for w, (_n, kind) in negation.items() if kind == "cue"] if negation is not None else []
+        self._neg_chars = frozenset(w[0] for w in cues)  # no such character: no negation to look for
+        self.intent = intent  # an IntentDetector (kb/intent.py) or None: cues only
+        # salt / form words a drug mention's span grows over (盐酸…缓释片): word sets and their lengths, longest first
+        self._affixes = tuple((frozenset(words), sorted({len(w) for w in words}, reverse=True)) for words in drug_affixes)
 
     @classmethod
-    def build(cls, kb) -> "Linker":
-        best: dict[str, tuple[tuple, tuple]] = {}
-        stop = {normalize(w) for w in kb.schema.link_stopwords}
+    def build(cls, kb, intent: bool | object = True) -> "Linker":
+        """The linker of ``kb``. ``intent``: True trains (or loads) the learned attribute detector,
+        False uses the cue lexicon alone, or pass a ready :class:`~qihuang.kb.intent.IntentDetector`."""
+        from qihuang.kb.lexicon import load_lexicon
 
-        def offer(surface: str, payload: tuple, rank: tuple) -> None:
-            key = normalize(surface.strip())
-            if len(key) < 2 or key in stop:
-                return
-            if key not in best or rank > best[key][0]:
-                best[key] = (rank, payload)
+        from qihuang.kb.cache import cached, digest
 
-        for name, etype, is_subject in kb.conn.execute("SELECT name, type, is_subject FROM entities"):
-            offer(name, (name, etype, False), (1, is_subject))
-        for alias, name, etype, is_subject in kb.conn.execute(
-                "SELECT a.alias, e.name, e.type, e.is_subject FROM aliases a JOIN entities e ON e.id = a.entity_id"):
-            offer(alias, (name, etype, True), (0, is_subject))
-        entities = ahocorasick.Automaton()
-        for key, (_rank, payload) in best.items():
-            entities.add_word(key, (len(key), key.isascii()) + payload)
-        entities.make_automaton()
-
+        lexicon = load_lexicon()
+        entities = cached(kb, "entities", lambda: _entity_automaton(kb, lexicon), extra=digest(kb.noise_names()))
         # a cue names one attribute, or (shared_cues) alternatives: the first one an entity has is meant
         cue_map: dict[str, list[str]] = {}
         for key, attr in kb.schema.attributes.items():
@@ -66,21 +71,83 @@ class Linker:
         for cue, attrs in cue_map.items():
             cues.add_word(cue, (len(cue), tuple(attrs)))
         cues.make_automaton()
+        if intent is True:
+            from qihuang.kb.intent import IntentDetector
+
+            intent = IntentDetector.default()
         attributes = kb.schema.attributes
         return cls(entities, cues, {k: a.object_type for k, a in attributes.items() if a.object_type},
-                   {k: a.yields_to for k, a in attributes.items() if a.yields_to})
+                   {k: a.yields_to for k, a in attributes.items() if a.yields_to},
+                   _negation_automaton(lexicon.negation), lexicon.negation.max_gap, intent or None,
+                   lexicon.drug_forms.affixes())
 
     def find_entities(self, text: str) -> list[Mention]:
+        """Entity mentions, non-overlapping (longest first), each marked ``negated`` when a negation
+        cue before it in its clause scopes over it."""
         norm = normalize(text)
         matches = []
-        for end, (length, is_ascii, name, etype, via_alias) in self._entities.iter(norm):
+        for end, (length, is_ascii, name, etype, via_alias, forms, is_value) in self._entities.iter(norm):
             start = end - length + 1
             if is_ascii and ((start > 0 and norm[start - 1] in _ASCII_WORD) or
                              (end + 1 < len(norm) and norm[end + 1] in _ASCII_WORD)):
                 continue  # "CT" inside "ACTH" is not a mention
-            matches.append((start, end + 1, (name, etype, via_alias)))
-        return [Mention(name, text[s:e], s, e, etype, via_alias)
-                for s, e, (name, etype, via_alias) in _leftmost_longest(matches)]
+            matches.append((start, end + 1, (name, etype, via_alias, forms, is_value)))
+        spans = self._grow_drugs(norm, _leftmost_longest(matches))
+        negated = self._negated(norm, spans) if spans and self._negation is not None and \
+            not self._neg_chars.isdisjoint(norm) else set()
+        return [Mention(name, text[s:e], s, e, etype, via_alias, s in negated, forms)
+                for s, e, (name, etype, via_alias, forms, _v) in spans]
+
+    def _grow_drugs(self, norm: str, spans: list[tuple[int, int, tuple]]) -> list[tuple[int, int, tuple]]:
+        """A drug mention's span takes in the salt and form words around it, up to the neighbouring
+        mentions; a bare substance written with a form word means its product (盐酸二甲双胍缓释片: one
+        mention of 二甲双胍片, not of the value node 二甲双胍)."""
+        prefixes, suffixes = self._affixes
+        out = []
+        for i, (start, end, payload) in enumerate(spans):
+            if payload[1] == "drug":
+                low = spans[i - 1][1] if i else 0
+                high = spans[i + 1][0] if i + 1 < len(spans) else len(norm)
+                grown = True
+                while grown:
+                    grown = False
+                    p = _affix_at(norm, start, low, prefixes, before=True)
+                    if p:
+                        start, grown = start - p, True
+                    x = _affix_at(norm, end, high, suffixes, before=False)
+                    if x:
+                        end, grown = end + x, True
+                name, etype, _via, forms, is_value = payload
+                if is_value and forms and (start, end) != (spans[i][0], spans[i][1]):
+                    payload = (forms[0], etype, True, (name, *forms[1:]), False)
+            out.append((start, end, payload))
+        return out
+
+    def _negated(self, norm: str, spans: list[tuple[int, int, object]]) -> set[int]:
+        """Starts of the spans a negation cue scopes over: the cue precedes the span in the same clause,
+        no break word lies between, and at most ``max_gap`` characters that are neither other mentions
+        nor list separators (没有发烧、咳嗽和头痛: all three)."""
+        covered = bytearray(len(norm))
+        for s, e, _ in spans:
+            covered[s:e] = b"\1" * (e - s)
+        found = [(end - length + 1, end + 1, kind) for end, (length, kind) in self._negation.iter(norm)]
+        events = [(s, e, kind) for s, e, kind in _leftmost_longest(found) if not any(covered[s:e])]
+        out: set[int] = set()
+        for start, _end, _ in spans:
+            cue_end = None
+            for s, e, kind in events:
+                if e > start:
+                    break
+                cue_end = e if kind == "cue" else None
+            if cue_end is None:
+                continue
+            between = norm[cue_end:start]
+            if any(c in _CLAUSE_END for c in between):
+                continue
+            gap = sum(1 for i, c in enumerate(between, cue_end) if not covered[i] and c not in _SEPARATORS)
+            if gap <= self._max_gap:
+                out.add(start)
+        return out
 
     def detect_attribute_groups(self, text: str, mentions: list[Mention] | None = None) -> list[tuple[str, ...]]:
         """What ``text`` asks about, in text order: one tuple per cue, of alternative attributes
@@ -89,7 +156,20 @@ class Linker:
         A cue wholly inside an entity mention is part of that name (药物性肝炎 does not ask for drugs)
         unless the entity is of the kind the attribute lists (影像学检查 asks for examinations).
         An attribute is dropped when the text also asks for one it yields to (治疗药物: drugs, not treatment).
+        When no cue fires and the text names an entity, the learned detector (kb/intent.py) may answer:
+        the attributes it gives at least its threshold probability, as one group of alternatives, most
+        probable first. Cues win whenever one fires: they are exact, the detector generalizes.
         """
+        groups = self._cue_groups(text, mentions)
+        if not groups and self.intent is not None and mentions:
+            from qihuang.kb.intent import mask_mentions
+
+            found = self.intent.predict(mask_mentions(text, mentions))
+            if found:
+                groups = [tuple(a for a, _p in found)]
+        return groups
+
+    def _cue_groups(self, text: str, mentions: list[Mention] | None) -> list[tuple[str, ...]]:
         norm = normalize(text)
         owner: list[Mention | None] = [None] * len(norm)
         for m in mentions or ():
@@ -115,3 +195,105 @@ class Linker:
 def flatten(groups: list[tuple[str, ...]]) -> list[str]:
     """The attributes of cue groups, each once, in order."""
     return list(dict.fromkeys(a for group in groups for a in group))
+
+
+def _affix_at(norm: str, pos: int, limit: int, affixes: tuple, before: bool) -> int:
+    """Length of the longest affix word ending (``before``) or starting at ``pos`` within ``limit``; 0 if none."""
+    words, lengths = affixes
+    for n in lengths:
+        if before and pos - n >= limit and norm[pos - n:pos] in words:
+            return n
+        if not before and pos + n <= limit and norm[pos:pos + n] in words:
+            return n
+    return 0
+
+
+def _negation_automaton(negation) -> ahocorasick.Automaton:
+    auto = ahocorasick.Automaton()
+    for kind, words in (("cue", negation.cues), ("break", negation.breaks), ("other", negation.not_negating)):
+        for w in words:
+            auto.add_word(w, (len(w), kind))
+    auto.make_automaton()
+    return auto
+
+
+def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
+    """Every linkable surface -> its best entity (see the tiers above) and the other nodes it names."""
+    cands: dict[str, list[tuple[tuple, str, str, bool]]] = {}  # key -> (rank, name, type, via_alias)
+    stop = {normalize(w) for w in kb.schema.link_stopwords}
+    noise = kb.noise_names()
+
+    def offer(surface: str, rank: tuple, name: str, etype: str, via_alias: bool) -> None:
+        key = normalize(surface.strip())
+        if len(key) >= 2 and key not in stop:
+            cands.setdefault(key, []).append((rank, name, etype, via_alias))
+
+    nodes: dict[str, tuple[str, int]] = {}
+    for name, etype, is_subject in kb.conn.execute("SELECT name, type, is_subject FROM entities"):
+        nodes[name] = (etype, is_subject)
+        if is_subject:
+            offer(name, (SUBJECT,), name, etype, False)
+        elif name not in noise:
+            offer(name, (VALUE,), name, etype, False)
+    for alias, name, etype, is_subject in kb.conn.execute(
+            "SELECT a.alias, e.name, e.type, e.is_subject FROM aliases a JOIN entities e ON e.id = a.entity_id"):
+        written = nodes.get(alias)
+        # an alias of a subject outranks a value node of the same spelling only when both are of one type
+        # (流感 -> 流行性感冒; but 外科, a department, is no 腹部损伤)
+        tier = ALIAS_SUBJECT if is_subject and (written is None or written[0] == etype) else ALIAS_VALUE
+        offer(alias, (tier,), name, etype, True)
+    for surface, target in lexicon.colloquial.items():
+        row = kb._resolve(target)
+        if row is not None and not nodes.get(surface, ("", 0))[1]:
+            offer(surface, (COLLOQUIAL,), row[1], row[2], True)
+    forms = lexicon.drug_forms
+    for name, size in kb.conn.execute(
+            "SELECT e.name, count(*) FROM entities e JOIN triples t ON t.subject_id = e.id "
+            "WHERE e.is_subject = 1 AND e.type = 'drug' GROUP BY e.id"):
+        for key in _stems(normalize(name), forms):
+            written = nodes.get(key)
+            if written is None or (not written[1] and written[0] == "drug"):
+                offer(key, (STEM, size, -len(name)), name, "drug", True)  # products of one stem: richest first
+
+    for options in cands.values():
+        options.sort(key=lambda o: o[0], reverse=True)
+    # a value-only drug name whose stem names a product (盐酸二甲双胍 -> 二甲双胍 -> 二甲双胍片): its form
+    for key, options in cands.items():
+        rank, name, etype, _ = options[0]
+        if rank[0] == VALUE and etype == "drug" and not any(o[0][0] == STEM for o in options):
+            for stem in _stems(key, forms):
+                best = cands.get(stem, [((0,),)])[0]
+                if best[0][0] == STEM:
+                    options.append(best)
+                    break
+    auto = ahocorasick.Automaton()
+    for key, options in cands.items():
+        _rank, name, etype, via_alias = options[0]
+        also = [n for r, n, _t, _a in options[1:] if r[0] in (STEM, VALUE) and n != name]
+        if key in nodes and key != name and key not in noise:
+            also.insert(0, key)
+        is_value = options[0][0][0] == VALUE
+        auto.add_word(key, (len(key), key.isascii(), name, etype, via_alias, tuple(dict.fromkeys(also))[:8], is_value))
+    auto.make_automaton()
+    return auto
+
+
+def _stems(name: str, forms) -> list[str]:
+    """Shorter names of the same drug: each step of removing form and salt words (盐酸二甲双胍缓释片 ->
+    二甲双胍缓释片 / 盐酸二甲双胍 -> 二甲双胍), at least ``forms.min_stem`` characters long."""
+    prefixes, suffixes = forms.affixes()
+    out: list[str] = []
+    frontier = [name]
+    while frontier:
+        current = frontier.pop()
+        for p in prefixes:
+            if current.startswith(p) and len(current) - len(p) >= forms.min_stem:
+                frontier.append(current[len(p):])
+                break
+        for x in suffixes:
+            if current.endswith(x) and len(current) - len(x) >= forms.min_stem:
+                frontier.append(current[:-len(x)])
+                break
+        if current != name and current not in out:
+            out.append(current)
+    return out

@@ -80,6 +80,8 @@ class KnowledgeBase:
         self._linker = None
         self._lookups = None
         self._rare: dict[int, frozenset[str]] = {}
+        self._support: dict[str, int] | None = None
+        self._noise: frozenset[str] | None = None
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -116,7 +118,7 @@ class KnowledgeBase:
         from qihuang.kb.importers import import_source
 
         report = import_source(self, source, skip_bad=skip_bad, progress=progress)
-        self._linker, self._lookups, self._rare = None, None, {}
+        self._linker, self._lookups, self._rare, self._support, self._noise = None, None, {}, None, None
         return report
 
     # -- queries -------------------------------------------------------------------------
@@ -174,12 +176,36 @@ class KnowledgeBase:
     def rare_values(self, min_support: int = 3) -> frozenset[str]:
         """Names that are only ever values (no entry of their own) and are cited by fewer than
         ``min_support`` triples. In CMeKG these are mostly extraction noise (结合, 常见的, 有疼痛,
-        哮喘等), not medical names: an answer that uses such a word names nothing."""
+        哮喘等), not medical names: an answer that uses such a word names nothing. On a large KB
+        :meth:`noise_names` contains these (default ``min_support``), less the targets of colloquial names."""
         if min_support not in self._rare:
             subjects = {n for (n,) in self.conn.execute("SELECT name FROM entities WHERE is_subject = 1")}
-            rows = self.conn.execute("SELECT value FROM triples GROUP BY value HAVING count(*) < ?", (min_support,))
-            self._rare[min_support] = frozenset(v for (v,) in rows if v not in subjects)
+            self._rare[min_support] = frozenset(
+                v for v, n in self._value_support().items() if n < min_support and v not in subjects)
         return self._rare[min_support]
+
+    def _value_support(self) -> dict[str, int]:
+        if self._support is None:
+            from qihuang.kb.noise import value_support
+
+            self._support = value_support(self.conn)
+        return self._support
+
+    def noise_names(self) -> frozenset[str]:
+        """KB names that are generic words, never linked as entities (the one noise rule shared by
+        linking and answer verification; see :mod:`qihuang.kb.noise`): link stopwords, and value-only
+        names that are rare in a large KB or no more frequent in the KB than in general Chinese."""
+        if self._noise is None:
+            from qihuang.kb.lexicon import load_lexicon
+            from qihuang.kb.noise import compute_noise
+
+            from qihuang.kb.cache import cached
+
+            rule = load_lexicon().noise
+            self._noise = cached(self, "noise", lambda: compute_noise(
+                self.conn, self.schema.link_stopwords, self.rare_values(rule.min_support), rule,
+                support=self._value_support()))
+        return self._noise
 
     def entity_names(self, type: str | None = None, subjects_only: bool = True) -> list[str]:
         sql, args = "SELECT name FROM entities WHERE 1", []
@@ -242,6 +268,8 @@ class KnowledgeBase:
     # -- linking -------------------------------------------------------------------------
     @property
     def linker(self):
+        """The KB's :class:`~qihuang.kb.link.Linker` (built at first use: names, aliases, colloquial
+        names, drug stems, minus :meth:`noise_names`; cues plus the learned attribute detector)."""
         if self._linker is None:
             from qihuang.kb.link import Linker
 
@@ -249,11 +277,12 @@ class KnowledgeBase:
         return self._linker
 
     def find_entities(self, text: str) -> list[Mention]:
-        """KB entities mentioned in ``text``: non-overlapping, longest match first, with offsets."""
+        """KB entities mentioned in ``text``: non-overlapping, longest match first, with offsets, each
+        marked ``negated`` when a negation cue scopes over it (没有发烧)."""
         return self.linker.find_entities(text)
 
     def detect_attributes(self, text: str) -> list[str]:
-        """Canonical attributes the wording of ``text`` asks about."""
+        """Canonical attributes the wording of ``text`` asks about (cues, else the learned detector)."""
         return self.linker.detect_attributes(text, self.find_entities(text))
 
     @property

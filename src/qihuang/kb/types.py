@@ -58,10 +58,15 @@ class Mention:
     start: int
     end: int
     type: str
-    via_alias: bool = False
+    via_alias: bool = False  # found through an alias, a colloquial name or a drug-form stem, not the name
+    negated: bool = False  # a negation cue scopes over it in its clause (没有发烧, 否认高血压)
+    forms: tuple[str, ...] = ()  # other KB nodes the surface equally names: the written value node when a
+    # colloquial name or a subject took over (发烧 for 发热), the same drug in other forms or as a bare value
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["forms"] = list(self.forms)
+        return d
 
 
 @dataclass

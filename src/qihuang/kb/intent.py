@@ -1,0 +1,158 @@
+"""A learned detector of the asked attribute, for wordings the cue lexicon does not list.
+
+Trained on the data-building question phrasings (``resources/phrasings.yaml``: every patient, clinician
+and follow-up wording of every attribute, with the entity masked) plus the overview wordings of
+``lexicon.yaml`` (``intent.none``: questions that ask nothing specific), as scikit-learn character
+1-3-gram TF-IDF and one logistic regression per attribute (multi-label, one-vs-rest,
+liblinear, balanced class weights; the overview wordings are a label of their own). It is trained at
+first use and cached under ``$QIHUANG_HOME/cache`` keyed by a hash of its training inputs (a second
+process loads it in milliseconds); scoring is done with the learned weights directly (numpy), tens of
+microseconds per question.
+
+How :meth:`qihuang.kb.link.Linker.detect_attribute_groups` combines it with the cues: cues win when
+any fires; otherwise the (at most two) attributes the detector gives at least ``intent.threshold``
+probability form one group of alternatives, most probable first (the first one the entity has is meant),
+unless the overview label is at least as probable as the best of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from qihuang.kb.normalize import normalize
+
+MASK = "□"  # stands for the entity mention, in training and in use
+NONE = "_none"  # the label of overview wordings: asks for no particular attribute
+_SPACES = re.compile(r"\s\s+")
+_MEMO: dict[str, "IntentDetector"] = {}
+
+
+def mask_mentions(text: str, mentions) -> str:
+    """Normalized ``text`` with every mention replaced by one :data:`MASK` character."""
+    norm = normalize(text)
+    out, pos = [], 0
+    for m in sorted(mentions or (), key=lambda m: m.start):
+        if m.start < pos:
+            continue
+        out.append(norm[pos:m.start])
+        out.append(MASK)
+        pos = m.end
+    out.append(norm[pos:])
+    return "".join(out)
+
+
+def training_examples(book=None, none: tuple[str, ...] | None = None) -> list[tuple[str, str | None]]:
+    """(masked question, attribute or None) pairs from the phrasebook and the overview wordings."""
+    from qihuang.datagen.templates import load_phrasebook
+    from qihuang.kb.lexicon import load_lexicon
+
+    book = book or load_phrasebook()
+    none = load_lexicon().intent.none if none is None else none
+    out: list[tuple[str, str | None]] = []
+    for phr in [*book.attributes.values(), *book.by_type.values()]:
+        for pattern in (*phr.patient, *phr.clinician, *phr.followup):
+            out.append((normalize(pattern.format(entity=MASK, label=phr.label)), phr.key))
+    out += [(normalize(p.format(entity=MASK)), None) for p in none]
+    return sorted(set(out), key=lambda x: (x[1] or "", x[0]))
+
+
+@dataclass
+class IntentDetector:
+    """Character n-gram TF-IDF weights and one linear model per attribute."""
+
+    vocabulary: dict[str, int]
+    idf: np.ndarray  # (n_features,)
+    coef: np.ndarray  # (n_features, n_labels)
+    intercept: np.ndarray  # (n_labels,)
+    labels: tuple[str, ...]
+    threshold: float
+    ngram: tuple[int, int] = (1, 3)
+
+    @classmethod
+    def train(cls, examples: list[tuple[str, str | None]], threshold: float, c: float = 10.0) -> "IntentDetector":
+        """Fit on (text, attribute or None) pairs (scikit-learn; a second or two for the shipped set)."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.multiclass import OneVsRestClassifier
+        from sklearn.preprocessing import MultiLabelBinarizer
+
+        texts = [t for t, _ in examples]
+        binarizer = MultiLabelBinarizer()
+        y = binarizer.fit_transform([[a or NONE] for _, a in examples])
+        vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, lowercase=False)
+        x = vec.fit_transform(texts)
+        model = OneVsRestClassifier(LogisticRegression(C=c, solver="liblinear", class_weight="balanced")).fit(x, y)
+        coef = np.stack([est.coef_[0] for est in model.estimators_], axis=1)
+        intercept = np.array([est.intercept_[0] for est in model.estimators_])
+        return cls(dict(vec.vocabulary_), vec.idf_.astype(np.float64), coef, intercept,
+                   tuple(binarizer.classes_), threshold)
+
+    @classmethod
+    def default(cls) -> "IntentDetector":
+        """The detector for the shipped phrasings: from memory, else the cache file, else trained now."""
+        from importlib.metadata import version
+
+        import joblib
+
+        from qihuang.kb.lexicon import load_lexicon
+        from qihuang.paths import home
+
+        cfg = load_lexicon().intent
+        examples = training_examples()
+        key = hashlib.sha256(json.dumps([examples, cfg.c, version("scikit-learn")], ensure_ascii=False)
+                             .encode("utf-8")).hexdigest()[:16]
+        if key in _MEMO:
+            return _MEMO[key].with_threshold(cfg.threshold)
+        path = home() / "cache" / f"intent-{key}.joblib"
+        detector = None
+        if path.exists():
+            try:
+                detector = joblib.load(path)
+            except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
+                detector = None
+        if not isinstance(detector, cls):
+            detector = cls.train(examples, cfg.threshold, cfg.c)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            joblib.dump(detector, tmp)
+            tmp.replace(path)
+        _MEMO[key] = detector
+        return detector.with_threshold(cfg.threshold)
+
+    def with_threshold(self, threshold: float) -> "IntentDetector":
+        if threshold == self.threshold:
+            return self
+        return IntentDetector(self.vocabulary, self.idf, self.coef, self.intercept, self.labels, threshold, self.ngram)
+
+    def probabilities(self, masked: str) -> dict[str, float]:
+        """Probability of each attribute for an already masked, normalized question."""
+        text = _SPACES.sub(" ", masked)
+        vocab = self.vocabulary
+        counts: dict[int, int] = {}
+        for n in range(self.ngram[0], self.ngram[1] + 1):
+            for i in range(len(text) - n + 1):
+                j = vocab.get(text[i:i + n])
+                if j is not None:
+                    counts[j] = counts.get(j, 0) + 1
+        idx = list(counts)
+        weights = [(1.0 + math.log(tf)) * self.idf[j] for j, tf in counts.items()]
+        scores = self.intercept.copy()
+        if idx:
+            w = np.asarray(weights)
+            scores += (w / math.sqrt(float(w @ w))) @ self.coef[idx]
+        probs = 1.0 / (1.0 + np.exp(-scores))
+        return dict(zip(self.labels, probs.tolist()))
+
+    def predict(self, masked: str, top: int = 2) -> list[tuple[str, float]]:
+        """Attributes at or above the threshold, most probable first (at most ``top``); nothing when the
+        overview label is at least as probable as the best attribute."""
+        probs = self.probabilities(masked)
+        none = probs.pop(NONE, 0.0)
+        found = sorted(((a, p) for a, p in probs.items() if p >= self.threshold), key=lambda x: -x[1])[:top]
+        return [] if not found or none >= found[0][1] else found

@@ -1,0 +1,84 @@
+"""Linking on the real CMeKG KB: the noise rule in both directions, colloquial names, drug forms,
+negation and the linking helper's dev questions (tests/fixtures/retrieval_dev_link.jsonl, tune split)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+NOISE = ["感觉", "理解", "可有", "常见的", "诊断", "持续性", "病症", "结合", "有疼痛", "哮喘等"]
+REAL = ["头痛", "发热", "布洛芬", "咳嗽", "高血压", "糖尿病", "恶心", "失眠", "阿莫西林", "腹泻", "心悸"]
+
+
+@pytest.fixture(scope="module")
+def cmekg(tmp_path_factory):
+    """The CMeKG KB: an existing file named by QIHUANG_TEST_CMEKG_DB (opened read-mostly), else imported."""
+    from qihuang.cli import main
+    from qihuang.kb import KnowledgeBase
+
+    given = os.environ.get("QIHUANG_TEST_CMEKG_DB")
+    if given:
+        db = Path(given)
+    else:
+        db = tmp_path_factory.mktemp("cmekg") / "kb.sqlite"
+        assert main(["kb", "import", "--db", str(db), "--json"]) == 0
+    kb = KnowledgeBase.open(db)
+    yield kb
+    kb.close()
+
+
+def test_noise_rule_both_directions(cmekg):
+    from qihuang.kb.noise import protected_names
+
+    noise = cmekg.noise_names()
+    assert set(NOISE) <= noise
+    assert not noise & set(REAL)
+    assert cmekg.rare_values() - protected_names(cmekg.conn) <= noise
+    text = "医生你好，我感觉理解力下降，可有常见的诊断方法？结合持续性病症来看"
+    assert not {m.name for m in cmekg.find_entities(text)} & set(NOISE)
+
+
+@pytest.mark.parametrize("text,name", [
+    ("乙肝", "乙型肝炎"), ("心梗", "心肌梗死"), ("拉肚子", "腹泻"), ("拉稀", "腹泻"), ("胃疼", "胃痛"),
+    ("嗓子疼", "咽痛"), ("头疼", "头痛"), ("发烧", "发热"), ("血压高", "高血压"), ("流感", "流行性感冒"),
+])
+def test_colloquial_names(cmekg, text, name):
+    found = cmekg.find_entities(f"我{text}了怎么办")
+    assert [m.name for m in found] == [name]
+
+
+def test_drug_forms_and_negation(cmekg):
+    from qihuang.kb.lexicon import load_lexicon
+
+    product = cmekg.find_entities("盐酸二甲双胍缓释片一天吃几次")
+    assert len(product) == 1 and load_lexicon().drug_forms.stem(product[0].name) == "二甲双胍"
+    assert cmekg.entity_type(product[0].name) == "drug" and cmekg.facts(product[0].name)
+    bare = cmekg.find_entities("布洛芬")[0]
+    assert bare.name == "布洛芬" and any(f.startswith("布洛芬") and cmekg.facts(f) for f in bare.forms)
+    found = cmekg.find_entities("我头疼，还发烧，没有咳嗽，挂什么科？")
+    assert [(m.name, m.negated) for m in found] == [("头痛", False), ("发热", False), ("咳嗽", True)]
+    linked = cmekg.link("阿莫西林胶囊的适应病症是什么？")
+    assert {f.attribute for f in linked.facts} == {"indications"}
+
+
+def test_dev_questions_tune_split(cmekg):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import link_dev
+
+    rows = [json.loads(line) for line in link_dev.DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    res = link_dev.evaluate(cmekg, [r for r in rows if r["split"] == "tune"])
+    assert res["attr_f1"] >= 0.95 and res["entity_recall"] >= 0.93 and res["negation_acc"] >= 0.95, res["errors"]
+    assert res["abstain_recall"] == 1.0
+
+
+def test_every_colloquial_target_is_in_cmekg(cmekg):
+    from qihuang.kb.lexicon import load_lexicon
+
+    missing = [t for t in load_lexicon().colloquial.values() if cmekg.show(t) is None]
+    assert missing == []
