@@ -134,7 +134,7 @@ def test_unrelated_questions_retrieve_nothing(kb, question):
 
 
 def test_lexical_fallback_when_linking_finds_no_entity(kb):
-    res = kb.link("偏头疼有哪些症状？")  # no exact name in the question
+    res = kb.link("偏头通有哪些症状？")  # a typo: no name (nor colloquial variant) of the KB is in the question
     assert res.entities == [] and res.facts
     assert {f.entity for f in res.facts} == {"偏头痛"} and {f.via for f in res.facts} == {"lexical"}
     assert kb.lookups.lexical is kb.lookups.lexical  # built once, then cached
@@ -143,11 +143,11 @@ def test_lexical_fallback_when_linking_finds_no_entity(kb):
 def test_lexical_index_is_cached_on_disk(kb, qihuang_home):
     from qihuang.kb.lexical import LexicalIndex
 
-    kb.lookups.lexical.match("偏头疼")
+    kb.lookups.lexical.match("偏头通")
     cached = list((qihuang_home / "cache").glob("lexical-*.pkl"))
     assert len(cached) == 1
     again = LexicalIndex.load_or_build(kb)
-    assert again.names == kb.lookups.lexical.names and again.match("偏头疼") == kb.lookups.lexical.match("偏头疼")
+    assert again.names == kb.lookups.lexical.names and again.match("偏头疼") == kb.lookups.lexical.match("偏头通")
 
 
 def test_inverse_section_is_validated():
