@@ -21,8 +21,8 @@ what is measured is what the model is shown. Definitions:
   (``Grounding.attributes`` = ``link.attributes``) against the gold ones.
 * A fact **belongs** to the gold pair (e, a) when e is a gold entity, a a gold attribute and either
   (direct) ``fact.entity == e`` and ``fact.attribute == a``; or (looked up) ``fact.via`` is not direct,
-  ``fact.anchor == e`` and ``fact.attribute == a`` (two-hop, symptom candidates) or the fact points at
-  its anchor (``fact.value == e``) and ``Schema.inverse[fact.attribute] == a`` (reverse: 偏头痛 -drugs->
+  e is one of ``fact.anchor`` (a name, or names joined by 、) and ``fact.attribute == a`` (two-hop, symptom candidates) or the fact points at
+  an anchor (``fact.value == e``) and ``Schema.inverse[fact.attribute] == a`` (reverse: 偏头痛 -drugs->
   布洛芬 answers 布洛芬's indications). The evidence of a symptom lookup (``via == "symptom"``, a
   ``symptoms`` fact whose value is a gold entity) belongs as well.
 * **fact_recall**: per question with gold entities and attributes, the share of gold pairs
@@ -102,17 +102,25 @@ def fact_pairs(fact: Any, entities: list[str], attributes: list[str], inverse: d
     entity = canon.get(fact.entity, fact.entity)
     if entity in entities and fact.attribute in attributes:
         return {(entity, fact.attribute)}
-    via, anchor = _via(fact), getattr(fact, "anchor", None)
-    anchor = canon.get(anchor, anchor)
-    if via == VIA_DIRECT or anchor not in entities:
+    via = _via(fact)
+    anchors = [canon.get(a, a) for a in _anchors(fact)]
+    hit = [a for a in anchors if a in entities]
+    if via == VIA_DIRECT or not hit:
         return set()
     if fact.attribute in attributes:  # symptom candidates answer for all the symptoms described together
-        return {(e, fact.attribute) for e in entities} if via == "symptom" else {(anchor, fact.attribute)}
-    if canon.get(fact.value, fact.value) == anchor and inverse.get(fact.attribute) in attributes:
-        return {(anchor, inverse[fact.attribute])}
-    if via == "symptom" and fact.attribute == "symptoms" and canon.get(fact.value, fact.value) in entities:
-        return {(anchor, "evidence")}
+        return {(e, fact.attribute) for e in entities} if via == "symptom" else {(a, fact.attribute) for a in hit}
+    value = canon.get(fact.value, fact.value)
+    if value in hit and inverse.get(fact.attribute) in attributes:
+        return {(value, inverse[fact.attribute])}
+    if via == "symptom" and fact.attribute == "symptoms" and value in entities:
+        return {(hit[0], "evidence")}
     return set()
+
+
+def _anchors(fact: Any) -> list[str]:
+    """The question entities a fact was reached from: ``Fact.anchor`` names one, or several joined
+    by 、 (a symptom lookup is reached from all the described symptoms together)."""
+    return [a for a in str(getattr(fact, "anchor", None) or "").split("、") if a]
 
 
 def question_entities(grounding: Any, canon: dict[str, str] | None = None) -> list[str]:
@@ -121,8 +129,8 @@ def question_entities(grounding: Any, canon: dict[str, str] | None = None) -> li
     canon = canon or {}
     ranked = list(getattr(grounding, "question_entities", None) or [])
     for fact in grounding.facts:
-        anchor = getattr(fact, "anchor", None)
-        ranked.append(anchor if anchor and _via(fact) != VIA_DIRECT else fact.entity)
+        anchors = _anchors(fact)
+        ranked.extend(anchors if anchors and _via(fact) != VIA_DIRECT else [fact.entity])
     ranked.extend(grounding.entities)
     return list(dict.fromkeys(canon.get(name, name) for name in ranked))
 
@@ -286,7 +294,9 @@ class RetrievalTask(Task):
         return [self.score_example(ex, "", ctx) for ex in batch]
 
     def score_example(self, example: Example, prediction: str, ctx: RunContext) -> dict:
-        kwargs = {"history": example.history} if self._with_history and example.history else {}
+        # ground() takes the earlier user turns, as answering passes them
+        turns = [question for question, _answer in example.history]
+        kwargs = {"history": turns} if self._with_history and turns else {}
         t0 = time.perf_counter()
         grounding = self._ground(ctx.kb, example.question, **kwargs)
         seconds = time.perf_counter() - t0
