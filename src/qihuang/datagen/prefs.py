@@ -282,6 +282,8 @@ def _red_flag(q: Question, rng: random.Random, texts: PrefTexts) -> dict | None:
         return None
     rules = _rules_by_id()
     fired = [rules[m] for m in tri.matched if m in rules and rules[m].level == tri.level]
+    if not fired:  # only the learned backstop fired: no rule label or advice to write the chosen answer with
+        return None
     advice = texts.advice[tri.level].format(labels="、".join(dict.fromkeys(r.label for r in fired)),
                                             advice="".join(dict.fromkeys(r.advice for r in fired)))
     dismissive = texts.dismissive[int(rng.random() * len(texts.dismissive))]
