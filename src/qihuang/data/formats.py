@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from qihuang.errors import InputError
 
@@ -42,9 +42,27 @@ _FLAT_TURN = re.compile(r"<(user|bot)>[:：]")
 
 
 # ---- reading ----------------------------------------------------------------------------------
+class Numbered(NamedTuple):
+    """One record of a data file: ``number`` counts records from 1 (the key for numbering output
+    rows and resuming), ``line`` is the physical line the record starts on (for messages). In a
+    JSON array written on one line (HuaTuo's literature data) every record has ``line`` 1."""
+
+    number: int
+    line: int
+    record: dict
+
+
+def read_numbered(path: str | Path) -> Iterator[Numbered]:
+    """Every record of ``path`` with its record number and true line (see :func:`read_records`)."""
+    for number, (line, record) in enumerate(read_records(path), start=1):
+        yield Numbered(number, line, record)
+
+
 def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, record)`` from a ``.jsonl`` file or a ``.json`` file holding JSON
-    lines or a JSON array. Raises :class:`InputError` naming the file and line."""
+    lines or a JSON array. Raises :class:`InputError` naming the file and line. Line numbers
+    are physical lines, so records of a one-line JSON array share one: number output by
+    :func:`read_numbered` instead."""
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", path=str(path))

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qihuang.data.formats import read_records, to_conversation
+from qihuang.data.formats import read_numbered, to_conversation
 from qihuang.errors import InputError
 
 DATA_SUFFIXES = (".jsonl", ".json")
@@ -23,9 +23,16 @@ DATA_SUFFIXES = (".jsonl", ".json")
 class Problem:
     line: int | None
     reason: str
+    record: int | None = None  # the record number, given where lines do not tell records apart (JSON arrays)
 
     def format(self, path: str) -> str:
-        return f"{path}:{self.line}: {self.reason}" if self.line is not None else f"{path}: {self.reason}"
+        where = f"{path}:{self.line}" if self.line is not None else path
+        if self.record is not None:
+            where += f" (record {self.record})"
+        return f"{where}: {self.reason}"
+
+    def to_dict(self) -> dict:
+        return {"line": self.line, "record": self.record, "reason": self.reason}
 
 
 @dataclass
@@ -44,8 +51,8 @@ class FileReport:
 
     def to_dict(self) -> dict:
         return {"path": self.path, "ok": self.ok, "records": self.records, "shapes": dict(self.shapes),
-                "errors": [{"line": p.line, "reason": p.reason} for p in self.errors],
-                "warnings": [{"line": p.line, "reason": p.reason} for p in self.warnings]}
+                "errors": [p.to_dict() for p in self.errors],
+                "warnings": [p.to_dict() for p in self.warnings]}
 
 
 def validate_file(path: str | Path) -> FileReport:
@@ -57,8 +64,8 @@ def validate_file(path: str | Path) -> FileReport:
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:  # a JSON array cannot be read past a syntax error: report it and stop
-            for line, record in read_records(path):
-                _check_record(report, record, line)
+            for number, line, record in read_numbered(path):
+                _check_record(report, record, line, number)
         except InputError as exc:
             report.errors.append(Problem(exc.line, _reason(exc)))
     else:
@@ -79,16 +86,16 @@ def _check_line(report: FileReport, raw: str, line: int) -> None:
     _check_record(report, record, line)
 
 
-def _check_record(report: FileReport, record, line: int) -> None:
+def _check_record(report: FileReport, record, line: int, number: int | None = None) -> None:
     report.records += 1
     try:
         conv = to_conversation(record, report.path, line)
     except InputError as exc:
-        report.errors.append(Problem(line, _reason(exc)))
+        report.errors.append(Problem(line, _reason(exc), number))
         return
     empty = [i for i, m in enumerate(conv["messages"]) if m["role"] == "user" and not m["content"].strip()]
     if empty:
-        report.errors.append(Problem(line, f"empty question in turn {empty[0]}"))
+        report.errors.append(Problem(line, f"empty question in turn {empty[0]}", number))
         return
     sharegpt = "conversations" in record or "messages" in record
     report.shapes["sharegpt" if sharegpt else "alpaca"] += 1
@@ -98,16 +105,16 @@ def _check_record(report: FileReport, record, line: int) -> None:
         report.shapes["multi_turn"] += 1
     if conv["knowledge"]:
         report.shapes["with_knowledge"] += 1
-    _warn(report, record, line)
+    _warn(report, record, line, number)
 
 
-def _warn(report: FileReport, record: dict, line: int) -> None:
+def _warn(report: FileReport, record: dict, line: int, number: int | None = None) -> None:
     kind = record.get("kind")
     if kind is not None and kind not in ("single", "scenario", "dialogue"):
-        report.warnings.append(Problem(line, f"unknown kind {kind!r}"))
+        report.warnings.append(Problem(line, f"unknown kind {kind!r}", number))
     for key in ("entity", "attribute", "id"):
-        if key in record and not isinstance(record[key], str):
-            report.warnings.append(Problem(line, f"field {key!r} should be a string"))
+        if key in record and not isinstance(record[key], (str, int)):
+            report.warnings.append(Problem(line, f"field {key!r} should be a string or a number", number))
 
 
 def _reason(exc: InputError) -> str:
