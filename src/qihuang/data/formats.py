@@ -184,24 +184,49 @@ def _alpaca(record: dict, where: dict) -> list[Message]:
             raise InputError(f"item {i} must be a [question, answer] pair of strings", field="history", **where)
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     prompt = "\n".join(part for part in (instruction, query) if part.strip())
-    if _FLAT_TURN.search(prompt):
+    if has_flat_dialogue(prompt):
         messages += _split_flat(prompt, output, where)
     else:
         messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     return messages
 
 
-def _split_flat(prompt: str, output: str, where: dict) -> list[Message]:
-    """``<user>: q1 <bot>: a1 <user>: q2 <bot>:`` + output -> alternating turns."""
-    parts = _FLAT_TURN.split(prompt)
+def has_flat_dialogue(text: str) -> bool:
+    """Whether ``text`` holds a flattened dialogue (``<user>: … <bot>: …``, HuaTuo's literature shape)."""
+    return bool(_FLAT_TURN.search(text or ""))
+
+
+def split_flat_dialogue(text: str, where: dict | None = None) -> list[Message]:
+    """``<user>: q1 <bot>: a1 <user>: q2 [<bot>:]`` -> alternating turns ending with the last user turn.
+
+    The one reader of this shape: training records, batch inference, evaluation tasks and chat
+    input all split it here. Raises :class:`InputError` (naming ``where``'s path/line) for text
+    before the first marker or turns that do not alternate."""
+    where = where or {}
+    parts = _FLAT_TURN.split(text)
     if parts[0].strip():
         raise InputError("text before the first <user>: marker", field="instruction", **where)
-    turns = [{"role": "user" if tag == "user" else "assistant", "content": text.strip()}
-             for tag, text in zip(parts[1::2], parts[2::2])]
+    turns: list[Message] = [{"role": "user" if tag == "user" else "assistant", "content": body.strip()}
+                            for tag, body in zip(parts[1::2], parts[2::2])]
     if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
         turns.pop()
-    turns.append({"role": "assistant", "content": output})
+    if not turns or turns[-1]["role"] != "user":
+        raise InputError("a flattened dialogue must end with a <user>: turn", field="instruction", **where)
     return turns
+
+
+def flat_question(text: str) -> tuple[str, list[list[str]]]:
+    """``(question, [[q, a], ...])`` of a flattened dialogue; plain text is its own question."""
+    if not has_flat_dialogue(text):
+        return text, []
+    turns = split_flat_dialogue(text)
+    _check_turns(turns + [{"role": "assistant", "content": "-"}], {})
+    return turns[-1]["content"], [[turns[i]["content"], turns[i + 1]["content"]] for i in range(0, len(turns) - 1, 2)]
+
+
+def _split_flat(prompt: str, output: str, where: dict) -> list[Message]:
+    """``<user>: q1 <bot>: a1 <user>: q2 <bot>:`` + output -> alternating turns."""
+    return split_flat_dialogue(prompt, where) + [{"role": "assistant", "content": output}]
 
 
 def _sharegpt(turns: Any, key: str, where: dict) -> tuple[str, list[Message]]:
