@@ -115,6 +115,9 @@ def _add_prefs(sub) -> None:
 def _add_validate(sub) -> None:
     v = sub.add_parser("validate", help="check alpaca or ShareGPT data (JSON or JSON lines)")
     v.add_argument("path", help="a .json/.jsonl file or a dataset directory")
-    v.add_argument("--max-errors", type=int, default=50, help="errors listed before stopping the listing")
+    v.add_argument("--max-errors", type=int, default=50,
+                   help="errors (and warnings) listed before the rest is counted instead")
+    v.add_argument("--mode", choices=["train", "infer"], default="train",
+                   help="train: records need a reference answer; infer: what `qihuang infer` accepts")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(func=cmd_validate)
