@@ -110,33 +110,40 @@ def _skip(text: str, pos: int, chars: str) -> int:
     return pos
 
 
-def read_texts(path: str | Path) -> Iterator[tuple[int, str]]:
+def read_texts(path: str | Path, column: str = "text") -> Iterator[tuple[int, str]]:
     """Plain-text documents for continued pretraining, as ``(line_number, text)``.
 
-    ``.txt``/``.md``: paragraphs separated by blank lines; ``.jsonl``/``.json``: the ``text``
-    field of every record."""
+    ``.txt``: one document per non-empty line (as LLaMA-Factory reads text files); ``.md``:
+    paragraphs separated by blank lines; ``.jsonl``/``.json``: the ``column`` field of every record
+    (``text`` unless a ``dataset_info.json`` entry maps ``columns.prompt``)."""
     path = Path(path)
     if path.suffix in (".jsonl", ".json"):
         for number, record in read_records(path):
-            text = record.get("text")
+            text = record.get(column)
             if not isinstance(text, str):
-                raise InputError("expected a string", path=str(path), line=number, field="text")
+                hint = "" if column in record else \
+                    f" (no {column!r} field; map yours with dataset_info.json columns.prompt)"
+                raise InputError("expected a string" + hint, path=str(path), line=number, field=column)
             if text.strip():
                 yield number, text
         return
     if not path.is_file():
         raise InputError("file not found", path=str(path))
-    start, lines = 1, []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if path.suffix != ".md":
+        yield from ((n, line) for n, line in enumerate(lines, start=1) if line.strip())
+        return
+    start, para = 1, []
+    for number, line in enumerate(lines, start=1):
         if line.strip():
-            if not lines:
+            if not para:
                 start = number
-            lines.append(line)
-        elif lines:
-            yield start, "\n".join(lines)
-            lines = []
-    if lines:
-        yield start, "\n".join(lines)
+            para.append(line)
+        elif para:
+            yield start, "\n".join(para)
+            para = []
+    if para:
+        yield start, "\n".join(para)
 
 
 # ---- normalising ------------------------------------------------------------------------------
