@@ -31,6 +31,9 @@ class TrainConfig(BaseModel):
                                 "a data file, or a NAME looked up in dataset_dir (pt: text files or a directory)")
     dataset_dir: str | None = Field(None, description="where dataset NAMEs are looked up "
                                     "(default: $QIHUANG_HOME/datasets)")
+    trust_remote_code: bool = Field(False, description="let the model run Python code shipped with it (older "
+                                    "ChatGLM checkpoints need it). Off by default: that code runs on this machine "
+                                    "with your permissions, so enable it only for a model you trust")
     template: str = Field("auto", description="prompt template name (see resources/templates.yaml) or file")
     grounded: bool = Field(False, description="put each example's knowledge triples in the prompt")
     max_samples: int | None = Field(None, gt=0, description="use at most this many training examples")

@@ -26,8 +26,9 @@ _PLACEHOLDER = "\u2026"  # stands in for a missing reference so the shared recor
 
 def question_of(record: dict, path: str, line: int) -> dict:
     """``{"question", "history", "system", "reference", "instruction", "input"}`` of a record."""
-    from qihuang.data.formats import to_conversation
+    from qihuang.data.formats import canonical_fields, to_conversation
 
+    record = canonical_fields(record)  # Med-ChatGLM context/target
     shaped = dict(record)
     reference = None
     if "conversations" in record or "messages" in record:

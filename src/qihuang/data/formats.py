@@ -10,6 +10,8 @@ Accepted record shapes:
   (``<user>: … <bot>: … <user>: …``) is split into turns.
 * ShareGPT: ``conversations`` (or ``messages``) as ``{"from": human|gpt|system, "value": …}``
   or ``{"role": user|assistant|system, "content": …}``.
+* Med-ChatGLM: ``context`` (the question) and ``target`` (the answer), read as alpaca
+  ``instruction`` / ``output`` (see :func:`canonical_fields`).
 """
 
 from __future__ import annotations
@@ -147,11 +149,29 @@ def read_texts(path: str | Path, column: str = "text") -> Iterator[tuple[int, st
 
 
 # ---- normalising ------------------------------------------------------------------------------
+_FIELD_ALIASES = {"context": "instruction", "target": "output"}  # Med-ChatGLM's JSON lines
+
+
+def canonical_fields(record: dict) -> dict:
+    """``record`` with Med-ChatGLM's ``context``/``target`` read as ``instruction``/``output``
+    (only where the alpaca field is absent, and never for ShareGPT records)."""
+    if not isinstance(record, dict) or "conversations" in record or "messages" in record:
+        return record
+    if not any(k in record and v not in record for k, v in _FIELD_ALIASES.items()):
+        return record
+    out = dict(record)
+    for alias, name in _FIELD_ALIASES.items():
+        if alias in out and name not in out:
+            out[name] = out.pop(alias)
+    return out
+
+
 def to_conversation(record: dict, path: str | Path | None = None, line: int | None = None) -> Conversation:
-    """Normalise an alpaca or ShareGPT record; errors name ``path``/``line`` and the field."""
+    """Normalise an alpaca, ShareGPT or Med-ChatGLM record; errors name ``path``/``line`` and the field."""
     where = {"path": str(path) if path is not None else None, "line": line}
     if not isinstance(record, dict):
         raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
+    record = canonical_fields(record)
     if "conversations" in record or "messages" in record:
         key = "conversations" if "conversations" in record else "messages"
         system, messages = _sharegpt(record[key], key, where)
@@ -159,8 +179,9 @@ def to_conversation(record: dict, path: str | Path | None = None, line: int | No
     elif "instruction" in record or "output" in record:
         system, messages = _opt_str(record, "system", where), _alpaca(record, where)
     else:
-        raise InputError("unrecognised record: expected alpaca fields (instruction/output) or "
-                         f"ShareGPT 'conversations'; got keys {sorted(record)}", **where)
+        raise InputError("unrecognised record: expected alpaca fields (instruction/output), "
+                         f"ShareGPT 'conversations' or Med-ChatGLM context/target; got keys {sorted(record)}",
+                         **where)
     _check_turns(messages, where)
     return {"system": system or None, "messages": messages, "knowledge": _knowledge(record, where)}
 

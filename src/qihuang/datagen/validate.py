@@ -22,7 +22,7 @@ from qihuang.errors import InputError
 
 DATA_SUFFIXES = (".jsonl", ".json")
 MODES = ("train", "infer")
-TEXT_HINT = ("{suffix} is plain text: `qihuang train --stage pt` reads it as one document per line; "
+TEXT_HINT = ("{suffix} holds plain text, not JSON lines: `qihuang train --stage pt` reads it as one document per line; "
              "`data validate` checks instruction data (.json/.jsonl: alpaca instruction/input/output or "
              "ShareGPT conversations)")
 
@@ -81,10 +81,10 @@ def validate_file(path: str | Path, mode: str = "train", target: Target | None =
     report = FileReport(str(path))
     if not path.is_file():
         raise InputError("file not found", path=str(path))
-    if path.suffix.lower() not in DATA_SUFFIXES:
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() not in DATA_SUFFIXES and not _looks_like_json_lines(text):
         report.errors.append(Problem(None, TEXT_HINT.format(suffix=path.suffix or "a file without suffix")))
         return report
-    text = path.read_text(encoding="utf-8-sig")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:  # a JSON array cannot be read past a syntax error: report it and stop
             for number, line, record in read_numbered(path):
@@ -98,6 +98,15 @@ def validate_file(path: str | Path, mode: str = "train", target: Target | None =
     if report.records == 0 and not report.errors:
         report.errors.append(Problem(None, "no records"))
     return report
+
+
+def _looks_like_json_lines(text: str) -> bool:
+    """Whether a file of another suffix holds JSON lines (Med-ChatGLM's ``data/train.txt``)."""
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _check_line(report: FileReport, raw: str, line: int, mode: str, target: Target) -> None:
