@@ -173,7 +173,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not key=value")
         key = key.strip().replace("-", "_")
-        if key not in TrainConfig.model_fields:
+        from qihuang.train.aliases import aliases
+
+        if key not in TrainConfig.model_fields and key not in aliases().names():
             raise ConfigError(f"override {item!r}: unknown field {key!r}")
         try:
             out[key] = yaml.safe_load(raw) if raw.strip() else None
@@ -183,12 +185,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> TrainConfig:
-    """Defaults < YAML file ``path`` < ``overrides`` (a mapping or ``key=value`` strings)."""
-    values = read_yaml(path) if path else {}
+    """Defaults < YAML file ``path`` < ``overrides`` (a mapping or ``key=value`` strings).
+    LLaMA-Factory spellings (``resources/llamafactory.yaml``) are accepted in both."""
+    from qihuang.train.aliases import translate
+
+    values = translate(read_yaml(path), str(path)) if path else {}
     unknown = sorted(set(values) - set(TrainConfig.model_fields))
     if unknown:
         raise ConfigError(f"{path}: unknown field(s) {unknown}")
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    values.update(overrides or {})
+    values.update(translate(overrides or {}))
     return build_config(values, str(path) if path else None)

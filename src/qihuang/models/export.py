@@ -27,6 +27,15 @@ def _check_target(out: Path, force: bool) -> None:
         raise ConfigError(f"--out {out} already exists and is not empty (use --force to replace it)")
 
 
+def _shareable(directory: Path) -> None:
+    """Give the export the permissions of a normal directory (the temporary one it is written in,
+    and files saved through temporary files, are owner-only): 0o777 / 0o666 minus the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def export_merged(adapter: str | os.PathLike, out: str | os.PathLike, base: str | None = None,
                   template: str | None = None, dtype: str = "float32", force: bool = False,
                   trust_remote_code: bool = False) -> Path:
@@ -57,6 +66,7 @@ def export_merged(adapter: str | os.PathLike, out: str | os.PathLike, base: str 
         meta = {"merged_from": {"adapter": str(adapter.resolve()), "base_model": str(base_name)},
                 "dtype": dtype, "qihuang_version": __version__}
         (tmp / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+        _shareable(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
