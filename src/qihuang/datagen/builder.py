@@ -56,7 +56,8 @@ def build_dataset(kb, out_dir: str | Path, *, max_examples: int | None = None, p
                   attributes: Iterable[str] | None = None, seed: int = 0, balanced: bool = False,
                   kinds: Iterable[str] = KINDS, test_entities: Iterable[str] | None = None, phrasings: int = 2,
                   scenarios_per_disease: int = 2, dialogues_per_entity: int = 1, dev_ratio: float = 0.05,
-                  test_ratio: float = 0.05, sharegpt: bool = False, progress: bool = False) -> dict:
+                  test_ratio: float = 0.05, sharegpt: bool = False, progress: bool = False,
+                  phrasebook: str | Path | None = None) -> dict:
     """Build a dataset directory from ``kb`` (a KnowledgeBase, a database path, or None for the default).
 
     - ``max_examples``: stop after this many examples; ``per_entity``: at most this many per entity.
@@ -65,6 +66,7 @@ def build_dataset(kb, out_dir: str | Path, *, max_examples: int | None = None, p
       entity types and attributes useful for question answering (``balanced``/``qa`` in phrasings.yaml).
     - ``kinds``: any of "single", "scenario", "dialogue"; ``phrasings``: questions per entity and attribute.
     - ``test_entities``: names forced into the test split (the rest is split by ``dev_ratio``/``test_ratio``).
+    - ``phrasebook``: a phrasings YAML file of the user's own (default: ``resources/phrasings.yaml``).
     Returns the statistics also written to ``stats.json``.
     """
     kinds = _check_options(kinds, max_examples, per_entity, phrasings)
@@ -79,7 +81,8 @@ def build_dataset(kb, out_dir: str | Path, *, max_examples: int | None = None, p
         return _build(kb, Path(out_dir), max_examples=max_examples, per_entity=per_entity, attributes=attributes,
                       seed=seed, balanced=balanced, kinds=kinds, test_entities=test_entities, phrasings=phrasings,
                       scenarios_per_disease=scenarios_per_disease, dialogues_per_entity=dialogues_per_entity,
-                      dev_ratio=dev_ratio, test_ratio=test_ratio, sharegpt=sharegpt, progress=progress)
+                      dev_ratio=dev_ratio, test_ratio=test_ratio, sharegpt=sharegpt, progress=progress,
+                      phrasebook=phrasebook)
     finally:
         if gc_was_on:
             gc.enable()
@@ -112,9 +115,10 @@ def check_attributes(attributes: Iterable[str] | None) -> set[str] | None:
 
 
 def _build(kb, out_dir: Path, *, max_examples, per_entity, attributes, seed, balanced, kinds, test_entities,
-           phrasings, scenarios_per_disease, dialogues_per_entity, dev_ratio, test_ratio, sharegpt, progress) -> dict:
+           phrasings, scenarios_per_disease, dialogues_per_entity, dev_ratio, test_ratio, sharegpt, progress,
+           phrasebook=None) -> dict:
     t0 = time.perf_counter()
-    book = load_phrasebook()
+    book = load_phrasebook(phrasebook)
     single_attrs = check_attributes(attributes)
     if balanced:
         from qihuang.kb.schema import ATTRIBUTES

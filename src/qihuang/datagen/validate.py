@@ -169,7 +169,7 @@ def _check_record(report: FileReport, record, line: int, number: int | None = No
 
 def _warn(report: FileReport, record: dict, line: int, number: int | None = None) -> None:
     kind = record.get("kind")
-    if kind is not None and kind not in ("single", "scenario", "dialogue"):
+    if kind is not None and kind not in ("single", "scenario", "dialogue", "knowledge"):
         report.warnings.append(Problem(line, f"unknown kind {kind!r}", number))
     for key in ("entity", "attribute", "id"):
         if key in record and not isinstance(record[key], (str, int)):
