@@ -177,6 +177,30 @@ def load_model(name_or_path: str | os.PathLike, adapter: str | os.PathLike | Non
     return model
 
 
+# ---- context length -------------------------------------------------------------------------
+DEFAULT_CONTEXT = 2048  # Bloom (ALiBi, no position limit in its config) was trained on 2048-token sequences
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length", "n_ctx")
+_TOKENIZER_SENTINEL = 10**9  # transformers writes int(1e30) as model_max_length when it does not know
+
+
+def context_length(model_or_config: Any, tokenizer: Any = None) -> int:
+    """How many tokens (prompt + generation) a model takes, for every architecture.
+
+    The first positive integer among the config's ``max_position_embeddings`` (Llama, Qwen2,
+    GLM-4), ``n_positions`` (GPT-2), ``seq_length`` (ChatGLM), ``max_sequence_length``,
+    ``n_ctx``; else the tokenizer's ``model_max_length`` unless it is the "unknown" sentinel
+    (1e30, what Bloom's tokenizer says); else :data:`DEFAULT_CONTEXT`. When both the config
+    and a real tokenizer limit are known, the smaller wins. Accepts a model or its config."""
+    config = getattr(model_or_config, "config", model_or_config)
+    sources = [config, getattr(config, "text_config", None)]
+    from_config = next((int(v) for c in sources if c is not None for k in _CONTEXT_KEYS
+                        if isinstance(v := getattr(c, k, None), int) and not isinstance(v, bool) and v > 0), None)
+    limit = getattr(tokenizer, "model_max_length", None)
+    from_tokenizer = int(limit) if isinstance(limit, (int, float)) and 0 < limit < _TOKENIZER_SENTINEL else None
+    known = [v for v in (from_config, from_tokenizer) if v is not None]
+    return min(known) if known else DEFAULT_CONTEXT
+
+
 def read_meta(directory: str | os.PathLike) -> dict:
     """``qihuang_meta.json`` of a training output ({} if absent)."""
     path = Path(directory) / META_FILE
