@@ -252,6 +252,22 @@ def flat_question(text: str) -> tuple[str, list[list[str]]]:
     return turns[-1]["content"], [[turns[i]["content"], turns[i + 1]["content"]] for i in range(0, len(turns) - 1, 2)]
 
 
+def with_flat_turns(question: str, history: list | None) -> tuple[str, list | None]:
+    """``(question, history)`` with a flattened dialogue in ``question`` moved into ``history``
+    (after the turns already there, in the same form: ``[q, a]`` pairs or role/content dicts).
+    Text that only mentions a marker but does not parse as a dialogue stays as it is."""
+    try:
+        question, earlier = flat_question(question)
+    except InputError:
+        return question, history
+    if not earlier:
+        return question, history
+    if history and isinstance(history[0], dict):
+        turns = [{"role": r, "content": t} for q, a in earlier for r, t in (("user", q), ("assistant", a))]
+        return question, list(history) + turns
+    return question, list(history or []) + earlier
+
+
 def _split_flat(prompt: str, output: str, where: dict) -> list[Message]:
     """``<user>: q1 <bot>: a1 <user>: q2 <bot>:`` + output -> alternating turns."""
     return split_flat_dialogue(prompt, where) + [{"role": "assistant", "content": output}]
