@@ -91,3 +91,24 @@ def test_template_default_works_outside_training_too():
     from qihuang.data.prompts import get_template
 
     assert get_template("default").kind == "chat" and get_template("default").fallback == "alpaca"
+
+
+def test_med_chatglm_script_options_parse(tmp_path):
+    """Med-ChatGLM's scripts/sft_medchat.sh option set (without adam_epsilon) reads into one config."""
+    from qihuang.cli import build_parser
+    from qihuang.config import TrainConfig, load_config
+
+    args = build_parser().parse_args([
+        "train", "--model_name_or_path", "m", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8",
+        "--train_file", "./data/train.txt", "--max_seq_length", "256", "--output_dir", "./output/", "--do_train",
+        "--logging_steps", "30", "--log_file", "./log/x", "--gradient_accumulation_steps", "2",
+        "--learning_rate", "5e-5", "--group_by_length", "False", "--num_train_epochs", "3",
+        "--lr_scheduler_type", "linear", "--warmup_ratio", "0.1", "--logging_dir", "./log", "--save_strategy", "epoch",
+        "--seed", "2023", "--remove_unused_columns", "False", "--torch_dtype", "auto", "--report_to", "wandb",
+        "--run_name", "x", "--finetuning", "full"])
+    values = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields}
+    values.update({k[3:]: v for k, v in vars(args).items() if k.startswith("lf_")})
+    c = load_config(None, values)
+    assert (c.model, c.dataset, c.cutoff_len, c.batch_size, c.grad_accum, c.group_by_length) == \
+        ("m", "./data/train.txt", 256, 8, 2, False)
+    assert (c.lr_scheduler, c.num_epochs, c.seed, c.eval_batch_size) == ("linear", 3.0, 2023, 8)

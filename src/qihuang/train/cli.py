@@ -64,9 +64,12 @@ def register(subparsers) -> None:
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
         flags += [f"--{a}" for a, target in table.options.items() if target == name and a != name]
         parser.add_argument(*flags, dest=name, help=info.description, **_option_kwargs(info.annotation))
-    for name in [*table.flags, *table.ignored]:
-        reason = table.ignored.get(name) or "sets {} to {}".format(*table.flags[name])
-        parser.add_argument(f"--{name}", dest=f"lf_{name}", action=BoolOption, help=f"LLaMA-Factory: {reason}")
+    for name, (target, value) in table.flags.items():
+        parser.add_argument(f"--{name}", dest=f"lf_{name}", action=BoolOption,
+                            help=f"LLaMA-Factory: true sets {target} to {value}")
+    for name, reason in table.ignored.items():  # any value (or none); dropped with a warning
+        parser.add_argument(f"--{name}", dest=f"lf_{name}", nargs="?", const=True, metavar="VALUE",
+                            help=f"LLaMA-Factory: ignored ({reason})")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any config field")
     parser.set_defaults(func=_run)
 
