@@ -81,3 +81,15 @@ def test_huatuo_med_template_file_equals_registered_med_template(tmp_path, tok):
 def test_bad_prompt_style_template_names_field(fields, message):
     with pytest.raises(ConfigError, match=message):
         Template.from_dict(fields, name="bad")
+
+
+@pytest.mark.parametrize("name", list_templates())
+def test_every_registered_template_renders_and_round_trips(tok, name, tmp_path):
+    """Each entry of resources/templates.yaml builds, renders a grounded prompt, and survives save/load."""
+    from qihuang.data.prompts import load_template, save_template
+
+    template = get_template(name)
+    prompt = template.render(tok, TURNS, knowledge=[["胃镜", "检查前准备", "空腹"]])
+    assert "做之前要空腹多久？" in prompt and "参考知识：" in prompt
+    save_template(template, tmp_path)
+    assert load_template(tmp_path) == template
