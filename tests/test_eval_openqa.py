@@ -77,6 +77,6 @@ def test_openqa_zh_tokenizer_option(tmp_path):
     answerer = FakeAnswerer(ScriptedEngine(replies=lambda p: "多休息，多喝水。"))
     res = ev.run("openqa", FIX / "openqa.jsonl", answerer=answerer, out_dir=tmp_path / "run", progress=False,
                  bleu_tokenize="zh", limit=1)
-    assert res["config"]["task_options"] == {"bleu_tokenize": "zh"}
+    assert res["config"]["task_options"] == {"bleu_tokenize": "zh", "regenerate": False}
     assert res["scores"]["bleu4"] == pytest.approx(metrics.corpus_bleu(["多休息，多喝水。"],
                                                                        [REFS["感冒了应该注意什么"]], "zh"), abs=1e-3)

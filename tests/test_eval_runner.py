@@ -34,7 +34,7 @@ def test_results_json_records_scores_config_model_data_and_timings(tmp_path):
     assert res["data"]["sha256"] == hashlib.sha256(OPENQA.read_bytes()).hexdigest()
     assert res["data"]["n_examples"] == 3 and res["data"]["n_evaluated"] == 2
     assert res["model"]["name"] == "tiny-test" and res["model"]["template"] == "fake"
-    assert res["config"] == {"task_options": {"bleu_tokenize": "jieba"}, "grounded": False, "limit": 2,
+    assert res["config"] == {"task_options": {"bleu_tokenize": "jieba", "regenerate": False}, "grounded": False, "limit": 2,
                              "batch_size": 1}
     assert set(res["timings"]) >= {"started_at", "finished_at", "seconds_total", "seconds_predict"}
     assert res["headline"] == ["bleu4", "rouge1", "rouge2", "rougeL"]

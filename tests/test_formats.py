@@ -94,9 +94,12 @@ def test_read_records_jsonl_array_and_errors(tmp_path):
 
 
 def test_read_texts(tmp_path):
-    txt = tmp_path / "book.txt"
-    txt.write_text("第一段。\n续行。\n\n\n第二段。\n", encoding="utf-8")
-    assert list(read_texts(txt)) == [(1, "第一段。\n续行。"), (5, "第二段。")]
+    md = tmp_path / "book.md"
+    md.write_text("第一段。\n续行。\n\n\n第二段。\n", encoding="utf-8")
+    assert list(read_texts(md)) == [(1, "第一段。\n续行。"), (5, "第二段。")]
+    txt = tmp_path / "book.txt"  # one document per line, as LLaMA-Factory reads .txt
+    txt.write_text("第一篇。\n第二篇。\n\n第三篇。\n", encoding="utf-8")
+    assert list(read_texts(txt)) == [(1, "第一篇。"), (2, "第二篇。"), (4, "第三篇。")]
     jl = tmp_path / "t.jsonl"
     jl.write_text('{"text": "abc"}\n{"text": 3}\n', encoding="utf-8")
     with pytest.raises(InputError, match="t.jsonl:2"):

@@ -43,7 +43,8 @@ def test_med_template_matches_huatuo_format(tokenizers):
     assert text == "下面是一个问题，运用医学知识来正确回答提问.\n### 问题:\n偏头痛的症状？\n### 回答:\n"
 
 
-@pytest.mark.parametrize("name", ["auto", "med_template", "literature_template", "bloom_deploy", "alpaca"])
+@pytest.mark.parametrize("name", ["auto", "med_template", "qihuang_literature", "qihuang_human_assistant",
+                                  "alpaca"])
 def test_labels_cover_only_answers_and_eos(tokenizers, name):
     template = get_template(name)
     for tok in tokenizers:
@@ -58,7 +59,7 @@ def test_labels_cover_only_answers_and_eos(tokenizers, name):
         assert "偏头痛的症状？" in masked and "头痛、恶心" in masked  # prompt + knowledge masked
 
 
-@pytest.mark.parametrize("name", ["auto", "med_template", "alpaca"])
+@pytest.mark.parametrize("name", ["auto", "med_template", "alpaca", "literature_template", "bloom_deploy"])
 def test_inference_prompt_is_prefix_of_training_ids(tokenizers, name):
     template = get_template(name)
     tok = tokenizers[1]

@@ -4,6 +4,11 @@
 weights (2 layers, hidden size 64) and a byte-level BPE tokenizer trained here on a few
 Chinese and English sentences. Like the default model (SmolLM2-Instruct) it has a ChatML
 chat template and ``pad_token == eos_token == "<|im_end|>"``.
+
+Architectures (``ARCHS``): llama, qwen2, glm (GLM-4-9B's ``glm``), glm4 (GLM-4-0414's ``glm4``)
+and bloom. The bloom model is shaped like the real ones where it matters: its config has no
+``max_position_embeddings`` (ALiBi) and its tokenizer has no chat template and says
+``model_max_length = int(1e30)`` (the "unknown" sentinel), as ``bigscience/bloomz-*`` do.
 """
 
 from __future__ import annotations
@@ -62,9 +67,16 @@ def build_tokenizer(vocab_size: int = 800):
     return hf
 
 
-def _config(arch: str, vocab_size: int, tokenizer):
-    from transformers import LlamaConfig, Qwen2Config
+ARCHS = ("llama", "qwen2", "glm", "glm4", "bloom")
 
+
+def _config(arch: str, vocab_size: int, tokenizer):
+    from transformers import BloomConfig, Glm4Config, GlmConfig, LlamaConfig, Qwen2Config
+
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    if arch == "bloom":
+        return BloomConfig(vocab_size=vocab_size, hidden_size=64, n_layer=2, n_head=4, tie_word_embeddings=True, **ids)
     common = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -82,7 +94,11 @@ def _config(arch: str, vocab_size: int, tokenizer):
         return LlamaConfig(**common)
     if arch == "qwen2":
         return Qwen2Config(**common)
-    raise ValueError(f"unknown tiny arch {arch!r} (llama or qwen2)")
+    if arch == "glm":
+        return GlmConfig(**common, head_dim=16)
+    if arch == "glm4":
+        return Glm4Config(**common, head_dim=16)
+    raise ValueError(f"unknown tiny arch {arch!r} (one of {ARCHS})")
 
 
 def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0) -> Path:
@@ -101,6 +117,9 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0) ->
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    if arch == "bloom":  # as the real Bloom tokenizers: no chat template, no known length
+        tokenizer.chat_template = None
+        tokenizer.model_max_length = int(1e30)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -31,6 +31,9 @@ class TrainConfig(BaseModel):
                                 "a data file, or a NAME looked up in dataset_dir (pt: text files or a directory)")
     dataset_dir: str | None = Field(None, description="where dataset NAMEs are looked up "
                                     "(default: $QIHUANG_HOME/datasets)")
+    trust_remote_code: bool = Field(False, description="let the model run Python code shipped with it (older "
+                                    "ChatGLM checkpoints need it). Off by default: that code runs on this machine "
+                                    "with your permissions, so enable it only for a model you trust")
     template: str = Field("auto", description="prompt template name (see resources/templates.yaml) or file")
     grounded: bool = Field(False, description="put each example's knowledge triples in the prompt")
     max_samples: int | None = Field(None, gt=0, description="use at most this many training examples")
@@ -170,7 +173,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not key=value")
         key = key.strip().replace("-", "_")
-        if key not in TrainConfig.model_fields:
+        from qihuang.train.aliases import aliases
+
+        if key not in TrainConfig.model_fields and key not in aliases().names():
             raise ConfigError(f"override {item!r}: unknown field {key!r}")
         try:
             out[key] = yaml.safe_load(raw) if raw.strip() else None
@@ -180,12 +185,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> TrainConfig:
-    """Defaults < YAML file ``path`` < ``overrides`` (a mapping or ``key=value`` strings)."""
-    values = read_yaml(path) if path else {}
+    """Defaults < YAML file ``path`` < ``overrides`` (a mapping or ``key=value`` strings).
+    LLaMA-Factory spellings (``resources/llamafactory.yaml``) are accepted in both."""
+    from qihuang.train.aliases import translate
+
+    values = translate(read_yaml(path), str(path)) if path else {}
     unknown = sorted(set(values) - set(TrainConfig.model_fields))
     if unknown:
         raise ConfigError(f"{path}: unknown field(s) {unknown}")
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    values.update(overrides or {})
+    values.update(translate(overrides or {}))
     return build_config(values, str(path) if path else None)

@@ -20,6 +20,7 @@ from qihuang import DISCLAIMER
 from qihuang.answer.engine import Engine, GenerationParams, clean_text
 from qihuang.answer.grounding import Citation, Grounding, GroundingLimits, ground
 from qihuang.answer.triage import Triage, triage
+from qihuang.data.formats import with_flat_turns
 from qihuang.errors import InputError
 
 History = list[list[str]] | list[tuple[str, str]] | list[dict]
@@ -102,7 +103,7 @@ class Answerer:
         """Triage, grounding and the rendered prompt for one question (no generation)."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty", field="question")
-        question = question.strip()
+        question, history = with_flat_turns(question.strip(), history)  # "<user>: … <bot>: …" (HuaTuo)
         tri = triage(question)
         use_kb = self.grounded if grounded is None else grounded
         if tri.level == "refuse":  # nothing is looked up or generated for a harmful request

@@ -178,8 +178,9 @@ class HFEngine:
 
     @property
     def max_length(self) -> int:
-        cfg = self.model.config
-        return int(getattr(cfg, "max_position_embeddings", None) or getattr(self.tokenizer, "model_max_length", 2048))
+        from qihuang.models.load import context_length
+
+        return context_length(self.model, self.tokenizer)
 
     def _stops(self, params: GenerationParams) -> list[str]:
         return params.stop_with_template(self.template, self.tokenizer)

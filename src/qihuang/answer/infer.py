@@ -2,12 +2,13 @@
 
 Each input record gives a question (``instruction`` + ``input``, optional ``history``, or a
 ShareGPT conversation whose last user turn is the question) and optionally a reference
-``output``. Each output line holds ``line`` (the input line number), ``instruction``,
+``output``. Each output line holds ``record`` (the input record number, counted from 1),
+``line`` (the input line it starts on; one-line JSON arrays share line 1), ``instruction``,
 ``input``, ``output`` (the reference), ``prediction``, ``grounded``, ``citations``, ``triage``,
 ``refused`` and ``disclaimer``.
 
 Resumable: results are appended batch by batch to ``OUTPUT.partial`` (flushed and fsynced);
-a rerun skips the input lines already there, and the finished file is moved onto ``OUTPUT``
+a rerun skips the input records already there, and the finished file is moved onto ``OUTPUT``
 with ``os.replace``. A torn last line (a crash mid-write) is dropped and redone.
 """
 
@@ -25,8 +26,9 @@ _PLACEHOLDER = "\u2026"  # stands in for a missing reference so the shared recor
 
 def question_of(record: dict, path: str, line: int) -> dict:
     """``{"question", "history", "system", "reference", "instruction", "input"}`` of a record."""
-    from qihuang.data.formats import to_conversation
+    from qihuang.data.formats import canonical_fields, to_conversation
 
+    record = canonical_fields(record)  # Med-ChatGLM context/target
     shaped = dict(record)
     reference = None
     if "conversations" in record or "messages" in record:
@@ -54,7 +56,8 @@ def question_of(record: dict, path: str, line: int) -> dict:
 
 
 def _read_done(path: Path) -> tuple[list[str], set[int]]:
-    """Valid lines of a previous (partial) output and the input line numbers they cover."""
+    """Valid lines of a previous (partial) output and the input record numbers they cover
+    (``record``; outputs written before it existed have only ``line``)."""
     kept, done = [], set()
     if not path.is_file():
         return kept, done
@@ -63,9 +66,10 @@ def _read_done(path: Path) -> tuple[list[str], set[int]]:
             row = json.loads(raw)
         except json.JSONDecodeError:
             continue  # a torn line from an interrupted run: redone
-        if isinstance(row, dict) and isinstance(row.get("line"), int):
+        key = row.get("record", row.get("line")) if isinstance(row, dict) else None
+        if isinstance(key, int):
             kept.append(raw)
-            done.add(row["line"])
+            done.add(key)
     return kept, done
 
 
@@ -73,8 +77,8 @@ def _atomic_write_lines(path: Path, lines: list[str]) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
-def _result_row(line: int, item: dict, answer) -> dict:
-    row = {"line": line, "instruction": item["instruction"], "input": item["input"],
+def _result_row(number: int, item: dict, answer) -> dict:
+    row = {"record": number, "line": item["line"], "instruction": item["instruction"], "input": item["input"],
            "output": item["reference"], "prediction": answer.text, "grounded": answer.grounded,
            "citations": [c.to_dict() for c in answer.citations], "triage": answer.triage.to_dict(),
            "refused": answer.refused, "disclaimer": answer.disclaimer}
@@ -88,7 +92,7 @@ def run_infer(input_path: str | Path, output_path: str | Path, answerer, batch_s
     """Answer every record of ``input_path`` into ``output_path`` (JSON lines); returns counts."""
     from tqdm import tqdm
 
-    from qihuang.data.formats import read_records
+    from qihuang.data.formats import read_numbered
 
     src, out = Path(input_path), Path(output_path)
     if src.resolve() == out.resolve():
@@ -98,13 +102,13 @@ def run_infer(input_path: str | Path, output_path: str | Path, answerer, batch_s
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_lines(partial, kept)  # drop a torn last line before appending
     todo = []
-    for line, record in read_records(src):
+    for number, line, record in read_numbered(src):
         if limit is not None and len(todo) + len(done) >= limit:
             break
-        if line not in done:
+        if number not in done:
             item = question_of(record, str(src), line)
-            item["id"] = record.get("id")
-            todo.append((line, item))
+            item["id"], item["line"] = record.get("id"), line
+            todo.append((number, item))
     counts = {"written": 0, "skipped": len(done), "red_flags": 0, "refused": 0, "grounded": 0}
     bar = tqdm(total=len(todo), desc="infer", unit="q", disable=not progress)
     with open(partial, "a", encoding="utf-8") as fh:

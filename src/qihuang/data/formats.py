@@ -10,6 +10,8 @@ Accepted record shapes:
   (``<user>: … <bot>: … <user>: …``) is split into turns.
 * ShareGPT: ``conversations`` (or ``messages``) as ``{"from": human|gpt|system, "value": …}``
   or ``{"role": user|assistant|system, "content": …}``.
+* Med-ChatGLM: ``context`` (the question) and ``target`` (the answer), read as alpaca
+  ``instruction`` / ``output`` (see :func:`canonical_fields`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from qihuang.errors import InputError
 
@@ -42,9 +44,27 @@ _FLAT_TURN = re.compile(r"<(user|bot)>[:：]")
 
 
 # ---- reading ----------------------------------------------------------------------------------
+class Numbered(NamedTuple):
+    """One record of a data file: ``number`` counts records from 1 (the key for numbering output
+    rows and resuming), ``line`` is the physical line the record starts on (for messages). In a
+    JSON array written on one line (HuaTuo's literature data) every record has ``line`` 1."""
+
+    number: int
+    line: int
+    record: dict
+
+
+def read_numbered(path: str | Path) -> Iterator[Numbered]:
+    """Every record of ``path`` with its record number and true line (see :func:`read_records`)."""
+    for number, (line, record) in enumerate(read_records(path), start=1):
+        yield Numbered(number, line, record)
+
+
 def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, record)`` from a ``.jsonl`` file or a ``.json`` file holding JSON
-    lines or a JSON array. Raises :class:`InputError` naming the file and line."""
+    lines or a JSON array. Raises :class:`InputError` naming the file and line. Line numbers
+    are physical lines, so records of a one-line JSON array share one: number output by
+    :func:`read_numbered` instead."""
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", path=str(path))
@@ -92,41 +112,66 @@ def _skip(text: str, pos: int, chars: str) -> int:
     return pos
 
 
-def read_texts(path: str | Path) -> Iterator[tuple[int, str]]:
+def read_texts(path: str | Path, column: str = "text") -> Iterator[tuple[int, str]]:
     """Plain-text documents for continued pretraining, as ``(line_number, text)``.
 
-    ``.txt``/``.md``: paragraphs separated by blank lines; ``.jsonl``/``.json``: the ``text``
-    field of every record."""
+    ``.txt``: one document per non-empty line (as LLaMA-Factory reads text files); ``.md``:
+    paragraphs separated by blank lines; ``.jsonl``/``.json``: the ``column`` field of every record
+    (``text`` unless a ``dataset_info.json`` entry maps ``columns.prompt``)."""
     path = Path(path)
     if path.suffix in (".jsonl", ".json"):
         for number, record in read_records(path):
-            text = record.get("text")
+            text = record.get(column)
             if not isinstance(text, str):
-                raise InputError("expected a string", path=str(path), line=number, field="text")
+                hint = "" if column in record else \
+                    f" (no {column!r} field; map yours with dataset_info.json columns.prompt)"
+                raise InputError("expected a string" + hint, path=str(path), line=number, field=column)
             if text.strip():
                 yield number, text
         return
     if not path.is_file():
         raise InputError("file not found", path=str(path))
-    start, lines = 1, []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if path.suffix != ".md":
+        yield from ((n, line) for n, line in enumerate(lines, start=1) if line.strip())
+        return
+    start, para = 1, []
+    for number, line in enumerate(lines, start=1):
         if line.strip():
-            if not lines:
+            if not para:
                 start = number
-            lines.append(line)
-        elif lines:
-            yield start, "\n".join(lines)
-            lines = []
-    if lines:
-        yield start, "\n".join(lines)
+            para.append(line)
+        elif para:
+            yield start, "\n".join(para)
+            para = []
+    if para:
+        yield start, "\n".join(para)
 
 
 # ---- normalising ------------------------------------------------------------------------------
+_FIELD_ALIASES = {"context": "instruction", "target": "output"}  # Med-ChatGLM's JSON lines
+
+
+def canonical_fields(record: dict) -> dict:
+    """``record`` with Med-ChatGLM's ``context``/``target`` read as ``instruction``/``output``
+    (only where the alpaca field is absent, and never for ShareGPT records)."""
+    if not isinstance(record, dict) or "conversations" in record or "messages" in record:
+        return record
+    if not any(k in record and v not in record for k, v in _FIELD_ALIASES.items()):
+        return record
+    out = dict(record)
+    for alias, name in _FIELD_ALIASES.items():
+        if alias in out and name not in out:
+            out[name] = out.pop(alias)
+    return out
+
+
 def to_conversation(record: dict, path: str | Path | None = None, line: int | None = None) -> Conversation:
-    """Normalise an alpaca or ShareGPT record; errors name ``path``/``line`` and the field."""
+    """Normalise an alpaca, ShareGPT or Med-ChatGLM record; errors name ``path``/``line`` and the field."""
     where = {"path": str(path) if path is not None else None, "line": line}
     if not isinstance(record, dict):
         raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
+    record = canonical_fields(record)
     if "conversations" in record or "messages" in record:
         key = "conversations" if "conversations" in record else "messages"
         system, messages = _sharegpt(record[key], key, where)
@@ -134,8 +179,9 @@ def to_conversation(record: dict, path: str | Path | None = None, line: int | No
     elif "instruction" in record or "output" in record:
         system, messages = _opt_str(record, "system", where), _alpaca(record, where)
     else:
-        raise InputError("unrecognised record: expected alpaca fields (instruction/output) or "
-                         f"ShareGPT 'conversations'; got keys {sorted(record)}", **where)
+        raise InputError("unrecognised record: expected alpaca fields (instruction/output), "
+                         f"ShareGPT 'conversations' or Med-ChatGLM context/target; got keys {sorted(record)}",
+                         **where)
     _check_turns(messages, where)
     return {"system": system or None, "messages": messages, "knowledge": _knowledge(record, where)}
 
@@ -166,24 +212,65 @@ def _alpaca(record: dict, where: dict) -> list[Message]:
             raise InputError(f"item {i} must be a [question, answer] pair of strings", field="history", **where)
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     prompt = "\n".join(part for part in (instruction, query) if part.strip())
-    if _FLAT_TURN.search(prompt):
+    if has_flat_dialogue(prompt):
         messages += _split_flat(prompt, output, where)
     else:
         messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     return messages
 
 
-def _split_flat(prompt: str, output: str, where: dict) -> list[Message]:
-    """``<user>: q1 <bot>: a1 <user>: q2 <bot>:`` + output -> alternating turns."""
-    parts = _FLAT_TURN.split(prompt)
+def has_flat_dialogue(text: str) -> bool:
+    """Whether ``text`` holds a flattened dialogue (``<user>: … <bot>: …``, HuaTuo's literature shape)."""
+    return bool(_FLAT_TURN.search(text or ""))
+
+
+def split_flat_dialogue(text: str, where: dict | None = None) -> list[Message]:
+    """``<user>: q1 <bot>: a1 <user>: q2 [<bot>:]`` -> alternating turns ending with the last user turn.
+
+    The one reader of this shape: training records, batch inference, evaluation tasks and chat
+    input all split it here. Raises :class:`InputError` (naming ``where``'s path/line) for text
+    before the first marker or turns that do not alternate."""
+    where = where or {}
+    parts = _FLAT_TURN.split(text)
     if parts[0].strip():
         raise InputError("text before the first <user>: marker", field="instruction", **where)
-    turns = [{"role": "user" if tag == "user" else "assistant", "content": text.strip()}
-             for tag, text in zip(parts[1::2], parts[2::2])]
+    turns: list[Message] = [{"role": "user" if tag == "user" else "assistant", "content": body.strip()}
+                            for tag, body in zip(parts[1::2], parts[2::2])]
     if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
         turns.pop()
-    turns.append({"role": "assistant", "content": output})
+    if not turns or turns[-1]["role"] != "user":
+        raise InputError("a flattened dialogue must end with a <user>: turn", field="instruction", **where)
     return turns
+
+
+def flat_question(text: str) -> tuple[str, list[list[str]]]:
+    """``(question, [[q, a], ...])`` of a flattened dialogue; plain text is its own question."""
+    if not has_flat_dialogue(text):
+        return text, []
+    turns = split_flat_dialogue(text)
+    _check_turns(turns + [{"role": "assistant", "content": "-"}], {})
+    return turns[-1]["content"], [[turns[i]["content"], turns[i + 1]["content"]] for i in range(0, len(turns) - 1, 2)]
+
+
+def with_flat_turns(question: str, history: list | None) -> tuple[str, list | None]:
+    """``(question, history)`` with a flattened dialogue in ``question`` moved into ``history``
+    (after the turns already there, in the same form: ``[q, a]`` pairs or role/content dicts).
+    Text that only mentions a marker but does not parse as a dialogue stays as it is."""
+    try:
+        question, earlier = flat_question(question)
+    except InputError:
+        return question, history
+    if not earlier:
+        return question, history
+    if history and isinstance(history[0], dict):
+        turns = [{"role": r, "content": t} for q, a in earlier for r, t in (("user", q), ("assistant", a))]
+        return question, list(history) + turns
+    return question, list(history or []) + earlier
+
+
+def _split_flat(prompt: str, output: str, where: dict) -> list[Message]:
+    """``<user>: q1 <bot>: a1 <user>: q2 <bot>:`` + output -> alternating turns."""
+    return split_flat_dialogue(prompt, where) + [{"role": "assistant", "content": output}]
 
 
 def _sharegpt(turns: Any, key: str, where: dict) -> tuple[str, list[Message]]:

@@ -46,12 +46,20 @@ class Template:
     separator: str = "\n"
     stop: list[str] = field(default_factory=list)
     fallback: str | None = None
+    prompt_no_input: str | None = None
+    prompt_input: str | None = None
+    response_split: str | None = None
+    dialogue: str = "flat"
 
     def __post_init__(self) -> None:
         where = f"template {self.name!r}"
         if self.kind not in _KINDS:
             raise ConfigError(f"{where}: field 'kind' must be one of {_KINDS}, got {self.kind!r}")
-        if self.kind == "text":
+        if self.prompt_input is not None and self.prompt_no_input is None:
+            raise ConfigError(f"{where}: field 'prompt_no_input' is required when 'prompt_input' is given")
+        if self.prompt_no_input is not None:
+            _check_prompt_style(self, where)
+        elif self.kind == "text":
             for name, slot in (("format_user", "{content}"), ("format_assistant", "{content}"),
                                ("format_system", "{system}")):
                 if slot not in getattr(self, name):
@@ -91,6 +99,8 @@ class Template:
                 tokenizer, messages, system, knowledge, add_generation_prompt)
         if self.kind == "chat":
             return _render_chat(tokenizer, messages, _system_text(system, knowledge), add_generation_prompt)
+        if self.prompt_no_input is not None:
+            return self._render_prompt(tokenizer, messages, system, knowledge)
         return self._render_text(tokenizer, messages, system, knowledge)
 
     def to_dict(self) -> dict:
@@ -106,6 +116,27 @@ class Template:
         if unknown:
             raise ConfigError(f"template {label!r}: unknown field(s) {unknown}; known: {sorted(known)}")
         return cls(**{**data, "name": name or data.get("name", "custom")})
+
+    # ---- HuaTuo-style prompt templates ----------------------------------------------------
+    def _render_prompt(self, tokenizer, messages, system, knowledge) -> tuple[str, list[Span]]:
+        """One prompt string with an ``{instruction}`` slot (HuaTuo's ``prompt_no_input``).
+
+        Earlier turns go into the slot flattened as `` <user>: q <bot>: a <user>: q`` (the shape of
+        HuaTuo's literature data); only the last answer (+ EOS) is trained. A system text or
+        knowledge block, when given, is put in the slot before the question."""
+        eos = getattr(tokenizer, "eos_token", None) or ""
+        answer = messages[-1]["content"] if messages[-1]["role"] == "assistant" else None
+        asked = messages[:-1] if answer is not None else messages
+        instruction = flatten_dialogue(asked, marked=self.dialogue == "marked")
+        prefix = _system_text(self.system if system is None else system, knowledge)
+        if prefix:
+            instruction = prefix + "\n" + instruction
+        text = self.prompt_no_input.replace("{instruction}", instruction)
+        if answer is None:
+            return text, []
+        start = len(text)
+        text += answer + eos
+        return text, [(start, len(text.rstrip()))]
 
     # ---- text templates -------------------------------------------------------------------
     def _render_text(self, tokenizer, messages, system, knowledge) -> tuple[str, list[Span]]:
@@ -126,6 +157,30 @@ class Template:
                 text += msg["content"] + after
                 spans.append((start, len(text.rstrip())))
         return text, spans
+
+
+_DIALOGUES = ("flat", "marked")
+
+
+def _check_prompt_style(template: Template, where: str) -> None:
+    if template.kind != "text":
+        raise ConfigError(f"{where}: field 'prompt_no_input' needs kind 'text'")
+    for name in ("prompt_no_input", "prompt_input"):
+        value = getattr(template, name)
+        if value is not None and (not isinstance(value, str) or "{instruction}" not in value):
+            raise ConfigError(f"{where}: field {name!r} must be a string containing {{instruction}}")
+    if template.dialogue not in _DIALOGUES:
+        raise ConfigError(f"{where}: field 'dialogue' must be one of {_DIALOGUES}, got {template.dialogue!r}")
+
+
+def flatten_dialogue(messages: list[Message], marked: bool = False) -> str:
+    """Turns as one string `` <user>: q1 <bot>: a1 <user>: q2`` (HuaTuo's literature shape).
+
+    A single question stays as it is unless ``marked`` (then it gets its ``<user>:`` marker too)."""
+    if len(messages) == 1 and not marked:
+        return messages[0]["content"]
+    tags = {"user": "user", "assistant": "bot"}
+    return "".join(f" <{tags[m['role']]}>: {m['content']}" for m in messages)
 
 
 # ---- knowledge block ------------------------------------------------------------------------

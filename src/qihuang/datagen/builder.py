@@ -59,7 +59,7 @@ def build_dataset(kb, out_dir: str | Path, *, max_examples: int | None = None, p
                   kinds: Iterable[str] = KINDS, test_entities: Iterable[str] | None = None, phrasings: int = 2,
                   scenarios_per_disease: int = 2, dialogues_per_entity: int = 1, dev_ratio: float = 0.05,
                   test_ratio: float = 0.05, sharegpt: bool = False, progress: bool = False,
-                  knowledge: str = "answer") -> dict:
+                  knowledge: str = "answer", phrasebook: str | Path | None = None) -> dict:
     """Build a dataset directory from ``kb`` (a KnowledgeBase, a database path, or None for the default).
 
     - ``max_examples``: stop after this many examples; ``per_entity``: at most this many per entity.
@@ -73,6 +73,7 @@ def build_dataset(kb, out_dir: str | Path, *, max_examples: int | None = None, p
       added where retrieval missed them and, for about half of them, a distractor: a few values of another
       attribute of the entity), so the tuned model learns to pick the right facts when retrieval is
       imperfect. The records are otherwise the same as with "answer" (same seed, same questions).
+    - ``phrasebook``: a phrasings YAML file of the user's own (default: ``resources/phrasings.yaml``).
     Returns the statistics also written to ``stats.json``.
     """
     kinds = _check_options(kinds, max_examples, per_entity, phrasings)
@@ -90,7 +91,7 @@ def build_dataset(kb, out_dir: str | Path, *, max_examples: int | None = None, p
                       seed=seed, balanced=balanced, kinds=kinds, test_entities=test_entities, phrasings=phrasings,
                       scenarios_per_disease=scenarios_per_disease, dialogues_per_entity=dialogues_per_entity,
                       dev_ratio=dev_ratio, test_ratio=test_ratio, sharegpt=sharegpt, progress=progress,
-                      knowledge=knowledge)
+                      knowledge=knowledge, phrasebook=phrasebook)
     finally:
         if gc_was_on:
             gc.enable()
@@ -124,9 +125,9 @@ def check_attributes(attributes: Iterable[str] | None) -> set[str] | None:
 
 def _build(kb, out_dir: Path, *, max_examples, per_entity, attributes, seed, balanced, kinds, test_entities,
            phrasings, scenarios_per_disease, dialogues_per_entity, dev_ratio, test_ratio, sharegpt, progress,
-           knowledge="answer") -> dict:
+           knowledge="answer", phrasebook=None) -> dict:
     t0 = time.perf_counter()
-    book = load_phrasebook()
+    book = load_phrasebook(phrasebook)
     single_attrs = check_attributes(attributes)
     if balanced:
         from qihuang.kb.schema import ATTRIBUTES

@@ -1,4 +1,5 @@
-"""``qihuang data`` subcommands: build (templates), synth (LLM-assisted), prefs (preference pairs), validate."""
+"""``qihuang data`` subcommands: build (templates), knowledge (knowledge tuning from questions), synth
+(LLM-assisted), prefs (preference pairs), validate."""
 
 from __future__ import annotations
 
@@ -12,13 +13,25 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.replace("，", ",").split(",") if t.strip()]
 
 
+def count_or_file(text: str) -> int | str:
+    """``--phrasings``: a count of questions per entity and attribute, or a phrasings YAML file."""
+    from pathlib import Path
+
+    if text.strip().isdigit():
+        return int(text)
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"expected a count or a phrasings YAML file, got {text!r}")
+    return text
+
+
 def cmd_build(args) -> int:
     from qihuang.datagen.builder import build_dataset
 
-    stats = build_dataset(args.db, args.out, max_examples=args.max_examples, per_entity=args.per_entity,
+    count, book = (args.phrasings, None) if isinstance(args.phrasings, int) else (2, args.phrasings)
+    stats = build_dataset(args.db, args.out, phrasebook=book, max_examples=args.max_examples, per_entity=args.per_entity,
                           attributes=_csv(args.attributes), seed=args.seed, balanced=args.balanced,
                           kinds=_csv(args.kinds) or (), test_entities=_csv(args.test_entities),
-                          phrasings=args.phrasings, dev_ratio=args.dev_ratio, test_ratio=args.test_ratio,
+                          phrasings=count, dev_ratio=args.dev_ratio, test_ratio=args.test_ratio,
                           sharegpt=args.sharegpt, progress=not args.json)
     if args.json:
         print(json.dumps(stats, ensure_ascii=False, indent=2))
@@ -27,6 +40,22 @@ def cmd_build(args) -> int:
     kinds = ", ".join(f"{k} {v}" for k, v in stats["kinds"].items())
     print(f"wrote {stats['total']} examples ({splits}; {kinds}) over {stats['canonical_attributes']} attributes "
           f"to {args.out} in {stats['seconds']}s ({stats['examples_per_second']} examples/s)")
+    return 0
+
+
+def cmd_knowledge(args) -> int:
+    from qihuang.datagen.knowledge import build_knowledge
+    from qihuang.kb import KnowledgeBase
+
+    with KnowledgeBase.open(args.db) as kb:
+        stats = build_knowledge(kb, args.questions, args.out, phrasings=args.phrasings, seed=args.seed,
+                                dev_ratio=args.dev_ratio, test_ratio=args.test_ratio, sharegpt=args.sharegpt)
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False, indent=2))
+    else:
+        splits = ", ".join(f"{k} {v}" for k, v in stats["splits"].items())
+        print(f"wrote {stats['written']} knowledge-tuning examples ({splits}) to {args.out}; "
+              f"{stats['unlinked']} questions linked to nothing (see unlinked.jsonl), {stats['duplicates']} duplicates")
     return 0
 
 
@@ -49,12 +78,13 @@ def cmd_prefs(args) -> int:
 
 
 def register(subparsers) -> None:
-    """Add ``qihuang data build|synth|prefs|validate``."""
+    """Add ``qihuang data build|knowledge|synth|prefs|validate``."""
     data = subparsers.add_parser("data", help="build, synthesize and validate instruction data",
                                  description="Instruction data from the knowledge base.")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: (data.print_help() or 0))
     _add_build(sub)
+    _add_knowledge(sub)
     _add_synth(sub)
     _add_prefs(sub)
     _add_validate(sub)
@@ -69,7 +99,9 @@ def _add_build(sub) -> None:
     b.add_argument("--per-entity", type=int, help="at most this many examples per entity")
     b.add_argument("--attributes", help="comma-separated canonical attributes (default: all)")
     b.add_argument("--kinds", default="single,scenario,dialogue", help="comma-separated example kinds")
-    b.add_argument("--phrasings", type=int, default=2, help="questions per entity and attribute")
+    b.add_argument("--phrasings", type=count_or_file, default=2, metavar="N|FILE",
+                   help="questions per entity and attribute, or a phrasings YAML file of your own wording "
+                        "(same shape as resources/phrasings.yaml)")
     b.add_argument("--seed", type=int, default=0, help="random seed (splits, phrasings, sampling)")
     b.add_argument("--balanced", action="store_true",
                    help="about equal examples per attribute; only QA-useful entity types and attributes")
@@ -112,9 +144,29 @@ def _add_prefs(sub) -> None:
     p.set_defaults(func=cmd_prefs)
 
 
+def _add_knowledge(sub) -> None:
+    k = sub.add_parser("knowledge", help="knowledge-tuning examples from your questions (link -> facts -> answer)",
+                       description="Link each question to the knowledge base, retrieve its facts as the assistant "
+                                   "does, and write alpaca records with 'knowledge' and provenance.")
+    k.add_argument("--questions", required=True, help="questions: .txt one per line, or .json/.jsonl records")
+    k.add_argument("--db", help="knowledge-base file (default $QIHUANG_HOME/kb.sqlite)")
+    k.add_argument("--out", required=True, help="output dataset directory")
+    k.add_argument("--phrasings", metavar="FILE", help="a phrasings YAML file for the answer wording "
+                   "(default: resources/phrasings.yaml)")
+    k.add_argument("--seed", type=int, default=0, help="random seed (splits)")
+    k.add_argument("--dev-ratio", type=float, default=0.05, help="share of entities in dev")
+    k.add_argument("--test-ratio", type=float, default=0.05, help="share of entities in test")
+    k.add_argument("--sharegpt", action="store_true", help="also write ShareGPT files")
+    k.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    k.set_defaults(func=cmd_knowledge)
+
+
 def _add_validate(sub) -> None:
     v = sub.add_parser("validate", help="check alpaca or ShareGPT data (JSON or JSON lines)")
     v.add_argument("path", help="a .json/.jsonl file or a dataset directory")
-    v.add_argument("--max-errors", type=int, default=50, help="errors listed before stopping the listing")
+    v.add_argument("--max-errors", type=int, default=50,
+                   help="errors (and warnings) listed before the rest is counted instead")
+    v.add_argument("--mode", choices=["train", "infer"], default="train",
+                   help="train: records need a reference answer; infer: what `qihuang infer` accepts")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(func=cmd_validate)

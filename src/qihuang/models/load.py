@@ -126,30 +126,46 @@ def _tokenizer_source(path: str, fallback: str | None) -> str:
     return path
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, fallback: str | None = None):
-    """The tokenizer of a model (``"default"``, directory, GGUF or hub id); pad = eos if unset."""
+REMOTE_CODE_RISK = ("trust_remote_code runs Python code shipped with the model (e.g. older ChatGLM "
+                    "checkpoints) on this machine with your permissions; enable it only for a model "
+                    "whose author and files you trust, ideally pinned to a reviewed revision")
+
+
+def _load_error(what: str, name: str | os.PathLike, exc: Exception) -> ConfigError:
+    """A one-line error; a model that needs its own code gets qihuang's own spelling of the fix."""
+    if "trust_remote_code" in str(exc):
+        return ConfigError(f"cannot load {what} {str(name)!r}: it ships its own Python code. If you trust it, "
+                           "rerun with --trust-remote-code (YAML: trust_remote_code: true). " + REMOTE_CODE_RISK)
+    return ConfigError(f"cannot load {what} {str(name)!r}: {exc}")
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, fallback: str | None = None, trust_remote_code: bool = False):
+    """The tokenizer of a model (``"default"``, directory, GGUF or hub id); pad = eos if unset.
+    ``trust_remote_code`` (off by default) lets the model's own code run: see :data:`REMOTE_CODE_RISK`."""
     from transformers import AutoTokenizer
 
     path = _tokenizer_source(resolve_model(name_or_path), fallback)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load tokenizer from {name_or_path!r}: {exc}") from exc
+        raise _load_error("tokenizer from", name_or_path, exc) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def load_model(name_or_path: str | os.PathLike, adapter: str | os.PathLike | None = None,
-               dtype: str = "auto", trainable: bool = False, **kwargs: Any):
-    """A causal LM (``eval()`` unless ``trainable``), with a PEFT adapter applied if given."""
+               dtype: str = "auto", trainable: bool = False, trust_remote_code: bool = False, **kwargs: Any):
+    """A causal LM (``eval()`` unless ``trainable``), with a PEFT adapter applied if given.
+    ``trust_remote_code`` (off by default) lets the model's own code run: see :data:`REMOTE_CODE_RISK`."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype),
+                                                     trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load model {name_or_path!r}: {exc}") from exc
+        raise _load_error("model", name_or_path, exc) from exc
     if adapter is not None:
         from peft import PeftModel
 
@@ -159,6 +175,30 @@ def load_model(name_or_path: str | os.PathLike, adapter: str | os.PathLike | Non
     if not trainable:
         model.eval()
     return model
+
+
+# ---- context length -------------------------------------------------------------------------
+DEFAULT_CONTEXT = 2048  # Bloom (ALiBi, no position limit in its config) was trained on 2048-token sequences
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length", "n_ctx")
+_TOKENIZER_SENTINEL = 10**9  # transformers writes int(1e30) as model_max_length when it does not know
+
+
+def context_length(model_or_config: Any, tokenizer: Any = None) -> int:
+    """How many tokens (prompt + generation) a model takes, for every architecture.
+
+    The first positive integer among the config's ``max_position_embeddings`` (Llama, Qwen2,
+    GLM-4), ``n_positions`` (GPT-2), ``seq_length`` (ChatGLM), ``max_sequence_length``,
+    ``n_ctx``; else the tokenizer's ``model_max_length`` unless it is the "unknown" sentinel
+    (1e30, what Bloom's tokenizer says); else :data:`DEFAULT_CONTEXT`. When both the config
+    and a real tokenizer limit are known, the smaller wins. Accepts a model or its config."""
+    config = getattr(model_or_config, "config", model_or_config)
+    sources = [config, getattr(config, "text_config", None)]
+    from_config = next((int(v) for c in sources if c is not None for k in _CONTEXT_KEYS
+                        if isinstance(v := getattr(c, k, None), int) and not isinstance(v, bool) and v > 0), None)
+    limit = getattr(tokenizer, "model_max_length", None)
+    from_tokenizer = int(limit) if isinstance(limit, (int, float)) and 0 < limit < _TOKENIZER_SENTINEL else None
+    known = [v for v in (from_config, from_tokenizer) if v is not None]
+    return min(known) if known else DEFAULT_CONTEXT
 
 
 def read_meta(directory: str | os.PathLike) -> dict:
@@ -181,7 +221,7 @@ def is_adapter_dir(path: str | os.PathLike | None) -> bool:
 
 
 def load_for_inference(model: str | None = None, adapter: str | None = None, template: str | None = None,
-                       dtype: str = "auto", merge: bool = False):
+                       dtype: str = "auto", merge: bool = False, trust_remote_code: bool = False):
     """``(model, tokenizer, Template)`` ready for generation.
 
     ``merge``: fold a LoRA adapter into the base weights (``merge_and_unload``) so generation
@@ -191,6 +231,7 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, tem
     ``model`` may be ``None`` (the adapter's recorded base, else ``"default"``), a base model,
     or a training output directory (an adapter dir is treated as ``adapter``). Template
     priority: ``template`` > adapter dir's ``qihuang_template.json`` > model dir's > ``"auto"``.
+    ``trust_remote_code``: see :data:`REMOTE_CODE_RISK` (off by default).
     """
     from qihuang.data.prompts import get_template, load_template
 
@@ -199,8 +240,9 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, tem
     if model is None:
         model = read_meta(adapter).get("base_model", DEFAULT_MODEL) if adapter else DEFAULT_MODEL
     base = resolve_model(model)
-    tokenizer = load_tokenizer(adapter, fallback=base) if adapter else load_tokenizer(base)
-    lm = load_model(base, adapter=adapter, dtype=dtype)
+    trust = {"trust_remote_code": trust_remote_code}
+    tokenizer = load_tokenizer(adapter, fallback=base, **trust) if adapter else load_tokenizer(base, **trust)
+    lm = load_model(base, adapter=adapter, dtype=dtype, **trust)
     if merge and adapter and hasattr(lm, "merge_and_unload") and not _quantized(lm):
         lm = lm.merge_and_unload().eval()
     if template is not None:

@@ -57,7 +57,8 @@ def load_model_for_training(config: TrainConfig, tokenizer):
     from qihuang.models.load import load_model
     from qihuang.models.lora import apply_finetuning, quantization_kwargs
 
-    model = load_model(config.model, dtype=config.dtype, trainable=True, **quantization_kwargs(config.finetuning))
+    model = load_model(config.model, dtype=config.dtype, trainable=True, trust_remote_code=config.trust_remote_code,
+                       **quantization_kwargs(config.finetuning))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(config.seed)  # LoRA initialisation
@@ -114,7 +115,7 @@ def _run(config: TrainConfig, callbacks: list[Callback] | None, progress: bool) 
                               cpu=_use_cpu())
     out = _prepare_output(config, accelerator.is_main_process)
     set_seed(config.seed)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     template = get_template(config.template)
     data: StageData = stage.prepare_data(config, tokenizer, template)
     model = getattr(stage, "load_model", load_model_for_training)(config, tokenizer)

@@ -5,7 +5,16 @@ Accepted records (JSON lines or a JSON array; a dataset directory means its ``te
 * alpaca / ``qihuang data build``: ``instruction`` (+ ``input``), ``output``, optional ``history`` [[q, a], ...];
 * question/answer: ``question`` (or ``prompt``/``query``), ``answer`` (or ``reference``/``response``);
 * ShareGPT: ``conversations`` [{"from": "human"|"gpt"} or {"role": "user"|"assistant"}, "value"/"content"];
-  the last user turn is the question, the assistant turn after it the reference, earlier turns the history.
+  the last user turn is the question, the assistant turn after it the reference, earlier turns the history;
+* LLaMA-Factory ``generated_predictions.jsonl``: ``prompt``, ``label`` (the reference), ``predict``.
+
+A question holding a flattened dialogue (``<user>: … <bot>: …``, HuaTuo's literature data) is split
+into history and question by the same reader training and inference use
+(:func:`qihuang.data.formats.flat_question`).
+
+Records that already carry a ``prediction`` (a qihuang ``infer`` output) or ``predict`` (LLaMA-Factory)
+are scored as they are, without a model (CareLlama's predict-then-score flow); ``--regenerate``
+answers them again with the model.
 
 BLEU-4 uses sacrebleu on jieba tokens (``bleu_tokenize=jieba``, default) or sacrebleu's own
 ``zh`` tokenizer; ROUGE F1 uses ``rouge-chinese`` on jieba tokens. Reported in 0-100: corpus
@@ -17,7 +26,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, scored_text
+from qihuang.data.formats import flat_question
+from qihuang.errors import InputError
+from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, base_row, scored_text
 from qihuang.eval.dataio import data_files, first, read_rows
 from qihuang.eval.metrics import BLEU_TOKENIZERS, length_stats, sentence_scores, text_overlap_scores
 
@@ -63,13 +74,24 @@ def qa_record(row: dict) -> tuple[str, str | None, list[list[str]]]:
     extra = str(row.get("input") or "").strip() if "instruction" in row else ""
     if extra:
         question = f"{question}\n{extra}" if question else extra
-    if not question:
+    if not question and existing_prediction(row) is None:  # older LLaMA-Factory rows: label + predict only
         raise RecordError("field 'instruction'/'question': missing or empty")
-    reference = first(row, "output", "answer", "reference", "response")
+    reference = first(row, "output", "answer", "reference", "response", "label")
     history = row.get("history") or []
     if not isinstance(history, list) or any(not isinstance(p, list) or len(p) < 2 for p in history):
         raise RecordError("field 'history': expected a list of [question, answer] pairs")
-    return question, None if reference is None else str(reference), [[str(p[0]), str(p[1])] for p in history]
+    try:
+        question, earlier = flat_question(question) if question else (question, [])
+    except InputError as exc:
+        raise RecordError(str(exc)) from None
+    pairs = [[str(p[0]), str(p[1])] for p in history] + earlier
+    return question, None if reference is None else str(reference), pairs
+
+
+def existing_prediction(row: dict) -> str | None:
+    """The prediction a record already carries (``prediction``, or LLaMA-Factory's ``predict``)."""
+    value = first(row, "prediction", "predict")
+    return None if value is None else str(value)
 
 
 def load_qa(path: Path, *, need_reference: bool) -> Dataset:
@@ -89,7 +111,8 @@ def load_qa(path: Path, *, need_reference: bool) -> Dataset:
             except RecordError as exc:
                 skipped.append(Skipped(str(file), line, str(exc)))
                 continue
-            fields = {k: row[k] for k in ("prediction",) if k in row}
+            prediction = existing_prediction(row)
+            fields = {} if prediction is None else {"prediction": prediction}
             examples.append(Example(id=str(row.get("id") or f"{file.name}:{line}"), question=question,
                                     reference=reference, history=history, subject=row.get("subject"),
                                     source=str(file), line=line, fields=fields))
@@ -103,10 +126,28 @@ class OpenQATask(Task):
     description = "BLEU-4 and ROUGE-1/2/L (jieba) against reference answers, with length statistics"
     headline = ("bleu4", "rouge1", "rouge2", "rougeL")
     options = (TaskOption("bleu_tokenize", str, "jieba", "BLEU tokens: jieba words or sacrebleu's zh tokenizer",
-                          BLEU_TOKENIZERS),)
+                          BLEU_TOKENIZERS),
+               TaskOption("regenerate", bool, False, "answer again with the model even where the data already "
+                          "holds predictions (prediction/predict fields)"))
 
     def load(self, path: Path) -> Dataset:
         return load_qa(path, need_reference=True)
+
+    def _given(self, example: Example) -> str | None:
+        return None if self.config["regenerate"] else example.fields.get("prediction")
+
+    def needs_model(self, examples: list[Example]) -> bool:
+        return any(self._given(ex) is None for ex in examples)
+
+    def predict(self, batch: list[Example], ctx: RunContext) -> list[dict]:
+        todo = [ex for ex in batch if self._given(ex) is None]
+        rows = dict(zip((ex.id for ex in todo), super().predict(todo, ctx), strict=True)) if todo else {}
+        for ex in batch:
+            if ex.id not in rows:
+                row = base_row(ex, ex.question, self._given(ex))
+                row.update(self.score_example(ex, scored_text(row), ctx))
+                rows[ex.id] = row
+        return [rows[ex.id] for ex in batch]
 
     def score_example(self, example: Example, prediction: str, ctx: RunContext) -> dict:
         return sentence_scores(prediction, example.reference or "", self.config["bleu_tokenize"])
