@@ -40,3 +40,16 @@ def test_retrieved_blocks_hold_the_answer_facts_and_some_distractors(tmp_path):
             build_dataset(kb, tmp_path / "x", knowledge="nosuch")
     finally:
         kb.close()
+
+
+def test_cli_knowledge_option_reaches_the_builder(tmp_path, capsys):
+    from qihuang.cli import main
+
+    db = tmp_path / "kb.sqlite"
+    make_tiny_kb(db).close()
+    assert main(["data", "build", "--db", str(db), "--out", str(tmp_path / "d"), "--kinds", "single",
+                 "--max-examples", "40", "--knowledge", "retrieved", "--json"]) in (0, None)
+    stats = json.loads((tmp_path / "d" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["options"]["knowledge"] == "retrieved"
+    with pytest.raises(SystemExit):
+        main(["data", "build", "--db", str(db), "--out", str(tmp_path / "e"), "--knowledge", "nosuch"])

@@ -32,7 +32,7 @@ def cmd_build(args) -> int:
                           attributes=_csv(args.attributes), seed=args.seed, balanced=args.balanced,
                           kinds=_csv(args.kinds) or (), test_entities=_csv(args.test_entities),
                           phrasings=count, dev_ratio=args.dev_ratio, test_ratio=args.test_ratio,
-                          sharegpt=args.sharegpt, progress=not args.json)
+                          sharegpt=args.sharegpt, knowledge=args.knowledge, progress=not args.json)
     if args.json:
         print(json.dumps(stats, ensure_ascii=False, indent=2))
         return 0
@@ -106,6 +106,9 @@ def _add_build(sub) -> None:
     b.add_argument("--balanced", action="store_true",
                    help="about equal examples per attribute; only QA-useful entity types and attributes")
     b.add_argument("--sharegpt", action="store_true", help="also write ShareGPT files")
+    b.add_argument("--knowledge", choices=("answer", "retrieved"), default="answer",
+                   help="knowledge block of single questions: the answer's triples, or what retrieval returns "
+                        "for the question (with the answer's triples and some distractors)")
     b.add_argument("--test-entities", help="comma-separated entities forced into the test split")
     b.add_argument("--dev-ratio", type=float, default=0.05, help="share of entities in dev")
     b.add_argument("--test-ratio", type=float, default=0.05, help="share of entities in test")
