@@ -257,6 +257,26 @@ async def _wait_or_gone(future: asyncio.Future, request: Request, scheduler: Sch
             scheduler.cancel(job)
 
 
+async def _admit_and_fit(scheduler: Scheduler, answerer, job: Job):
+    """Count ``job`` in (503 when full), then fit its history into the context (400 when it cannot)."""
+    try:
+        scheduler.admit(job)
+    except Busy as busy:
+        raise ApiError(503, str(busy), type="server_busy", code="queue_full",
+                       headers={"Retry-After": str(busy.retry_after)}) from busy
+    try:
+        fitted = await run_in_threadpool(fit_history, answerer, job.question, job.history, job.system,
+                                         job.grounded, job.params.max_new_tokens)
+    except ContextTooLong as exc:
+        scheduler.release(job)
+        raise ApiError(400, str(exc), code="context_length_exceeded", param="messages") from exc
+    except BaseException:
+        scheduler.release(job)
+        raise
+    job.history = fitted.history
+    return fitted
+
+
 def key_checker(api_key: str | None):
     """A FastAPI dependency: 401 unless ``Authorization: Bearer <api_key>`` (no-op without a key).
     It runs before the body is read (the completion route reads its body itself)."""
@@ -366,21 +386,7 @@ def create_app(answerer, settings: ServeSettings | None = None) -> FastAPI:
         question, history, system = _conversation(body, settings)
         params = _params(body, answerer.params, settings)
         job = Job(question, history, system, body.grounded, params, stream=body.stream)
-        try:
-            scheduler.admit(job)
-        except Busy as busy:
-            raise ApiError(503, str(busy), type="server_busy", code="queue_full",
-                           headers={"Retry-After": str(busy.retry_after)}) from busy
-        try:
-            fitted = await run_in_threadpool(fit_history, answerer, question, history, system, body.grounded,
-                                             params.max_new_tokens)
-        except ContextTooLong as exc:
-            scheduler.release(job)
-            raise ApiError(400, str(exc), code="context_length_exceeded", param="messages") from exc
-        except BaseException:
-            scheduler.release(job)
-            raise
-        job.history = fitted.history
+        fitted = await _admit_and_fit(scheduler, answerer, job)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = _stream_events(request, scheduler, answerer, job, settings.model_name, include_usage,
