@@ -30,6 +30,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -191,10 +192,13 @@ def _error_of(exc: BaseException) -> dict:
     return {"message": f"generation failed: {exc}", "type": "server_error", "code": None}
 
 
-async def _stream_events(request: Request, scheduler: Scheduler, answerer, job: Job, model: str,
-                         include_usage: bool, dropped: int) -> AsyncIterator[str]:
-    """SSE lines of one streamed answer, generated in a thread; a disconnect cancels it."""
-    loop, queue, end = asyncio.get_running_loop(), asyncio.Queue(), object()
+_END = object()
+
+
+def _start_stream(scheduler: Scheduler, answerer, job: Job) -> asyncio.Queue:
+    """Generate ``job``'s answer in a thread now; its pieces, final Answer or error go to the queue.
+    The thread frees the job's slot when the generation ends (at the next step once cancelled)."""
+    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
 
     def put(item) -> None:
         try:
@@ -211,9 +215,15 @@ async def _stream_events(request: Request, scheduler: Scheduler, answerer, job: 
             put(exc)
         finally:
             scheduler.release(job)
-            put(end)
+            put(_END)
 
     threading.Thread(target=work, name="qihuang-stream", daemon=True).start()
+    return queue
+
+
+async def _stream_events(request: Request, queue: asyncio.Queue, job: Job, model: str, include_usage: bool,
+                         dropped: int) -> AsyncIterator[str]:
+    """SSE lines of one streamed answer; a disconnect cancels its generation."""
     head = {"id": P._id(), "created": int(time.time()), "model": model}
     try:
         yield _sse(P.ChatCompletionChunk(**head, choices=[P.ChunkChoice(delta=P.Delta(role="assistant", content=""))]))
@@ -224,7 +234,7 @@ async def _stream_events(request: Request, scheduler: Scheduler, answerer, job: 
                 if await request.is_disconnected():
                     return
                 continue
-            if item is end:
+            if item is _END:
                 break
             if isinstance(item, BaseException):
                 yield _sse({"error": _error_of(item)})
@@ -389,9 +399,9 @@ def create_app(answerer, settings: ServeSettings | None = None) -> FastAPI:
         fitted = await _admit_and_fit(scheduler, answerer, job)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _stream_events(request, scheduler, answerer, job, settings.model_name, include_usage,
-                                    fitted.dropped_turns)
-            return StreamingResponse(events, media_type="text/event-stream",
+            events = _stream_events(request, _start_stream(scheduler, answerer, job), job, settings.model_name,
+                                    include_usage, fitted.dropped_turns)
+            return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(job.cancel.set),
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             answer = await _wait_or_gone(scheduler.submit(job), request, scheduler, job)
