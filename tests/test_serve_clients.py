@@ -81,15 +81,26 @@ def test_dropped_streams_stop_and_free_their_slots(slow_engine):
     app = create_app(Answerer(slow_engine, None, params=GenerationParams(max_new_tokens=800)),
                      ServeSettings(model_name=MODEL, max_queue=4, max_tokens_limit=800))
     with ServerThread(app) as url:
-        with httpx.Client(timeout=30) as http:
-            for i in range(8):  # each would generate for ~8 s if left running
-                body = {"model": MODEL, "messages": [{"role": "user", "content": f"问题{i}"}], "stream": True}
-                with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
-                    assert r.status_code == 200
-                    first = next(r.iter_lines())
-                    assert first.startswith("data: ")
-        seen_busy = httpx.get(url + "/health").json()["queue"]
-        assert {"running", "queued", "capacity"} <= seen_busy.keys()
+        all_open, drop, firsts = threading.Barrier(9), threading.Event(), []
+
+        def drop_after_first_event(i: int) -> None:  # each would generate for ~8 s if left running
+            body = {"model": MODEL, "messages": [{"role": "user", "content": f"问题{i}"}], "stream": True}
+            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
+                lines = r.iter_lines()  # kept alive: dropping the iterator closes the connection
+                firsts.append((r.status_code, next(lines)))
+                all_open.wait(10)
+                drop.wait(10)
+
+        threads = [threading.Thread(target=drop_after_first_event, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        all_open.wait(10)
+        busy = httpx.get(url + "/health").json()["queue"]
+        drop.set()
+        for t in threads:
+            t.join()
+        assert len(firsts) == 8 and all(code == 200 and line.startswith("data: ") for code, line in firsts)
+        assert busy["running"] == 8 and busy["load"] == 8  # all eight were in progress
         start = time.time()
         resp = _client(url).with_options(timeout=10).chat.completions.create(model=MODEL, messages=HI, max_tokens=4)
         assert resp.choices[0].finish_reason == "length" and time.time() - start < 5

@@ -222,7 +222,7 @@ def choose_device(device: str = "auto") -> str:
 
 
 # ---- transformers backend -------------------------------------------------------------------
-def _stop_criteria(tokenizer, prompt_len: int, stops: list[str], cancels: list):
+def _stop_criteria(tokenizer, prompt_len: int, stops: list[str], cancels: list, lock):
     """A StoppingCriteria that ends each sequence once its new text holds a stop string, or once
     its event in ``cancels`` (one per row, or one for all rows; ``None`` = never) is set."""
     import torch
@@ -235,11 +235,26 @@ def _stop_criteria(tokenizer, prompt_len: int, stops: list[str], cancels: list):
             done = [any(ev is not None and ev.is_set() for ev in row) if isinstance(row, tuple)
                     else row is not None and row.is_set() for row in rows]
             if stops and not all(done):
-                texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+                with lock:
+                    texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
                 done = [d or any(s in t for s in stops) for d, t in zip(done, texts)]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return _Stop()
+
+
+class _LockedDecode:
+    """The tokenizer for a TextIteratorStreamer, decoding under the engine's tokenizer lock."""
+
+    def __init__(self, tokenizer, lock):
+        self._tokenizer, self._lock = tokenizer, lock
+
+    def decode(self, *args, **kwargs):
+        with self._lock:
+            return self._tokenizer.decode(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
 
 
 class HFEngine:
@@ -254,6 +269,7 @@ class HFEngine:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._lock = threading.Lock()  # one generate() at a time on a model
+        self._tok_lock = threading.RLock()  # fast tokenizers fail ("Already borrowed") when shared by threads
 
     @property
     def device(self):
@@ -268,7 +284,8 @@ class HFEngine:
 
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` takes as a prompt (as :meth:`generate_results` encodes it)."""
-        return len(self.tokenizer(text)["input_ids"])
+        with self._tok_lock:
+            return len(self.tokenizer(text)["input_ids"])
 
     def _terminators(self) -> set[int]:
         ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
@@ -308,9 +325,10 @@ class HFEngine:
     def _encode(self, prompts: list[str], max_new_tokens: int):
         """Left-padded batch, prompts cut from the left to fit the context window."""
         tok = self.tokenizer
-        tok.padding_side, tok.truncation_side = "left", "left"
         limit = max(8, self.max_length - max_new_tokens)
-        enc = tok(prompts, return_tensors="pt", padding=True, truncation=True, max_length=limit)
+        with self._tok_lock:
+            tok.padding_side, tok.truncation_side = "left", "left"
+            enc = tok(prompts, return_tensors="pt", padding=True, truncation=True, max_length=limit)
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     def _seed(self, params: GenerationParams) -> None:
@@ -346,13 +364,15 @@ class HFEngine:
         stops = self._stops(params)
         enc = self._encode(chunk, params.max_new_tokens)
         prompt_len = enc["input_ids"].shape[1]
-        criteria = [_stop_criteria(self.tokenizer, prompt_len, stops, cancels)]
+        criteria = [_stop_criteria(self.tokenizer, prompt_len, stops, cancels, self._tok_lock)]
         with self._lock, torch.inference_mode():
             self._seed(params)
             ids = self.model.generate(**enc, generation_config=self._gen_config(params), stopping_criteria=criteria)
         new = ids[:, prompt_len:]
         out = []
-        for row, text, seen, ev in zip(new, self.tokenizer.batch_decode(new, skip_special_tokens=True),
+        with self._tok_lock:
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        for row, text, seen, ev in zip(new, texts,
                                        enc["attention_mask"].sum(dim=1).tolist(), cancels):
             cut, stopped = cut_at_stop(text, stops)
             out.append(self._result(row, int(seen), clean_text(cut), stopped, ev is not None and ev.is_set(),
@@ -370,8 +390,9 @@ class HFEngine:
         stops = self._stops(params)
         enc = self._encode([prompt], params.max_new_tokens)
         halt = threading.Event()  # set here: a stop string was seen, or the consumer went away
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        criteria = [_stop_criteria(self.tokenizer, enc["input_ids"].shape[1], stops, [(halt, cancel)])]
+        streamer = TextIteratorStreamer(_LockedDecode(self.tokenizer, self._tok_lock), skip_prompt=True,
+                                        skip_special_tokens=True, timeout=600)
+        criteria = [_stop_criteria(self.tokenizer, enc["input_ids"].shape[1], stops, [(halt, cancel)], self._tok_lock)]
         errors: list[BaseException] = []
         generated: list = []
 
@@ -429,8 +450,9 @@ class HFEngine:
         tok = self.tokenizer
         rows = []
         for ctx, cont in requests:
-            ctx_ids = tok(ctx)["input_ids"] if ctx else [tok.bos_token_id or tok.eos_token_id]
-            cont_ids = tok(cont, add_special_tokens=False)["input_ids"]
+            with self._tok_lock:
+                ctx_ids = tok(ctx)["input_ids"] if ctx else [tok.bos_token_id or tok.eos_token_id]
+                cont_ids = tok(cont, add_special_tokens=False)["input_ids"]
             ids = (ctx_ids + cont_ids)[-self.max_length :]
             rows.append((ids, min(len(cont_ids), len(ids) - 1)))
         scores = [0.0] * len(rows)
