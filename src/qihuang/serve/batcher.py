@@ -32,9 +32,9 @@ class Busy(Exception):
         self.load, self.retry_after = load, retry_after
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: queue membership is by identity
 class Job:
-    """One admitted request. ``result`` is an Answer (or an exception) once done."""
+    """One admitted request; its future resolves to an Answer (or an exception)."""
 
     question: str
     history: list[dict]
@@ -144,21 +144,24 @@ class Scheduler:
     def _take(self) -> list[Job] | None:
         """The next batch: wait for a first job, then up to ``max_wait`` for companions."""
         with self._cv:
-            while not self._queue and not self._stopped:
-                self._cv.wait()
-            if self._stopped:
-                return None
-            first = self._queue[0]
-            deadline = first.enqueued + self.max_wait
-            while (len(self._queue) < self.max_batch and (left := deadline - time.monotonic()) > 0
-                   and not self._stopped):
-                self._cv.wait(timeout=left)
-            key = first.key()
-            batch = [j for j in self._queue if j.key() == key][: self.max_batch]
-            for job in batch:
-                self._queue.remove(job)
-            self.running = len(batch)
-            return batch
+            while True:
+                while not self._queue and not self._stopped:
+                    self._cv.wait()
+                if self._stopped:
+                    return None
+                first = self._queue[0]
+                deadline = first.enqueued + self.max_wait
+                while (len(self._queue) < self.max_batch and (left := deadline - time.monotonic()) > 0
+                       and not self._stopped):
+                    self._cv.wait(timeout=left)
+                if first not in self._queue:  # cancelled while waiting for companions
+                    continue
+                key = first.key()
+                batch = [j for j in self._queue if j.key() == key][: self.max_batch]
+                for job in batch:
+                    self._queue.remove(job)
+                self.running = len(batch)
+                return batch
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
