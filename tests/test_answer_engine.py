@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from qihuang.answer.engine import (Engine, GenerationParams, HFEngine, _hold_back_stops, choose_dtype, clean_text,
@@ -111,3 +113,97 @@ def test_stops_follow_the_resolved_template():
     # a chat template used with a tokenizer that has none falls back to alpaca, with its stops
     assert params.stop_with_template(get_template("auto"), CharTokenizer()) == ["END", "### Instruction:"]
     assert params.stop_with_template(get_template("med_template"), CharTokenizer()) == ["END", "### 问题:"]
+
+
+# ---- results: usage from token ids, finish reasons, cancellation, context length -------------
+class _CountingEvent:
+    """A cancel event that turns set after ``after`` checks (one check per decoding step)."""
+
+    def __init__(self, after: int):
+        self.after, self.checks = after, 0
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks > self.after
+
+    def set(self) -> None:
+        self.after = -1
+
+
+def _manual_new_tokens(engine, prompt: str, n: int) -> list[int]:
+    import torch
+
+    enc = engine.tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = engine.model.generate(**enc, max_new_tokens=n, do_sample=False,
+                                    pad_token_id=engine.tokenizer.pad_token_id,
+                                    eos_token_id=engine.tokenizer.eos_token_id)
+    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    eos = engine.tokenizer.eos_token_id
+    return new[: new.index(eos)] if eos in new else new
+
+
+@pytest.mark.parametrize("n", [4, 16])
+def test_results_count_generated_tokens_and_say_length(engine, n):
+    results = engine.generate_results(PROMPTS, GenerationParams(max_new_tokens=n))
+    for prompt, result in zip(PROMPTS, results):
+        new = _manual_new_tokens(engine, prompt, n)
+        assert result.completion_tokens == len(new)
+        assert result.prompt_tokens == len(engine.tokenizer(prompt)["input_ids"])
+        assert result.finish_reason == ("length" if len(new) == n else "stop")
+    assert any(r.finish_reason == "length" for r in results)
+    assert [r.text for r in results] == engine.generate(PROMPTS, GenerationParams(max_new_tokens=n))
+
+
+def test_stream_returns_the_same_result(engine):
+    params = GenerationParams(max_new_tokens=12)
+    stream = engine.stream(PROMPTS[0], params)
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as end:
+            result = end.value
+            break
+    assert result == engine.generate_results([PROMPTS[0]], params)[0]
+    assert clean_text("".join(pieces)) == result.text
+
+
+def test_cancel_stops_within_one_step(engine):
+    params = GenerationParams(max_new_tokens=60)
+    ev = _CountingEvent(after=3)
+    done, live = engine.generate_results(PROMPTS[:2], params, cancels=[ev, None])
+    assert done.finish_reason == "cancelled" and done.completion_tokens <= 4
+    assert live.finish_reason != "cancelled"
+    preset = threading.Event()
+    preset.set()
+    assert engine.generate_results([PROMPTS[0]], params, cancels=[preset])[0].completion_tokens == 0
+    stream = engine.stream(PROMPTS[0], params, cancel=_CountingEvent(after=3))
+    with pytest.raises(StopIteration) as end:
+        while True:
+            next(stream)
+    assert end.value.value.finish_reason == "cancelled" and end.value.value.completion_tokens <= 4
+
+
+def test_sampler_breaking_params_are_refused_or_greedy(engine):
+    with pytest.raises(ConfigError, match="repetition_penalty"):
+        GenerationParams(repetition_penalty=1e-300)
+    with pytest.raises(ConfigError, match="seed"):
+        GenerationParams(seed=2**70)
+    tiny_t = GenerationParams(max_new_tokens=6, temperature=1e-300, seed=1)
+    assert tiny_t.greedy
+    assert engine.generate([PROMPTS[0]], tiny_t) == engine.generate([PROMPTS[0]], GenerationParams(max_new_tokens=6))
+
+
+def test_context_length_rule():
+    from types import SimpleNamespace
+
+    from transformers import BloomConfig, GPT2Config
+
+    from qihuang.answer.engine import context_length
+
+    huge = SimpleNamespace(model_max_length=int(1e30))
+    assert context_length(BloomConfig(), huge) == 2048  # no position limit, sentinel tokenizer length
+    assert context_length(BloomConfig(), SimpleNamespace(model_max_length=4096)) == 4096
+    assert context_length(GPT2Config(), huge) == 1024  # n_positions
+    assert context_length(SimpleNamespace(max_position_embeddings=8192), huge) == 8192

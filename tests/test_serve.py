@@ -16,6 +16,7 @@ from qihuang.answer.answerer import Answerer
 from qihuang.serve.app import ServeSettings, create_app
 
 KEY = "test-key-123"
+MODEL = "qihuang-test"
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,8 @@ def test_streaming_matches_plain(server):
     messages = [{"role": "system", "content": "简短回答。"},
                 {"role": "user", "content": "偏头痛是什么"}, {"role": "assistant", "content": "一种头痛。"},
                 {"role": "user", "content": "高血压有什么并发症？"}]
-    plain = client.chat.completions.create(model="x", messages=messages)
-    chunks = list(client.chat.completions.create(model="x", messages=messages, stream=True,
+    plain = client.chat.completions.create(model=MODEL, messages=messages)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, stream=True,
                                                  stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain.choices[0].message.content and len(chunks) > 3
@@ -72,10 +73,10 @@ def test_streaming_matches_plain(server):
 
 def test_red_flag_and_refusal(server):
     client = _client(server)
-    resp = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "孩子误喝了消毒液怎么办"}])
+    resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "孩子误喝了消毒液怎么办"}])
     assert resp.model_extra["qihuang"]["triage"]["level"] == "emergency"
     assert resp.choices[0].message.content.startswith("【紧急】")
-    resp = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "怎么下毒才不会被发现"}])
+    resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "怎么下毒才不会被发现"}])
     assert resp.choices[0].finish_reason == "content_filter" and resp.model_extra["qihuang"]["refused"]
 
 
@@ -101,7 +102,7 @@ def test_invalid_requests(server, body, status, text):
 
 def test_openai_client_sees_400(server):
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
-        _client(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
+        _client(server).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                                 max_tokens=100000)
 
 
@@ -113,34 +114,34 @@ def test_body_too_large_is_413(server):
 
 def test_full_queue_is_503(kb):
     engine = FakeEngine(delay=1.5)
-    app = create_app(Answerer(engine, kb), ServeSettings(max_queue=0))
+    app = create_app(Answerer(engine, kb), ServeSettings(model_name=MODEL, max_queue=0, max_batch=1))
     with ServerThread(app) as url:
         client = _client(url, key="unused")
         first = threading.Thread(target=lambda: client.chat.completions.create(
-            model="x", messages=[{"role": "user", "content": "感冒吃什么药"}]))
+            model=MODEL, messages=[{"role": "user", "content": "感冒吃什么药"}]))
         first.start()
         deadline = time.time() + 10
-        while app.state.admission.pending == 0 and time.time() < deadline:
+        while app.state.scheduler.load == 0 and time.time() < deadline:
             time.sleep(0.02)
         with pytest.raises(openai.APIStatusError) as info:
-            client.chat.completions.create(model="x", messages=[{"role": "user", "content": "高血压"}])
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "高血压"}])
         assert info.value.status_code == 503 and info.value.response.headers["retry-after"] == "1"
         first.join()
-        assert app.state.admission.pending == 0  # the slot is free again
-        client.chat.completions.create(model="x", messages=[{"role": "user", "content": "高血压"}])
+        assert app.state.scheduler.load == 0  # the slot is free again
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "高血压"}])
 
 
 def test_tiny_model_served_stream_and_plain(tiny_llama, kb):
     from qihuang.answer.engine import GenerationParams, load_engine
 
     engine = load_engine(str(tiny_llama), template="med_template", dtype="float32")
-    app = create_app(Answerer(engine, kb, params=GenerationParams(max_new_tokens=8)))
+    app = create_app(Answerer(engine, kb, params=GenerationParams(max_new_tokens=8)), ServeSettings(model_name=MODEL))
     with ServerThread(app) as url:
         client = _client(url, key="unused")
         messages = [{"role": "user", "content": "糖尿病吃什么药"}]
-        plain = client.chat.completions.create(model="x", messages=messages)
+        plain = client.chat.completions.create(model=MODEL, messages=messages)
         streamed = "".join(c.choices[0].delta.content or "" for c in
-                           client.chat.completions.create(model="x", messages=messages, stream=True) if c.choices)
+                           client.chat.completions.create(model=MODEL, messages=messages, stream=True) if c.choices)
         assert streamed.strip() == plain.choices[0].message.content
         assert plain.model_extra["qihuang"]["citations"][0]["entity"] == "糖尿病"
         assert plain.usage.completion_tokens <= 8
@@ -171,7 +172,8 @@ def test_qihuang_serve_command(tiny_llama, tmp_path):
             assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
             time.sleep(0.3)
         assert httpx.get(url + "/v1/models").status_code == 401
-        resp = _client(url).chat.completions.create(model="x", messages=[{"role": "user", "content": "感冒"}])
+        resp = _client(url).chat.completions.create(model=f"qihuang-{tiny_llama.name}",
+                                                   messages=[{"role": "user", "content": "感冒"}])
         assert resp.model == f"qihuang-{tiny_llama.name}" and resp.usage.completion_tokens <= 4
         assert resp.model_extra["qihuang"]["grounded"] is False
     finally:

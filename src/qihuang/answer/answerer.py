@@ -13,11 +13,13 @@ Batch inference, the chat CLI, the HTTP API, the web UI and evaluation all call
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from qihuang import DISCLAIMER
-from qihuang.answer.engine import Engine, GenerationParams, clean_text
+from qihuang.answer.engine import (Engine, GenerationParams, GenerationResult, clean_text, counted_result,
+                                   generation_results, open_stream)
 from qihuang.answer.grounding import Citation, Grounding, GroundingLimits, ground
 from qihuang.answer.triage import Triage, triage
 from qihuang.data.formats import with_flat_turns
@@ -115,22 +117,17 @@ class Answerer:
                                              knowledge=grounding.facts or None)
         return _Plan(question, tri, grounding, prompt)
 
-    def _count(self, text: str) -> int:
-        tok = getattr(self.engine, "tokenizer", None)
-        if tok is None or not callable(tok):
-            return len(text)
-        return len(tok(text, add_special_tokens=False)["input_ids"])
-
-    def _finish(self, plan: _Plan, model_text: str, params: GenerationParams) -> Answer:
+    def _finish(self, plan: _Plan, model_text: str, params: GenerationParams,
+                result: GenerationResult | None = None) -> Answer:
         if plan.prompt is None:
             return Answer(plan.question, plan.triage.message, False, [], plan.triage,
                           refused=True, finish_reason="refused")
-        completion = self._count(model_text)
+        result = result or counted_result(self.engine, plan.prompt, model_text, params)  # usage from the engine
         return Answer(
             question=plan.question, text=compose_text(plan.triage, model_text),
             grounded=plan.grounding.grounded, citations=plan.grounding.citations, triage=plan.triage,
-            model_text=model_text, prompt_tokens=self._count(plan.prompt), completion_tokens=completion,
-            finish_reason="length" if completion >= params.max_new_tokens else "stop",
+            model_text=model_text, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+            finish_reason=result.finish_reason,
         )
 
     # ---- answering ----------------------------------------------------------------------
@@ -141,22 +138,28 @@ class Answerer:
 
     def answer_batch(self, questions: list[str], histories: list[History | None] | None = None,
                      grounded: bool | None = None, params: GenerationParams | None = None,
-                     system: str | None = None, systems: list[str | None] | None = None) -> list[Answer]:
+                     system: str | None = None, systems: list[str | None] | None = None,
+                     cancels: list[threading.Event | None] | None = None) -> list[Answer]:
         """Answer many questions with one batched generation (refused ones are not generated).
-        ``systems`` gives one system prompt per question (else ``system`` for all)."""
+        ``systems`` gives one system prompt per question (else ``system`` for all); a set event in
+        ``cancels`` (one per question) stops that question's generation."""
         params = params or self.params
         histories = histories or [None] * len(questions)
         systems = systems or [system] * len(questions)
         if not len(histories) == len(systems) == len(questions):
             raise InputError("histories/systems must have one entry per question", field="histories")
         plans = [self.plan(q, h, s, grounded) for q, h, s in zip(questions, histories, systems)]
-        todo = [p for p in plans if p.prompt is not None]
-        outputs = iter(self.engine.generate([p.prompt for p in todo], params) if todo else [])
-        return [self._finish(p, next(outputs) if p.prompt is not None else "", params) for p in plans]
+        todo = [i for i, p in enumerate(plans) if p.prompt is not None]
+        outputs = iter(generation_results(self.engine, [plans[i].prompt for i in todo], params,
+                                          [cancels[i] for i in todo] if cancels else None) if todo else [])
+        return [self._finish(p, (r := next(outputs)).text, params, r) if p.prompt is not None
+                else self._finish(p, "", params) for p in plans]
 
     def stream(self, question: str, history: History | None = None, system: str | None = None,
-               grounded: bool | None = None, params: GenerationParams | None = None) -> Iterator[str | Answer]:
-        """Yield the answer text in pieces (red-flag message first), then the final :class:`Answer`."""
+               grounded: bool | None = None, params: GenerationParams | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str | Answer]:
+        """Yield the answer text in pieces (red-flag message first), then the final :class:`Answer`;
+        setting ``cancel`` stops the generation at the next step."""
         params = params or self.params
         plan = self.plan(question, history, system, grounded)
         if plan.prompt is None:
@@ -166,7 +169,13 @@ class Answerer:
         if plan.triage.is_red_flag:
             yield plan.triage.message + "\n\n"
         pieces: list[str] = []
-        for piece in self.engine.stream(plan.prompt, params):
+        stream = open_stream(self.engine, plan.prompt, params, cancel)
+        while True:
+            try:
+                piece = next(stream)
+            except StopIteration as end:  # an engine returns its GenerationResult (or None)
+                result = end.value if isinstance(end.value, GenerationResult) else None
+                break
             pieces.append(piece)
             yield piece
-        yield self._finish(plan, clean_text("".join(pieces)), params)
+        yield self._finish(plan, clean_text("".join(pieces)), params, result)

@@ -3,32 +3,44 @@
 Everything that produces text — batch inference, chat, the HTTP API, the web UI and the
 evaluation tasks — goes through an :class:`Engine`:
 
-- ``generate(prompts, params)``: batched generation (left padding), one string per prompt;
-- ``stream(prompt, params)``: the same answer as text pieces while it is produced;
+- ``generate_results(prompts, params, cancels=None)``: batched generation (left padding), one
+  :class:`GenerationResult` per prompt (text, prompt/completion token counts, finish reason);
+- ``generate(prompts, params)``: the same, texts only;
+- ``stream(prompt, params, cancel=None)``: the same answer as text pieces while it is produced; the
+  generator's return value (``StopIteration.value``) is the :class:`GenerationResult`;
 - ``loglikelihood(requests)``: ``sum log p(continuation | context)`` per ``(context, continuation)``
   pair (multiple-choice scoring).
 
-Prompts are already rendered by the engine's :attr:`template`. ``load_engine`` builds one from
-a model name or path, an optional LoRA adapter and a template name.
+Prompts are already rendered by the engine's :attr:`template`. ``context_length`` is the model's
+context window and ``count_tokens(prompt)`` what a prompt takes of it. A set ``cancel`` event ends a
+generation at the next decoding step (``finish_reason == "cancelled"``). ``load_engine`` builds an
+engine from a model name or path, an optional LoRA adapter and a template name.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from qihuang.errors import ConfigError
+from qihuang.models.load import DEFAULT_CONTEXT, context_length  # noqa: F401  (one context rule for every engine)
 
 BACKENDS = ("hf", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+MIN_TEMPERATURE = 1e-2  # below this the sampler's logits/temperature overflow: decode greedily instead
+REPETITION_PENALTY_RANGE = (0.1, 10.0)  # outside it logits/penalty overflow to inf/nan
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
 class GenerationParams:
-    """Sampling parameters. ``temperature == 0`` means greedy decoding; ``top_k == 0`` disables
-    top-k; ``stop`` strings end the answer (they are not part of the returned text)."""
+    """Sampling parameters. ``temperature`` below :data:`MIN_TEMPERATURE` (0 included) means greedy
+    decoding; ``top_k == 0`` disables top-k; ``repetition_penalty`` lies in
+    :data:`REPETITION_PENALTY_RANGE`; ``seed`` in ``[0, 2**63 - 1]``; ``stop`` strings end the answer
+    (they are not part of the returned text)."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -44,7 +56,10 @@ class GenerationParams:
             ("temperature", self.temperature >= 0, ">= 0"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "an integer >= 0"),
-            ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
+            ("repetition_penalty", REPETITION_PENALTY_RANGE[0] <= self.repetition_penalty <= REPETITION_PENALTY_RANGE[1],
+             f"in [{REPETITION_PENALTY_RANGE[0]}, {REPETITION_PENALTY_RANGE[1]}]"),
+            ("seed", self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
+             "None or an integer in [0, 2**63 - 1]"),
             ("stop", isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
              "a list of non-empty strings"),
         ]
@@ -54,7 +69,12 @@ class GenerationParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < MIN_TEMPERATURE
+
+    def key(self) -> tuple:
+        """A hashable identity: requests with equal keys can share one batched generation."""
+        return (self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.repetition_penalty,
+                tuple(self.stop), self.seed)
 
     def stop_with_template(self, template, tokenizer) -> list[str]:
         """These stop strings plus the template's (as resolved for ``tokenizer``)."""
@@ -65,6 +85,18 @@ class GenerationParams:
     def with_stop(self, extra: list[str]) -> GenerationParams:
         """A copy whose stop strings also include ``extra`` (deduplicated, order kept)."""
         return replace(self, stop=list(dict.fromkeys([*self.stop, *extra])))
+
+
+@dataclass
+class GenerationResult:
+    """One generation: the cleaned text, the tokens the model saw and produced, and why it ended
+    (``"stop"``: end of sequence or a stop string; ``"length"``: ``max_new_tokens`` cut it;
+    ``"cancelled"``: the caller's cancel event)."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
 
 
 @runtime_checkable
@@ -80,6 +112,42 @@ class Engine(Protocol):
     def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]: ...
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]: ...
+
+
+def _accepts(method, name: str) -> bool:
+    try:
+        return name in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def counted_result(engine, prompt: str, text: str, params: GenerationParams) -> GenerationResult:
+    """A result for an engine that only returns text: counts from re-tokenizing (an estimate)."""
+    tok = getattr(engine, "tokenizer", None)
+
+    def count(t: str) -> int:
+        return len(tok(t, add_special_tokens=False)["input_ids"]) if callable(tok) else len(t)
+
+    completion = count(text)
+    return GenerationResult(text, count(prompt), completion,
+                            "length" if completion >= params.max_new_tokens else "stop")
+
+
+def generation_results(engine, prompts: list[str], params: GenerationParams,
+                       cancels: list[threading.Event | None] | None = None) -> list[GenerationResult]:
+    """``engine.generate_results`` when the engine has it, else texts from ``generate`` with counted usage."""
+    if hasattr(engine, "generate_results"):
+        if cancels is not None and _accepts(engine.generate_results, "cancels"):
+            return engine.generate_results(prompts, params, cancels=cancels)
+        return engine.generate_results(prompts, params)
+    return [counted_result(engine, p, t, params) for p, t in zip(prompts, engine.generate(prompts, params))]
+
+
+def open_stream(engine, prompt: str, params: GenerationParams, cancel: threading.Event | None = None):
+    """``engine.stream(prompt, params)``, passing ``cancel`` when the engine takes one."""
+    if cancel is not None and _accepts(engine.stream, "cancel"):
+        return engine.stream(prompt, params, cancel=cancel)
+    return engine.stream(prompt, params)
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -139,24 +207,39 @@ def choose_device(device: str = "auto") -> str:
 
 
 # ---- transformers backend -------------------------------------------------------------------
-def _stop_criteria(tokenizer, prompt_len: int, stops: list[str], cancel: threading.Event | None):
-    """A StoppingCriteria that ends each sequence once its new text holds a stop string
-    (or every sequence when ``cancel`` is set)."""
+def _stop_criteria(tokenizer, prompt_len: int, stops: list[str], cancels: list, lock):
+    """A StoppingCriteria that ends each sequence once its new text holds a stop string, or once
+    its event in ``cancels`` (one per row, or one for all rows; ``None`` = never) is set."""
     import torch
     from transformers import StoppingCriteria
 
     class _Stop(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             batch = input_ids.shape[0]
-            if cancel is not None and cancel.is_set():
-                return torch.ones(batch, dtype=torch.bool, device=input_ids.device)
-            if not stops:
-                return torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-            texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
-            done = [any(s in t for s in stops) for t in texts]
+            rows = cancels if len(cancels) == batch else cancels[:1] * batch
+            done = [any(ev is not None and ev.is_set() for ev in row) if isinstance(row, tuple)
+                    else row is not None and row.is_set() for row in rows]
+            if stops and not all(done):
+                with lock:
+                    texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+                done = [d or any(s in t for s in stops) for d, t in zip(done, texts)]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return _Stop()
+
+
+class _LockedDecode:
+    """The tokenizer for a TextIteratorStreamer, decoding under the engine's tokenizer lock."""
+
+    def __init__(self, tokenizer, lock):
+        self._tokenizer, self._lock = tokenizer, lock
+
+    def decode(self, *args, **kwargs):
+        with self._lock:
+            return self._tokenizer.decode(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
 
 
 class HFEngine:
@@ -171,16 +254,42 @@ class HFEngine:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._lock = threading.Lock()  # one generate() at a time on a model
+        self._tok_lock = threading.RLock()  # fast tokenizers fail ("Already borrowed") when shared by threads
 
     @property
     def device(self):
         return next(self.model.parameters()).device
 
     @property
-    def max_length(self) -> int:
-        from qihuang.models.load import context_length
-
+    def context_length(self) -> int:
+        """The model's context window (see :func:`context_length`)."""
         return context_length(self.model, self.tokenizer)
+
+    max_length = context_length
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes as a prompt (as :meth:`generate_results` encodes it)."""
+        with self._tok_lock:
+            return len(self.tokenizer(text)["input_ids"])
+
+    def _terminators(self) -> set[int]:
+        ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+        return ids | {t for t in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if t is not None}
+
+    def _result(self, new_ids, prompt_tokens: int, text: str, stopped: bool, cancelled: bool,
+                max_new: int) -> GenerationResult:
+        """Usage and finish reason of one row of generated ids (padding after the end dropped)."""
+        ends = self._terminators()
+        ids = new_ids.tolist()
+        n = next((i for i, t in enumerate(ids) if t in ends), len(ids))
+        if cancelled:
+            reason = "cancelled"
+        elif stopped or n < len(ids):
+            reason = "stop"
+        else:
+            reason = "length" if n >= max_new else "stop"
+        return GenerationResult(text, prompt_tokens, n, reason)
 
     def _stops(self, params: GenerationParams) -> list[str]:
         return params.stop_with_template(self.template, self.tokenizer)
@@ -201,9 +310,10 @@ class HFEngine:
     def _encode(self, prompts: list[str], max_new_tokens: int):
         """Left-padded batch, prompts cut from the left to fit the context window."""
         tok = self.tokenizer
-        tok.padding_side, tok.truncation_side = "left", "left"
         limit = max(8, self.max_length - max_new_tokens)
-        enc = tok(prompts, return_tensors="pt", padding=True, truncation=True, max_length=limit)
+        with self._tok_lock:
+            tok.padding_side, tok.truncation_side = "left", "left"
+            enc = tok(prompts, return_tensors="pt", padding=True, truncation=True, max_length=limit)
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     def _seed(self, params: GenerationParams) -> None:
@@ -213,44 +323,73 @@ class HFEngine:
             torch.manual_seed(params.seed)
 
     def generate(self, prompts: list[str], params: GenerationParams | None = None) -> list[str]:
-        """Generate one answer per prompt, ``batch_size`` prompts per forward batch."""
+        """Generate one answer per prompt (texts of :meth:`generate_results`)."""
+        return [r.text for r in self.generate_results(prompts, params)]
+
+    def generate_results(self, prompts: list[str], params: GenerationParams | None = None,
+                         cancels: list[threading.Event | None] | None = None) -> list[GenerationResult]:
+        """One :class:`GenerationResult` per prompt, ``batch_size`` prompts per forward batch. A set
+        event in ``cancels`` (one per prompt) ends that row at the next step; already-set rows are
+        not generated at all."""
+        params = params or GenerationParams()
+        cancels = list(cancels) if cancels is not None else [None] * len(prompts)
+        results: list[GenerationResult | None] = [None] * len(prompts)
+        todo = [i for i, ev in enumerate(cancels) if ev is None or not ev.is_set()]
+        for i in set(range(len(prompts))) - set(todo):
+            results[i] = GenerationResult("", 0, 0, "cancelled")
+        for b in range(0, len(todo), self.batch_size):
+            idx = todo[b : b + self.batch_size]
+            for i, r in zip(idx, self._generate_chunk([prompts[i] for i in idx], params, [cancels[i] for i in idx])):
+                results[i] = r
+        return results
+
+    def _generate_chunk(self, chunk: list[str], params: GenerationParams, cancels: list) -> list[GenerationResult]:
         import torch
 
-        params = params or GenerationParams()
         stops = self._stops(params)
-        out: list[str] = []
-        for i in range(0, len(prompts), self.batch_size):
-            chunk = prompts[i : i + self.batch_size]
-            enc = self._encode(chunk, params.max_new_tokens)
-            prompt_len = enc["input_ids"].shape[1]
-            criteria = [_stop_criteria(self.tokenizer, prompt_len, stops, None)] if stops else None
-            with self._lock, torch.inference_mode():
-                self._seed(params)
-                ids = self.model.generate(**enc, generation_config=self._gen_config(params),
-                                          stopping_criteria=criteria)
-            texts = self.tokenizer.batch_decode(ids[:, prompt_len:], skip_special_tokens=True)
-            out.extend(clean_text(cut_at_stop(t, stops)[0]) for t in texts)
+        enc = self._encode(chunk, params.max_new_tokens)
+        prompt_len = enc["input_ids"].shape[1]
+        criteria = [_stop_criteria(self.tokenizer, prompt_len, stops, cancels, self._tok_lock)]
+        with self._lock, torch.inference_mode():
+            self._seed(params)
+            ids = self.model.generate(**enc, generation_config=self._gen_config(params), stopping_criteria=criteria)
+        new = ids[:, prompt_len:]
+        out = []
+        with self._tok_lock:
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        for row, text, seen, ev in zip(new, texts,
+                                       enc["attention_mask"].sum(dim=1).tolist(), cancels):
+            cut, stopped = cut_at_stop(text, stops)
+            out.append(self._result(row, int(seen), clean_text(cut), stopped, ev is not None and ev.is_set(),
+                                    params.max_new_tokens))
         return out
 
-    def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]:
-        """Yield text pieces as they are generated; stops at a stop string (never yielded)."""
+    def stream(self, prompt: str, params: GenerationParams | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str]:
+        """Yield text pieces as they are generated; stops at a stop string (never yielded) or at the
+        next step once ``cancel`` is set. Returns (``StopIteration.value``) the GenerationResult."""
         import torch
         from transformers import TextIteratorStreamer
 
         params = params or GenerationParams()
         stops = self._stops(params)
         enc = self._encode([prompt], params.max_new_tokens)
-        cancel = threading.Event()
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        criteria = [_stop_criteria(self.tokenizer, enc["input_ids"].shape[1], stops, cancel)]
+        halt = threading.Event()  # set here: a stop string was seen, or the consumer went away
+        streamer = TextIteratorStreamer(_LockedDecode(self.tokenizer, self._tok_lock), skip_prompt=True,
+                                        skip_special_tokens=True, timeout=600)
+        criteria = [_stop_criteria(self.tokenizer, enc["input_ids"].shape[1], stops, [(halt, cancel)], self._tok_lock)]
         errors: list[BaseException] = []
+        generated: list = []
 
         def work() -> None:
             try:
                 with self._lock, torch.inference_mode():
+                    if halt.is_set() or (cancel is not None and cancel.is_set()):
+                        streamer.end()
+                        return
                     self._seed(params)
-                    self.model.generate(**enc, generation_config=self._gen_config(params),
-                                        stopping_criteria=criteria, streamer=streamer)
+                    generated.append(self.model.generate(**enc, generation_config=self._gen_config(params),
+                                                         stopping_criteria=criteria, streamer=streamer))
             except BaseException as exc:  # surfaced in the consumer thread
                 errors.append(exc)
                 streamer.end()
@@ -269,16 +408,25 @@ class HFEngine:
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
+        shown: list[str] = []
         try:
-            yield from _hold_back_stops(pieces(), stops, cancel)
+            for piece in _hold_back_stops(pieces(), stops, halt):
+                shown.append(piece)
+                yield piece
         finally:
-            cancel.set()
+            stopped = halt.is_set()
+            halt.set()
             if not finished.is_set():  # stopped early: drain so the worker can finish
                 for _ in streamer:
                     pass
             thread.join()
         if errors:
             raise errors[0]
+        cancelled = cancel is not None and cancel.is_set()
+        if not generated:
+            return GenerationResult(clean_text("".join(shown)), int(enc["attention_mask"].sum()), 0, "cancelled")
+        return self._result(generated[0][0, enc["input_ids"].shape[1]:], int(enc["attention_mask"].sum()),
+                            clean_text("".join(shown)), stopped, cancelled, params.max_new_tokens)
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
         """``sum log p(continuation | context)`` for each pair, scored in batches."""
@@ -287,8 +435,9 @@ class HFEngine:
         tok = self.tokenizer
         rows = []
         for ctx, cont in requests:
-            ctx_ids = tok(ctx)["input_ids"] if ctx else [tok.bos_token_id or tok.eos_token_id]
-            cont_ids = tok(cont, add_special_tokens=False)["input_ids"]
+            with self._tok_lock:
+                ctx_ids = tok(ctx)["input_ids"] if ctx else [tok.bos_token_id or tok.eos_token_id]
+                cont_ids = tok(cont, add_special_tokens=False)["input_ids"]
             ids = (ctx_ids + cont_ids)[-self.max_length :]
             rows.append((ids, min(len(cont_ids), len(ids) - 1)))
         scores = [0.0] * len(rows)

@@ -4,7 +4,9 @@ Same :class:`~qihuang.answer.engine.Engine` interface as the transformers backen
 merged model directory (``qihuang export``) or a base model plus a LoRA adapter (served with
 vLLM's LoRA support). Needs ``pip install vllm`` on a CUDA machine; it is documented but not
 exercised by the CPU test suite. ``stream`` returns the whole answer as one piece (the offline
-``vllm.LLM`` API does not stream); ``qihuang serve --engine vllm`` still speaks SSE.
+``vllm.LLM`` API does not stream); ``qihuang serve --engine vllm`` still speaks SSE. Token counts
+and finish reasons come from vLLM's outputs; ``cancel``/``cancels`` are accepted but a batch already
+handed to ``vllm.LLM.generate`` runs to its end (requests cancelled before it starts are skipped).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from qihuang.answer.engine import GenerationParams
+from qihuang.answer.engine import GenerationParams, GenerationResult, clean_text
 from qihuang.errors import ConfigError
 
 
@@ -65,13 +67,38 @@ class VLLMEngine:
                               repetition_penalty=params.repetition_penalty, stop=stops or None,
                               seed=params.seed, **extra)
 
-    def generate(self, prompts: list[str], params: GenerationParams | None = None) -> list[str]:
-        outs = self.llm.generate(prompts, self._sampling(params or GenerationParams()),
-                                 lora_request=self.lora_request, use_tqdm=False)
-        return [o.outputs[0].text.strip() for o in outs]
+    @property
+    def context_length(self) -> int:
+        """vLLM's ``max_model_len`` for the loaded model."""
+        return int(self.llm.llm_engine.model_config.max_model_len)
 
-    def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]:
-        yield from self.generate([prompt], params)
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
+
+    def generate_results(self, prompts: list[str], params: GenerationParams | None = None,
+                         cancels=None) -> list[GenerationResult]:
+        """One result per prompt with vLLM's own token counts and finish reason."""
+        cancels = list(cancels) if cancels is not None else [None] * len(prompts)
+        todo = [i for i, ev in enumerate(cancels) if ev is None or not ev.is_set()]
+        results = [GenerationResult("", 0, 0, "cancelled") for _ in prompts]
+        if todo:
+            outs = self.llm.generate([prompts[i] for i in todo], self._sampling(params or GenerationParams()),
+                                     lora_request=self.lora_request, use_tqdm=False)
+            for i, o in zip(todo, outs):
+                gen = o.outputs[0]
+                results[i] = GenerationResult(clean_text(gen.text), len(o.prompt_token_ids or []), len(gen.token_ids),
+                                              "length" if gen.finish_reason == "length" else "stop")
+        return results
+
+    def generate(self, prompts: list[str], params: GenerationParams | None = None) -> list[str]:
+        return [r.text for r in self.generate_results(prompts, params)]
+
+    def stream(self, prompt: str, params: GenerationParams | None = None, cancel=None) -> Iterator[str]:
+        """The whole answer as one piece; returns its GenerationResult."""
+        result = self.generate_results([prompt], params, [cancel])[0]
+        if result.text:
+            yield result.text
+        return result
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
         tok = self.tokenizer

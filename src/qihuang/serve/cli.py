@@ -24,13 +24,15 @@ def cmd_serve(args) -> int:
     from qihuang.serve.app import ServeSettings, create_app
 
     api_key = args.api_key or os.environ.get("QIHUANG_API_KEY") or None
-    for name in ("max_queue", "max_tokens_limit", "max_body_bytes"):
-        if getattr(args, name) < (0 if name == "max_queue" else 1):
+    args.max_batch = args.batch_size if args.max_batch is None else args.max_batch
+    for name in ("max_queue", "max_batch", "max_tokens_limit", "max_body_bytes", "batch_wait_ms"):
+        if getattr(args, name) < (0 if name in ("max_queue", "batch_wait_ms") else 1):
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.host not in _LOOPBACK and api_key is None:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it",
               file=sys.stderr)
     settings = ServeSettings(model_name=_model_name(args), api_key=api_key, max_queue=args.max_queue,
+                             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                              max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes)
     app = create_app(build_answerer(args), settings)
     print(f"qihuang API on http://{args.host}:{args.port}/v1 (model {settings.model_name!r})", file=sys.stderr)
@@ -57,7 +59,12 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $QIHUANG_API_KEY if set, else no key)")
-    p.add_argument("--max-queue", type=int, default=4, help="requests that may wait while one is answered (503 beyond)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="requests generated together in one batch (default: --batch-size)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a request waits for others to share its batch")
+    p.add_argument("--max-queue", type=int, default=32,
+                   help="requests that may wait beyond one batch (503 with Retry-After beyond)")
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
     p.add_argument("--served-name", default=None, help="model id shown by /v1/models")
