@@ -67,7 +67,7 @@ def test_family_sft_export_grounded_inference_and_serve(arch, kb, tmp_path):
         engine = _grounded_answer(tmp_path / out, kb)
         assert engine.template.name == template
     client = TestClient(create_app(Answerer(engine, kb, params=GenerationParams(max_new_tokens=4))))
-    reply = client.post("/v1/chat/completions", json={"model": "x", "messages": [
+    reply = client.post("/v1/chat/completions", json={"model": "qihuang", "messages": [
         {"role": "user", "content": "感冒了怎么办"}, {"role": "assistant", "content": "多休息。"},
         {"role": "user", "content": "感冒吃什么药"}]})
     assert reply.status_code == 200, reply.text
