@@ -1,0 +1,376 @@
+"""Verification of an answer against the facts that were put in its prompt.
+
+``verify(kb, text, facts, question_attributes)`` finds every knowledge-base entity or value the
+answer names and classifies each *claim*:
+
+* ``supported``: in the facts, under an attribute the sentence presents it as;
+* ``wrong_attribute``: in the facts, but only under other attributes (an adverse reaction given as
+  an indication);
+* ``unsupported``: a KB entity that is not in the facts, or a value of the facts that the answer
+  ties to another entity of the facts (swapped entities).
+
+What is a claim:
+
+* every mention the retrieval linker finds (``kb.find_entities``, the same linker and noise
+  filter grounding uses), plus every value of the facts found as a plain substring (values that
+  are not linkable entities, e.g. 皮疹 as an adverse reaction);
+* not a claim: the names of the question's own entities and of the cited entities; a mention
+  that does not start and end on a jieba word boundary (体检 inside 具体检查); a name the KB
+  only has as a rare value (``kb.rare_values(min_support)``: extraction noise) unless it is a
+  value of the facts; a negated mention (``Mention.negated`` from the linker, or a negation
+  word right before it, "不会引起X"): recorded with status ``negated``, never counted.
+
+How a sentence *presents* a value (the rule, in order; the first that finds a cue wins):
+
+1. the nearest attribute cue before the value in its clause (clauses end at ，,：:);
+2. the first cue after it in its clause ("恶心、皮疹等不良反应");
+3. the nearest cue before it in its sentence or list item, then the first cue after it;
+4. for a list item, the cue of the list's lead-in line ("不良反应包括：" above "1. 皮疹");
+5. the question's attribute(s); with none, any attribute of the facts counts as presented.
+
+Cues are found by the linker's own detection (``kb.linker.detect_attribute_groups``). A cue
+also presents the attributes listed for it under ``also_presents`` in
+``resources/verify.yaml`` (a drug "治疗" its indications; a drug "引起" its adverse reactions).
+The entity a claim is checked for is the nearest cited entity named before it in the answer
+(else any cited entity).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+
+import yaml
+
+from qihuang.errors import ConfigError
+from qihuang.kb.normalize import normalize
+from qihuang.paths import resource
+
+STATUSES = ("supported", "wrong_attribute", "unsupported", "negated")
+BAD = ("wrong_attribute", "unsupported")
+_SENTENCE_END = "。！？!?；;"
+_CLAUSE_BREAK = re.compile(r"[，,：:]")
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """``resources/verify.yaml``, validated."""
+
+    also_presents: dict[str, tuple[str, ...]]
+    negation: re.Pattern
+    list_item: re.Pattern
+    emergency_withheld: tuple[str, ...]
+    emergency_withheld_types: tuple[str, ...]
+    messages: dict[str, str]
+
+
+_MESSAGES = ("ungrounded_notice", "abstain", "abstain_what_unknown", "abstain_what_entities", "all_dropped",
+             "regenerate_instruction", "warning")
+
+
+def parse_config(raw: dict, where: str = "verify.yaml", attributes: set[str] | None = None) -> VerifyConfig:
+    """Validate the parsed YAML (errors name the file and field)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    if attributes is None:
+        from qihuang.kb.schema import load_schema
+
+        attributes = set(load_schema().attributes)
+
+    def strings(value, fld: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value or not all(isinstance(x, str) and x for x in value):
+            raise ConfigError(f"{where}: field {fld!r}: expected a non-empty list of strings")
+        return tuple(value)
+
+    also = raw.get("also_presents") or {}
+    if not isinstance(also, dict):
+        raise ConfigError(f"{where}: field 'also_presents': expected a mapping")
+    for key, values in also.items():
+        for name in (key, *strings(values, f"also_presents.{key}")):
+            if name not in attributes:
+                raise ConfigError(f"{where}: field 'also_presents.{key}': unknown attribute {name!r}")
+    neg = raw.get("negation") or {}
+    words = sorted(strings(neg.get("words"), "negation.words"), key=len, reverse=True)
+    verbs = sorted(strings(neg.get("verbs"), "negation.verbs"), key=len, reverse=True)
+    negation = re.compile(f"(?:{'|'.join(map(re.escape, words))})(?:{'|'.join(map(re.escape, verbs))}){{0,2}}$")
+    markers = strings(raw.get("list_markers"), "list_markers")
+    try:
+        list_item = re.compile(r"^\s*(?:" + "|".join(markers) + r")")
+    except re.error as exc:
+        raise ConfigError(f"{where}: field 'list_markers': bad pattern: {exc}") from None
+    withheld = strings(raw.get("emergency_withheld"), "emergency_withheld")
+    for name in withheld:
+        if name not in attributes:
+            raise ConfigError(f"{where}: field 'emergency_withheld': unknown attribute {name!r}")
+    messages = raw.get("messages") or {}
+    for key in _MESSAGES:
+        if not isinstance(messages.get(key), str) or not messages[key].strip():
+            raise ConfigError(f"{where}: field 'messages.{key}': expected a non-empty string")
+    return VerifyConfig({k: tuple(v) for k, v in also.items()}, negation, list_item, withheld,
+                        strings(raw.get("emergency_withheld_types"), "emergency_withheld_types"),
+                        {k: " ".join(str(messages[k]).split()) for k in _MESSAGES})
+
+
+@lru_cache(maxsize=1)
+def load_config() -> VerifyConfig:
+    """The shipped ``resources/verify.yaml``."""
+    path = resource("verify.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, str(path))
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class Claim:
+    """One entity or value the answer names, with what the facts say about it."""
+
+    text: str  # as written
+    name: str  # the KB name (or the fact value)
+    start: int
+    end: int
+    status: str  # one of STATUSES
+    presented: list[str] = field(default_factory=list)  # attributes the sentence presents it as ([] = any)
+    cited: list[str] = field(default_factory=list)  # attributes it has in the facts (for ``entity``)
+    entity: str | None = None  # the cited entity it was checked for (None: any)
+    unit: tuple[int, int] = (0, 0)  # the sentence or list item it sits in
+    type: str | None = None  # KB entity type of the mention (None for a plain value)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["unit"] = list(self.unit)
+        return d
+
+
+@dataclass
+class Verification:
+    """Claims of one answer; ``ok`` when none is wrong_attribute or unsupported.
+
+    ``dropped`` lists the text the policy removed; ``draft`` the counts of the model's first
+    draft (before a policy changed it); offsets index the text given to :func:`verify`."""
+
+    claims: list[Claim] = field(default_factory=list)
+    policy: str = "flag"
+    checked: bool = True  # False: nothing to check against (refused / abstained / no KB)
+    dropped: list[str] = field(default_factory=list)
+    attempts: int = 1
+    draft: dict | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {s: sum(c.status == s for c in self.claims) for s in STATUSES}
+
+    @property
+    def ok(self) -> bool:
+        return not any(c.status in BAD for c in self.claims)
+
+    @property
+    def bad(self) -> list[Claim]:
+        return [c for c in self.claims if c.status in BAD]
+
+    def shifted(self, offset: int) -> Verification:
+        """The same verification with offsets moved by ``offset`` (text put in front)."""
+        moved = [replace(c, start=c.start + offset, end=c.end + offset,
+                         unit=(c.unit[0] + offset, c.unit[1] + offset)) for c in self.claims]
+        return replace(self, claims=moved)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "checked": self.checked, "counts": self.counts, "policy": self.policy,
+                "attempts": self.attempts, "spans": [c.to_dict() for c in self.claims], "dropped": self.dropped,
+                "draft": self.draft}
+
+
+# ---------------------------------------------------------------- units
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A sentence or a list item: ``[start, end)``; ``lead`` is a list item's lead-in unit index."""
+
+    start: int
+    end: int
+    item: bool = False
+    lead: int | None = None
+
+
+def split_units(text: str, config: VerifyConfig | None = None) -> list[Unit]:
+    """Sentences (ending at 。！？；, or a line end) and list items (lines starting with a marker)."""
+    config = config or load_config()
+    units: list[Unit] = []
+    pos, last_plain = 0, None
+    for line in text.splitlines(keepends=True):
+        is_item = bool(config.list_item.match(line))
+        lead = last_plain if is_item else None
+        start = pos
+        for i, ch in enumerate(line):
+            if ch in _SENTENCE_END or i == len(line) - 1:
+                end = pos + i + 1
+                if text[start:end].strip():
+                    units.append(Unit(start, end, is_item, lead))
+                start = end
+        if not is_item and line.strip():
+            last_plain = len(units) - 1
+        pos += len(line)
+    return units
+
+
+# ---------------------------------------------------------------- verification
+
+
+def _fact_index(facts) -> dict[str, dict[str, set[str]]]:
+    """normalized value -> entity -> attributes."""
+    index: dict[str, dict[str, set[str]]] = {}
+    for f in facts:
+        index.setdefault(normalize(f.value.strip()), {}).setdefault(f.entity, set()).add(f.attribute)
+    return index
+
+
+def _shift(mentions, start: int, end: int) -> list:
+    return [replace(m, start=m.start - start, end=m.end - start) for m in mentions if m.start >= start and m.end <= end]
+
+
+class _Checker:
+    """Verification of one text (state shared by the steps)."""
+
+    def __init__(self, kb, text: str, facts, question_attributes, exclude, min_support, config):
+        from qihuang.eval.metrics import word_boundaries
+
+        self.kb, self.text, self.config = kb, text, config
+        self.linker = kb.linker
+        self.mentions = kb.find_entities(text)
+        self.cuts = word_boundaries(text)
+        self.index = _fact_index(facts)
+        self.fact_entities = {f.entity for f in facts}
+        self.question_attributes = [a for a in question_attributes or [] if a != "alias"]
+        self.exclude = set(exclude) | self.fact_entities
+        rare = getattr(kb, "rare_values", None)
+        self.rare = rare(min_support) if rare and min_support > 1 else frozenset()
+        self.units = split_units(text, config)
+
+    def unit_of(self, pos: int) -> int:
+        for i, u in enumerate(self.units):
+            if u.start <= pos < u.end:
+                return i
+        return len(self.units) - 1
+
+    def _groups(self, start: int, end: int) -> list[tuple[str, ...]]:
+        if end <= start:
+            return []
+        return self.linker.detect_attribute_groups(self.text[start:end], _shift(self.mentions, start, end))
+
+    def presented(self, start: int, end: int) -> list[str]:
+        """The attributes the text presents the span [start, end) as (module docstring rule)."""
+        u = self.units[self.unit_of(start)]
+        breaks = [m.end() + u.start for m in _CLAUSE_BREAK.finditer(self.text[u.start:start])]
+        c_start = breaks[-1] if breaks else u.start
+        after = _CLAUSE_BREAK.search(self.text, end, u.end)
+        c_end = after.start() if after else u.end
+        for lo, hi, pick in ((c_start, start, -1), (end, c_end, 0), (u.start, start, -1), (end, u.end, 0)):
+            groups = self._groups(lo, hi)
+            if groups:
+                return self._widen(groups[pick])
+        if u.item and u.lead is not None:
+            lead = self.units[u.lead]
+            groups = self._groups(lead.start, lead.end)
+            if groups:
+                return self._widen(groups[-1])
+        return self._widen(tuple(self.question_attributes))
+
+    def _widen(self, group: tuple[str, ...]) -> list[str]:
+        out = list(group)
+        for a in group:
+            out += [b for b in self.config.also_presents.get(a, ()) if b not in out]
+        return out
+
+    def negated(self, mention, start: int) -> bool:
+        if getattr(mention, "negated", False):
+            return True
+        u = self.units[self.unit_of(start)]
+        head = self.text[u.start:start]
+        head = head[max(head.rfind(ch) for ch in "，,：:、") + 1:] if head else head
+        return bool(self.config.negation.search(normalize(head)))
+
+    def subject(self, pos: int) -> str | None:
+        """The nearest cited entity named before ``pos`` (None: any cited entity)."""
+        before = [m for m in self.mentions if m.end <= pos and m.name in self.fact_entities]
+        return before[-1].name if before else None
+
+    def classify(self, text: str, name: str, start: int, end: int, entities: dict[str, set[str]] | None,
+                 etype: str | None) -> Claim:
+        presented = self.presented(start, end)
+        subject = self.subject(start)
+        claim = Claim(text, name, start, end, "unsupported", presented, [], subject,
+                      (self.units[self.unit_of(start)].start, self.units[self.unit_of(start)].end), etype)
+        if not entities:
+            return claim
+        if subject is not None and subject not in entities:
+            claim.cited = sorted({a for attrs in entities.values() for a in attrs})
+            return claim  # a value of another cited entity ascribed to this one: swapped
+        pool = entities[subject] if subject is not None else set().union(*entities.values())
+        claim.cited = sorted(pool)
+        ok = not presented or bool(pool & set(presented))
+        claim.status = "supported" if ok else "wrong_attribute"
+        return claim
+
+    def run(self) -> list[Claim]:
+        claims: list[Claim] = []
+        taken = bytearray(len(self.text))
+        for m in self.mentions:
+            taken[m.start:m.end] = b"\1" * (m.end - m.start)
+            if m.name in self.exclude or m.start not in self.cuts or m.end not in self.cuts:
+                continue
+            entities = self.index.get(normalize(m.name)) or self.index.get(normalize(m.surface))
+            if not entities and m.name in self.rare:
+                continue
+            if self.negated(m, m.start):
+                claims.append(Claim(m.surface, m.name, m.start, m.end, "negated", type=m.type,
+                                    unit=(self.units[self.unit_of(m.start)].start,
+                                          self.units[self.unit_of(m.start)].end)))
+                continue
+            claims.append(self.classify(m.surface, m.name, m.start, m.end, entities, m.type))
+        norm_text = normalize(self.text)
+        for value, entities in self.index.items():
+            if len(value) < 2 or value in self.exclude:
+                continue
+            for hit in re.finditer(re.escape(value), norm_text):
+                s, e = hit.start(), hit.end()
+                if any(taken[s:e]) or s not in self.cuts or e not in self.cuts:
+                    continue
+                taken[s:e] = b"\1" * (e - s)
+                if self.negated(None, s):
+                    claims.append(Claim(self.text[s:e], value, s, e, "negated",
+                                        unit=(self.units[self.unit_of(s)].start, self.units[self.unit_of(s)].end)))
+                    continue
+                claims.append(self.classify(self.text[s:e], value, s, e, entities, None))
+        return sorted(claims, key=lambda c: c.start)
+
+
+def verify(kb, text: str, facts, question_attributes: list[str] | None = None, *, exclude: set[str] | None = None,
+           min_support: int = 3, config: VerifyConfig | None = None) -> Verification:
+    """Check every KB entity or value ``text`` names against ``facts`` (see the module doc).
+
+    ``question_attributes`` are the attributes the question asks about (the fallback of the
+    presentation rule); ``exclude`` names that are not claims (the question's own entities; the
+    cited entities are always excluded); ``min_support``: names the KB has only as a value in fewer
+    triples than this are noise (1 counts every name)."""
+    if kb is None or not (text or "").strip():
+        return Verification([], checked=kb is not None)
+    checker = _Checker(kb, text, list(facts or []), question_attributes, exclude or set(), min_support,
+                       config or load_config())
+    return Verification(checker.run())
+
+
+def question_names(kb, texts: list[str]) -> set[str]:
+    """KB names of the entities mentioned in the question (and earlier turns): not claims."""
+    return {m.name for t in texts if t for m in kb.find_entities(t)} if kb is not None else set()
+
+
+def has_text(text: str) -> bool:
+    """Whether ``text`` still says anything (a CJK character or a word)."""
+    return bool(_CJK.search(text or "") or re.search(r"[A-Za-z]{2,}", text or ""))
