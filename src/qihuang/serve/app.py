@@ -171,8 +171,17 @@ def _params(req: P.ChatCompletionRequest, base: GenerationParams, settings: Serv
         raise ApiError(400, str(exc)) from exc
 
 
+def with_verification(payload: dict, answer) -> dict:
+    """``payload`` with the answer's verification (and abstention) in its ``qihuang`` field."""
+    info = payload.setdefault("qihuang", {})
+    info["verification"] = answer.verification.to_dict() if getattr(answer, "verification", None) else None
+    info["abstained"] = bool(getattr(answer, "abstained", False))
+    return payload
+
+
 def _sse(obj) -> str:
-    data = obj.model_dump_json(exclude_none=True) if hasattr(obj, "model_dump_json") else json.dumps(obj)
+    data = (obj.model_dump_json(exclude_none=True) if hasattr(obj, "model_dump_json")
+            else json.dumps(obj, ensure_ascii=False))
     return f"data: {data}\n\n"
 
 
@@ -188,7 +197,8 @@ def _stream_events(answerer, question, history, system, params, grounded, model,
                     yield _sse(P.ChatCompletionChunk(**head, choices=[P.ChunkChoice(delta=P.Delta(content=item))]))
                 continue
             last = P.ChunkChoice(delta=P.Delta(), finish_reason=P.finish_reason(item))
-            yield _sse(P.ChatCompletionChunk(**head, choices=[last], qihuang=P.info_of(item)))
+            yield _sse(with_verification(P.ChatCompletionChunk(**head, choices=[last], qihuang=P.info_of(item))
+                                         .model_dump(exclude_none=True), item))
             if include_usage:
                 yield _sse(P.ChatCompletionChunk(**head, choices=[], usage=P.usage_of(item)))
         yield "data: [DONE]\n\n"
@@ -257,7 +267,8 @@ def create_app(answerer, settings: ServeSettings | None = None) -> FastAPI:
         finally:
             admission.leave()
         choice = P.Choice(message=P.AssistantMessage(content=answer.text), finish_reason=P.finish_reason(answer))
-        return P.ChatCompletion(model=settings.model_name, choices=[choice], usage=P.usage_of(answer),
-                                qihuang=P.info_of(answer)).model_dump()
+        return with_verification(P.ChatCompletion(model=settings.model_name, choices=[choice],
+                                                  usage=P.usage_of(answer), qihuang=P.info_of(answer)).model_dump(),
+                                 answer)
 
     return app
