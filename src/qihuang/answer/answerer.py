@@ -200,14 +200,15 @@ class Answerer:
 
     def _drop(self, plan: _Plan, text: str, v: Verification) -> tuple[str, Verification]:
         """Cut unsupported claims (grounded answers) and, in an emergency, drug sentences."""
-        withheld = pol.withheld_claims(v.claims) if plan.emergency else []
+        withheld = pol.withheld_claims(self.kb, text, v.claims, plan.names) if plan.emergency else []
         bad = v.bad if plan.grounding.grounded and self.on_unsupported != "flag" else []
         if not bad and not withheld:
             return text, v
         new, cut = pol.drop_claims(text, bad, v.claims) if bad else (text, [])
         if withheld:  # a sentence that names a drug goes whole
             mid = self.check(plan, new)
-            new, cut2 = pol.drop_claims(new, pol.withheld_claims(mid.claims), mid.claims, whole_units=True)
+            new, cut2 = pol.drop_claims(new, pol.withheld_claims(self.kb, new, mid.claims, plan.names), mid.claims,
+                                        whole_units=True)
             cut += cut2
         new = pol.fallback_if_empty(new)
         after = self.check(plan, new)

@@ -120,11 +120,16 @@ def _apply_cuts(text: str, cuts: list[tuple[int, int]]) -> tuple[str, list[str]]
     return new, [r for r in removed if r]
 
 
-def withheld_claims(claims: list[Claim], config: VerifyConfig | None = None) -> list[Claim]:
-    """Claims an emergency answer must not make: drugs and dosages (self-treatment)."""
+def withheld_claims(kb, text: str, claims: list[Claim], exclude: set[str],
+                    config: VerifyConfig | None = None) -> list[Claim]:
+    """What an emergency answer must not say: drugs (any drug-type mention not named by the question,
+    rare or not) and values cited as drugs or dosages (self-treatment)."""
     config = config or load_config()
-    return [c for c in claims if c.status != "negated" and (
-        c.type in config.emergency_withheld_types or any(a in config.emergency_withheld for a in c.cited))]
+    out = [c for c in claims if c.status != "negated" and any(a in config.emergency_withheld for a in c.cited)]
+    for m in kb.find_entities(text) if kb is not None else []:
+        if m.type in config.emergency_withheld_types and m.name not in exclude:
+            out.append(Claim(m.surface, m.name, m.start, m.end, "withheld", type=m.type))
+    return out
 
 
 def fallback_if_empty(text: str, config: VerifyConfig | None = None) -> str:

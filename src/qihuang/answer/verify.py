@@ -238,7 +238,7 @@ def _shift(mentions, start: int, end: int) -> list:
 class _Checker:
     """Verification of one text (state shared by the steps)."""
 
-    def __init__(self, kb, text: str, facts, question_attributes, exclude, min_support, config):
+    def __init__(self, kb, text: str, facts, question_attributes, exclude, min_support, config, context=()):
         from qihuang.eval.metrics import word_boundaries
 
         self.kb, self.text, self.config = kb, text, config
@@ -247,6 +247,8 @@ class _Checker:
         self.cuts = word_boundaries(text)
         self.index = _fact_index(facts)
         self.fact_entities = {f.entity for f in facts}
+        # other KB values of the cited entities: naming one under the wrong attribute is wrong_attribute
+        self.context = _fact_index([f for f in context if f.entity in self.fact_entities and f.attribute != "alias"])
         self.question_attributes = [a for a in question_attributes or [] if a != "alias"]
         self.exclude = set(exclude) | self.fact_entities
         rare = getattr(kb, "rare_values", None)
@@ -308,6 +310,10 @@ class _Checker:
         claim = Claim(text, name, start, end, "unsupported", presented, [], subject,
                       (self.units[self.unit_of(start)].start, self.units[self.unit_of(start)].end), etype)
         if not entities:
+            known = self.context.get(normalize(name), {})
+            pool = known.get(subject, set()) if subject is not None else set().union(set(), *known.values())
+            if pool and not pool & set(presented or pool):
+                claim.status, claim.cited = "wrong_attribute", sorted(pool)
             return claim
         if subject is not None and subject not in entities:
             claim.cited = sorted({a for attrs in entities.values() for a in attrs})
@@ -326,7 +332,7 @@ class _Checker:
             if m.name in self.exclude or m.start not in self.cuts or m.end not in self.cuts:
                 continue
             entities = self.index.get(normalize(m.name)) or self.index.get(normalize(m.surface))
-            if not entities and m.name in self.rare:
+            if not entities and m.name in self.rare and normalize(m.name) not in self.context:
                 continue
             if self.negated(m, m.start):
                 claims.append(Claim(m.surface, m.name, m.start, m.end, "negated", type=m.type,
@@ -335,7 +341,8 @@ class _Checker:
                 continue
             claims.append(self.classify(m.surface, m.name, m.start, m.end, entities, m.type))
         norm_text = normalize(self.text)
-        for value, entities in self.index.items():
+        values = {**{v: {} for v in self.context}, **self.index}
+        for value, entities in values.items():
             if len(value) < 2 or value in self.exclude:
                 continue
             for hit in re.finditer(re.escape(value), norm_text):
@@ -352,17 +359,22 @@ class _Checker:
 
 
 def verify(kb, text: str, facts, question_attributes: list[str] | None = None, *, exclude: set[str] | None = None,
-           min_support: int = 3, config: VerifyConfig | None = None) -> Verification:
+           min_support: int = 3, context=None, config: VerifyConfig | None = None) -> Verification:
     """Check every KB entity or value ``text`` names against ``facts`` (see the module doc).
 
     ``question_attributes`` are the attributes the question asks about (the fallback of the
     presentation rule); ``exclude`` names that are not claims (the question's own entities; the
     cited entities are always excluded); ``min_support``: names the KB has only as a value in fewer
-    triples than this are noise (1 counts every name)."""
+    triples than this are noise (1 counts every name); ``context``: the cited entities' other KB facts
+    (default: looked up), so that naming one of their values under a wrong attribute is caught even when
+    that attribute was not in the prompt (such a value is never ``supported``: it was not cited)."""
     if kb is None or not (text or "").strip():
         return Verification([], checked=kb is not None)
-    checker = _Checker(kb, text, list(facts or []), question_attributes, exclude or set(), min_support,
-                       config or load_config())
+    facts = list(facts or [])
+    if context is None:
+        context = [f for e in dict.fromkeys(f.entity for f in facts) for f in kb.facts(e)] if facts else []
+    checker = _Checker(kb, text, facts, question_attributes, exclude or set(), min_support,
+                       config or load_config(), context)
     return Verification(checker.run())
 
 
