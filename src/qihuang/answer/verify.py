@@ -22,17 +22,20 @@ What is a claim:
 
 How a sentence *presents* a value (the rule, in order; the first that finds a cue wins):
 
-1. the nearest attribute cue before the value in its clause (clauses end at ，,：:);
+1. the nearest attribute cue before the value in its clause (clauses end at ，,);
 2. the first cue after it in its clause ("恶心、皮疹等不良反应");
-3. the nearest cue before it in its sentence or list item, then the first cue after it;
-4. for a list item, the cue of the list's lead-in line ("不良反应包括：" above "1. 皮疹");
-5. the question's attribute(s); with none, any attribute of the facts counts as presented.
+3. only when the clause is *bare* (at most ``BARE_CHARS`` characters besides the names in it:
+   "还有痛经", "1. 头痛"): the nearest cue before it in its sentence, then the first cue after it;
+   then, for a list item, the cue of the list's lead-in line ("不良反应包括：" above "1. 皮疹");
+   then the question's attribute(s), unless the attribute lists entities of another type than the
+   mention (a department named in an answer about symptoms is not presented as a symptom);
+4. otherwise no attribute is presented: a value of the facts under any attribute is supported.
 
 Cues are found by the linker's own detection (``kb.linker.detect_attribute_groups``). A cue
 also presents the attributes listed for it under ``also_presents`` in
 ``resources/verify.yaml`` (a drug "治疗" its indications; a drug "引起" its adverse reactions).
-The entity a claim is checked for is the nearest cited entity named before it in the answer
-(else any cited entity).
+The entity a claim is checked for is the nearest cited entity named before it in its sentence
+or list item (or the list's lead-in; else any cited entity).
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ from qihuang.paths import resource
 STATUSES = ("supported", "wrong_attribute", "unsupported", "negated")
 BAD = ("wrong_attribute", "unsupported")
 _SENTENCE_END = "。！？!?；;"
-_CLAUSE_BREAK = re.compile(r"[，,：:]")
+_CLAUSE_BREAK = re.compile(r"[，,]")
+BARE_CHARS = 4  # a clause with at most this many characters besides its names continues the cue before it
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
@@ -64,6 +68,7 @@ class VerifyConfig:
     emergency_withheld: tuple[str, ...]
     emergency_withheld_types: tuple[str, ...]
     messages: dict[str, str]
+    cue_after_connectors: frozenset[str] = frozenset()
 
 
 _MESSAGES = ("ungrounded_notice", "abstain", "abstain_what_unknown", "abstain_what_entities", "all_dropped",
@@ -104,13 +109,16 @@ def parse_config(raw: dict, where: str = "verify.yaml", attributes: set[str] | N
     for name in withheld:
         if name not in attributes:
             raise ConfigError(f"{where}: field 'emergency_withheld': unknown attribute {name!r}")
+    connectors = raw.get("cue_after_connectors")
+    if not isinstance(connectors, str) or not connectors:
+        raise ConfigError(f"{where}: field 'cue_after_connectors': expected a non-empty string")
     messages = raw.get("messages") or {}
     for key in _MESSAGES:
         if not isinstance(messages.get(key), str) or not messages[key].strip():
             raise ConfigError(f"{where}: field 'messages.{key}': expected a non-empty string")
     return VerifyConfig({k: tuple(v) for k, v in also.items()}, negation, list_item, withheld,
                         strings(raw.get("emergency_withheld_types"), "emergency_withheld_types"),
-                        {k: " ".join(str(messages[k]).split()) for k in _MESSAGES})
+                        {k: " ".join(str(messages[k]).split()) for k in _MESSAGES}, frozenset(connectors))
 
 
 @lru_cache(maxsize=1)
@@ -249,11 +257,13 @@ class _Checker:
         self.fact_entities = {f.entity for f in facts}
         # other KB values of the cited entities: naming one under the wrong attribute is wrong_attribute
         self.context = _fact_index([f for f in context if f.entity in self.fact_entities and f.attribute != "alias"])
-        self.question_attributes = [a for a in question_attributes or [] if a != "alias"]
+        known = getattr(getattr(kb, "schema", None), "attributes", None)
+        self.question_attributes = [a for a in question_attributes or [] if a != "alias" and (not known or a in known)]
         self.exclude = set(exclude) | self.fact_entities
         rare = getattr(kb, "rare_values", None)
         self.rare = rare(min_support) if rare and min_support > 1 else frozenset()
         self.units = split_units(text, config)
+        self.object_types = {k: a.object_type for k, a in kb.schema.attributes.items()} if hasattr(kb, "schema") else {}
 
     def unit_of(self, pos: int) -> int:
         for i, u in enumerate(self.units):
@@ -266,23 +276,62 @@ class _Checker:
             return []
         return self.linker.detect_attribute_groups(self.text[start:end], _shift(self.mentions, start, end))
 
-    def presented(self, start: int, end: int) -> list[str]:
+    def presented(self, start: int, end: int, etype: str | None = None) -> list[str]:
         """The attributes the text presents the span [start, end) as (module docstring rule)."""
         u = self.units[self.unit_of(start)]
         breaks = [m.end() + u.start for m in _CLAUSE_BREAK.finditer(self.text[u.start:start])]
         c_start = breaks[-1] if breaks else u.start
         after = _CLAUSE_BREAK.search(self.text, end, u.end)
         c_end = after.start() if after else u.end
-        for lo, hi, pick in ((c_start, start, -1), (end, c_end, 0), (u.start, start, -1), (end, u.end, 0)):
+        steps = [(c_start, start, -1), (end, c_end, 0)]
+        bare = self._bare(c_start, c_end)
+        if bare:
+            steps += [(u.start, start, -1), (end, u.end, 0)]
+        for lo, hi, pick in steps:
             groups = self._groups(lo, hi)
-            if groups:
+            if groups and (pick < 0 or self._cue_follows(end, hi)):
                 return self._widen(groups[pick])
+        if not bare:
+            return []
         if u.item and u.lead is not None:
             lead = self.units[u.lead]
             groups = self._groups(lead.start, lead.end)
             if groups:
                 return self._widen(groups[-1])
-        return self._widen(tuple(self.question_attributes))
+        asked = self._widen(tuple(self.question_attributes))
+        if etype and asked and all(self.object_types.get(a) not in (None, etype) for a in asked):
+            return []  # a department named in an answer about symptoms is not presented as a symptom
+        return asked
+
+    def _cue_follows(self, end: int, hi: int) -> bool:
+        """Whether the first cue after ``end`` (before ``hi``) follows it with only names and connectors between."""
+        first = self._groups(end, hi)[0]
+        cue_start = next((j - 1 for j in range(1, hi - end + 1) if self._groups(end + j, hi)[:1] != [first]),
+                         hi - end)
+        between = self._strip_names(end, end + cue_start)
+        return all(ch in self.config.cue_after_connectors for ch in between if not ch.isspace())
+
+    def _strip_names(self, start: int, end: int) -> str:
+        """The text of [start, end) without the names (mentions, fact values) in it."""
+        chars = list(self.text[start:end])
+        for m in self.mentions:
+            for i in range(max(m.start, start), min(m.end, end)):
+                chars[i - start] = ""
+        rest = normalize("".join(chars))
+        for value in sorted(self.index, key=len, reverse=True):
+            if len(value) >= 2:
+                rest = rest.replace(value, "")
+        return rest
+
+    def _bare(self, start: int, end: int) -> bool:
+        """Whether the clause is little more than names (a list continued: "还有痛经", "1. 头痛")."""
+        rest = self.config.list_item.sub("", self.text[start:end])
+        for m in self.mentions:
+            if start <= m.start and m.end <= end:
+                rest = rest.replace(self.text[m.start:m.end], "")
+        for value in self.index:
+            rest = normalize(rest).replace(value, "") if len(value) >= 2 else rest
+        return len(re.findall(r"\w", rest)) <= BARE_CHARS
 
     def _widen(self, group: tuple[str, ...]) -> list[str]:
         out = list(group)
@@ -299,13 +348,20 @@ class _Checker:
         return bool(self.config.negation.search(normalize(head)))
 
     def subject(self, pos: int) -> str | None:
-        """The nearest cited entity named before ``pos`` (None: any cited entity)."""
-        before = [m for m in self.mentions if m.end <= pos and m.name in self.fact_entities]
-        return before[-1].name if before else None
+        """The nearest cited entity named before ``pos`` in its sentence or list item (else in the
+        list's lead-in; None: any cited entity)."""
+        u = self.units[self.unit_of(pos)]
+        for lo, hi in ((u.start, pos), (self.units[u.lead].start, self.units[u.lead].end) if u.item and
+                       u.lead is not None else (0, 0)):
+            before = [m for m in self.mentions if lo <= m.start and m.end <= hi and m.name in self.fact_entities]
+            if before:
+                return before[-1].name
+        return None
 
     def classify(self, text: str, name: str, start: int, end: int, entities: dict[str, set[str]] | None,
                  etype: str | None) -> Claim:
-        presented = self.presented(start, end)
+        """The claim's status (module docstring)."""
+        presented = self.presented(start, end, etype)
         subject = self.subject(start)
         claim = Claim(text, name, start, end, "unsupported", presented, [], subject,
                       (self.units[self.unit_of(start)].start, self.units[self.unit_of(start)].end), etype)
@@ -324,38 +380,56 @@ class _Checker:
         claim.status = "supported" if ok else "wrong_attribute"
         return claim
 
-    def run(self) -> list[Claim]:
-        claims: list[Claim] = []
-        taken = bytearray(len(self.text))
-        for m in self.mentions:
-            taken[m.start:m.end] = b"\1" * (m.end - m.start)
-            if m.name in self.exclude or m.start not in self.cuts or m.end not in self.cuts:
-                continue
-            entities = self.index.get(normalize(m.name)) or self.index.get(normalize(m.surface))
-            if not entities and m.name in self.rare and normalize(m.name) not in self.context:
-                continue
-            if self.negated(m, m.start):
-                claims.append(Claim(m.surface, m.name, m.start, m.end, "negated", type=m.type,
-                                    unit=(self.units[self.unit_of(m.start)].start,
-                                          self.units[self.unit_of(m.start)].end)))
-                continue
-            claims.append(self.classify(m.surface, m.name, m.start, m.end, entities, m.type))
+    def _value_spans(self) -> list[tuple[int, int, str]]:
+        """Occurrences of the facts' values (longest first, on word boundaries, not overlapping)."""
         norm_text = normalize(self.text)
-        values = {**{v: {} for v in self.context}, **self.index}
-        for value, entities in values.items():
+        values = sorted({*self.index, *self.context}, key=len, reverse=True)
+        taken = bytearray(len(self.text))
+        spans = []
+        for value in values:
             if len(value) < 2 or value in self.exclude:
                 continue
             for hit in re.finditer(re.escape(value), norm_text):
                 s, e = hit.start(), hit.end()
-                if any(taken[s:e]) or s not in self.cuts or e not in self.cuts:
-                    continue
-                taken[s:e] = b"\1" * (e - s)
-                if self.negated(None, s):
-                    claims.append(Claim(self.text[s:e], value, s, e, "negated",
-                                        unit=(self.units[self.unit_of(s)].start, self.units[self.unit_of(s)].end)))
-                    continue
-                claims.append(self.classify(self.text[s:e], value, s, e, entities, None))
+                if not any(taken[s:e]) and s in self.cuts and e in self.cuts:
+                    taken[s:e] = b"\1" * (e - s)
+                    spans.append((s, e, value))
+        return spans
+
+    def _unit_span(self, pos: int) -> tuple[int, int]:
+        u = self.units[self.unit_of(pos)]
+        return u.start, u.end
+
+    def _claim(self, mention, text: str, name: str, s: int, e: int, etype: str | None) -> Claim:
+        if self.negated(mention, s):
+            return Claim(text, name, s, e, "negated", type=etype, unit=self._unit_span(s))
+        entities = self.index.get(normalize(name)) or (self.index.get(normalize(text)) if text != name else None)
+        return self.classify(text, name, s, e, entities, etype)
+
+    def run(self) -> list[Claim]:
+        claims: list[Claim] = []
+        values = self._value_spans()
+        used = bytearray(len(self.text))
+        for m in self.mentions:
+            used[m.start:m.end] = b"\1" * (m.end - m.start)
+            if m.name in self.exclude or m.start not in self.cuts or m.end not in self.cuts:
+                continue
+            if any(s <= m.start and m.end <= e and e - s > m.end - m.start for s, e, _ in values):
+                continue  # part of a longer value of the facts ("2型糖尿病", a dosage sentence): that is the claim
+            known = normalize(m.name) in self.index or normalize(m.surface) in self.index
+            if not known and m.name in self.rare and normalize(m.name) not in self.context:
+                continue
+            claims.append(self._claim(m, m.surface, m.name, m.start, m.end, m.type))
+        for s, e, value in values:
+            if any(m.start == s and m.end == e for m in self.mentions):
+                continue  # the mention was the claim (or is excluded)
+            if all(not used[i] or self._inside_longer(i, s, e) for i in range(s, e)):
+                claims.append(self._claim(None, self.text[s:e], value, s, e, None))
         return sorted(claims, key=lambda c: c.start)
+
+    def _inside_longer(self, i: int, s: int, e: int) -> bool:
+        """Whether character ``i`` belongs only to mentions that lie inside the value span [s, e)."""
+        return all(s <= m.start and m.end <= e for m in self.mentions if m.start <= i < m.end)
 
 
 def verify(kb, text: str, facts, question_attributes: list[str] | None = None, *, exclude: set[str] | None = None,
