@@ -89,6 +89,8 @@ def test_negated_mentions_are_recorded_not_counted(kb):
     v = verify(kb, f"{IBU}一般不会引起头痛，也没有发热的副作用。", _facts(kb, IBU), ["adverse_reactions"])
     assert _status(v) == {"头痛": "negated", "发热": "negated"}
     assert v.ok and v.counts["negated"] == 2
+    listed = verify(kb, "一般不会引起头痛、关节痛或发热。", _facts(kb, IBU), ["adverse_reactions"])
+    assert _status(listed) == {"头痛": "negated", "关节痛": "negated", "发热": "negated"}
     # 不良反应 starts with 不 but negates nothing
     assert _status(verify(kb, "不良反应有恶心。", _facts(kb, IBU), [])) == {"恶心": "supported"}
 

@@ -425,7 +425,16 @@ class _Checker:
                 continue  # the mention was the claim (or is excluded)
             if all(not used[i] or self._inside_longer(i, s, e) for i in range(s, e)):
                 claims.append(self._claim(None, self.text[s:e], value, s, e, None))
-        return sorted(claims, key=lambda c: c.start)
+        return self._spread_negation(sorted(claims, key=lambda c: c.start))
+
+    def _spread_negation(self, claims: list[Claim]) -> list[Claim]:
+        """"不会引起头痛、恶心": a claim listed right after a negated one is negated too."""
+        for prev, cur in zip(claims, claims[1:]):
+            between = self.text[prev.end:cur.start]
+            if prev.status == "negated" and cur.status != "negated" and between and \
+                    all(ch in "、和及或与以 " for ch in between):
+                cur.status, cur.presented, cur.cited, cur.entity = "negated", [], [], None
+        return claims
 
     def _inside_longer(self, i: int, s: int, e: int) -> bool:
         """Whether character ``i`` belongs only to mentions that lie inside the value span [s, e)."""
