@@ -60,7 +60,7 @@ def test_chat_warns_about_unsupported_spans_and_shows_what_was_dropped(tmp_path)
     kb = make_tiny_kb(tmp_path / "kb.sqlite")
     flagged = _chat(Answerer(FakeEngine(reply=lambda p: bad), kb, on_unsupported="flag"),
                     "布洛芬缓释胶囊的适应症是什么\n")
-    assert "⚠ 注意：回答中有 2 处内容未得到引用知识的支持" in flagged
+    assert "⚠ 注意：回答中有2处内容未得到引用知识的支持" in flagged
     assert "「皮疹」(属性不符)" in flagged and "「肺炎」(无依据)" in flagged
     dropped = _chat(Answerer(FakeEngine(reply=lambda p: bad), kb), "布洛芬缓释胶囊的适应症是什么\n")
     assert "肺炎" not in dropped and "已删去 2 处" in dropped and "⚠" not in dropped

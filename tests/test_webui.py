@@ -91,7 +91,7 @@ def test_unsupported_and_wrong_attribute_spans_are_marked(tmp_path):
     assert '<mark class="qh-wrong_attribute" data-status="wrong_attribute"' in content
     assert '<mark class="qh-unsupported" data-status="unsupported"' in content and ">肺炎</mark>" in content
     assert "&lt;b&gt;" in content  # the model's text is escaped
-    assert "⚠" in cites and "2 处" in cites
+    assert "⚠" in cites and "2处" in cites
     dropped = Answerer(FakeEngine(reply=lambda p: BAD_IBU), make_tiny_kb(tmp_path / "kb.sqlite"))
     ans = dropped.answer("布洛芬缓释胶囊的适应症是什么？")
     assert "<mark" not in marked_html(ans) and "肺炎" not in marked_html(ans)

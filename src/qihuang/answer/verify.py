@@ -118,7 +118,7 @@ def parse_config(raw: dict, where: str = "verify.yaml", attributes: set[str] | N
             raise ConfigError(f"{where}: field 'messages.{key}': expected a non-empty string")
     return VerifyConfig({k: tuple(v) for k, v in also.items()}, negation, list_item, withheld,
                         strings(raw.get("emergency_withheld_types"), "emergency_withheld_types"),
-                        {k: " ".join(str(messages[k]).split()) for k in _MESSAGES}, frozenset(connectors))
+                        {k: "".join(str(messages[k]).split()) for k in _MESSAGES}, frozenset(connectors))
 
 
 @lru_cache(maxsize=1)
