@@ -56,6 +56,7 @@ _SENTENCE_END = "。！？!?；;"
 _CLAUSE_BREAK = re.compile(r"[，,]")
 BARE_CHARS = 4  # a clause with at most this many characters besides its names continues the cue before it
 _CJK = re.compile(r"[\u4e00-\u9fff]")
+_MASK = "\u25a1"  # stands in for names when looking for cues
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class VerifyConfig:
     emergency_withheld_types: tuple[str, ...]
     messages: dict[str, str]
     cue_after_connectors: frozenset[str] = frozenset()
+    not_claims: frozenset[str] = frozenset()
+    name_fillers: tuple[str, ...] = ()
+    value_fillers: tuple[str, ...] = ()
 
 
 _MESSAGES = ("ungrounded_notice", "abstain", "abstain_what_unknown", "abstain_what_entities", "all_dropped",
@@ -118,7 +122,10 @@ def parse_config(raw: dict, where: str = "verify.yaml", attributes: set[str] | N
             raise ConfigError(f"{where}: field 'messages.{key}': expected a non-empty string")
     return VerifyConfig({k: tuple(v) for k, v in also.items()}, negation, list_item, withheld,
                         strings(raw.get("emergency_withheld_types"), "emergency_withheld_types"),
-                        {k: "".join(str(messages[k]).split()) for k in _MESSAGES}, frozenset(connectors))
+                        {k: "".join(str(messages[k]).split()) for k in _MESSAGES}, frozenset(connectors),
+                        frozenset(normalize(w) for w in strings(raw.get("not_claims"), "not_claims")),
+                        tuple(sorted(strings(raw.get("name_fillers"), "name_fillers"), key=len, reverse=True)),
+                        tuple(sorted(strings(raw.get("value_fillers"), "value_fillers"), key=len, reverse=True)))
 
 
 @lru_cache(maxsize=1)
@@ -231,11 +238,14 @@ def split_units(text: str, config: VerifyConfig | None = None) -> list[Unit]:
 # ---------------------------------------------------------------- verification
 
 
-def _fact_index(facts) -> dict[str, dict[str, set[str]]]:
-    """normalized value -> entity -> attributes."""
+def _fact_index(facts, fillers: tuple[str, ...] = ()) -> dict[str, dict[str, set[str]]]:
+    """normalized value (and the value without a trailing filler: 过敏性肺炎等 -> 过敏性肺炎) -> entity -> attributes."""
     index: dict[str, dict[str, set[str]]] = {}
     for f in facts:
-        index.setdefault(normalize(f.value.strip()), {}).setdefault(f.entity, set()).add(f.attribute)
+        value = normalize(f.value.strip())
+        forms = [value] + [value[: -len(x)] for x in fillers if value.endswith(x) and len(value) - len(x) >= 2]
+        for form in forms[:2]:
+            index.setdefault(form, {}).setdefault(f.entity, set()).add(f.attribute)
     return index
 
 
@@ -253,16 +263,24 @@ class _Checker:
         self.linker = kb.linker
         self.mentions = kb.find_entities(text)
         self.cuts = word_boundaries(text)
-        self.index = _fact_index(facts)
+        self.index = _fact_index(facts, config.value_fillers)
         self.fact_entities = {f.entity for f in facts}
         # other KB values of the cited entities: naming one under the wrong attribute is wrong_attribute
-        self.context = _fact_index([f for f in context if f.entity in self.fact_entities and f.attribute != "alias"])
+        self.context = _fact_index([f for f in context if f.entity in self.fact_entities and f.attribute != "alias"],
+                                   config.value_fillers)
         known = getattr(getattr(kb, "schema", None), "attributes", None)
         self.question_attributes = [a for a in question_attributes or [] if a != "alias" and (not known or a in known)]
         self.exclude = set(exclude) | self.fact_entities
         rare = getattr(kb, "rare_values", None)
         self.rare = rare(min_support) if rare and min_support > 1 else frozenset()
         self.units = split_units(text, config)
+        self.not_claims = config.not_claims
+        self.values = self._value_spans()
+        self.name_spans = [(m.start, m.end) for m in self.mentions] + [(s, e) for s, e, _ in self.values]
+        chars = list(text)
+        for s, e in self.name_spans:
+            chars[s:e] = [_MASK] * (e - s)
+        self.masked = "".join(chars)
         self.object_types = {k: a.object_type for k, a in kb.schema.attributes.items()} if hasattr(kb, "schema") else {}
 
     def unit_of(self, pos: int) -> int:
@@ -272,9 +290,10 @@ class _Checker:
         return len(self.units) - 1
 
     def _groups(self, start: int, end: int) -> list[tuple[str, ...]]:
+        """The linker's cue groups of [start, end), names masked (a cue inside a name, 继发 in 继发性肾病, is none)."""
         if end <= start:
             return []
-        return self.linker.detect_attribute_groups(self.text[start:end], _shift(self.mentions, start, end))
+        return self.linker.detect_attribute_groups(self.masked[start:end], [])
 
     def presented(self, start: int, end: int, etype: str | None = None) -> list[str]:
         """The attributes the text presents the span [start, end) as (module docstring rule)."""
@@ -283,25 +302,35 @@ class _Checker:
         c_start = breaks[-1] if breaks else u.start
         after = _CLAUSE_BREAK.search(self.text, end, u.end)
         c_end = after.start() if after else u.end
-        steps = [(c_start, start, -1), (end, c_end, 0)]
-        bare = self._bare(c_start, c_end)
-        if bare:
-            steps += [(u.start, start, -1), (end, u.end, 0)]
-        for lo, hi, pick in steps:
-            groups = self._groups(lo, hi)
-            if groups and (pick < 0 or self._cue_follows(end, hi)):
-                return self._widen(groups[pick])
-        if not bare:
+        groups = self._before(c_start, start) + self._after(end, c_end)
+        if groups:
+            return self._widen(groups)
+        if not self._bare(c_start, c_end):
             return []
-        if u.item and u.lead is not None:
-            lead = self.units[u.lead]
-            groups = self._groups(lead.start, lead.end)
-            if groups:
-                return self._widen(groups[-1])
-        asked = self._widen(tuple(self.question_attributes))
+        groups = self._before(u.start, start) + self._after(end, u.end)
+        if not groups and u.item and u.lead is not None:
+            groups = self._before(self.units[u.lead].start, self.units[u.lead].end)
+        if groups:
+            return self._widen(groups)
+        asked = self._widen(list(self.question_attributes))
         if etype and asked and all(self.object_types.get(a) not in (None, etype) for a in asked):
             return []  # a department named in an answer about symptoms is not presented as a symptom
         return asked
+
+    def _before(self, lo: int, hi: int) -> list[tuple[str, ...]]:
+        """The cues of the nearest stretch of [lo, hi) without names that has any ("与X存在相互作用的药物包括")."""
+        names = sorted((s, e) for s, e in self.name_spans if lo <= s and e <= hi)
+        bounds = [lo, *(x for span in names for x in span), hi]
+        for i in range(len(bounds) - 2, -1, -2):
+            groups = self._groups(bounds[i], bounds[i + 1])
+            if groups:
+                return groups
+        return []
+
+    def _after(self, end: int, hi: int) -> list[tuple[str, ...]]:
+        """The cue right after a list that ends the claim ("恶心、皮疹等不良反应"), if any."""
+        groups = self._groups(end, hi)
+        return groups[:1] if groups and self._cue_follows(end, hi) else []
 
     def _cue_follows(self, end: int, hi: int) -> bool:
         """Whether the first cue after ``end`` (before ``hi``) follows it with only names and connectors between."""
@@ -333,8 +362,10 @@ class _Checker:
             rest = normalize(rest).replace(value, "") if len(value) >= 2 else rest
         return len(re.findall(r"\w", rest)) <= BARE_CHARS
 
-    def _widen(self, group: tuple[str, ...]) -> list[str]:
-        out = list(group)
+    def _widen(self, groups) -> list[str]:
+        """The attributes of cue groups, each with the ones it also presents (verify.yaml)."""
+        group = [a for g in groups for a in (g if isinstance(g, tuple) else (g,))]
+        out = list(dict.fromkeys(group))
         for a in group:
             out += [b for b in self.config.also_presents.get(a, ()) if b not in out]
         return out
@@ -387,7 +418,7 @@ class _Checker:
         taken = bytearray(len(self.text))
         spans = []
         for value in values:
-            if len(value) < 2 or value in self.exclude:
+            if len(value) < 2 or value in self.exclude or value in self.config.not_claims:
                 continue
             for hit in re.finditer(re.escape(value), norm_text):
                 s, e = hit.start(), hit.end()
@@ -408,11 +439,14 @@ class _Checker:
 
     def run(self) -> list[Claim]:
         claims: list[Claim] = []
-        values = self._value_spans()
+        values = self.values
         used = bytearray(len(self.text))
         for m in self.mentions:
+            if self._padded_value(m):
+                continue  # "压痛等" (a CMeKG name with a filler) where the facts have 压痛: the value is the claim
             used[m.start:m.end] = b"\1" * (m.end - m.start)
-            if m.name in self.exclude or m.start not in self.cuts or m.end not in self.cuts:
+            if m.name in self.exclude or m.start not in self.cuts or m.end not in self.cuts or \
+                    normalize(m.surface) in self.not_claims or normalize(m.name) in self.not_claims:
                 continue
             if any(s <= m.start and m.end <= e and e - s > m.end - m.start for s, e, _ in values):
                 continue  # part of a longer value of the facts ("2型糖尿病", a dosage sentence): that is the claim
@@ -435,6 +469,10 @@ class _Checker:
                     all(ch in "、和及或与以 " for ch in between):
                 cur.status, cur.presented, cur.cited, cur.entity = "negated", [], [], None
         return claims
+
+    def _padded_value(self, mention) -> bool:
+        surface = normalize(mention.surface)
+        return any(surface.endswith(x) and surface[: -len(x)] in self.index for x in self.config.name_fillers)
 
     def _inside_longer(self, i: int, s: int, e: int) -> bool:
         """Whether character ``i`` belongs only to mentions that lie inside the value span [s, e)."""
