@@ -99,9 +99,11 @@ def test_values_inside_longer_words_and_noise_are_not_claims(kb):
     facts = kb.facts("偏头痛", ["drugs"])
     assert verify(kb, "具体检查请遵医嘱。", facts, ["drugs"]).claims == []  # 体检 inside 具体/检查
     assert _status(verify(kb, "做个体检吧。", facts, ["drugs"])) == {"体检": "unsupported"}
-    # 结合 is a KB name only as one rare value: noise at min_support 3, a claim when every name counts
-    assert verify(kb, "结合饮食调整。", facts, ["drugs"]).claims == []
-    assert _status(verify(kb, "结合饮食调整。", facts, ["drugs"], min_support=1)) == {"结合": "unsupported"}
+    # 联合 is a KB name only as one rare value: noise at min_support 3, a claim when every name counts
+    assert verify(kb, "联合饮食调整。", facts, ["drugs"]).claims == []
+    assert _status(verify(kb, "联合饮食调整。", facts, ["drugs"], min_support=1)) == {"联合": "unsupported"}
+    # generic words (verify.yaml not_claims) and CMeKG names with a filler glued on are never claims
+    assert verify(kb, "如出现不适请就医，中医认为应结合体质。", facts, ["drugs"], min_support=1).claims == []
 
 
 def test_units_and_drop(kb):
@@ -134,3 +136,9 @@ def test_shipped_config_parses_and_bad_fields_are_named():
                          ("negation", {"words": []}), ("messages", {})]:
         with pytest.raises(ConfigError, match=field):
             parse_config({**raw, field: value}, "verify.yaml")
+
+
+def test_a_cmekg_name_with_a_filler_stands_for_the_value_inside(kb):
+    assert any(m.name == "压痛等" for m in kb.find_entities("胆囊炎可有压痛等表现。"))
+    v = verify(kb, "胆囊炎可有右上腹痛、压痛等表现。", kb.facts("胆囊炎", ["symptoms"]), ["symptoms"], min_support=1)
+    assert _status(v) == {"右上腹痛": "supported", "压痛": "supported"}

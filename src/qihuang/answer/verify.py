@@ -54,6 +54,7 @@ STATUSES = ("supported", "wrong_attribute", "unsupported", "negated")
 BAD = ("wrong_attribute", "unsupported")
 _SENTENCE_END = "。！？!?；;"
 _CLAUSE_BREAK = re.compile(r"[，,]")
+LONG_VALUE = 4  # a fact value this long is matched without word boundaries (jieba cuts 有全/髋关节 in 有全髋关节置换术)
 BARE_CHARS = 4  # a clause with at most this many characters besides its names continues the cue before it
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _MASK = "\u25a1"  # stands in for names when looking for cues
@@ -73,6 +74,8 @@ class VerifyConfig:
     not_claims: frozenset[str] = frozenset()
     name_fillers: tuple[str, ...] = ()
     value_fillers: tuple[str, ...] = ()
+    value_prefixes: tuple[str, ...] = ()
+    name_prefixes: tuple[str, ...] = ()
 
 
 _MESSAGES = ("ungrounded_notice", "abstain", "abstain_what_unknown", "abstain_what_entities", "all_dropped",
@@ -125,7 +128,9 @@ def parse_config(raw: dict, where: str = "verify.yaml", attributes: set[str] | N
                         {k: "".join(str(messages[k]).split()) for k in _MESSAGES}, frozenset(connectors),
                         frozenset(normalize(w) for w in strings(raw.get("not_claims"), "not_claims")),
                         tuple(sorted(strings(raw.get("name_fillers"), "name_fillers"), key=len, reverse=True)),
-                        tuple(sorted(strings(raw.get("value_fillers"), "value_fillers"), key=len, reverse=True)))
+                        tuple(sorted(strings(raw.get("value_fillers"), "value_fillers"), key=len, reverse=True)),
+                        tuple(sorted(strings(raw.get("value_prefixes"), "value_prefixes"), key=len, reverse=True)),
+                        tuple(strings(raw.get("name_prefixes"), "name_prefixes")))
 
 
 @lru_cache(maxsize=1)
@@ -238,13 +243,15 @@ def split_units(text: str, config: VerifyConfig | None = None) -> list[Unit]:
 # ---------------------------------------------------------------- verification
 
 
-def _fact_index(facts, fillers: tuple[str, ...] = ()) -> dict[str, dict[str, set[str]]]:
-    """normalized value (and the value without a trailing filler: 过敏性肺炎等 -> 过敏性肺炎) -> entity -> attributes."""
+def _fact_index(facts, fillers: tuple[str, ...] = (), prefixes: tuple[str, ...] = ()) -> dict[str, dict[str, set[str]]]:
+    """normalized value (and the value without a trailing filler, 过敏性肺炎等 -> 过敏性肺炎, or a leading
+    one, 用于吐血 -> 吐血) -> entity -> attributes."""
     index: dict[str, dict[str, set[str]]] = {}
     for f in facts:
         value = normalize(f.value.strip())
-        forms = [value] + [value[: -len(x)] for x in fillers if value.endswith(x) and len(value) - len(x) >= 2]
-        for form in forms[:2]:
+        forms = [value] + [value[: -len(x)] for x in fillers if value.endswith(x) and len(value) - len(x) >= 2][:1]
+        forms += [value[len(x):] for x in prefixes if value.startswith(x) and len(value) - len(x) >= 2][:1]
+        for form in forms:
             index.setdefault(form, {}).setdefault(f.entity, set()).add(f.attribute)
     return index
 
@@ -263,11 +270,11 @@ class _Checker:
         self.linker = kb.linker
         self.mentions = kb.find_entities(text)
         self.cuts = word_boundaries(text)
-        self.index = _fact_index(facts, config.value_fillers)
+        self.index = _fact_index(facts, config.value_fillers, config.value_prefixes)
         self.fact_entities = {f.entity for f in facts}
         # other KB values of the cited entities: naming one under the wrong attribute is wrong_attribute
         self.context = _fact_index([f for f in context if f.entity in self.fact_entities and f.attribute != "alias"],
-                                   config.value_fillers)
+                                   config.value_fillers, config.value_prefixes)
         known = getattr(getattr(kb, "schema", None), "attributes", None)
         self.question_attributes = [a for a in question_attributes or [] if a != "alias" and (not known or a in known)]
         self.exclude = set(exclude) | self.fact_entities
@@ -418,11 +425,11 @@ class _Checker:
         taken = bytearray(len(self.text))
         spans = []
         for value in values:
-            if len(value) < 2 or value in self.exclude or value in self.config.not_claims:
+            if len(value) < 2 or value in self.exclude:
                 continue
             for hit in re.finditer(re.escape(value), norm_text):
                 s, e = hit.start(), hit.end()
-                if not any(taken[s:e]) and s in self.cuts and e in self.cuts:
+                if not any(taken[s:e]) and (len(value) >= LONG_VALUE or s in self.cuts and e in self.cuts):
                     taken[s:e] = b"\1" * (e - s)
                     spans.append((s, e, value))
         return spans
@@ -441,8 +448,10 @@ class _Checker:
         claims: list[Claim] = []
         values = self.values
         used = bytearray(len(self.text))
+        padded = set()
         for m in self.mentions:
-            if self._padded_value(m):
+            if m.name not in self.exclude and self._padded_value(m):
+                padded.add((m.start, m.end))
                 continue  # "压痛等" (a CMeKG name with a filler) where the facts have 压痛: the value is the claim
             used[m.start:m.end] = b"\1" * (m.end - m.start)
             if m.name in self.exclude or m.start not in self.cuts or m.end not in self.cuts or \
@@ -455,8 +464,9 @@ class _Checker:
                 continue
             claims.append(self._claim(m, m.surface, m.name, m.start, m.end, m.type))
         for s, e, value in values:
-            if any(m.start == s and m.end == e for m in self.mentions):
-                continue  # the mention was the claim (or is excluded)
+            if value in self.not_claims or (s, e) not in padded and any(m.start == s and m.end == e
+                                                                         for m in self.mentions):
+                continue  # a generic word (masked for cues, no claim), or the mention was the claim (or is excluded)
             if all(not used[i] or self._inside_longer(i, s, e) for i in range(s, e)):
                 claims.append(self._claim(None, self.text[s:e], value, s, e, None))
         return self._spread_negation(sorted(claims, key=lambda c: c.start))
@@ -471,8 +481,13 @@ class _Checker:
         return claims
 
     def _padded_value(self, mention) -> bool:
+        """A CMeKG name with a filler glued on or a list inside ("压痛等", "恶心、呕吐"): not a name of its own
+        (the fact value inside it, if any, is the claim)."""
         surface = normalize(mention.surface)
-        return any(surface.endswith(x) and surface[: -len(x)] in self.index for x in self.config.name_fillers)
+        if surface in self.index:
+            return False
+        return any(surface.endswith(x) for x in self.config.name_fillers) or \
+            any(surface.startswith(x) for x in self.config.name_prefixes) or any(ch in surface for ch in "、，,")
 
     def _inside_longer(self, i: int, s: int, e: int) -> bool:
         """Whether character ``i`` belongs only to mentions that lie inside the value span [s, e)."""
