@@ -76,6 +76,7 @@ class _Plan:
     notice: str = ""  # put in front of the model text (no facts found, --ungrounded answer)
     abstain: str = ""  # the whole answer when abstaining
     checked: bool = False  # grounding was attempted: verify the model text
+    abstained: bool = False  # no facts and --ungrounded abstain: the model is not called
 
     @property
     def emergency(self) -> bool:
@@ -168,8 +169,10 @@ class Answerer:
         plan = _Plan(question, tri, grounding, None, messages, system,
                      question_names(self.kb, [question, *earlier]) if use_kb else set(), checked=use_kb)
         if use_kb and not grounding.grounded:
-            if self.ungrounded == "abstain":
-                plan.abstain = pol.abstain_message(sorted(plan.names))
+            if self.ungrounded == "abstain":  # a red flag's own message says what to do; else the abstention
+                own = list(dict.fromkeys(m.name for m in self.kb.find_entities(question)))
+                plan.abstain = "" if tri.is_red_flag else pol.abstain_message(own)
+                plan.abstained = True
                 return plan
             plan.notice = load_config().messages["ungrounded_notice"]
         plan.prompt = self._render(plan)
@@ -240,7 +243,7 @@ class Answerer:
 
     def _finish(self, plan: _Plan, model_text: str, params: GenerationParams,
                 verification: Verification | None = None, draft: str | None = None) -> Answer:
-        if plan.prompt is None and not plan.abstain:
+        if plan.prompt is None and not plan.abstained:
             return Answer(plan.question, plan.triage.message, False, [], plan.triage,
                           refused=True, finish_reason="refused")
         if plan.prompt is None:
@@ -298,7 +301,7 @@ class Answerer:
         params = params or self.params
         plan = self.plan(question, history, system, grounded)
         if plan.prompt is None:
-            yield plan.triage.message if not plan.abstain else compose_text(plan.triage, plan.abstain)
+            yield compose_text(plan.triage, plan.abstain) if plan.abstained else plan.triage.message
             yield self._finish(plan, "", params)
             return
         head = compose_text(plan.triage, "", plan.notice)
