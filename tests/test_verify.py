@@ -127,16 +127,22 @@ def test_offsets_follow_the_original_text(kb):
     assert v.shifted(5).claims[0].start == v.claims[0].start + 5
 
 
-def test_shipped_config_parses_and_bad_fields_are_named():
+def test_shipped_config_parses():
     config = load_config()
     assert "indications" in config.also_presents["treatment"]
     assert "indications" not in config.also_presents.get("adverse_reactions", ())
-    raw = yaml.safe_load(resource("verify.yaml").read_text(encoding="utf-8"))
-    for field, value in [("also_presents", {"treatment": ["nope"]}), ("list_markers", ["("]),
-                         ("negation", {"words": []}), ("messages", {})]:
-        with pytest.raises(ConfigError, match=field):
-            parse_config({**raw, field: value}, "verify.yaml")
+    assert all(config.messages.values()) and config.not_claims and config.negation.search("不会引起")
 
+
+@pytest.mark.parametrize("field, value", [
+    ("also_presents", {"treatment": ["nope"]}), ("also_presents", {"nope": ["drugs"]}), ("list_markers", ["("]),
+    ("negation", {"words": []}), ("messages", {}), ("emergency_withheld", ["nope"]), ("not_claims", []),
+    ("cue_after_connectors", ""), ("value_fillers", None),
+])
+def test_bad_config_fields_are_named(field, value):
+    raw = yaml.safe_load(resource("verify.yaml").read_text(encoding="utf-8"))
+    with pytest.raises(ConfigError, match=field.split(".")[0]):
+        parse_config({**raw, field: value}, "verify.yaml")
 
 def test_a_cmekg_name_with_a_filler_stands_for_the_value_inside(kb):
     assert any(m.name == "压痛等" for m in kb.find_entities("胆囊炎可有压痛等表现。"))
