@@ -97,6 +97,10 @@ def test_no_facts_with_answer_puts_the_notice_in_the_text(kb):
     notice = load_config().messages["ungrounded_notice"]
     assert ans.text == f"{notice}\n\n多喝水。" and ans.model_text == "多喝水。" and len(engine.prompts) == 1
     assert not ans.abstained
+    named = Answerer(FakeEngine(reply=lambda p: "可以试试阿莫西林胶囊。"), kb, ungrounded="answer").answer("今天适合去爬山吗？")
+    span = named.verification.bad[0]  # nothing was cited: a KB name is unsupported, offsets index the shown text
+    assert named.text[span.start:span.end] == "阿莫西林胶囊" and named.text.startswith(notice)
+    assert named.text.endswith("可以试试阿莫西林胶囊。")  # ungrounded text is marked, not cut: the notice says it
 
 
 def test_ungrounded_default_depends_on_the_model(kb):

@@ -9,7 +9,8 @@
   second generation and ends in ``drop`` anyway.
 * ``--ungrounded``: when grounding found no facts, ``abstain`` answers with a short message
   (what the KB does not cover, when to see a doctor) without calling the model; ``answer``
-  calls the model and puts a notice in front of its text. Default: ``abstain`` with the
+  calls the model and puts a notice in front of its text (its KB names are marked unsupported
+  but not dropped: the notice already says nothing backs them). Default: ``abstain`` with the
   embedded 135M model (it has no medical knowledge of its own), ``answer`` with any other.
 * In an emergency, drug and dosage facts are not put in the prompt and sentences naming a drug
   are dropped (no self-treatment list in front of "call 120").
