@@ -39,9 +39,8 @@ from typing import Any
 
 from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, base_row, scored_text
 from qihuang.eval.dataio import data_files, first, read_rows
+from qihuang.eval.metrics import hits, length_stats, mean, norm, pct, sentence_scores, text_overlap_scores
 from qihuang.kb.types import Fact
-from qihuang.eval.metrics import (hits, length_stats, mean, norm, pct, sentence_scores, text_overlap_scores,
-                                  word_boundaries)
 
 _SPLIT = re.compile(r"[,，、;；]")
 
