@@ -58,7 +58,8 @@ def _adversarial(kb, records: list[dict]) -> tuple[list[dict], list[str], list[s
             answers.append(f"{r['entity']}的适应症包括{'、'.join(adverse)}。")
             kinds.append("wrong_attribute")
         for other in drugs[i + 1:] + drugs[:i]:
-            foreign = [v for v in kb.show(other["entity"]).values("indications") if v not in own and 2 <= len(v) <= 8
+            foreign = [v for v in kb.show(other["entity"]).values("indications") if 2 <= len(v) <= 8
+                       and not any(v in o for o in own) and v not in r["entity"]
                        and any(m.surface == v for m in kb.find_entities(v))]
             if foreign:
                 rows.append({**r, "instruction": "请问" + r["instruction"]})

@@ -148,3 +148,15 @@ def test_a_cmekg_name_with_a_filler_stands_for_the_value_inside(kb):
     assert any(m.name == "压痛等" for m in kb.find_entities("胆囊炎可有压痛等表现。"))
     v = verify(kb, "胆囊炎可有右上腹痛、压痛等表现。", kb.facts("胆囊炎", ["symptoms"]), ["symptoms"], min_support=1)
     assert _status(v) == {"右上腹痛": "supported", "压痛": "supported"}
+
+
+def test_names_inside_the_question_entity_and_inside_cited_values(kb):
+    facts = _facts(kb, IBU)
+    # 布洛芬 is inside 布洛芬缓释胶囊 (a model repeating the drug's name): no claim
+    assert verify(kb, "布洛芬缓。布洛芬缓释胶囊用于头痛。", facts, ["indications"]).counts["unsupported"] == 0
+    # 阿司匹林肠溶片 copied out of a longer cited precaution is in the facts; named elsewhere it is not
+    precautions = kb.facts("慢性胃溃疡", ["precautions"])
+    v = verify(kb, "慢性胃溃疡要注意：避免同时服用阿司匹林肠溶片。", precautions, ["precautions"])
+    assert v.ok and [c.status for c in v.claims if c.text == "阿司匹林肠溶片"] == ["supported"]
+    other = verify(kb, "慢性胃溃疡要注意：避免同时服用阿莫西林胶囊。", precautions, ["precautions"])
+    assert [c.status for c in other.claims] == ["unsupported"]

@@ -14,22 +14,26 @@ What is a claim:
 * every mention the retrieval linker finds (``kb.find_entities``, the same linker and noise
   filter grounding uses), plus every value of the facts found as a plain substring (values that
   are not linkable entities, e.g. 皮疹 as an adverse reaction);
-* not a claim: the names of the question's own entities and of the cited entities; a mention
-  that does not start and end on a jieba word boundary (体检 inside 具体检查); a name the KB
-  only has as a rare value (``kb.rare_values(min_support)``: extraction noise) unless it is a
-  value of the facts; a negated mention (``Mention.negated`` from the linker, or a negation
-  word right before it, "不会引起X"): recorded with status ``negated``, never counted.
+* not a claim: the names of the question's own entities and of the cited entities, and names
+  inside those (硝苯地平 in 硝苯地平缓释片: a model repeating the drug's name); a mention that does
+  not start and end on a jieba word boundary (体检 inside 具体检查); a name the KB only has as a
+  rare value (``kb.rare_values(min_support)``: extraction noise) unless it is a value of the
+  facts; generic words and CMeKG names with a filler glued on (``not_claims``, ``name_fillers``
+  in ``resources/verify.yaml``: 不适, 压痛等); a negated mention (``Mention.negated`` from the
+  linker, or a negation word right before it, "不会引起X"): recorded as ``negated``, never counted.
+  A name copied out of a longer cited value counts as that value.
 
-How a sentence *presents* a value (the rule, in order; the first that finds a cue wins):
+How a sentence *presents* a value (the first rule that finds a cue wins):
 
-1. the nearest attribute cue before the value in its clause (clauses end at ，,);
-2. the first cue after it in its clause ("恶心、皮疹等不良反应");
-3. only when the clause is *bare* (at most ``BARE_CHARS`` characters besides the names in it:
-   "还有痛经", "1. 头痛"): the nearest cue before it in its sentence, then the first cue after it;
-   then, for a list item, the cue of the list's lead-in line ("不良反应包括：" above "1. 皮疹");
-   then the question's attribute(s), unless the attribute lists entities of another type than the
-   mention (a department named in an answer about symptoms is not presented as a symptom);
-4. otherwise no attribute is presented: a value of the facts under any attribute is supported.
+1. in the value's clause (clauses end at ，,): the cues of the nearest stretch before it that has
+   no names and has a cue ("与X存在相互作用的药物包括A、B"), together with a cue right after the
+   list it ends, with only names and connectors between ("恶心、皮疹等不良反应");
+2. only when the clause is *bare* (at most ``BARE_CHARS`` characters besides its names: "还有痛经",
+   "1. 头痛"): the same over its whole sentence; then, for a list item, the cue of the list's
+   lead-in line ("不良反应包括：" above "1. 皮疹"); then the question's attribute(s), unless they
+   list entities of another type than the mention (a department named in an answer about symptoms
+   is not presented as a symptom);
+3. otherwise no attribute is presented: a value of the facts under any attribute is supported.
 
 Cues are found by the linker's own detection (``kb.linker.detect_attribute_groups``). A cue
 also presents the attributes listed for it under ``also_presents`` in
@@ -190,6 +194,7 @@ class _Checker:
         known = getattr(getattr(kb, "schema", None), "attributes", None)
         self.question_attributes = [a for a in question_attributes or [] if a != "alias" and (not known or a in known)]
         self.exclude = set(exclude) | self.fact_entities
+        self.excluded_forms = {normalize(n) for n in self.exclude}
         rare = getattr(kb, "rare_values", None)
         self.rare = rare(min_support) if rare and min_support > 1 else frozenset()
         self.units = split_units(text, config)
@@ -354,7 +359,24 @@ class _Checker:
         if self.negated(mention, s):
             return Claim(text, name, s, e, "negated", type=etype, unit=self._unit_span(s))
         entities = self.index.get(normalize(name)) or (self.index.get(normalize(text)) if text != name else None)
+        if not entities and mention is not None:
+            entities = self._inside_values(normalize(text), normalize(name))
         return self.classify(text, name, s, e, entities, etype)
+
+    def _inside_values(self, *forms: str) -> dict[str, set[str]] | None:
+        """Entities/attributes of the fact values that contain the name ("急性肠炎" of "用于胃肠湿热所致的腹泻、
+        急性肠炎"): a name copied out of a longer cited value is in the facts."""
+        found: dict[str, set[str]] = {}
+        for value, entities in self.index.items():
+            if len(value) > max(map(len, forms)) and any(f and f in value for f in forms if len(f) >= 2):
+                for entity, attrs in entities.items():
+                    found.setdefault(entity, set()).update(attrs)
+        return found or None
+
+    def _part_of_excluded(self, mention) -> bool:
+        """A name inside the question's or a cited entity's name (硝苯地平 in 硝苯地平缓释片, 肾动脉 in 肾动脉闭塞)."""
+        forms = {normalize(mention.surface), normalize(mention.name)}
+        return any(f in name for f in forms if len(f) >= 2 for name in self.excluded_forms if len(name) > len(f))
 
     def run(self) -> list[Claim]:
         claims: list[Claim] = []
@@ -367,7 +389,8 @@ class _Checker:
                 continue  # "压痛等" (a CMeKG name with a filler) where the facts have 压痛: the value is the claim
             used[m.start:m.end] = b"\1" * (m.end - m.start)
             if m.name in self.exclude or m.start not in self.cuts or m.end not in self.cuts or \
-                    normalize(m.surface) in self.not_claims or normalize(m.name) in self.not_claims:
+                    normalize(m.surface) in self.not_claims or normalize(m.name) in self.not_claims or \
+                    self._part_of_excluded(m):
                 continue
             if any(s <= m.start and m.end <= e and e - s > m.end - m.start for s, e, _ in values):
                 continue  # part of a longer value of the facts ("2型糖尿病", a dosage sentence): that is the claim
