@@ -53,3 +53,16 @@ def test_cli_chat_with_tiny_model_and_piped_stdin(tiny_llama, monkeypatch, capsy
                  "--max-new-tokens", "6"]) == 0
     out = capsys.readouterr().out
     assert out.count("岐黄> ") == 2 and "（对话已清空）" in out and out.count(DISCLAIMER) == 3
+
+
+def test_chat_warns_about_unsupported_spans_and_shows_what_was_dropped(tmp_path):
+    bad = "布洛芬缓释胶囊的适应症包括头痛、皮疹和痛经。它也能治疗肺炎。"
+    kb = make_tiny_kb(tmp_path / "kb.sqlite")
+    flagged = _chat(Answerer(FakeEngine(reply=lambda p: bad), kb, on_unsupported="flag"),
+                    "布洛芬缓释胶囊的适应症是什么\n")
+    assert "⚠ 注意：回答中有2处内容未得到引用知识的支持" in flagged
+    assert "「皮疹」(属性不符)" in flagged and "「肺炎」(无依据)" in flagged
+    dropped = _chat(Answerer(FakeEngine(reply=lambda p: bad), kb), "布洛芬缓释胶囊的适应症是什么\n")
+    assert "肺炎" not in dropped and "已删去 2 处" in dropped and "⚠" not in dropped
+    abstained = _chat(Answerer(FakeEngine(), kb, ungrounded="abstain"), "今天适合爬山吗\n")
+    assert "知识库中没有" in abstained and "此回答未经知识库核对" not in abstained

@@ -92,7 +92,9 @@ def test_perfect_reference_answers_score_full_marks(tmp_path, kb):
     s = res["scores"]
     assert s["fact_recall"] == s["qizhen_two_thirds"] == 100.0
     assert s["bleu4"] == pytest.approx(100.0) and s["rougeL"] == pytest.approx(100.0)
-    assert s["hallucination_rate"] == 20.0  # the scenario reference sends the patient to 心血管内科
+    # the scenario reference sends the patient to 心血管内科, the KB's department of the gold disease: not a
+    # hallucination (the metric before verification counted it as one)
+    assert s["hallucination_rate"] == 0.0 and s["wrong_attribute_rate"] == 0.0
 
 
 def test_the_answerers_kb_is_used_when_none_is_given(tmp_path, kb):
@@ -155,3 +157,69 @@ def test_hallucination_ignores_names_found_across_word_boundaries(kb):
     assert any(m.name == "恶心" for m in kb.find_entities(text))
     assert task.score_example(example, f"可能有脑卒中。{text}。", ctx)["hallucinated"] == []
     assert task.score_example(example, "可能有脑卒中，还会恶心。", ctx)["hallucinated"] == ["恶心"]
+
+
+# ---------------------------------------------------------------- verification-based metric (adversarial)
+
+def _one(tmp_path, record: dict) -> Path:
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    return data
+
+
+IBU_RECORD = {"id": "i1", "instruction": "布洛芬缓释胶囊的适应症是什么？", "kind": "single",
+              "output": "布洛芬缓释胶囊的适应症包括头痛、关节痛。", "entity": "布洛芬缓释胶囊", "attribute": "indications",
+              "knowledge": [["布洛芬缓释胶囊", "适应症", "头痛"], ["布洛芬缓释胶囊", "适应症", "关节痛"]]}
+
+
+@pytest.mark.parametrize("answer, hallucinated, wrong", [
+    ("布洛芬缓释胶囊的适应症包括头痛、关节痛。", [], []),
+    # an adverse reaction listed as an indication (恶心 is in the KB, under adverse reactions)
+    ("布洛芬缓释胶囊的适应症包括头痛、恶心。", [], ["恶心"]),
+    ("适应症：\n1. 头痛\n2. 皮疹", [], ["皮疹"]),
+    # a drug / disease of another entity
+    ("布洛芬缓释胶囊可用于头痛，也可以换成阿莫西林胶囊。", ["阿莫西林胶囊"], []),
+    ("它还能治疗肺炎。", ["肺炎"], []),
+    # a negated mention is no claim
+    ("适应症有头痛。一般不会引起肺炎。", [], []),
+    # a true adverse reaction, presented as one, is still not among the facts checked (gold + asked attribute)
+    ("适应症有头痛。副作用可能有恶心。", ["恶心"], []),
+])
+def test_kbqa_metric_catches_wrong_attributes_and_foreign_entities(tmp_path, kb, answer, hallucinated, wrong):
+    engine = ScriptedEngine(replies={"布洛芬缓释胶囊": answer})
+    res = ev.run("kbqa", _one(tmp_path, IBU_RECORD), answerer=FakeAnswerer(engine, kb), kb=kb,
+                 out_dir=tmp_path / "run", progress=False)
+    row = json.loads((tmp_path / "run" / "predictions.jsonl").read_text(encoding="utf-8"))
+    assert row["hallucinated"] == hallucinated and row["wrong_attribute"] == wrong
+    assert res["scores"]["hallucination_rate"] == (100.0 if hallucinated else 0.0)
+    assert res["scores"]["wrong_attribute_rate"] == (100.0 if wrong else 0.0)
+
+
+def test_kbqa_grounded_answers_are_checked_against_their_citations_and_drafts_are_scored(tmp_path, kb):
+    from answer_fakes import FakeEngine
+
+    from qihuang.answer.answerer import Answerer
+
+    bad = "布洛芬缓释胶囊的适应症包括头痛、恶心。还可以治疗肺炎。"
+    for policy, shown_wrong, shown_halluc in (("flag", 100.0, 100.0), ("drop", 0.0, 0.0)):
+        answerer = Answerer(FakeEngine(reply=lambda p: bad), kb, on_unsupported=policy)
+        res = ev.run("kbqa", _one(tmp_path, IBU_RECORD), answerer=answerer, kb=kb, out_dir=tmp_path / policy,
+                     progress=False)
+        s = res["scores"]
+        assert (s["wrong_attribute_rate"], s["hallucination_rate"]) == (shown_wrong, shown_halluc), policy
+        assert s["draft_wrong_attribute_rate"] == 100.0 and s["draft_hallucination_rate"] == 100.0
+        row = json.loads((tmp_path / policy / "predictions.jsonl").read_text(encoding="utf-8"))
+        assert row["citations"] and row["citations"][0]["attribute"] == "indications"
+    assert "wrong_attribute_rate" in res["headline"] and s["abstained_rate"] == 0.0
+
+
+def test_kbqa_counts_abstained_answers(tmp_path, kb):
+    from answer_fakes import FakeEngine
+
+    from qihuang.answer.answerer import Answerer
+
+    record = {**IBU_RECORD, "instruction": "今天适合去爬山吗？"}  # nothing in the KB: abstain, no model call
+    engine = FakeEngine(reply=lambda p: "头痛。")
+    res = ev.run("kbqa", _one(tmp_path, record), answerer=Answerer(engine, kb, ungrounded="abstain"), kb=kb,
+                 out_dir=tmp_path / "run", progress=False)
+    assert res["scores"]["abstained_rate"] == 100.0 and engine.prompts == []

@@ -43,7 +43,10 @@ def test_infer_writes_prediction_citations_triage(tmp_path, kb):
     rows = _rows(out)
     assert [r["line"] for r in rows] == [1, 2, 3, 4, 5]
     # the emergency is grounded too: its symptoms (胸口痛, 冷汗) retrieve candidate diseases
-    assert counts == {"written": 5, "skipped": 0, "red_flags": 1, "refused": 1, "grounded": 4}
+    assert counts == {"written": 5, "skipped": 0, "red_flags": 1, "refused": 1, "abstained": 0, "grounded": 4,
+                      "flagged": 0, "dropped": 0, "regenerated": 0}
+    assert all("verification" in r and "abstained" in r for r in rows)
+    assert rows[0]["verification"]["ok"] and rows[0]["verification"]["counts"]["supported"] >= 1
     first = rows[0]
     assert first["instruction"] == "偏头痛吃什么药？" and first["output"] == "可以用布洛芬。"
     assert first["citations"][0]["entity"] == "偏头痛" and "布洛芬" in first["prediction"]

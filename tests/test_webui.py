@@ -76,3 +76,54 @@ def test_webui_in_headless_chromium(tmp_path):
             browser.close()
     finally:
         demo.close()
+
+
+BAD_IBU = "布洛芬缓释胶囊的适应症包括头痛、皮疹和痛经。它也能治疗肺炎。"
+
+
+def test_unsupported_and_wrong_attribute_spans_are_marked(tmp_path):
+    from qihuang.serve.webui import marked_html
+
+    answerer = Answerer(FakeEngine(reply=lambda p: BAD_IBU + "<b>"), make_tiny_kb(tmp_path / "kb.sqlite"),
+                        on_unsupported="flag")
+    _, chat, _, _, cites = list(respond(answerer, "布洛芬缓释胶囊的适应症是什么？", [], [], True))[-1]
+    content = chat[-1]["content"]
+    assert '<mark class="qh-wrong_attribute" data-status="wrong_attribute"' in content
+    assert '<mark class="qh-unsupported" data-status="unsupported"' in content and ">肺炎</mark>" in content
+    assert "&lt;b&gt;" in content  # the model's text is escaped
+    assert "⚠" in cites and "2处" in cites
+    dropped = Answerer(FakeEngine(reply=lambda p: BAD_IBU), make_tiny_kb(tmp_path / "kb.sqlite"))
+    ans = dropped.answer("布洛芬缓释胶囊的适应症是什么？")
+    assert "<mark" not in marked_html(ans) and "肺炎" not in marked_html(ans)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (make chromium)")
+def test_webui_marks_spans_in_headless_chromium(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    answerer = Answerer(FakeEngine(reply=lambda p: BAD_IBU), make_tiny_kb(tmp_path / "kb.sqlite"),
+                        on_unsupported="flag")
+    demo = build_webui(answerer)
+    port = free_port()
+    launch(demo, port=port, block=False)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
+                ("http://127.0.0.1", "data:", "blob:")) else route.abort())
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded", timeout=60_000)
+            box = page.locator("#question textarea")
+            box.wait_for(timeout=60_000)
+            box.fill("布洛芬缓释胶囊的适应症是什么？")
+            page.locator("#send").click()
+            page.wait_for_selector("#chatbot mark", timeout=30_000)
+            marks = page.locator("#chatbot mark").all_inner_texts()
+            assert "皮疹" in marks and "肺炎" in marks
+            assert "⚠" in page.inner_text("#citations")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "webui_verification.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()

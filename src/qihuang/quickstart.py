@@ -28,7 +28,8 @@ QA_ATTRIBUTES = ("symptoms", "drugs", "department", "indications", "adverse_reac
                  "complications", "examinations", "contraindications", "efficacy")
 RUNS = ("base_plain", "base_grounded", "tuned_plain", "tuned_grounded")
 TABLE_METRICS = ("fact_recall", "qizhen_any", "qizhen_half", "qizhen_two_thirds", "hallucination_rate",
-                 "hallucinated_entities_mean", "bleu4", "rougeL")
+                 "wrong_attribute_rate", "draft_hallucination_rate", "draft_wrong_attribute_rate",
+                 "hallucinated_entities_mean", "abstained_rate", "bleu4", "rougeL")
 
 
 @dataclass

@@ -5,7 +5,9 @@
 - ``vllm_engine`` optional vLLM backend (``--engine vllm``)
 - ``triage``      red-flag triage; rules are data in ``resources/red_flags.yaml``
 - ``grounding``   KB linking -> bounded facts -> citations
-- ``answerer``    ``Answerer`` / ``Answer``: triage, grounding, prompt, generation, disclaimer
+- ``verify``      claims of an answer checked against its cited facts (supported / wrong_attribute / unsupported)
+- ``policy``      what is done with them (flag / drop / regenerate) and when the KB has nothing (abstain / answer)
+- ``answerer``    ``Answerer`` / ``Answer``: triage, grounding, prompt, generation, verification, disclaimer
 - ``infer``       batch inference over alpaca / HuaTuo JSON lines (resumable)
 - ``chat``        the terminal chat loop
 - ``cli``         ``qihuang infer``, ``qihuang chat``, ``qihuang export`` and the shared model options

@@ -22,12 +22,31 @@ def _read(stdin: TextIO, stdout: TextIO, interactive: bool) -> str | None:
     return None if line == "" else line.strip()
 
 
+def warning_line(answer) -> str | None:
+    """A warning when the answer keeps claims its citations do not support (None otherwise),
+    or a note of what the policy removed."""
+    v = getattr(answer, "verification", None)
+    if v is None:
+        return None
+    if not v.ok:
+        from qihuang.answer.verify import load_config
+
+        spans = "、".join(f"「{c.text}」({'属性不符' if c.status == 'wrong_attribute' else '无依据'})" for c in v.bad)
+        return "⚠ " + load_config().messages["warning"].format(n=len(v.bad)) + f" {spans}"
+    if v.dropped:
+        return f"（已删去 {len(v.dropped)} 处知识库不支持的内容）"
+    return None
+
+
 def _footer(answer) -> list[str]:
     lines = []
+    warning = warning_line(answer)
+    if warning:
+        lines.append(warning)
     if answer.citations:
         lines.append("引用的知识：")
         lines += [f"  [{i}] {c.text()}" for i, c in enumerate(answer.citations, 1)]
-    elif not answer.refused:
+    elif not answer.refused and not getattr(answer, "abstained", False):
         lines.append("（知识库中没有找到相关条目：此回答未经知识库核对）")
     lines.append(f"※ {answer.disclaimer}")
     return lines
@@ -36,10 +55,11 @@ def _footer(answer) -> list[str]:
 def _answer_turn(answerer, question: str, history: list[list[str]], stdout: TextIO):
     """Stream one answer to ``stdout``; returns the final Answer (None if interrupted)."""
     stdout.write("岐黄> ")
-    answer = None
+    answer, shown = None, []
     try:
         for item in answerer.stream(question, history=history):
             if isinstance(item, str):
+                shown.append(item)
                 stdout.write(item)
                 stdout.flush()
             else:
@@ -47,6 +67,8 @@ def _answer_turn(answerer, question: str, history: list[list[str]], stdout: Text
     except KeyboardInterrupt:
         stdout.write("\n（已中断）\n")
         return None
+    if "".join(shown).strip() != answer.text.strip():  # the policy changed what was streamed
+        stdout.write("\n（核对后的回答）\n" + answer.text)
     stdout.write("\n" + "\n".join(_footer(answer)) + "\n")
     stdout.flush()
     return answer
@@ -76,6 +98,6 @@ def run_chat(answerer, stdin: TextIO, stdout: TextIO, history_turns: int = 3,
             continue
         answer = _answer_turn(answerer, question, history[-history_turns:] if history_turns else [], stdout)
         if answer is not None and not answer.refused:
-            history.append([answer.question, answer.model_text])
+            history.append([answer.question, answer.model_text or answer.text])
     stdout.write("再见。\n")
     return 0

@@ -43,6 +43,23 @@ def add_answer_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> No
     g.add_argument("--top-k", type=int, default=0, help="0 = off")
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats")
     g.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    add_policy_args(p)
+
+
+def add_policy_args(p: argparse.ArgumentParser) -> None:
+    """--on-unsupported and --ungrounded (shared by infer, chat, serve, webui and eval)."""
+    from qihuang.answer.policy import DEFAULT_POLICY, POLICIES, UNGROUNDED
+
+    g = p.add_argument_group("verification")
+    g.add_argument("--on-unsupported", choices=POLICIES, default=DEFAULT_POLICY,
+                   help="what to do with sentences whose claims the cited facts do not support (wrong attribute "
+                        "or an entity not in the facts): flag = keep and mark them, drop = remove those sentences "
+                        "or list items, regenerate = one more constrained attempt, then drop "
+                        f"(default: {DEFAULT_POLICY})")
+    g.add_argument("--ungrounded", choices=UNGROUNDED, default=None,
+                   help="when the knowledge base has no facts for a question: abstain = a short message without "
+                        "calling the model, answer = the model answers after a notice (default: abstain with the "
+                        "embedded default model, answer with any other)")
 
 
 def open_kb(path: str | None, grounded: bool | None):
@@ -87,7 +104,8 @@ def build_answerer(args, engine=None):
             torch.set_num_threads(args.threads)
         engine = load_engine(args.model, adapter=args.adapter, template=args.template, backend=args.engine,
                              dtype=args.dtype, batch_size=args.batch_size)
-    return Answerer(engine, kb, grounded=kb is not None, params=params, system=args.system)
+    return Answerer(engine, kb, grounded=kb is not None, params=params, system=args.system,
+                    on_unsupported=args.on_unsupported, ungrounded=args.ungrounded)
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -97,7 +115,9 @@ def cmd_infer(args) -> int:
     report = run_infer(args.input, args.output, build_answerer(args), batch_size=args.batch_size,
                        limit=args.limit, progress=not args.quiet)
     print(f"{report['written']} answered, {report['skipped']} already in {args.output} "
-          f"({report['red_flags']} red flags, {report['refused']} refused, {report['grounded']} grounded)")
+          f"({report['red_flags']} red flags, {report['refused']} refused, {report['abstained']} abstained, "
+          f"{report['grounded']} grounded; verification: {report['flagged']} flagged, "
+          f"{report['dropped']} with sentences dropped, {report['regenerated']} regenerated)")
     return 0
 
 

@@ -5,7 +5,10 @@ ShareGPT conversation whose last user turn is the question) and optionally a ref
 ``output``. Each output line holds ``record`` (the input record number, counted from 1),
 ``line`` (the input line it starts on; one-line JSON arrays share line 1), ``instruction``,
 ``input``, ``output`` (the reference), ``prediction``, ``grounded``, ``citations``, ``triage``,
-``refused`` and ``disclaimer``.
+``refused``, ``abstained``, ``verification`` (counts and spans of the claims, see
+:mod:`qihuang.answer.verify`), ``draft`` (the model's first text when the policy changed it)
+and ``disclaimer``. The summary counts red flags, refused, abstained and grounded answers, and
+answers left with flagged spans, with sentences dropped, and regenerated.
 
 Resumable: results are appended batch by batch to ``OUTPUT.partial`` (flushed and fsynced);
 a rerun skips the input records already there, and the finished file is moved onto ``OUTPUT``
@@ -81,10 +84,30 @@ def _result_row(number: int, item: dict, answer) -> dict:
     row = {"record": number, "line": item["line"], "instruction": item["instruction"], "input": item["input"],
            "output": item["reference"], "prediction": answer.text, "grounded": answer.grounded,
            "citations": [c.to_dict() for c in answer.citations], "triage": answer.triage.to_dict(),
-           "refused": answer.refused, "disclaimer": answer.disclaimer}
+           "refused": answer.refused, "abstained": getattr(answer, "abstained", False),
+           "verification": _verification(answer), "disclaimer": answer.disclaimer}
+    if getattr(answer, "draft", None):
+        row["draft"] = answer.draft
     if item.get("id") is not None:
         row["id"] = item["id"]
     return row
+
+
+def _verification(answer) -> dict | None:
+    v = getattr(answer, "verification", None)
+    return v.to_dict() if v is not None else None
+
+
+def count_answer(counts: dict, answer) -> None:
+    """Add one answer to the summary counts."""
+    v = getattr(answer, "verification", None)
+    counts["red_flags"] += answer.triage.is_red_flag
+    counts["refused"] += answer.refused
+    counts["abstained"] += bool(getattr(answer, "abstained", False))
+    counts["grounded"] += answer.grounded
+    counts["flagged"] += bool(v is not None and not v.ok)
+    counts["dropped"] += bool(v is not None and v.dropped)
+    counts["regenerated"] += bool(v is not None and v.attempts > 1)
 
 
 def run_infer(input_path: str | Path, output_path: str | Path, answerer, batch_size: int = 8,
@@ -109,7 +132,8 @@ def run_infer(input_path: str | Path, output_path: str | Path, answerer, batch_s
             item = question_of(record, str(src), line)
             item["id"], item["line"] = record.get("id"), line
             todo.append((number, item))
-    counts = {"written": 0, "skipped": len(done), "red_flags": 0, "refused": 0, "grounded": 0}
+    counts = {"written": 0, "skipped": len(done), "red_flags": 0, "refused": 0, "abstained": 0, "grounded": 0,
+              "flagged": 0, "dropped": 0, "regenerated": 0}
     bar = tqdm(total=len(todo), desc="infer", unit="q", disable=not progress)
     with open(partial, "a", encoding="utf-8") as fh:
         for start in range(0, len(todo), batch_size):
@@ -118,9 +142,7 @@ def run_infer(input_path: str | Path, output_path: str | Path, answerer, batch_s
                                             systems=[it["system"] for _, it in chunk])
             for (line, item), answer in zip(chunk, answers):
                 fh.write(json.dumps(_result_row(line, item, answer), ensure_ascii=False) + "\n")
-                counts["red_flags"] += answer.triage.is_red_flag
-                counts["refused"] += answer.refused
-                counts["grounded"] += answer.grounded
+                count_answer(counts, answer)
             fh.flush()
             os.fsync(fh.fileno())
             counts["written"] += len(chunk)

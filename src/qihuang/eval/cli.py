@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kb", help="knowledge base file (default: the default KB when it exists)")
     p.add_argument("--grounded", action=argparse.BooleanOptionalAction, default=None,
                    help="answer with knowledge-base grounding (default: the Answerer's default, grounded)")
+    from qihuang.answer.cli import add_policy_args
+
+    add_policy_args(p)
     p.add_argument("--limit", type=int, help="evaluate only the first N examples")
     p.add_argument("--batch-size", type=int, default=8, help="examples per generation batch")
     p.add_argument("--max-new-tokens", type=int, default=256, help="generation length limit")
@@ -123,12 +126,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from qihuang.answer.engine import GenerationParams
 
         return Answerer(engine, kb, grounded=True if grounded is None else grounded,
-                        params=GenerationParams(max_new_tokens=args.max_new_tokens))
+                        params=GenerationParams(max_new_tokens=args.max_new_tokens),
+                        on_unsupported=args.on_unsupported, ungrounded=args.ungrounded)
 
     results = run(args.task, args.data, out_dir=args.out, kb=_open_kb(args.kb), limit=args.limit,
                   batch_size=args.batch_size, grounded=args.grounded, resume=args.resume, progress=args.progress,
                   label=args.label, engine_loader=load, answerer_factory=make_answerer,
-                  model_info={"model": args.model, "adapter": args.adapter, "template": args.template},
+                  model_info={"model": args.model, "adapter": args.adapter, "template": args.template,
+                              "on_unsupported": args.on_unsupported, "ungrounded": args.ungrounded},
                   **_task_options(args))
     _print_summary(results, Path(args.out))
     return 0

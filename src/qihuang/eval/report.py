@@ -10,7 +10,8 @@ from pathlib import Path
 from qihuang.errors import InputError
 
 
-LOWER_IS_BETTER = frozenset({"hallucination_rate", "hallucinated_entities_mean", "unparsed_rate", "judge_failed"})
+LOWER_IS_BETTER = frozenset({"hallucination_rate", "hallucinated_entities_mean", "unparsed_rate", "judge_failed",
+                             "wrong_attribute_rate", "draft_hallucination_rate", "draft_wrong_attribute_rate"})
 
 
 @dataclass

@@ -182,7 +182,8 @@ def _params(req: P.ChatCompletionRequest, base: GenerationParams, settings: Serv
 
 
 def _sse(obj) -> str:
-    data = obj.model_dump_json(exclude_none=True) if hasattr(obj, "model_dump_json") else json.dumps(obj)
+    data = (obj.model_dump_json(exclude_none=True) if hasattr(obj, "model_dump_json")
+            else json.dumps(obj, ensure_ascii=False))
     return f"data: {data}\n\n"
 
 

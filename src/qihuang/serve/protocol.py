@@ -127,6 +127,7 @@ class QihuangInfo(BaseModel):
     disclaimer: str
     refused: bool
     verification: dict | None = None
+    abstained: bool = False  # nothing in the KB and --ungrounded abstain: the model was not called
     dropped_turns: int = 0
 
 
@@ -218,7 +219,8 @@ def info_of(answer, dropped_turns: int = 0) -> QihuangInfo:
         verification = verification.to_dict()
     return QihuangInfo(grounded=answer.grounded, citations=[c.to_dict() for c in answer.citations],
                        triage=answer.triage.to_dict(), disclaimer=answer.disclaimer, refused=answer.refused,
-                       verification=verification, dropped_turns=dropped_turns)
+                       verification=verification, abstained=bool(getattr(answer, "abstained", False)),
+                       dropped_turns=dropped_turns)
 
 
 def usage_of(answer) -> Usage:

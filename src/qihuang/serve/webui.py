@@ -15,7 +15,11 @@ _CSS = """
 #triage-banner .emergency, #triage-banner .refuse { background: #fde2e1; color: #8a1c12; border: 2px solid #d93025; }
 #triage-banner .urgent { background: #fff4d6; color: #6b4a00; border: 2px solid #f2a600; }
 #disclaimer { font-size: 0.85em; color: #666; }
+mark.qh-unsupported { background: #fde2e1; text-decoration: underline wavy #d93025; }
+mark.qh-wrong_attribute { background: #fff4d6; text-decoration: underline wavy #f2a600; }
 """
+
+_STATUS_TITLE = {"unsupported": "引用的知识中没有这一条", "wrong_attribute": "引用的知识中有它，但属于另一项属性"}
 
 _LEVEL_TITLE = {"emergency": "⚠ 紧急情况", "urgent": "⚠ 请尽快就医", "refuse": "⛔ 无法回答"}
 
@@ -41,6 +45,38 @@ def citations_markdown(answer) -> str:
     return "**引用的知识**\n\n" + "\n".join(lines)
 
 
+def marked_html(answer) -> str:
+    """``answer.text`` HTML-escaped, with its unsupported and wrong-attribute spans in ``<mark>``."""
+    text = answer.text
+    v = getattr(answer, "verification", None)
+    bad = sorted(v.bad, key=lambda c: c.start) if v is not None else []
+    out, pos = [], 0
+    for c in bad:
+        if c.start < pos or c.end > len(text):
+            continue
+        title = f"{_STATUS_TITLE[c.status]}（{'、'.join(c.presented) or '未说明属性'}）"
+        out += [html.escape(text[pos:c.start]),
+                f'<mark class="qh-{c.status}" data-status="{c.status}" title="{html.escape(title)}">'
+                f"{html.escape(text[c.start:c.end])}</mark>"]
+        pos = c.end
+    out.append(html.escape(text[pos:]))
+    return "".join(out)
+
+
+def verification_markdown(answer) -> str:
+    """One line on what verification found (empty when all is supported and nothing was cut)."""
+    v = getattr(answer, "verification", None)
+    if v is None or not v.checked:
+        return ""
+    if not v.ok:
+        from qihuang.answer.verify import load_config
+
+        return "\n\n⚠ " + load_config().messages["warning"].format(n=len(v.bad))
+    if v.dropped:
+        return f"\n\n（已删去 {len(v.dropped)} 处知识库不支持的内容）"
+    return ""
+
+
 def respond(answerer, message: str, chat: list[dict], history: list[list[str]], grounded: bool):
     """Stream one answer: yields (textbox, chat, history, banner, citations) updates."""
     message = (message or "").strip()
@@ -56,10 +92,10 @@ def respond(answerer, message: str, chat: list[dict], history: list[list[str]], 
             yield "", chat, history, "", ""
         else:
             answer = item
-    chat[-1] = {"role": "assistant", "content": answer.text}
-    if not answer.refused:
-        history = [*history, [answer.question, answer.model_text]]
-    yield "", chat, history, banner_html(answer.triage), citations_markdown(answer)
+    chat[-1] = {"role": "assistant", "content": marked_html(answer)}
+    if not answer.refused:  # an abstained turn stays too: a red flag in it still counts later
+        history = [*history, [answer.question, answer.model_text or answer.text]]
+    yield "", chat, history, banner_html(answer.triage), citations_markdown(answer) + verification_markdown(answer)
 
 
 def build_webui(answerer, title: str = "岐黄 qihuang"):

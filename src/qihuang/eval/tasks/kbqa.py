@@ -14,14 +14,19 @@ its KB aliases (when a KB is given), occurs in the answer after normalization (f
 width, traditional -> simplified, case, punctuation and spaces removed). QiZhen's criteria:
 at least one value hit, at least 1/2 hit, at least 2/3 hit.
 
-Hallucinated entities: KB entities found in the answer (``kb.find_entities``) that are not
-named by the question, not the record's entity, not a subject or object of its knowledge
-triples, not an alias of those, and not part of one of those strings. A name found across a
-word boundary (体检 inside 具体检查: jieba cuts 具体/检查) is not a mention, and neither is a name
-that is only ever a value in fewer than ``min_support`` (3) triples (``kb.rare_values``: in CMeKG
-mostly extraction noise such as 结合, 常见的, 有疼痛, 哮喘等; set it to 1 for a small KB).
-Reported as the share
-of answers with at least one, and the mean count per answer. Needs a KB.
+Hallucination and wrong attributes: the answer's claims are checked by the same
+:func:`qihuang.answer.verify.verify` that checks answers at answer time (the same linker, noise
+rule and presentation rule). The facts checked against are the gold knowledge of the record, the
+KB's values of (its entity, the asked attribute) (for a scenario: the departments of its gold
+diseases), and, for a grounded answer, the facts that were
+in its prompt (its citations). ``hallucination_rate`` is the share of answers with at least one
+``unsupported`` claim (a KB entity in none of those facts), ``wrong_attribute_rate`` the share
+with at least one ``wrong_attribute`` claim (a value of the facts, or of the cited entities, under
+another attribute than the sentence presents it as: an adverse reaction listed as an indication).
+Both score the text the user was shown (after the answering policy); ``draft_hallucination_rate``
+and ``draft_wrong_attribute_rate`` score the model's first draft. Names the KB has only as a value
+of fewer than ``min_support`` (3) triples are noise (set it to 1 for a small KB). Needs a KB.
+Abstained answers (no facts, the model not called) are counted as ``abstained_rate``.
 
 BLEU-4 and ROUGE-1/2/L against the reference ``output`` are reported as well.
 """
@@ -32,10 +37,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, scored_text
+from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, base_row, scored_text
 from qihuang.eval.dataio import data_files, first, read_rows
-from qihuang.eval.metrics import (hits, length_stats, mean, norm, pct, sentence_scores, text_overlap_scores,
-                                  word_boundaries)
+from qihuang.eval.metrics import hits, length_stats, mean, norm, pct, sentence_scores, text_overlap_scores
+from qihuang.kb.types import Fact
 
 _SPLIT = re.compile(r"[,，、;；]")
 
@@ -76,7 +81,8 @@ class KBQATask(Task):
     name = "kbqa"
     description = "fact recall / hallucination / QiZhen criteria on `qihuang data build` test splits"
     headline = ("fact_recall", "qizhen_any", "qizhen_half", "qizhen_two_thirds",
-                "hallucination_rate", "hallucinated_entities_mean", "bleu4", "rougeL")
+                "hallucination_rate", "wrong_attribute_rate", "hallucinated_entities_mean",
+                "draft_hallucination_rate", "draft_wrong_attribute_rate", "abstained_rate", "bleu4", "rougeL")
     options = (TaskOption("min_support", int, 3, "a name that is only a KB value, in fewer triples than this, is "
                           "not counted as a hallucinated entity (KB extraction noise); 1 counts every name"),)
 
@@ -131,57 +137,76 @@ class KBQATask(Task):
             return [value]
         return _dedupe([value, ent.name, *ent.aliases])
 
-    def score_example(self, example: Example, prediction: str, ctx: RunContext) -> dict:
+    def predict(self, batch: list[Example], ctx: RunContext) -> list[dict]:
+        """Answer through the Answerer; the rows keep the citations, draft and abstention for scoring."""
+        prompts = [self.prompt(ex) for ex in batch]
+        answers = ctx.answer_batch(prompts, [self.history(ex) or None for ex in batch])
+        rows = []
+        for ex, prompt, ans in zip(batch, prompts, answers, strict=True):
+            row = base_row(ex, prompt, ans)
+            if getattr(ans, "draft", None):
+                row["draft"] = ans.draft
+            row["abstained"] = bool(getattr(ans, "abstained", False))
+            row.update(self.score_example(ex, scored_text(row), ctx, row))
+            rows.append(row)
+        return rows
+
+    def score_example(self, example: Example, prediction: str, ctx: RunContext, row: dict | None = None) -> dict:
         kb = ctx.kb
         gold = example.fields["gold"]
         hit_flags = [any(hits(prediction, self._variants(kb, g))) for g in gold]
         n_hit = sum(hit_flags)
         recall = n_hit / len(gold)
-        row: dict[str, Any] = {
+        out: dict[str, Any] = {
             "gold": gold, "hit": [g for g, h in zip(gold, hit_flags, strict=True) if h],
             "fact_recall": round(recall, 4), "kind": example.fields["kind"],
             "qizhen_any": n_hit >= 1, "qizhen_half": recall >= 1 / 2, "qizhen_two_thirds": recall >= 2 / 3 - 1e-9,
         }
         if kb is not None:
-            row["hallucinated"] = self._hallucinated(kb, example, prediction)
+            citations = (row or {}).get("citations") or []
+            shown = self._verify(kb, example, prediction, citations)
+            out["hallucinated"] = _dedupe(c.name for c in shown.claims if c.status == "unsupported")
+            out["wrong_attribute"] = _dedupe(c.name for c in shown.claims if c.status == "wrong_attribute")
+            draft = (row or {}).get("draft")
+            if draft:
+                first = self._verify(kb, example, draft, citations)
+                out["draft_hallucinated"] = _dedupe(c.name for c in first.claims if c.status == "unsupported")
+                out["draft_wrong_attribute"] = _dedupe(c.name for c in first.claims if c.status == "wrong_attribute")
         if example.reference:
-            row.update(sentence_scores(prediction, example.reference))
-        return row
+            out.update(sentence_scores(prediction, example.reference))
+        return out
 
     @staticmethod
-    def _kb_truth(kb: Any, example: Example) -> list[str]:
-        """Every KB value of the asked entity for the asked attribute(s): the complete gold facts, of
+    def _kb_truth(kb: Any, example: Example) -> list[Any]:
+        """Every KB fact of the asked entity for the asked attribute(s): the complete gold facts, of
         which a reference answer shows only the first few. Naming one of them is not a hallucination."""
+        if example.fields["kind"] == "scenario":  # which disease, and which department to see
+            return [f for d in example.fields["gold"] for f in kb.facts(d, ["department"])]
         attrs = [a for a in str(example.subject or "").split(",") if a in getattr(kb, "attributes", dict)()]
         if not attrs or not example.fields["entity"]:
             return []
-        return [f.value for f in kb.facts(example.fields["entity"], attrs)]
+        return kb.facts(example.fields["entity"], attrs)
 
-    def _hallucinated(self, kb: Any, example: Example, prediction: str) -> list[str]:
+    def _facts(self, kb: Any, example: Example, citations: list[dict]) -> list[Fact]:
+        """Gold triples (attribute from the KB schema), the KB truth of (entity, attribute), the citations."""
+        schema = getattr(kb, "schema", None)
+        facts = [Fact(str(t[0]), schema.attribute_of(str(t[1])) if schema else str(t[1]), str(t[1]), str(t[2]))
+                 for t in example.fields["knowledge"]]
+        facts += self._kb_truth(kb, example)
+        facts += [Fact(c["entity"], c["attribute"], c.get("relation", ""), v)
+                  for c in citations if isinstance(c, dict) for v in c.get("values", [])]
+        return facts
+
+    def _verify(self, kb: Any, example: Example, text: str, citations: list[dict]):
+        from qihuang.answer.verify import question_names, verify
+
         context = [example.question, *(turn for pair in example.history for turn in pair)]
-        allowed_names = {m.name for text in context for m in kb.find_entities(text)}
-        strings = [example.fields["entity"], *example.fields["gold"]]
-        strings += [str(x) for t in example.fields["knowledge"] for x in (t[0], t[2])]
-        strings += self._kb_truth(kb, example)
-        allowed_norm = []
-        for s in _dedupe(strings):
-            for v in self._variants(kb, s):
-                allowed_norm.append(norm(v))
-                ent = self._entity(kb, v)
-                if ent is not None:
-                    allowed_names.add(ent.name)
-        out = []
-        cuts = word_boundaries(prediction)
-        support = self.config["min_support"]
-        rare = kb.rare_values(support) if support > 1 and hasattr(kb, "rare_values") else frozenset()
-        for m in kb.find_entities(prediction):
-            if m.name in allowed_names or m.name in rare or m.start not in cuts or m.end not in cuts:
-                continue
-            forms = {norm(m.name), norm(m.surface)}
-            if any(f and f in s for f in forms for s in allowed_norm):
-                continue
-            out.append(m.name)
-        return _dedupe(out)
+        names = question_names(kb, context)
+        if example.fields["entity"]:
+            names |= {n.strip() for n in _SPLIT.split(example.fields["entity"]) if n.strip()}
+        attrs = [a for a in str(example.subject or "").split(",") if a]
+        return verify(kb, text, self._facts(kb, example, citations), attrs, exclude=names,
+                      min_support=self.config["min_support"])
 
     def aggregate(self, rows: list[dict]) -> dict:
         scores: dict[str, Any] = {"n": len(rows),
@@ -191,8 +216,15 @@ class KBQATask(Task):
                                   "qizhen_two_thirds": pct(r["qizhen_two_thirds"] for r in rows)}
         if rows and all("hallucinated" in r for r in rows):
             scores["hallucination_rate"] = pct(bool(r["hallucinated"]) for r in rows)
+            scores["wrong_attribute_rate"] = pct(bool(r.get("wrong_attribute")) for r in rows)
             counts = [len(r["hallucinated"]) for r in rows]
             scores["hallucinated_entities_mean"] = round(mean(counts), 4)
+            scores["draft_hallucination_rate"] = pct(bool(r.get("draft_hallucinated", r["hallucinated"]))
+                                                     for r in rows)
+            scores["draft_wrong_attribute_rate"] = pct(bool(r.get("draft_wrong_attribute", r.get("wrong_attribute")))
+                                                       for r in rows)
+        if rows and any("abstained" in r for r in rows):
+            scores["abstained_rate"] = pct(bool(r.get("abstained")) for r in rows)
         scores.update(text_overlap_scores(rows))
         scores.update(length_stats([scored_text(r) for r in rows], "prediction"))
         if rows and any("grounded" in r for r in rows):
