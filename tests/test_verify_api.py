@@ -29,12 +29,12 @@ def _client(url):
 
 def test_completion_carries_the_verification(servers):
     flag_url, drop_url = servers
-    resp = _client(flag_url).chat.completions.create(model="x", messages=QUESTION)
+    resp = _client(flag_url).chat.completions.create(model="qihuang", messages=QUESTION)
     v = resp.model_extra["qihuang"]["verification"]
     text = resp.choices[0].message.content
     assert text == BAD and not v["ok"] and v["counts"]["wrong_attribute"] == 1 and v["counts"]["unsupported"] == 1
     assert {text[s["start"]:s["end"]] for s in v["spans"] if s["status"] != "supported"} == {"皮疹", "肺炎"}
-    resp = _client(drop_url).chat.completions.create(model="x", messages=QUESTION)
+    resp = _client(drop_url).chat.completions.create(model="qihuang", messages=QUESTION)
     v = resp.model_extra["qihuang"]["verification"]
     assert v["ok"] and v["dropped"] and "肺炎" not in resp.choices[0].message.content
     assert resp.model_extra["qihuang"]["abstained"] is False
@@ -42,7 +42,7 @@ def test_completion_carries_the_verification(servers):
 
 def test_stream_final_chunk_carries_the_verification(servers):
     _, drop_url = servers
-    chunks = list(_client(drop_url).chat.completions.create(model="x", messages=QUESTION, stream=True))
+    chunks = list(_client(drop_url).chat.completions.create(model="qihuang", messages=QUESTION, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason][0]
     v = final.model_extra["qihuang"]["verification"]

@@ -416,7 +416,7 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
     attributes = flatten(groups)
     asked = _asked_groups(groups)
     via = "direct"
-    if not mentions and history:
+    if not mentions and history and asked:  # a follow-up asks something ("那应该吃什么药？"); "今天适合爬山吗" does not
         mentions = _history_mentions(kb, history)
         via = "history"
     candidates: list[dict] = []
