@@ -265,7 +265,8 @@ def _value_drug(kb, name: str, asked: list[tuple[str, ...]], limit: int, max_val
 
 def _two_hop(kb, disease: str, disease_id: int, wanted: list[str], max_values: int | None) -> list[Fact]:
     """The disease's drugs (the first hop, cited) and the asked drug attributes of up to
-    :data:`TWO_HOP_DRUGS` of them (the second hop), each reached through the product that holds them."""
+    :data:`TWO_HOP_DRUGS` of them (the second hop), each reached through the product that holds them
+    (cited through its 成份). Every hop is anchored at the disease, the question's entity."""
     look = kb.lookups
     facts: list[Fact] = []
     followed = 0
@@ -277,10 +278,10 @@ def _two_hop(kb, disease: str, disease_id: int, wanted: list[str], max_values: i
         own = kb._facts_by_id(row[0], product, wanted, max_values)
         if not own:
             continue
-        facts.append(Fact(hop.entity, hop.attribute, hop.relation, hop.value, "two_hop", hop.value))
+        facts.append(Fact(hop.entity, hop.attribute, hop.relation, hop.value, "two_hop", disease))
         if product != hop.value:
-            facts.append(Fact(product, "ingredients", "成份", hop.value, "two_hop", hop.value))
-        facts.extend(Fact(f.entity, f.attribute, f.relation, f.value, "two_hop", hop.value) for f in own)
+            facts.append(Fact(product, "ingredients", "成份", hop.value, "two_hop", disease))
+        facts.extend(Fact(f.entity, f.attribute, f.relation, f.value, "two_hop", disease) for f in own)
         followed += 1
         if followed >= TWO_HOP_DRUGS:
             break
