@@ -261,3 +261,19 @@ def test_any_text_gives_a_well_formed_result(tmp_path_factory):
         assert len(g.facts) <= 24 and all(c.values for c in g.citations)
 
     check()
+
+
+def test_a_shared_cue_means_what_the_entity_has_and_reports_only_that(kb):
+    res = kb.link("阿莫西林胶囊可以治疗哪些疾病")  # a drug has no 治疗: its 适应症 is meant
+    assert {f.attribute for f in res.facts} == {"indications"} and res.attributes == ["indications"]
+    res = kb.link("布洛芬可以治疗什么病")  # a value-only drug: answered backwards, reported as its 适应症
+    assert res.facts and res.attributes == ["indications"]
+    res = kb.link("吃了阿莫西林胶囊会不会有什么反应")
+    assert {f.attribute for f in res.facts} == {"adverse_reactions"} and res.attributes == ["adverse_reactions"]
+    assert kb.link("阿莫西林胶囊什么人禁用").attributes == ["contraindications"]  # not 用于 (indications)
+
+
+def test_a_cue_yields_only_to_another_cue(kb):
+    assert kb.linker.detect_attributes("偏头痛的药物治疗") == ["drugs"]  # 治疗 next to 药物: drugs
+    assert kb.linker.detect_attributes("偏头痛怎么治") == ["treatment", "drugs"]  # one cue: both alternatives
+    assert {f.attribute for f in kb.link("偏头痛怎么治").facts} == {"drugs"}  # the one the disease has

@@ -189,7 +189,8 @@ class Linker:
 
         A cue wholly inside an entity mention is part of that name (药物性肝炎 does not ask for drugs)
         unless the entity is of the kind the attribute lists (影像学检查 asks for examinations).
-        An attribute is dropped when the text also asks for one it yields to (治疗药物: drugs, not treatment).
+        A cue is dropped when its first attribute yields to another one the text asks for (治疗药物: drugs,
+        not treatment).
         When no cue fires and the text names an entity, the learned detector (kb/intent.py) may answer:
         the attributes it gives at least its threshold probability, as one group of alternatives, most
         probable first. Cues win whenever one fires: they are exact, the detector generalizes.
@@ -218,8 +219,9 @@ class Linker:
                 continue
             if attrs not in groups:
                 groups.append(attrs)
-        asked = {a for group in groups for a in group}
-        return [g for g in groups if not all(asked & set(self._yields_to.get(a, ())) for a in g)]
+        # a group whose primary meaning yields to an attribute another cue asks for is redundant (治疗 next to 药物)
+        return [g for g in groups
+                if not {a for other in groups if other is not g for a in other} & set(self._yields_to.get(g[0], ()))]
 
     def detect_attributes(self, text: str, mentions: list[Mention] | None = None) -> list[str]:
         """Every attribute ``text`` may ask about (the groups of :meth:`detect_attribute_groups`, flattened)."""

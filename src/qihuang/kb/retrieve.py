@@ -425,4 +425,19 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         facts, candidates = _lookup(kb, mentions, asked, max_values, via)
     else:
         facts = kb.lookups.lexical.search(kb, text, asked, max_values)
-    return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts)
+    return LinkResult(text, mentions, _answered(groups, facts, kb.schema.inverse) if facts else attributes,
+                      facts, candidates, abstained=not facts)
+
+
+def _answered(groups: list[tuple[str, ...]], facts: list[Fact], inverse: dict[str, str]) -> list[str]:
+    """The asked attributes, each cue group of alternatives narrowed to those the facts answer (a fact's
+    attribute; for a reverse fact also the attribute it answers backwards: 布洛芬 <- 药物治疗 answers
+    适应症); a group none answers is kept whole. 甲硝唑片治疗哪些病 asks for 适应症, not 治疗."""
+    answered: set[str] = set()
+    for f in facts:
+        if f.via == "symptom" and f.attribute == "symptoms":
+            continue  # a candidate's evidence, not an answer
+        answered.add(f.attribute)
+        if f.via == "reverse" and f.attribute in inverse:
+            answered.add(inverse[f.attribute])
+    return flatten([tuple(a for a in g if a in answered) or g for g in groups])
