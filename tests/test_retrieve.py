@@ -277,3 +277,14 @@ def test_a_cue_yields_only_to_another_cue(kb):
     assert kb.linker.detect_attributes("偏头痛的药物治疗") == ["drugs"]  # 治疗 next to 药物: drugs
     assert kb.linker.detect_attributes("偏头痛怎么治") == ["treatment", "drugs"]  # one cue: both alternatives
     assert {f.attribute for f in kb.link("偏头痛怎么治").facts} == {"drugs"}  # the one the disease has
+
+
+def test_attributes_no_named_entity_type_has_are_not_reported(kb):
+    assert "differential_diagnosis" not in kb.lookups.type_attributes["drug"]
+    res = kb.link("阿莫西林胶囊和布洛芬缓释胶囊的副作用有什么区别")  # 区别 of two drugs: no 鉴别诊断
+    assert kb.linker.detect_attributes(res.text, res.entities) == ["adverse_reactions", "differential_diagnosis"]
+    assert res.attributes == ["adverse_reactions"]
+    two_hop = kb.link("冠心病吃什么药？这些药有什么禁忌？")  # a disease has no 禁忌, its drugs do
+    assert two_hop.attributes == ["drugs", "contraindications"]
+    symptoms = kb.link("头晕，心悸，挂什么科")  # candidates: the types of the named symptoms do not decide
+    assert "department" in symptoms.attributes

@@ -59,6 +59,7 @@ class Lookups:
         self._names: dict[str, dict[int, str]] = {}
         self._listings: dict[tuple[str, str], dict[str, dict[int, str]]] = {}
         self._lexical = None
+        self._type_attributes: dict[str, frozenset[str]] | None = None
 
     def row(self, name: str) -> tuple[int, int, str] | None:
         """(id, is_subject, type) of an entity by canonical name."""
@@ -75,6 +76,18 @@ class Lookups:
                 "SELECT t.value, COUNT(*) FROM triples t JOIN entities e ON e.name = t.value "
                 "WHERE e.is_subject = 1 GROUP BY t.value"))
         return self._prominence
+
+    @property
+    def type_attributes(self) -> dict[str, frozenset[str]]:
+        """The attributes each entity type has: those at least ``intent.type_min_share`` of its subject
+        entities have (cached on disk with the linker's data)."""
+        if self._type_attributes is None:
+            from qihuang.kb.cache import cached
+            from qihuang.kb.lexicon import load_lexicon
+
+            share = load_lexicon().intent.type_min_share
+            self._type_attributes = cached(self.kb, f"type-attributes-{share}", lambda: _type_attributes(self.kb, share))
+        return self._type_attributes
 
     @property
     def lexical(self):
@@ -197,6 +210,17 @@ class Lookups:
         out = [{"disease": d, "score": round(score, 3), "evidence": list(ev), "negated": neg,
                 "confident": matched >= MIN_EVIDENCE} for d, matched, score, ev, neg in ranked]
         return out, {d: ev for d, _m, _s, ev, _n in ranked}
+
+
+def _type_attributes(kb, share: float) -> dict[str, frozenset[str]]:
+    sizes = dict(kb.conn.execute("SELECT type, count(*) FROM entities WHERE is_subject = 1 GROUP BY type"))
+    out: dict[str, set[str]] = defaultdict(set)
+    for etype, attribute, n in kb.conn.execute(
+            "SELECT e.type, t.attribute, COUNT(DISTINCT t.subject_id) FROM triples t "
+            "JOIN entities e ON e.id = t.subject_id GROUP BY e.type, t.attribute"):
+        if n >= share * sizes.get(etype, 0):
+            out[etype].add(attribute)
+    return {t: frozenset(a) for t, a in out.items()}
 
 
 def _split(members: set[int], against: list[tuple[str, dict, float]]) -> list[tuple[set[int], frozenset[str]]]:
@@ -425,14 +449,35 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         facts, candidates = _lookup(kb, mentions, asked, max_values, via)
     else:
         facts = kb.lookups.lexical.search(kb, text, asked, max_values)
-    return LinkResult(text, mentions, _answered(groups, facts, kb.schema.inverse) if facts else attributes,
-                      facts, candidates, abstained=not facts)
+    if facts:
+        attributes = _reported(kb, groups, facts, mentions, candidates)
+    return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts)
 
 
-def _answered(groups: list[tuple[str, ...]], facts: list[Fact], inverse: dict[str, str]) -> list[str]:
-    """The asked attributes, each cue group of alternatives narrowed to those the facts answer (a fact's
-    attribute; for a reverse fact also the attribute it answers backwards: 布洛芬 <- 药物治疗 answers
-    适应症); a group none answers is kept whole. 甲硝唑片治疗哪些病 asks for 适应症, not 治疗."""
+def _reported(kb, groups: list[tuple[str, ...]], facts: list[Fact], mentions: list[Mention],
+              candidates: list[dict]) -> list[str]:
+    """The attributes a question is taken to ask, given what was retrieved: each cue group of
+    alternatives narrowed to those the facts answer (:func:`_answered`), and, when the question is only
+    about subject entities, the groups that some named entity's type (or a two-hop fact's) has (区别 of two drugs, 功能 in a
+    misspelt 甲状腺功能亢进症, 药物 in 药物相互作用 are not asked); all of them when none is left."""
+    groups = _answered(groups, facts, kb.schema.inverse)
+    look = kb.lookups
+    rows = [look.row(m.name) for m in mentions if not getattr(m, "negated", False)]
+    if mentions:
+        types = None if candidates or not all(r and r[1] for r in rows) else {r[2] for r in rows}
+    else:  # lexical: the entities matched
+        types = {r[2] for r in (look.row(f.entity) for f in facts) if r}
+    if types:  # a disease's drugs answer for the drugs' attributes (two hops)
+        types |= {r[2] for r in (look.row(f.entity) for f in facts if f.via == "two_hop") if r}
+        has = set().union(*(look.type_attributes.get(t, ()) for t in types))
+        groups = [g for g in groups if ALIAS in g or has & set(g)] or groups
+    return flatten(groups)
+
+
+def _answered(groups: list[tuple[str, ...]], facts: list[Fact], inverse: dict[str, str]) -> list[tuple[str, ...]]:
+    """Each cue group of alternatives narrowed to those the facts answer (a fact's attribute; for a
+    reverse fact also the attribute it answers backwards: 布洛芬 <- 药物治疗 answers 适应症); a group
+    none answers is kept whole. 甲硝唑片治疗哪些病 asks for 适应症, not 治疗."""
     answered: set[str] = set()
     for f in facts:
         if f.via == "symptom" and f.attribute == "symptoms":
@@ -440,4 +485,4 @@ def _answered(groups: list[tuple[str, ...]], facts: list[Fact], inverse: dict[st
         answered.add(f.attribute)
         if f.via == "reverse" and f.attribute in inverse:
             answered.add(inverse[f.attribute])
-    return flatten([tuple(a for a in g if a in answered) or g for g in groups])
+    return [tuple(a for a in g if a in answered) or g for g in groups]
