@@ -41,3 +41,20 @@ def test_symptom_drugs_come_without_the_candidates_departments(kb):
     assert {f.attribute for f in res.facts} == {"indications"} and {f.via for f in res.facts} == {"reverse"}
     where = kb.link("头痛，发热，挂什么科")
     assert "department" in {f.attribute for f in where.facts}
+
+
+def test_a_value_symptom_made_of_two_symptoms_links_as_both(tmp_path):
+    rows = [{"中心词": "贫血", "常见症状": ["头晕", "乏力", "面色苍白"], "就诊科室": ["血液科"]},
+            {"中心词": "低血压", "常见症状": ["头晕乏力", "晕厥"], "就诊科室": ["心内科"]},
+            {"中心词": "甲减", "常见症状": ["乏力", "怕冷"], "就诊科室": ["内分泌科"]}]
+    src = tmp_path / "kb.jsonl"
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    kb = KnowledgeBase.create(tmp_path / "kb.sqlite")
+    kb.import_source(src, progress=False)
+    try:
+        assert [m.name for m in kb.find_entities("最近头晕乏力，挂什么科")] == ["头晕", "乏力"]
+        assert [m.name for m in kb.find_entities("晕厥")] == ["晕厥"]  # a single symptom stays
+        res = kb.link("最近头晕乏力，挂什么科")
+        assert res.candidates[0]["disease"] == "贫血" and res.candidates[0]["confident"]
+    finally:
+        kb.close()

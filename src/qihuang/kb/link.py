@@ -297,6 +297,8 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
 
     for options in cands.values():
         options.sort(key=lambda o: o[0], reverse=True)
+    for key in [k for k, o in cands.items() if o[0][0][0] == VALUE and o[0][2] == "symptom" and _splits(k, cands)]:
+        del cands[key]  # 头晕乏力, 恶心呕吐: two symptoms, each linked on its own
     # a value-only drug name whose stem names a product (盐酸二甲双胍 -> 二甲双胍 -> 二甲双胍片): its form
     for key, options in cands.items():
         rank, name, etype, _ = options[0]
@@ -316,6 +318,11 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
         auto.add_word(key, (len(key), key.isascii(), name, etype, via_alias, tuple(dict.fromkeys(also))[:8], is_value))
     auto.make_automaton()
     return auto
+
+
+def _splits(key: str, cands: dict) -> bool:
+    """``key`` is two linkable names of at least two characters each, written one after the other."""
+    return any(key[:i] in cands and key[i:] in cands for i in range(2, len(key) - 1))
 
 
 def _stems(name: str, forms) -> list[str]:
