@@ -51,14 +51,15 @@ def test_lexical_fallback_needs_the_name_written(kb, question):
     assert not any(f.via == "lexical" for f in res.facts)
 
 
-def test_a_short_drug_name_inside_a_longer_word_is_no_mention(tmp_path):
+def test_a_name_inside_a_longer_word_is_no_mention(tmp_path):
     import json
 
     from qihuang.kb import KnowledgeBase
 
     src = tmp_path / "kb.jsonl"
     rows = [{"中心词": "瑞思", "适应症": ["感染"], "不良反应": ["恶心"], "成份": ["阿莫西林"], "药品类型": ["化学药品"]},
-            {"中心词": "高血压", "药物治疗": ["瑞思"], "就诊科室": ["心内科"], "临床症状及体征": ["头晕"]}]
+            {"中心词": "高血压", "药物治疗": ["瑞思"], "就诊科室": ["心内科"], "临床症状及体征": ["头晕"]},
+            {"中心词": "狂犬病", "药物治疗": ["疫苗"], "就诊科室": ["感染科"]}]
     src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
     kb = KnowledgeBase.create(tmp_path / "kb.sqlite")
     kb.import_source(src, progress=False)
@@ -69,5 +70,8 @@ def test_a_short_drug_name_inside_a_longer_word_is_no_mention(tmp_path):
         assert kb.find_entities("阿兹瑞思片主治什么") == []  # after an unknown word: a longer name
         assert kb.find_entities("瑞思坦胶囊的不良反应") == []  # 瑞思坦, an unknown drug
         assert kb.link("瑞思坦胶囊的不良反应").abstained
+        assert [m.name for m in kb.find_entities("打了疫苗有什么反应")] == ["疫苗"]
+        assert [m.name for m in kb.find_entities("狂犬病疫苗要打几针")] == ["狂犬病", "疫苗"]
+        assert kb.find_entities("九价HPV疫苗要打几针") == []  # after Latin letters: a longer name
     finally:
         kb.close()

@@ -103,13 +103,14 @@ class Linker:
         """Drop short drug mentions (fewer than ``min_stem`` characters) that are part of a longer drug
         name: written after an unknown word (jieba segments the text before it into a word its
         dictionary lacks: 阿兹|夫定片, 莫诺|拉韦胶囊), or followed by a few more characters and then a form
-        word (瑞思坦胶囊: the stem is 瑞思坦). A known word before (吃瑞思, 我在吃夫定片) is no part of it."""
-        short = [i for i, (s, e, p) in enumerate(spans) if p[1] == "drug" and e - s < self._min_stem]
-        if not short:
-            return spans
-        inside = {i for i in short if self._continues_left(norm, spans[i][0], spans[i - 1][1] if i else 0)
-                  or self._continues_right(norm, spans[i][1], spans[i + 1][0] if i + 1 < len(spans) else len(norm))}
-        return [span for i, span in enumerate(spans) if i not in inside]
+        word (瑞思坦胶囊: the stem is 瑞思坦). A known word before (吃瑞思, 我在吃夫定片) is no part of it.
+        Likewise a value-only name written right after Latin letters (HPV疫苗: a vaccine the KB lacks)."""
+        inside = {i for i, (s, _e, p) in enumerate(spans)
+                  if p[4] and s > 0 and norm[s - 1].isascii() and norm[s - 1].isalpha() and (not i or spans[i - 1][1] < s)}
+        short = [i for i, (s, e, p) in enumerate(spans) if p[1] == "drug" and e - s < self._min_stem and i not in inside]
+        inside |= {i for i in short if self._continues_left(norm, spans[i][0], spans[i - 1][1] if i else 0)
+                   or self._continues_right(norm, spans[i][1], spans[i + 1][0] if i + 1 < len(spans) else len(norm))}
+        return [span for i, span in enumerate(spans) if i not in inside] if inside else spans
 
     @staticmethod
     def _continues_left(norm: str, start: int, low: int) -> bool:
