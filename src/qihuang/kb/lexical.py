@@ -123,6 +123,9 @@ class LexicalIndex:
     @classmethod
     def load_or_build(cls, kb) -> "LexicalIndex":
         """The cached index for ``kb``'s sources, else a new one (then cached on disk)."""
+        import jieba
+
+        jieba.initialize()  # the tokenizer the index's queries (and the linker's word checks) use
         cfg = load_lexical_config()
         shas = [r[0] for r in kb.conn.execute("SELECT sha256 FROM sources ORDER BY id")]
         key = hashlib.sha256(json.dumps([shas, cfg.model_dump(), _VERSION], ensure_ascii=False).encode()).hexdigest()[:16]
