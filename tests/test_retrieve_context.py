@@ -58,3 +58,18 @@ def test_a_value_symptom_made_of_two_symptoms_links_as_both(tmp_path):
         assert res.candidates[0]["disease"] == "贫血" and res.candidates[0]["confident"]
     finally:
         kb.close()
+
+
+def test_a_diagnosis_ruled_out_is_negated(kb):
+    found = {m.name: m.negated for m in kb.find_entities("已经排除偏头痛了，感冒吃什么药")}
+    assert found == {"偏头痛": True, "感冒": False}
+    res = kb.link("已经排除偏头痛了，感冒吃什么药")
+    assert {f.entity for f in res.facts} == {"感冒"}
+    assert not any(m.negated for m in kb.find_entities("怎么排除偏头痛"))  # asking how to rule it out
+
+
+@pytest.mark.parametrize("question, attribute", [
+    ("这个软膏怎么涂", "dosage"), ("药膏一天涂几次", "dosage"), ("什么人不能喝这个药", "contraindications"),
+])
+def test_topical_and_drinking_wordings_ask_their_attribute(kb, question, attribute):
+    assert kb.linker.detect_attributes(question) == [attribute]
