@@ -190,7 +190,8 @@ def test_cli_roundtrip(tmp_path, capsys):
 
 def test_link_shared_cues_pick_the_attribute_the_entity_has(kb):
     herb = kb.link("人参有什么作用？")  # 作用 of a herb: its 功效
-    assert herb.attributes == ["efficacy", "indications"] and {f.attribute for f in herb.facts} == {"efficacy"}
+    assert herb.attributes == ["efficacy"] and {f.attribute for f in herb.facts} == {"efficacy"}  # as answered
+    assert kb.linker.detect_attributes("人参有什么作用？") == ["efficacy", "indications"]  # as asked
     drug = kb.link("二甲双胍片有什么作用？")  # a drug has no 功效: its 适应症
     assert {f.attribute for f in drug.facts} == {"indications"}
     assert {f.attribute for f in kb.link("糖尿病怎么治？").facts} == {"drugs"}  # no 治疗 facts: the drugs

@@ -15,7 +15,7 @@ from typing import Any
 
 from qihuang.paths import home, resource
 
-FORMAT = 1  # bump when what is cached changes shape
+FORMAT = 2  # bump when what is cached changes shape
 
 
 def fingerprint(kb, extra: str = "") -> str:

@@ -1,11 +1,13 @@
 """BM25 fallback for questions in which linking finds no entity (``bm25s`` over jieba tokens).
 
 One document per subject entity: its name (repeated), its aliases and the first values of a few
-attributes (``resources/lexical.yaml``). A question retrieves an entity only when its BM25 score passes
-``min_score`` and most of the entity's name is in the question (``min_name_overlap`` characters and
-``min_name_coverage`` of its own), so that unrelated questions ("今天天气怎么样" -> 叶天天花) retrieve
-nothing: BM25 ranks, the name rule decides. The index is built on first use and cached in memory and
-on disk under ``$QIHUANG_HOME/cache/``, keyed by the KB's source hashes.
+attributes (``resources/lexical.yaml``). A question retrieves an entity only when the question writes
+its name (or an alias, or a drug's stem) with one typing error, a homophone in one place, in a name of
+at least ``typo_min_length`` characters (偏头通 -> 偏头痛; :mod:`qihuang.kb.fuzzy`): sharing characters is
+no evidence (司美格鲁肽注射液 is no 贝美格注射液, 瑞德西韦 no 韦瑞德, 西红柿炒鸡蛋 no 鸡蛋花), so unrelated
+questions retrieve nothing. The name rule decides, BM25 ranks the names that pass (longest window first,
+then score). The index is built on first use and cached in memory and on disk under
+``$QIHUANG_HOME/cache/``, keyed by the KB's source hashes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qihuang.errors import ConfigError
+from qihuang.kb.fuzzy import TypoIndex
 from qihuang.kb.normalize import normalize
 from qihuang.kb.types import Fact
 from qihuang.paths import home, resource
@@ -36,10 +39,7 @@ class LexicalConfig(BaseModel):
     fields: list[str]
     values_per_field: int = Field(ge=0)
     name_repeat: int = Field(ge=1)
-    min_score: float = Field(ge=0)
-    min_name_overlap: int = Field(ge=1)
-    min_name_coverage: float = Field(ge=0, le=1)
-    top_k: int = Field(ge=1)
+    typo_min_length: int = Field(ge=2)
     max_entities: int = Field(ge=1)
     stopwords: list[str]
 
@@ -79,8 +79,12 @@ def tokenize(text: str, stop: frozenset[str] = frozenset()) -> list[str]:
 class LexicalIndex:
     """A BM25 index over the KB's subject entities."""
 
-    def __init__(self, retriever, names: list[str], cfg: LexicalConfig, stop: frozenset[str]):
+    def __init__(self, retriever, names: list[str], cfg: LexicalConfig, stop: frozenset[str],
+                 keys: dict[str, str] | None = None):
         self.retriever, self.names, self.cfg, self.stop = retriever, names, cfg, stop
+        self.keys = keys or {}  # normalized surface (name, alias, drug stem) -> entity name
+        self.typos = TypoIndex(self.keys, cfg.typo_min_length)
+        self._doc = {name: i for i, name in enumerate(names)}
 
     @staticmethod
     def _stop(kb, cfg: LexicalConfig) -> frozenset[str]:
@@ -114,20 +118,23 @@ class LexicalIndex:
             corpus.append(doc or ["\0"])
         retriever = bm25s.BM25()
         retriever.index(corpus, show_progress=False)
-        return cls(retriever, names, cfg, stop)
+        return cls(retriever, names, cfg, stop, _surfaces(kb, aliases))
 
     @classmethod
     def load_or_build(cls, kb) -> "LexicalIndex":
         """The cached index for ``kb``'s sources, else a new one (then cached on disk)."""
+        import jieba
+
+        jieba.initialize()  # the tokenizer the index's queries (and the linker's word checks) use
         cfg = load_lexical_config()
         shas = [r[0] for r in kb.conn.execute("SELECT sha256 FROM sources ORDER BY id")]
-        key = hashlib.sha256(json.dumps([shas, cfg.model_dump()], ensure_ascii=False).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([shas, cfg.model_dump(), _VERSION], ensure_ascii=False).encode()).hexdigest()[:16]
         path = home() / "cache" / f"lexical-{key}.pkl"
         if path.exists():
             try:
                 with path.open("rb") as fh:
-                    retriever, names = pickle.load(fh)
-                return cls(retriever, names, cfg, cls._stop(kb, cfg))
+                    retriever, names, keys = pickle.load(fh)
+                return cls(retriever, names, cfg, cls._stop(kb, cfg), keys)
             except Exception as e:  # a stale or broken cache is rebuilt
                 log.warning("rebuilding the lexical index (%s unreadable: %s)", path, e)
         index = cls.build(kb, cfg)
@@ -135,29 +142,24 @@ class LexicalIndex:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             with tmp.open("wb") as fh:
-                pickle.dump((index.retriever, index.names), fh)
+                pickle.dump((index.retriever, index.names, index.keys), fh)
             tmp.replace(path)
         return index
 
     def match(self, text: str) -> list[tuple[str, float]]:
-        """Entities whose documents match ``text`` above the thresholds, best first."""
-        query = [t for t in tokenize(text, self.stop) if t in self.retriever.vocab_dict]
-        if not query or not self.names:
+        """Entities whose name the question writes with one homophone typo, best first (the longest
+        window, then the BM25 score of the question against the entity's document)."""
+        hits = self.typos.find(normalize(text))
+        if not hits:
             return []
-        scores = self.retriever.get_scores(query)
-        top = (-scores).argsort()[: self.cfg.top_k]
-        norm = set(normalize(text))
-        passing = []
-        for rank, i in enumerate(top):
-            name, score = self.names[int(i)], float(scores[int(i)])
-            chars = set(normalize(name))
-            shared = len(chars & norm)
-            if score < self.cfg.min_score or shared < self.cfg.min_name_overlap or \
-                    shared < self.cfg.min_name_coverage * len(chars):
-                continue
-            passing.append((-shared / len(chars), rank, name, round(score, 3)))
-        # of the names that pass, the most completely named one (血压高 -> 高血压 before 老年高血压)
-        return [(name, score) for _c, _r, name, score in sorted(passing)[: self.cfg.max_entities]]
+        query = [t for t in tokenize(text, self.stop) if t in self.retriever.vocab_dict]
+        scores = self.retriever.get_scores(query) if query else None
+        ranked = []
+        for name, start, end in hits:
+            doc = self._doc.get(name)
+            score = float(scores[doc]) if scores is not None and doc is not None else 0.0
+            ranked.append((start - end, -score, name))
+        return [(name, round(-score, 3)) for _n, score, name in sorted(ranked)[: self.cfg.max_entities]]
 
     def search(self, kb, text: str, asked: list[tuple[str, ...]], max_values: int | None) -> list[Fact]:
         """Facts of the matched entities (asked attributes, else defaults), ``via="lexical"``."""
@@ -169,3 +171,25 @@ class LexicalIndex:
             if row:
                 facts.extend(_direct(kb, row[0], name, row[2], asked, max_values, "lexical", name))
         return facts
+
+
+_VERSION = 2  # of the cached index's contents
+
+
+def _surfaces(kb, aliases: dict[int, list[str]]) -> dict[str, str]:
+    """Written forms of the subject entities a typo may hit: names, aliases and drug stems (the names
+    without form and salt words, as the linker links them), each to its entity (names win)."""
+    from qihuang.kb.lexicon import load_lexicon
+    from qihuang.kb.link import _stems
+
+    forms = load_lexicon().drug_forms
+    keys: dict[str, str] = {}
+    for eid, name, etype in kb.conn.execute("SELECT id, name, type FROM entities WHERE is_subject = 1 ORDER BY id"):
+        norm = normalize(name)
+        keys[norm] = name
+        for alias in aliases.get(eid, [])[:10]:
+            keys.setdefault(normalize(alias), name)
+        if etype == "drug":
+            for stem in _stems(norm, forms):
+                keys.setdefault(stem, name)
+    return keys

@@ -87,11 +87,13 @@ class NoiseRule(_Strict):
 
 class IntentConfig(_Strict):
     """The learned attribute detector (kb/intent.py): overview wordings that ask nothing specific
-    (``{entity}`` marks the mention), the probability an attribute needs, and the regularization."""
+    (``{entity}`` marks the mention), the probability an attribute needs, the regularization, and the
+    share of a type's entries that must have an attribute for it to be the type's (reported attributes)."""
 
     none: tuple[str, ...] = ()
     threshold: float = Field(0.5, gt=0, lt=1)
     c: float = Field(10.0, gt=0)
+    type_min_share: float = Field(0.002, ge=0, lt=1)
 
     @field_validator("none", mode="before")
     @classmethod

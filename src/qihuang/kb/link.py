@@ -39,7 +39,7 @@ class Linker:
     def __init__(self, entities: ahocorasick.Automaton, cues: ahocorasick.Automaton,
                  object_types: dict[str, str] | None = None, yields_to: dict[str, tuple[str, ...]] | None = None,
                  negation: ahocorasick.Automaton | None = None, max_gap: int = 8, intent=None,
-                 drug_affixes: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())):
+                 drug_affixes: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()), min_stem: int = 3):
         self._entities, self._cues = entities, cues
         self._object_types = object_types or {}  # attribute -> type of its values ("examinations" -> examination)
         self._yields_to = yields_to or {}
@@ -48,6 +48,7 @@ class Linker:
         self._neg_chars = frozenset(w[0] for w in cues)  # no such character: no negation to look for
         self.intent = intent  # an IntentDetector (kb/intent.py) or None: cues only
         # salt / form words a drug mention's span grows over (盐酸…缓释片): word sets and their lengths, longest first
+        self._min_stem = min_stem  # drug mentions shorter than this must be whole words (see _whole_words)
         self._affixes = tuple((frozenset(words), sorted({len(w) for w in words}, reverse=True)) for words in drug_affixes)
 
     @classmethod
@@ -79,7 +80,7 @@ class Linker:
         return cls(entities, cues, {k: a.object_type for k, a in attributes.items() if a.object_type},
                    {k: a.yields_to for k, a in attributes.items() if a.yields_to},
                    _negation_automaton(lexicon.negation), lexicon.negation.max_gap, intent or None,
-                   lexicon.drug_forms.affixes())
+                   lexicon.drug_forms.affixes(), lexicon.drug_forms.min_stem)
 
     def find_entities(self, text: str) -> list[Mention]:
         """Entity mentions, non-overlapping (longest first), each marked ``negated`` when a negation
@@ -92,11 +93,45 @@ class Linker:
                              (end + 1 < len(norm) and norm[end + 1] in _ASCII_WORD)):
                 continue  # "CT" inside "ACTH" is not a mention
             matches.append((start, end + 1, (name, etype, via_alias, forms, is_value)))
-        spans = self._grow_drugs(norm, _leftmost_longest(matches))
+        spans = self._grow_drugs(norm, self._whole_words(norm, _leftmost_longest(matches)))
         negated = self._negated(norm, spans) if spans and self._negation is not None and \
             not self._neg_chars.isdisjoint(norm) else set()
         return [Mention(name, text[s:e], s, e, etype, via_alias, s in negated, forms)
                 for s, e, (name, etype, via_alias, forms, _v) in spans]
+
+    def _whole_words(self, norm: str, spans: list[tuple[int, int, tuple]]) -> list[tuple[int, int, tuple]]:
+        """Drop short drug mentions (fewer than ``min_stem`` characters) that are part of a longer drug
+        name: written after an unknown word (jieba segments the text before it into a word its
+        dictionary lacks: 阿兹|夫定片, 莫诺|拉韦胶囊), or followed by a few more characters and then a form
+        word (瑞思坦胶囊: the stem is 瑞思坦). A known word before (吃瑞思, 我在吃夫定片) is no part of it.
+        Likewise a value-only name written right after Latin letters (HPV疫苗: a vaccine the KB lacks)."""
+        inside = {i for i, (s, _e, p) in enumerate(spans)
+                  if p[4] and s > 0 and norm[s - 1].isascii() and norm[s - 1].isalpha() and (not i or spans[i - 1][1] < s)}
+        short = [i for i, (s, e, p) in enumerate(spans) if p[1] == "drug" and e - s < self._min_stem and i not in inside]
+        inside |= {i for i in short if self._continues_left(norm, spans[i][0], spans[i - 1][1] if i else 0)
+                   or self._continues_right(norm, spans[i][1], spans[i + 1][0] if i + 1 < len(spans) else len(norm))}
+        return [span for i, span in enumerate(spans) if i not in inside] if inside else spans
+
+    @staticmethod
+    def _continues_left(norm: str, start: int, low: int) -> bool:
+        import jieba
+
+        before = norm[low:start]
+        if not before or not _is_han(before[-1]):
+            return False
+        last = jieba.lcut(before)[-1]
+        return all(_is_han(c) for c in last) and not jieba.dt.FREQ.get(last)
+
+    def _continues_right(self, norm: str, end: int, high: int) -> bool:
+        _prefixes, suffixes = self._affixes
+        if _affix_at(norm, end, high, suffixes, before=False):
+            return False  # its own form word (瑞思缓释片)
+        for gap in range(1, 4):
+            if end + gap > high or not _is_han(norm[end + gap - 1]):
+                return False
+            if _affix_at(norm, end + gap, high, suffixes, before=False):
+                return True
+        return False
 
     def _grow_drugs(self, norm: str, spans: list[tuple[int, int, tuple]]) -> list[tuple[int, int, tuple]]:
         """A drug mention's span takes in the salt and form words around it, up to the neighbouring
@@ -155,7 +190,8 @@ class Linker:
 
         A cue wholly inside an entity mention is part of that name (药物性肝炎 does not ask for drugs)
         unless the entity is of the kind the attribute lists (影像学检查 asks for examinations).
-        An attribute is dropped when the text also asks for one it yields to (治疗药物: drugs, not treatment).
+        A cue is dropped when its first attribute yields to another one the text asks for (治疗药物: drugs,
+        not treatment).
         When no cue fires and the text names an entity, the learned detector (kb/intent.py) may answer:
         the attributes it gives at least its threshold probability, as one group of alternatives, most
         probable first. Cues win whenever one fires: they are exact, the detector generalizes.
@@ -184,12 +220,17 @@ class Linker:
                 continue
             if attrs not in groups:
                 groups.append(attrs)
-        asked = {a for group in groups for a in group}
-        return [g for g in groups if not all(asked & set(self._yields_to.get(a, ())) for a in g)]
+        # a group whose primary meaning yields to an attribute another cue asks for is redundant (治疗 next to 药物)
+        return [g for g in groups
+                if not {a for other in groups if other is not g for a in other} & set(self._yields_to.get(g[0], ()))]
 
     def detect_attributes(self, text: str, mentions: list[Mention] | None = None) -> list[str]:
         """Every attribute ``text`` may ask about (the groups of :meth:`detect_attribute_groups`, flattened)."""
         return flatten(self.detect_attribute_groups(text, mentions))
+
+
+def _is_han(char: str) -> bool:
+    return "\u4e00" <= char <= "\u9fff"
 
 
 def flatten(groups: list[tuple[str, ...]]) -> list[str]:
@@ -257,6 +298,8 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
 
     for options in cands.values():
         options.sort(key=lambda o: o[0], reverse=True)
+    for key in [k for k, o in cands.items() if o[0][0][0] == VALUE and o[0][2] == "symptom" and _splits(k, cands)]:
+        del cands[key]  # 头晕乏力, 恶心呕吐: two symptoms, each linked on its own
     # a value-only drug name whose stem names a product (盐酸二甲双胍 -> 二甲双胍 -> 二甲双胍片): its form
     for key, options in cands.items():
         rank, name, etype, _ = options[0]
@@ -276,6 +319,11 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
         auto.add_word(key, (len(key), key.isascii(), name, etype, via_alias, tuple(dict.fromkeys(also))[:8], is_value))
     auto.make_automaton()
     return auto
+
+
+def _splits(key: str, cands: dict) -> bool:
+    """``key`` is two linkable names of at least two characters each, written one after the other."""
+    return any(key[:i] in cands and key[i:] in cands for i in range(2, len(key) - 1))
 
 
 def _stems(name: str, forms) -> list[str]:

@@ -45,6 +45,9 @@ MIN_EVIDENCE = 2  # matched symptoms a candidate needs to be "confident"
 WEAK_ATTRIBUTES = frozenset({"department", "examinations"})  # all a weak candidate may contribute
 TOP_DRUGS = 5  # drugs indicated for described symptoms
 MAX_DESCRIBED = 8  # described symptoms scored (the first ones)
+# share of the KB's diseases that must list a named subject as a symptom for it to count as a described
+# symptom (CMeKG: 3 of 6,292; 胸痛 is listed by 396, 疱疹 by 8, 过敏性鼻炎 by 2)
+SYMPTOM_LISTING_SHARE = 0.0004
 
 
 class Lookups:
@@ -59,6 +62,7 @@ class Lookups:
         self._names: dict[str, dict[int, str]] = {}
         self._listings: dict[tuple[str, str], dict[str, dict[int, str]]] = {}
         self._lexical = None
+        self._type_attributes: dict[str, frozenset[str]] | None = None
 
     def row(self, name: str) -> tuple[int, int, str] | None:
         """(id, is_subject, type) of an entity by canonical name."""
@@ -75,6 +79,18 @@ class Lookups:
                 "SELECT t.value, COUNT(*) FROM triples t JOIN entities e ON e.name = t.value "
                 "WHERE e.is_subject = 1 GROUP BY t.value"))
         return self._prominence
+
+    @property
+    def type_attributes(self) -> dict[str, frozenset[str]]:
+        """The attributes each entity type has: those at least ``intent.type_min_share`` of its subject
+        entities have (cached on disk with the linker's data)."""
+        if self._type_attributes is None:
+            from qihuang.kb.cache import cached
+            from qihuang.kb.lexicon import load_lexicon
+
+            share = load_lexicon().intent.type_min_share
+            self._type_attributes = cached(self.kb, f"type-attributes-{share}", lambda: _type_attributes(self.kb, share))
+        return self._type_attributes
 
     @property
     def lexical(self):
@@ -199,6 +215,17 @@ class Lookups:
         return out, {d: ev for d, _m, _s, ev, _n in ranked}
 
 
+def _type_attributes(kb, share: float) -> dict[str, frozenset[str]]:
+    sizes = dict(kb.conn.execute("SELECT type, count(*) FROM entities WHERE is_subject = 1 GROUP BY type"))
+    out: dict[str, set[str]] = defaultdict(set)
+    for etype, attribute, n in kb.conn.execute(
+            "SELECT e.type, t.attribute, COUNT(DISTINCT t.subject_id) FROM triples t "
+            "JOIN entities e ON e.id = t.subject_id GROUP BY e.type, t.attribute"):
+        if n >= share * sizes.get(etype, 0):
+            out[etype].add(attribute)
+    return {t: frozenset(a) for t, a in out.items()}
+
+
 def _split(members: set[int], against: list[tuple[str, dict, float]]) -> list[tuple[set[int], frozenset[str]]]:
     """``members`` split by which negated values' listings they are in: [(part, those values)]."""
     parts = [(members, frozenset())]
@@ -265,7 +292,8 @@ def _value_drug(kb, name: str, asked: list[tuple[str, ...]], limit: int, max_val
 
 def _two_hop(kb, disease: str, disease_id: int, wanted: list[str], max_values: int | None) -> list[Fact]:
     """The disease's drugs (the first hop, cited) and the asked drug attributes of up to
-    :data:`TWO_HOP_DRUGS` of them (the second hop), each reached through the product that holds them."""
+    :data:`TWO_HOP_DRUGS` of them (the second hop), each reached through the product that holds them
+    (cited through its 成份). Every hop is anchored at the disease, the question's entity."""
     look = kb.lookups
     facts: list[Fact] = []
     followed = 0
@@ -277,10 +305,10 @@ def _two_hop(kb, disease: str, disease_id: int, wanted: list[str], max_values: i
         own = kb._facts_by_id(row[0], product, wanted, max_values)
         if not own:
             continue
-        facts.append(Fact(hop.entity, hop.attribute, hop.relation, hop.value, "two_hop", hop.value))
+        facts.append(Fact(hop.entity, hop.attribute, hop.relation, hop.value, "two_hop", disease))
         if product != hop.value:
-            facts.append(Fact(product, "ingredients", "成份", hop.value, "two_hop", hop.value))
-        facts.extend(Fact(f.entity, f.attribute, f.relation, f.value, "two_hop", hop.value) for f in own)
+            facts.append(Fact(product, "ingredients", "成份", hop.value, "two_hop", disease))
+        facts.extend(Fact(f.entity, f.attribute, f.relation, f.value, "two_hop", disease) for f in own)
         followed += 1
         if followed >= TWO_HOP_DRUGS:
             break
@@ -351,14 +379,16 @@ def _history_mentions(kb, history: list[str] | None) -> list[Mention]:
 
 def _described_symptoms(kb, named: list[Mention], rows: dict) -> list[str]:
     """The symptoms a question describes: value-only symptom mentions, and when there is one of those,
-    also the named subjects that diseases list as symptoms (胸痛, 腹泻 have entries of their own in CMeKG:
-    "胸痛，大汗，有濒死感" describes three symptoms), unless some other subject is named."""
+    also the named subjects that diseases commonly list as symptoms (胸痛, 腹泻 have entries of their own in
+    CMeKG: "胸痛，大汗，有濒死感" describes three symptoms; :data:`SYMPTOM_LISTING_SHARE` of the diseases at
+    least, so that 过敏性鼻炎, listed by two, is what "过敏性鼻炎老打喷嚏" is about), unless some other subject is named."""
     plain = [m.name for m in named if m.type == "symptom" and not (rows[m.name] and rows[m.name][1])]
     if not plain:
         return []
     look = kb.lookups
     subjects = [m.name for m in named if m.name not in plain and rows[m.name] and rows[m.name][1]]
-    listed = [n for n in subjects if look.listing(n)]
+    least = max(1.0, SYMPTOM_LISTING_SHARE * len(look.names_of("disease")))
+    listed = [n for n in subjects if len(look.listing(n)) >= least]
     return plain if len(listed) < len(subjects) else [m.name for m in named if m.name in plain or m.name in listed]
 
 
@@ -402,9 +432,12 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
         else:
             candidates, evidence = look.candidates(symptoms, negated)
             if any("drugs" in g for g in asked):  # drugs indicated for the symptoms, not the candidates' drugs
-                facts.extend(_indicated_drugs(kb, symptoms, negated))
-                asked = [g for g in asked if "drugs" not in g] or [(a,) for a in SYMPTOM_DEFAULT]
-            facts.extend(_symptom_facts(kb, candidates, evidence, asked, max_values))
+                drugs = _indicated_drugs(kb, symptoms, negated)
+                facts.extend(drugs)
+                # the candidates' departments only when no drug answers and nothing else is asked
+                asked = [g for g in asked if "drugs" not in g] or ([] if drugs else [(a,) for a in SYMPTOM_DEFAULT])
+            if asked or not facts:
+                facts.extend(_symptom_facts(kb, candidates, evidence, asked, max_values))
     return facts, candidates
 
 
@@ -424,4 +457,40 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         facts, candidates = _lookup(kb, mentions, asked, max_values, via)
     else:
         facts = kb.lookups.lexical.search(kb, text, asked, max_values)
+    if facts:
+        attributes = _reported(kb, groups, facts, mentions, candidates)
     return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts)
+
+
+def _reported(kb, groups: list[tuple[str, ...]], facts: list[Fact], mentions: list[Mention],
+              candidates: list[dict]) -> list[str]:
+    """The attributes a question is taken to ask, given what was retrieved: each cue group of
+    alternatives narrowed to those the facts answer (:func:`_answered`), and, when the question is only
+    about subject entities, the groups that some named entity's type (or a two-hop fact's) has (区别 of two drugs, 功能 in a
+    misspelt 甲状腺功能亢进症, 药物 in 药物相互作用 are not asked); all of them when none is left."""
+    groups = _answered(groups, facts, kb.schema.inverse)
+    look = kb.lookups
+    rows = [look.row(m.name) for m in mentions if not getattr(m, "negated", False)]
+    if mentions:
+        types = None if candidates or not all(r and r[1] for r in rows) else {r[2] for r in rows}
+    else:  # lexical: the entities matched
+        types = {r[2] for r in (look.row(f.entity) for f in facts) if r}
+    if types:  # a disease's drugs answer for the drugs' attributes (two hops)
+        types |= {r[2] for r in (look.row(f.entity) for f in facts if f.via == "two_hop") if r}
+        has = set().union(*(look.type_attributes.get(t, ()) for t in types))
+        groups = [g for g in groups if ALIAS in g or has & set(g)] or groups
+    return flatten(groups)
+
+
+def _answered(groups: list[tuple[str, ...]], facts: list[Fact], inverse: dict[str, str]) -> list[tuple[str, ...]]:
+    """Each cue group of alternatives narrowed to those the facts answer (a fact's attribute; for a
+    reverse fact also the attribute it answers backwards: 布洛芬 <- 药物治疗 answers 适应症); a group
+    none answers is kept whole. 甲硝唑片治疗哪些病 asks for 适应症, not 治疗."""
+    answered: set[str] = set()
+    for f in facts:
+        if f.via == "symptom" and f.attribute == "symptoms":
+            continue  # a candidate's evidence, not an answer
+        answered.add(f.attribute)
+        if f.via == "reverse" and f.attribute in inverse:
+            answered.add(inverse[f.attribute])
+    return [tuple(a for a in g if a in answered) or g for g in groups]

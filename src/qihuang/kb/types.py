@@ -15,7 +15,7 @@ def via_note(via: str, anchor: str, relation: str) -> str:
     if via == "symptom":
         return "候选疾病，可能相关，非诊断"  # the evidence is the candidate's own symptom line
     if via == "two_hop":
-        return f"经药物 {anchor}"
+        return f"由 {anchor} 转查"
     if via == "lexical":
         return "词面检索匹配，可能不相关"
     if via == "history":
@@ -32,7 +32,8 @@ class Fact:
     ``symptom`` (evidence or an attribute of a candidate disease for described symptoms), ``two_hop``
     (a fact of a drug of the named disease), ``lexical`` (BM25 fallback) or ``history`` (an entity of an
     earlier turn). ``anchor`` is the question's entity it was reached from (the drug or symptom named,
-    for reverse; the middle drug, for two_hop; the symptoms joined by "、", for symptom).
+    for reverse; the disease, for two_hop, or the drug named when its product answers; the symptoms
+    joined by "、", for symptom).
     :meth:`triple` is always the KB triple as stored."""
 
     entity: str
