@@ -136,3 +136,18 @@ def test_grounding_shows_a_value_once_when_two_relations_list_it(tmp_path):
         assert len([f for f in kb.link("测试病的病因是什么").facts if f.value == "受凉"]) == 2  # both relations
         grounding = ground(kb, "测试病的病因是什么")
     assert sorted(f.value for f in grounding.facts) == ["劳累", "受凉", "熬夜"]
+
+
+def test_warm_builds_the_linker_and_the_triage_backstop(tmp_path):
+    from qihuang.answer import triage as triage_mod
+
+    kb = make_tiny_kb(tmp_path / "warm.sqlite")
+    answerer = Answerer(FakeEngine(), kb)
+    assert kb._linker is None
+    answerer.warm()
+    assert kb._linker is not None
+    rules = triage_mod._default_rules(None)
+    if rules.backstop is not None:
+        from qihuang.answer.triage_model import default_model
+
+        assert default_model.cache_info().currsize >= 1  # trained once, reused by the first question

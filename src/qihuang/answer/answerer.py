@@ -141,6 +141,15 @@ class Answerer:
         self.ungrounded = pol.check_choice(ungrounded or pol.default_ungrounded(engine), pol.UNGROUNDED, "ungrounded")
         self.min_support = min_support
 
+    def warm(self) -> None:
+        """Build what the first question would otherwise wait for: the triage backstop and the KB's
+        linker (its automaton, noise names and intent detector). Commands call it at start-up."""
+        from qihuang.answer.triage import warm
+
+        warm()
+        if self.kb is not None:
+            self.kb.link("预热")
+
     # ---- preparation --------------------------------------------------------------------
     def plan(self, question: str, history: History | None = None, system: str | None = None,
              grounded: bool | None = None) -> _Plan:

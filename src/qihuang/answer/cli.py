@@ -104,8 +104,10 @@ def build_answerer(args, engine=None):
             torch.set_num_threads(args.threads)
         engine = load_engine(args.model, adapter=args.adapter, template=args.template, backend=args.engine,
                              dtype=args.dtype, batch_size=args.batch_size)
-    return Answerer(engine, kb, grounded=kb is not None, params=params, system=args.system,
-                    on_unsupported=args.on_unsupported, ungrounded=args.ungrounded)
+    answerer = Answerer(engine, kb, grounded=kb is not None, params=params, system=args.system,
+                        on_unsupported=args.on_unsupported, ungrounded=args.ungrounded)
+    answerer.warm()  # the first user does not wait for the linker and the triage backstop
+    return answerer
 
 
 # ---- commands ---------------------------------------------------------------------------------
