@@ -398,3 +398,21 @@ def test_admitted_requests_are_served_in_arrival_order():
 
     assert asyncio.run(main()) == [f"q{i}" for i in range(6)]
     assert order.index("q0") < order.index("q1") < order.index("q3")  # the oldest request always goes first
+
+
+# ---- 8. conversation-aware grounding ---------------------------------------------------------
+def test_follow_up_is_grounded_in_the_earlier_turns(kb):
+    """"那应该吃什么药？" names no entity: the earlier user turn's entity (偏头痛) grounds it, and the
+    citations say where it came from."""
+    engine = FakeEngine()
+    app = create_app(Answerer(engine, kb, params=GenerationParams(max_new_tokens=8)),
+                     ServeSettings(model_name=MODEL))
+    turns = [{"role": "user", "content": "偏头痛有什么症状？"}, {"role": "assistant", "content": "常见反复发作性头痛。"},
+             {"role": "user", "content": "那应该吃什么药？"}]
+    with ServerThread(app) as url:
+        body = _client(url).chat.completions.create(model=MODEL, messages=turns).model_extra["qihuang"]
+        alone = _client(url).chat.completions.create(model=MODEL, messages=turns[-1:]).model_extra["qihuang"]
+    assert body["grounded"] and {c["entity"] for c in body["citations"]} == {"偏头痛"}
+    assert all(c["attribute"] == "drugs" and c["via"] == "history" and "上文" in c["note"] for c in body["citations"])
+    assert "布洛芬" in engine.prompts[0]  # the drugs reached the prompt's knowledge block
+    assert not alone["grounded"] and alone["citations"] == []  # without the earlier turn nothing is grounded
