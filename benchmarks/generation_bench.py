@@ -1,81 +1,192 @@
-"""Generation speed of the default model: float32 vs bfloat16, unbatched vs batched.
+"""Generation speed, one prompt: transformers ``generate`` vs qihuang's lean decode loop (fp32,
+bf16, int8 weights) vs llama.cpp on the same model and prompt, side by side in one run.
 
-    .venv/bin/python benchmarks/generation_bench.py [--model default] [--tokens 32] [--batch 4] [--threads N]
+    .venv/bin/python benchmarks/generation_bench.py [--tokens 32] [--threads 1,2] [--repeats 3]
 
-Every prompt generates exactly ``--tokens`` new tokens (min_new_tokens = max_new_tokens, greedy),
-so the figures compare like with like. Prints tokens/s side by side and the ratios.
+Arms are measured interleaved (round-robin, ``--repeats`` rounds) and the median is reported, so a
+load change on a shared machine hits every arm alike. Every arm generates exactly ``--tokens`` new
+tokens greedily. Before timing, the lean loop's greedy output must equal ``generate``'s for the
+first ``--tokens`` tokens at the same dtype (exit 2 on a mismatch). llama.cpp runs when
+``llama_cpp`` is importable (``make install-llamacpp``), on the GGUF that the default model is
+converted from (Q4_1 weights); else that arm is skipped with a message. Prints CPU flags and load
+average with the figures; target: qihuang's default path >= 0.5x llama.cpp (exit 1 on MISSED).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import statistics
+import sys
 import time
 
-QUESTIONS = [
-    "偏头痛吃什么药？", "高血压有哪些并发症？", "感冒了应该挂什么科？", "糖尿病的常见症状有哪些？",
-    "阿司匹林有哪些不良反应？", "冠心病需要做哪些检查？", "二甲双胍的禁忌症是什么？", "布洛芬可以和感冒药一起吃吗？",
-]
+QUESTION = "偏头痛吃什么药？"
+TARGET = 0.5
 
 
-def _timed_generate(engine, prompts: list[str], tokens: int) -> float:
-    """Seconds to generate ``tokens`` new tokens for each prompt in one batch."""
-    import torch
-
-    enc = engine._encode(prompts, tokens)
-    cfg = engine._gen_config(engine_params(tokens))
-    cfg.min_new_tokens = tokens
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = engine.model.generate(**enc, generation_config=cfg)
-    elapsed = time.perf_counter() - start
-    assert out.shape[1] - enc["input_ids"].shape[1] == tokens
-    return elapsed
+def cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
+    except OSError:
+        flags = set()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    return " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
 
 
-def engine_params(tokens: int):
-    from qihuang.answer.engine import GenerationParams
-
-    return GenerationParams(max_new_tokens=tokens)
-
-
-def measure(model: str, dtype: str, tokens: int, batch: int) -> dict:
+def load(dtype: str, decoder: str):
     from qihuang.answer.engine import load_engine
 
-    engine = load_engine(model, dtype=dtype, batch_size=batch)
-    prompts = [engine.template.render(engine.tokenizer, [{"role": "user", "content": q}])
-               for q in (QUESTIONS * (batch // len(QUESTIONS) + 1))[:batch]]
-    _timed_generate(engine, prompts[:1], 4)  # warm-up
-    single = sum(_timed_generate(engine, [p], tokens) for p in prompts)
-    batched = _timed_generate(engine, prompts, tokens)
-    n = tokens * len(prompts)
-    result = {"unbatched": n / single, "batched": n / batched}
-    print(f"  {dtype}: unbatched {result['unbatched']:.1f} tok/s, batched {result['batched']:.1f} tok/s", flush=True)
-    return result
+    return load_engine("default", dtype=dtype, decoder=decoder, batch_size=1)
+
+
+def int8_engine(fp32_engine):
+    """The fp32 lean engine with every Linear as a dynamically quantized int8 Linear (per channel)."""
+    import copy
+    import warnings
+
+    import torch
+
+    from qihuang.answer.lean import LeanEngine
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = copy.deepcopy(fp32_engine.model)
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+    return LeanEngine(model, fp32_engine.tokenizer, fp32_engine.template, model_name="default-int8", batch_size=1)
+
+
+def lean_ids(engine, prompt: str, tokens: int, ends: bool = True) -> list[int]:
+    import torch
+
+    from qihuang.answer.engine import GenerationParams
+    from qihuang.answer.lean import decode
+
+    enc = engine._encode([prompt], tokens)
+    with torch.inference_mode():
+        done = decode(engine.model, enc["input_ids"], enc["attention_mask"], GenerationParams(max_new_tokens=tokens),
+                      engine._terminators() if ends else set(), engine.tokenizer.pad_token_id)
+    return done.ids[0]
+
+
+def generate_ids(engine, prompt: str, tokens: int, force: bool = False) -> list[int]:
+    import torch
+
+    from qihuang.answer.engine import GenerationParams
+
+    enc = engine._encode([prompt], tokens)
+    cfg = engine._gen_config(GenerationParams(max_new_tokens=tokens))
+    if force:
+        cfg.min_new_tokens = tokens
+    with torch.inference_mode():
+        out = engine.model.generate(**enc, generation_config=cfg)
+    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    ends = engine._terminators()
+    return new if force else new[: next((i for i, t in enumerate(new) if t in ends), len(new))]
+
+
+def llama_arm(prompt: str, tokens: int, threads: int):
+    """A timing function for llama.cpp on the default GGUF, or a reason why there is none."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None, "llama_cpp is not importable (make install-llamacpp builds llama-cpp-python)"
+    from llama_cpp import Llama
+
+    from qihuang.models.load import default_gguf
+
+    llm = Llama(model_path=str(default_gguf()), n_ctx=512, n_threads=threads, verbose=False)
+    eos = llm.token_eos()
+
+    def run() -> int:
+        out = llm.create_completion(prompt, max_tokens=tokens, temperature=0.0, logit_bias={eos: -1e9})
+        return out["usage"]["completion_tokens"]
+
+    return run, ""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default")
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts to measure")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8-weights arm")
     args = parser.parse_args()
     import torch
 
-    from qihuang.answer.engine import cpu_supports_bf16
+    from qihuang.models.load import choose_dtype, cpu_supports_bf16
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"native bf16: {cpu_supports_bf16()}, threads {torch.get_num_threads()}")
-    results = {dt: measure(args.model, dt, args.tokens, args.batch) for dt in ("float32", "bfloat16")}
-    print(f"\n{'tokens/s':<12}{'float32':>10}{'bfloat16':>10}{'bf16/fp32':>11}")
-    for mode in ("unbatched", "batched"):
-        fp, bf = results["float32"][mode], results["bfloat16"][mode]
-        print(f"{mode:<12}{fp:>10.1f}{bf:>10.1f}{bf / fp:>10.2f}x")
-    for dt in ("float32", "bfloat16"):
-        r = results[dt]
-        print(f"batched/unbatched ({dt}, batch {args.batch}): {r['batched'] / r['unbatched']:.2f}x")
+    threads = [int(t) for t in args.threads.split(",")]
+    default_dtype = choose_dtype("auto", "cpu")
+    print(f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"native bf16: {cpu_supports_bf16()} -> default dtype {default_dtype}")
+    print(f"cpu flags: {cpu_flags()}; cores {os.cpu_count()}; load average {os.getloadavg()}", flush=True)
+
+    engines = {"generate fp32": load("float32", "generate"), "lean fp32": load("float32", "lean")}
+    engines["generate bf16"] = load("bfloat16", "generate")
+    engines["lean bf16"] = load("bfloat16", "lean")
+    if not args.no_int8:
+        engines["lean int8"] = int8_engine(engines["lean fp32"])
+    prompt = engines["lean fp32"].template.render(engines["lean fp32"].tokenizer, [{"role": "user", "content": QUESTION}])
+
+    torch.set_num_threads(max(threads))
+    ok = True
+    for dt in ("fp32", "bf16"):
+        ref = generate_ids(engines[f"generate {dt}"], prompt, args.tokens)
+        got = lean_ids(engines[f"lean {dt}"], prompt, args.tokens)
+        same = got == ref
+        ok &= same
+        print(f"greedy {dt}: lean == generate for {len(ref)} tokens: {same}"
+              + ("" if same else f"\n  generate {ref}\n  lean     {got}"))
+    if not ok:
+        print("MISMATCH: the lean loop does not reproduce generate's greedy output")
+        sys.exit(2)
+    if not args.no_int8:
+        ref = generate_ids(engines["generate fp32"], prompt, args.tokens)
+        got = lean_ids(engines["lean int8"], prompt, args.tokens)
+        agree = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
+        print(f"greedy int8 vs fp32 (different dtype, not a gate): first {agree} of {len(ref)} tokens agree")
+
+    arms = {}
+    for t in threads:
+        for name, eng in engines.items():
+            timer = (lambda e=eng: len(generate_ids(e, prompt, args.tokens, force=True))) if name.startswith("generate") \
+                else (lambda e=eng: len(lean_ids(e, prompt, args.tokens, ends=False)))
+            arms[f"{name} t{t}"] = (t, timer)
+        run, why = llama_arm(prompt, args.tokens, t)
+        if run is None:
+            print(f"llama.cpp arm skipped: {why}")
+        else:
+            arms[f"llama.cpp Q4_1 t{t}"] = (t, run)
+    for t, fn in arms.values():  # warm-up
+        torch.set_num_threads(t)
+        fn()
+    rates: dict[str, list[float]] = {k: [] for k in arms}
+    for _ in range(args.repeats):
+        for name, (t, fn) in arms.items():
+            torch.set_num_threads(t)
+            start = time.perf_counter()
+            n = fn()
+            rates[name].append(n / (time.perf_counter() - start))
+    print(f"\none prompt, {args.tokens} new tokens, median of {args.repeats} interleaved runs; "
+          f"load average {os.getloadavg()}")
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    for name in arms:
+        print(f"  {name:<22}{med[name]:>8.1f} tok/s   (runs {', '.join(f'{r:.1f}' for r in rates[name])})")
+    tag = "bf16" if default_dtype == "bfloat16" else "fp32"
+    best_t = max(threads, key=lambda t: med[f"lean {tag} t{t}"])
+    ours = med[f"lean {tag} t{best_t}"]
+    print(f"qihuang default path (lean {tag}, {best_t} threads): {ours:.1f} tok/s, "
+          f"{ours / med[f'generate fp32 t{best_t}']:.2f}x transformers generate fp32")
+    llama = [v for k, v in med.items() if k.startswith("llama.cpp")]
+    if not llama:
+        print("ratio qihuang/llama.cpp: not measured (llama.cpp arm skipped)")
+        return
+    ratio = ours / max(llama)
+    verdict = "met" if ratio >= TARGET else "MISSED"
+    print(f"ratio qihuang/llama.cpp (best of each): {ratio:.2f}x (target >= {TARGET}x): {verdict}")
+    if verdict == "MISSED":
+        sys.exit(1)
 
 
 if __name__ == "__main__":
