@@ -41,21 +41,11 @@ def load(dtype: str, decoder: str):
     return load_engine("default", dtype=dtype, decoder=decoder, batch_size=1)
 
 
-def int8_engine(fp32_engine):
-    """The fp32 lean engine with every Linear as a dynamically quantized int8 Linear (per channel)."""
-    import copy
-    import warnings
+def int8_engine(dtype: str):
+    """The lean engine with int8 weight-only linear layers computing in ``dtype``."""
+    from qihuang.answer.engine import load_engine
 
-    import torch
-
-    from qihuang.answer.lean import LeanEngine
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = copy.deepcopy(fp32_engine.model)
-        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
-    return LeanEngine(model, fp32_engine.tokenizer, fp32_engine.template, model_name="default-int8", batch_size=1)
+    return load_engine("default", dtype=dtype, decoder="lean", batch_size=1, quantize="int8")
 
 
 def lean_ids(engine, prompt: str, tokens: int, ends: bool = True) -> list[int]:
@@ -126,7 +116,7 @@ def main() -> None:
     engines["generate bf16"] = load("bfloat16", "generate")
     engines["lean bf16"] = load("bfloat16", "lean")
     if not args.no_int8:
-        engines["lean int8"] = int8_engine(engines["lean fp32"])
+        engines["lean int8"] = int8_engine(default_dtype)
     prompt = engines["lean fp32"].template.render(engines["lean fp32"].tokenizer, [{"role": "user", "content": QUESTION}])
 
     torch.set_num_threads(max(threads))
@@ -142,10 +132,12 @@ def main() -> None:
         print("MISMATCH: the lean loop does not reproduce generate's greedy output")
         sys.exit(2)
     if not args.no_int8:
-        ref = generate_ids(engines["generate fp32"], prompt, args.tokens)
+        base = "bf16" if default_dtype == "bfloat16" else "fp32"
+        ref = generate_ids(engines[f"generate {base}"], prompt, args.tokens)
         got = lean_ids(engines["lean int8"], prompt, args.tokens)
         agree = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
-        print(f"greedy int8 vs fp32 (different dtype, not a gate): first {agree} of {len(ref)} tokens agree")
+        print(f"greedy int8 (weights; {base} activations) vs {base} (different weights, not a gate): "
+              f"first {agree} of {len(ref)} tokens agree")
 
     arms = {}
     for t in threads:
@@ -174,9 +166,12 @@ def main() -> None:
     for name in arms:
         print(f"  {name:<22}{med[name]:>8.1f} tok/s   (runs {', '.join(f'{r:.1f}' for r in rates[name])})")
     tag = "bf16" if default_dtype == "bfloat16" else "fp32"
-    best_t = max(threads, key=lambda t: med[f"lean {tag} t{t}"])
+    from qihuang.answer.lean import decode_threads
+
+    picked = decode_threads(max(threads))  # what the engine's thread policy picks under this load
+    best_t = picked if picked in threads else max(threads, key=lambda t: med[f"lean {tag} t{t}"])
     ours = med[f"lean {tag} t{best_t}"]
-    print(f"qihuang default path (lean {tag}, {best_t} threads): {ours:.1f} tok/s, "
+    print(f"qihuang default path (lean {tag}, {best_t} threads as its policy picks now): {ours:.1f} tok/s, "
           f"{ours / med[f'generate fp32 t{best_t}']:.2f}x transformers generate fp32")
     llama = [v for k, v in med.items() if k.startswith("llama.cpp")]
     if not llama:

@@ -443,16 +443,19 @@ def _hold_back_stops(pieces, stops: list[str], cancel: threading.Event) -> Itera
 # ---- construction ---------------------------------------------------------------------------
 def load_engine(model: str | None = "default", adapter: str | None = None, template: str | None = None,
                 backend: str = "hf", dtype: str = "auto", device: str = "auto", batch_size: int = 8,
-                decoder: str = "auto") -> Engine:
+                decoder: str = "auto", quantize: str | None = None) -> Engine:
     """Build an engine: ``model`` name/path ("default" = the embedded SmolLM2), optional LoRA
     ``adapter`` dir (merged into the weights), ``template`` name (else the adapter's/model's saved
     template, else "auto"). ``decoder`` (hf backend): ``"lean"`` = qihuang's decode loop
     (:mod:`qihuang.answer.lean`), ``"generate"`` = transformers' ``generate``; ``"auto"`` = lean on
-    CPU, generate on a GPU."""
+    CPU, generate on a GPU. ``quantize="int8"``: int8 weight-only linear layers (CPU, opt-in,
+    :mod:`qihuang.answer.int8`)."""
     if backend not in BACKENDS:
         raise ConfigError(f"engine backend must be one of {BACKENDS}, got {backend!r}")
     if decoder not in DECODERS:
         raise ConfigError(f"engine decoder must be one of {DECODERS}, got {decoder!r}")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"engine quantize must be None or 'int8', got {quantize!r}")
     if backend == "vllm":
         from qihuang.answer.vllm_engine import VLLMEngine
 
@@ -464,6 +467,10 @@ def load_engine(model: str | None = "default", adapter: str | None = None, templ
     hf_model, tokenizer, tmpl = load_for_inference(model, adapter, template, dtype=resolved, merge=True)
     if device != "cpu":
         hf_model = hf_model.to(device)
+    if quantize == "int8":
+        from qihuang.answer.int8 import quantize_int8
+
+        hf_model = quantize_int8(hf_model)
     name = str(adapter or model or "default")
     if decoder == "lean" or (decoder == "auto" and device == "cpu"):
         from qihuang.answer.lean import LeanEngine

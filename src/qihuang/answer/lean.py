@@ -13,6 +13,7 @@ processors for sampling, and stop checks on the decoded tail. Greedy output equa
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,6 +60,24 @@ def _cache(model, batch: int, length: int):
         except Exception:  # noqa: BLE001 - an architecture the static cache does not know
             pass
     return DynamicCache(config=base.config), False
+
+
+def decode_threads(limit: int | None = None, load: float | None = None, cores: int | None = None) -> int:
+    """Threads for one decoding run: torch's setting (``limit``), or 1 when the machine is already
+    busy (1-minute load average at least one above the core count). OpenMP workers that share
+    their cores with other processes wait for each other at every operator: on a loaded 2-core
+    machine, 2 threads decoded 3-5x slower than 1 (``benchmarks/generation_bench.py``)."""
+    import torch
+
+    limit = limit or torch.get_num_threads()
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            return limit
+    return 1 if load >= cores + 1 else limit
 
 
 def _cache_keyword(model) -> str:
@@ -136,6 +155,7 @@ class LeanEngine(HFEngine):
     """:class:`HFEngine` that decodes with :func:`decode` instead of ``model.generate``."""
 
     decoder = "lean"
+    threads: int | None = None  # None: decode_threads() decides per call; else that many threads
 
     def _stop_check(self, stops: list[str]):
         if not stops:
@@ -158,8 +178,13 @@ class LeanEngine(HFEngine):
 
         with self._lock, torch.inference_mode():
             self._seed(params)
-            return decode(self.model, enc["input_ids"], enc["attention_mask"], params, self._terminators(),
-                          self.tokenizer.pad_token_id, self._stop_check(stops), cancelled, on_step)
+            before = torch.get_num_threads()
+            torch.set_num_threads(self.threads or decode_threads(before))
+            try:
+                return decode(self.model, enc["input_ids"], enc["attention_mask"], params, self._terminators(),
+                              self.tokenizer.pad_token_id, self._stop_check(stops), cancelled, on_step)
+            finally:
+                torch.set_num_threads(before)
 
     def _finish(self, ids: list[int], seen: int, text: str, done: Decoded, r: int,
                 params: GenerationParams) -> GenerationResult:
