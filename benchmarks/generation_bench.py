@@ -22,6 +22,8 @@ import sys
 import time
 
 QUESTION = "偏头痛吃什么药？"
+MORE = ["高血压有哪些并发症？", "感冒了应该挂什么科？", "糖尿病的常见症状有哪些？", "阿司匹林有哪些不良反应？",
+        "冠心病需要做哪些检查？", "二甲双胍的禁忌症是什么？", "布洛芬可以和感冒药一起吃吗？"]
 TARGET = 0.5
 
 
@@ -48,25 +50,27 @@ def int8_engine(dtype: str):
     return load_engine("default", dtype=dtype, decoder="lean", batch_size=1, quantize="int8")
 
 
-def lean_ids(engine, prompt: str, tokens: int, ends: bool = True) -> list[int]:
+def lean_ids(engine, prompt: str | list[str], tokens: int, ends: bool = True) -> list[int]:
+    """Greedy new ids of the first prompt (all prompts decoded as one batch)."""
     import torch
 
     from qihuang.answer.engine import GenerationParams
     from qihuang.answer.lean import decode
 
-    enc = engine._encode([prompt], tokens)
+    enc = engine._encode(prompt if isinstance(prompt, list) else [prompt], tokens)
     with torch.inference_mode():
         done = decode(engine.model, enc["input_ids"], enc["attention_mask"], GenerationParams(max_new_tokens=tokens),
                       engine._terminators() if ends else set(), engine.tokenizer.pad_token_id)
     return done.ids[0]
 
 
-def generate_ids(engine, prompt: str, tokens: int, force: bool = False) -> list[int]:
+def generate_ids(engine, prompt: str | list[str], tokens: int, force: bool = False) -> list[int]:
+    """Greedy new ids of the first prompt from ``generate`` (all prompts as one batch)."""
     import torch
 
     from qihuang.answer.engine import GenerationParams
 
-    enc = engine._encode([prompt], tokens)
+    enc = engine._encode(prompt if isinstance(prompt, list) else [prompt], tokens)
     cfg = engine._gen_config(GenerationParams(max_new_tokens=tokens))
     if force:
         cfg.min_new_tokens = tokens
@@ -98,8 +102,10 @@ def llama_arm(prompt: str, tokens: int, threads: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts to measure")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts to measure "
+                        "(each count adds every arm: on a loaded 2-core machine 2 threads run at ~2 tok/s)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=4, help="also measure one batch of this many prompts (0: no)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8-weights arm")
     args = parser.parse_args()
     import torch
@@ -150,6 +156,16 @@ def main() -> None:
             print(f"llama.cpp arm skipped: {why}")
         else:
             arms[f"llama.cpp Q4_1 t{t}"] = (t, run)
+    if args.batch > 1:
+        render = engines["lean fp32"].template.render
+        batch = [render(engines["lean fp32"].tokenizer, [{"role": "user", "content": q}])
+                 for q in ([QUESTION] + MORE * args.batch)[: args.batch]]
+        tag0 = "bf16" if default_dtype == "bfloat16" else "fp32"
+        for name in ("generate fp32", f"lean {tag0}"):
+            eng = engines[name]
+            timer = (lambda e=eng: args.batch * len(generate_ids(e, batch, args.tokens, force=True))) \
+                if name.startswith("generate") else (lambda e=eng: args.batch * len(lean_ids(e, batch, args.tokens, ends=False)))
+            arms[f"{name} batch{args.batch} t{threads[0]}"] = (threads[0], timer)
     for t, fn in arms.values():  # warm-up
         torch.set_num_threads(t)
         fn()
@@ -160,6 +176,7 @@ def main() -> None:
             start = time.perf_counter()
             n = fn()
             rates[name].append(n / (time.perf_counter() - start))
+        print("  round: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
     print(f"\none prompt, {args.tokens} new tokens, median of {args.repeats} interleaved runs; "
           f"load average {os.getloadavg()}")
     med = {k: statistics.median(v) for k, v in rates.items()}
