@@ -49,12 +49,17 @@ def _processors(params: GenerationParams):
     return procs
 
 
+# architectures checked to decode the same ids over a static cache as generate does (Bloom's ALiBi, for
+# one, sizes its bias from the attention mask and fails on a longer static cache): others get a dynamic one
+STATIC_CACHE_TYPES = frozenset({"llama", "qwen2"})
+
+
 def _cache(model, batch: int, length: int):
     """A static KV cache of ``length`` positions when the model supports one, else a dynamic one."""
     from transformers import DynamicCache, StaticCache
 
     base = getattr(model, "get_base_model", lambda: model)()
-    if getattr(base, "_can_compile_fullgraph", False) or getattr(base, "_supports_static_cache", False):
+    if getattr(base.config, "model_type", None) in STATIC_CACHE_TYPES:
         try:
             return StaticCache(config=base.config, max_cache_len=length), True
         except Exception:  # noqa: BLE001 - an architecture the static cache does not know
