@@ -99,6 +99,32 @@ def llama_arm(prompt: str, tokens: int, threads: int):
     return run, ""
 
 
+def ct2_arm(prompt: str, tokens: int, threads: int, compute_type: str):
+    """A timing function for CTranslate2 (``pip install ctranslate2``, a binary wheel) on the default
+    model converted once under ``$QIHUANG_HOME/models/ct2-...``, or a reason why there is none."""
+    if importlib.util.find_spec("ctranslate2") is None:
+        return None, "ctranslate2 is not importable (pip install ctranslate2: a binary wheel)"
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    from qihuang.models.load import DEFAULT_MODEL_DIRNAME, load_tokenizer, resolve_model
+    from qihuang.paths import models_dir
+
+    out = models_dir() / f"ct2-{DEFAULT_MODEL_DIRNAME}"
+    if not (out / "model.bin").is_file():
+        TransformersConverter(resolve_model("default")).convert(str(out), force=True)
+    tok = load_tokenizer("default")
+    pieces = tok.convert_ids_to_tokens(tok(prompt)["input_ids"])
+    gen = ctranslate2.Generator(str(out), device="cpu", compute_type=compute_type, intra_threads=threads)
+
+    def run() -> int:
+        res = gen.generate_batch([pieces], max_length=tokens, min_length=tokens, sampling_topk=1,
+                                 include_prompt_in_result=False)
+        return len(res[0].sequences_ids[0])
+
+    return run, ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=32)
@@ -151,6 +177,12 @@ def main() -> None:
             timer = (lambda e=eng: len(generate_ids(e, prompt, args.tokens, force=True))) if name.startswith("generate") \
                 else (lambda e=eng: len(lean_ids(e, prompt, args.tokens, ends=False)))
             arms[f"{name} t{t}"] = (t, timer)
+        for ct in ("float32", "int8_float32"):
+            run, why = ct2_arm(prompt, args.tokens, t, ct)
+            if run is None:
+                print(f"CTranslate2 arm skipped: {why}")
+                break
+            arms[f"ctranslate2 {ct} t{t}"] = (t, run)
         run, why = llama_arm(prompt, args.tokens, t)
         if run is None:
             print(f"llama.cpp arm skipped: {why}")
@@ -188,6 +220,9 @@ def main() -> None:
     picked = decode_threads(max(threads))  # what the engine's thread policy picks under this load
     best_t = picked if picked in threads else max(threads, key=lambda t: med[f"lean {tag} t{t}"])
     ours = med[f"lean {tag} t{best_t}"]
+    if f"ctranslate2 float32 t{best_t}" in med:
+        ct2 = med[f"ctranslate2 float32 t{best_t}"]
+        print(f"ctranslate2 fp32 (not yet an engine backend): {ct2:.1f} tok/s, {ours / ct2:.2f}x of it is qihuang's")
     print(f"qihuang default path (lean {tag}, {best_t} threads as its policy picks now): {ours:.1f} tok/s, "
           f"{ours / med[f'generate fp32 t{best_t}']:.2f}x transformers generate fp32")
     llama = [v for k, v in med.items() if k.startswith("llama.cpp")]
