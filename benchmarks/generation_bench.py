@@ -125,6 +125,99 @@ def ct2_arm(prompt: str, tokens: int, threads: int, compute_type: str):
     return run, ""
 
 
+def check_greedy(engines: dict, prompt: str, tokens: int, base: str) -> None:
+    """The lean loop must reproduce ``generate``'s greedy ids at fp32 and bf16 (exit 2 otherwise)."""
+    ok = True
+    for dt in ("fp32", "bf16"):
+        ref = generate_ids(engines[f"generate {dt}"], prompt, tokens)
+        got = lean_ids(engines[f"lean {dt}"], prompt, tokens)
+        ok &= got == ref
+        print(f"greedy {dt}: lean == generate for {len(ref)} tokens: {got == ref}"
+              + ("" if got == ref else f"\n  generate {ref}\n  lean     {got}"))
+    if not ok:
+        print("MISMATCH: the lean loop does not reproduce generate's greedy output")
+        sys.exit(2)
+    if "lean int8" in engines:
+        ref = generate_ids(engines[f"generate {base}"], prompt, tokens)
+        got = lean_ids(engines["lean int8"], prompt, tokens)
+        agree = next((i for i, (x, y) in enumerate(zip(ref, got)) if x != y), min(len(ref), len(got)))
+        print(f"greedy int8 (weights; {base} activations) vs {base} (different weights, not a gate): "
+              f"first {agree} of {len(ref)} tokens agree")
+
+
+def _timer(name: str, engine, prompts: str | list[str], tokens: int):
+    rows = len(prompts) if isinstance(prompts, list) else 1
+    if name.startswith("generate"):
+        return lambda: rows * len(generate_ids(engine, prompts, tokens, force=True))
+    return lambda: rows * len(lean_ids(engine, prompts, tokens, ends=False))
+
+
+def build_arms(engines: dict, prompt: str, tokens: int, threads: list[int], batch: int, base: str) -> dict:
+    """``name -> (threads, run)``; ``run()`` generates and returns the number of new tokens."""
+    arms = {}
+    for t in threads:
+        for name, eng in engines.items():
+            arms[f"{name} t{t}"] = (t, _timer(name, eng, prompt, tokens))
+        for ct in ("float32", "int8_float32"):
+            run, why = ct2_arm(prompt, tokens, t, ct)
+            if run is None:
+                print(f"CTranslate2 arm skipped: {why}")
+                break
+            arms[f"ctranslate2 {ct} t{t}"] = (t, run)
+        run, why = llama_arm(prompt, tokens, t)
+        if run is None:
+            print(f"llama.cpp arm skipped: {why}")
+        else:
+            arms[f"llama.cpp Q4_1 t{t}"] = (t, run)
+    if batch > 1:
+        eng0 = engines["lean fp32"]
+        prompts = [eng0.template.render(eng0.tokenizer, [{"role": "user", "content": q}])
+                   for q in ([QUESTION] + MORE * batch)[:batch]]
+        for name in ("generate fp32", f"lean {base}"):
+            arms[f"{name} batch{batch} t{threads[0]}"] = (threads[0], _timer(name, engines[name], prompts, tokens))
+    return arms
+
+
+def measure(arms: dict, repeats: int) -> dict[str, list[float]]:
+    """Tokens/s of every arm, ``repeats`` interleaved rounds after one warm-up round."""
+    import torch
+
+    for t, fn in arms.values():
+        torch.set_num_threads(t)
+        fn()
+    rates: dict[str, list[float]] = {k: [] for k in arms}
+    for _ in range(repeats):
+        for name, (t, fn) in arms.items():
+            torch.set_num_threads(t)
+            start = time.perf_counter()
+            n = fn()
+            rates[name].append(n / (time.perf_counter() - start))
+        print("  round: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
+    return rates
+
+
+def verdict(med: dict[str, float], threads: list[int], base: str) -> int:
+    """Print qihuang's default path against the other engines; the exit status (1 on MISSED)."""
+    from qihuang.answer.lean import decode_threads
+
+    picked = decode_threads(max(threads))  # what the engine's thread policy picks under this load
+    best_t = picked if picked in threads else max(threads, key=lambda t: med[f"lean {base} t{t}"])
+    ours = med[f"lean {base} t{best_t}"]
+    if f"ctranslate2 float32 t{best_t}" in med:
+        ct2 = med[f"ctranslate2 float32 t{best_t}"]
+        print(f"ctranslate2 fp32 (not yet an engine backend): {ct2:.1f} tok/s, {ours / ct2:.2f}x of it is qihuang's")
+    print(f"qihuang default path (lean {base}, {best_t} threads as its policy picks now): {ours:.1f} tok/s, "
+          f"{ours / med[f'generate fp32 t{best_t}']:.2f}x transformers generate fp32")
+    llama = [v for k, v in med.items() if k.startswith("llama.cpp")]
+    if not llama:
+        print("ratio qihuang/llama.cpp: not measured (llama.cpp arm skipped)")
+        return 0
+    ratio = ours / max(llama)
+    result = "met" if ratio >= TARGET else "MISSED"
+    print(f"ratio qihuang/llama.cpp (best of each): {ratio:.2f}x (target >= {TARGET}x): {result}")
+    return 1 if result == "MISSED" else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=32)
@@ -140,100 +233,25 @@ def main() -> None:
 
     threads = [int(t) for t in args.threads.split(",")]
     default_dtype = choose_dtype("auto", "cpu")
+    base = "bf16" if default_dtype == "bfloat16" else "fp32"
     print(f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16: {cpu_supports_bf16()} -> default dtype {default_dtype}")
     print(f"cpu flags: {cpu_flags()}; cores {os.cpu_count()}; load average {os.getloadavg()}", flush=True)
-
-    engines = {"generate fp32": load("float32", "generate"), "lean fp32": load("float32", "lean")}
-    engines["generate bf16"] = load("bfloat16", "generate")
-    engines["lean bf16"] = load("bfloat16", "lean")
+    engines = {f"{kind} {dt}": load(full, kind) for dt, full in (("fp32", "float32"), ("bf16", "bfloat16"))
+               for kind in ("generate", "lean")}
     if not args.no_int8:
         engines["lean int8"] = int8_engine(default_dtype)
-    prompt = engines["lean fp32"].template.render(engines["lean fp32"].tokenizer, [{"role": "user", "content": QUESTION}])
-
+    eng0 = engines["lean fp32"]
+    prompt = eng0.template.render(eng0.tokenizer, [{"role": "user", "content": QUESTION}])
     torch.set_num_threads(max(threads))
-    ok = True
-    for dt in ("fp32", "bf16"):
-        ref = generate_ids(engines[f"generate {dt}"], prompt, args.tokens)
-        got = lean_ids(engines[f"lean {dt}"], prompt, args.tokens)
-        same = got == ref
-        ok &= same
-        print(f"greedy {dt}: lean == generate for {len(ref)} tokens: {same}"
-              + ("" if same else f"\n  generate {ref}\n  lean     {got}"))
-    if not ok:
-        print("MISMATCH: the lean loop does not reproduce generate's greedy output")
-        sys.exit(2)
-    if not args.no_int8:
-        base = "bf16" if default_dtype == "bfloat16" else "fp32"
-        ref = generate_ids(engines[f"generate {base}"], prompt, args.tokens)
-        got = lean_ids(engines["lean int8"], prompt, args.tokens)
-        agree = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
-        print(f"greedy int8 (weights; {base} activations) vs {base} (different weights, not a gate): "
-              f"first {agree} of {len(ref)} tokens agree")
-
-    arms = {}
-    for t in threads:
-        for name, eng in engines.items():
-            timer = (lambda e=eng: len(generate_ids(e, prompt, args.tokens, force=True))) if name.startswith("generate") \
-                else (lambda e=eng: len(lean_ids(e, prompt, args.tokens, ends=False)))
-            arms[f"{name} t{t}"] = (t, timer)
-        for ct in ("float32", "int8_float32"):
-            run, why = ct2_arm(prompt, args.tokens, t, ct)
-            if run is None:
-                print(f"CTranslate2 arm skipped: {why}")
-                break
-            arms[f"ctranslate2 {ct} t{t}"] = (t, run)
-        run, why = llama_arm(prompt, args.tokens, t)
-        if run is None:
-            print(f"llama.cpp arm skipped: {why}")
-        else:
-            arms[f"llama.cpp Q4_1 t{t}"] = (t, run)
-    if args.batch > 1:
-        render = engines["lean fp32"].template.render
-        batch = [render(engines["lean fp32"].tokenizer, [{"role": "user", "content": q}])
-                 for q in ([QUESTION] + MORE * args.batch)[: args.batch]]
-        tag0 = "bf16" if default_dtype == "bfloat16" else "fp32"
-        for name in ("generate fp32", f"lean {tag0}"):
-            eng = engines[name]
-            timer = (lambda e=eng: args.batch * len(generate_ids(e, batch, args.tokens, force=True))) \
-                if name.startswith("generate") else (lambda e=eng: args.batch * len(lean_ids(e, batch, args.tokens, ends=False)))
-            arms[f"{name} batch{args.batch} t{threads[0]}"] = (threads[0], timer)
-    for t, fn in arms.values():  # warm-up
-        torch.set_num_threads(t)
-        fn()
-    rates: dict[str, list[float]] = {k: [] for k in arms}
-    for _ in range(args.repeats):
-        for name, (t, fn) in arms.items():
-            torch.set_num_threads(t)
-            start = time.perf_counter()
-            n = fn()
-            rates[name].append(n / (time.perf_counter() - start))
-        print("  round: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
-    print(f"\none prompt, {args.tokens} new tokens, median of {args.repeats} interleaved runs; "
-          f"load average {os.getloadavg()}")
+    check_greedy(engines, prompt, args.tokens, base)
+    arms = build_arms(engines, prompt, args.tokens, threads, args.batch, base)
+    rates = measure(arms, args.repeats)
+    print(f"\n{args.tokens} new tokens, median of {args.repeats} interleaved runs; load average {os.getloadavg()}")
     med = {k: statistics.median(v) for k, v in rates.items()}
     for name in arms:
-        print(f"  {name:<22}{med[name]:>8.1f} tok/s   (runs {', '.join(f'{r:.1f}' for r in rates[name])})")
-    tag = "bf16" if default_dtype == "bfloat16" else "fp32"
-    from qihuang.answer.lean import decode_threads
-
-    picked = decode_threads(max(threads))  # what the engine's thread policy picks under this load
-    best_t = picked if picked in threads else max(threads, key=lambda t: med[f"lean {tag} t{t}"])
-    ours = med[f"lean {tag} t{best_t}"]
-    if f"ctranslate2 float32 t{best_t}" in med:
-        ct2 = med[f"ctranslate2 float32 t{best_t}"]
-        print(f"ctranslate2 fp32 (not yet an engine backend): {ct2:.1f} tok/s, {ours / ct2:.2f}x of it is qihuang's")
-    print(f"qihuang default path (lean {tag}, {best_t} threads as its policy picks now): {ours:.1f} tok/s, "
-          f"{ours / med[f'generate fp32 t{best_t}']:.2f}x transformers generate fp32")
-    llama = [v for k, v in med.items() if k.startswith("llama.cpp")]
-    if not llama:
-        print("ratio qihuang/llama.cpp: not measured (llama.cpp arm skipped)")
-        return
-    ratio = ours / max(llama)
-    verdict = "met" if ratio >= TARGET else "MISSED"
-    print(f"ratio qihuang/llama.cpp (best of each): {ratio:.2f}x (target >= {TARGET}x): {verdict}")
-    if verdict == "MISSED":
-        sys.exit(1)
+        print(f"  {name:<30}{med[name]:>8.1f} tok/s   (runs {', '.join(f'{r:.1f}' for r in rates[name])})")
+    sys.exit(verdict(med, threads, base))
 
 
 if __name__ == "__main__":
