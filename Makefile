@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: quickstart test install install-dev chromium bench clean constraints
+.PHONY: quickstart test install install-dev install-llamacpp chromium bench clean constraints
 
 # Every install is pinned by constraints.txt (the versions the tests last passed with), so two fresh
 # installs a month apart get the same packages. Refresh it with `make constraints` after changing deps.
@@ -28,6 +28,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+
+# OPTIONAL, only for the llama.cpp arm of benchmarks/generation_bench.py: llama-cpp-python is an sdist
+# that compiles llama.cpp (more than 10 minutes on 2 busy cores); nothing else needs it.
+install-llamacpp: $(VENV)/.installed
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PIP) install llama-cpp-python
 
 # Debian's Chromium for the web UI browser test (Playwright drives it by executablePath),
 # and a CJK font so that the screenshot and the report charts show Chinese text.

@@ -1,81 +1,257 @@
-"""Generation speed of the default model: float32 vs bfloat16, unbatched vs batched.
+"""Generation speed, one prompt: transformers ``generate`` vs qihuang's lean decode loop (fp32,
+bf16, int8 weights) vs llama.cpp on the same model and prompt, side by side in one run.
 
-    .venv/bin/python benchmarks/generation_bench.py [--model default] [--tokens 32] [--batch 4] [--threads N]
+    .venv/bin/python benchmarks/generation_bench.py [--tokens 32] [--threads 1,2] [--repeats 3]
 
-Every prompt generates exactly ``--tokens`` new tokens (min_new_tokens = max_new_tokens, greedy),
-so the figures compare like with like. Prints tokens/s side by side and the ratios.
+Arms are measured interleaved (round-robin, ``--repeats`` rounds) and the median is reported, so a
+load change on a shared machine hits every arm alike. Every arm generates exactly ``--tokens`` new
+tokens greedily. Before timing, the lean loop's greedy output must equal ``generate``'s for the
+first ``--tokens`` tokens at the same dtype (exit 2 on a mismatch). llama.cpp runs when
+``llama_cpp`` is importable (``make install-llamacpp``), on the GGUF that the default model is
+converted from (Q4_1 weights); else that arm is skipped with a message. Prints CPU flags and load
+average with the figures; target: qihuang's default path >= 0.5x llama.cpp (exit 1 on MISSED).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import statistics
+import sys
 import time
 
-QUESTIONS = [
-    "偏头痛吃什么药？", "高血压有哪些并发症？", "感冒了应该挂什么科？", "糖尿病的常见症状有哪些？",
-    "阿司匹林有哪些不良反应？", "冠心病需要做哪些检查？", "二甲双胍的禁忌症是什么？", "布洛芬可以和感冒药一起吃吗？",
-]
+QUESTION = "偏头痛吃什么药？"
+MORE = ["高血压有哪些并发症？", "感冒了应该挂什么科？", "糖尿病的常见症状有哪些？", "阿司匹林有哪些不良反应？",
+        "冠心病需要做哪些检查？", "二甲双胍的禁忌症是什么？", "布洛芬可以和感冒药一起吃吗？"]
+TARGET = 0.5
 
 
-def _timed_generate(engine, prompts: list[str], tokens: int) -> float:
-    """Seconds to generate ``tokens`` new tokens for each prompt in one batch."""
-    import torch
-
-    enc = engine._encode(prompts, tokens)
-    cfg = engine._gen_config(engine_params(tokens))
-    cfg.min_new_tokens = tokens
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = engine.model.generate(**enc, generation_config=cfg)
-    elapsed = time.perf_counter() - start
-    assert out.shape[1] - enc["input_ids"].shape[1] == tokens
-    return elapsed
+def cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
+    except OSError:
+        flags = set()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    return " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
 
 
-def engine_params(tokens: int):
-    from qihuang.answer.engine import GenerationParams
-
-    return GenerationParams(max_new_tokens=tokens)
-
-
-def measure(model: str, dtype: str, tokens: int, batch: int) -> dict:
+def load(dtype: str, decoder: str):
     from qihuang.answer.engine import load_engine
 
-    engine = load_engine(model, dtype=dtype, batch_size=batch)
-    prompts = [engine.template.render(engine.tokenizer, [{"role": "user", "content": q}])
-               for q in (QUESTIONS * (batch // len(QUESTIONS) + 1))[:batch]]
-    _timed_generate(engine, prompts[:1], 4)  # warm-up
-    single = sum(_timed_generate(engine, [p], tokens) for p in prompts)
-    batched = _timed_generate(engine, prompts, tokens)
-    n = tokens * len(prompts)
-    result = {"unbatched": n / single, "batched": n / batched}
-    print(f"  {dtype}: unbatched {result['unbatched']:.1f} tok/s, batched {result['batched']:.1f} tok/s", flush=True)
-    return result
+    return load_engine("default", dtype=dtype, decoder=decoder, batch_size=1)
+
+
+def int8_engine(dtype: str):
+    """The lean engine with int8 weight-only linear layers computing in ``dtype``."""
+    from qihuang.answer.engine import load_engine
+
+    return load_engine("default", dtype=dtype, decoder="lean", batch_size=1, quantize="int8")
+
+
+def lean_ids(engine, prompt: str | list[str], tokens: int, ends: bool = True) -> list[int]:
+    """Greedy new ids of the first prompt (all prompts decoded as one batch)."""
+    import torch
+
+    from qihuang.answer.engine import GenerationParams
+    from qihuang.answer.lean import decode
+
+    enc = engine._encode(prompt if isinstance(prompt, list) else [prompt], tokens)
+    with torch.inference_mode():
+        done = decode(engine.model, enc["input_ids"], enc["attention_mask"], GenerationParams(max_new_tokens=tokens),
+                      engine._terminators() if ends else set(), engine.tokenizer.pad_token_id)
+    return done.ids[0]
+
+
+def generate_ids(engine, prompt: str | list[str], tokens: int, force: bool = False) -> list[int]:
+    """Greedy new ids of the first prompt from ``generate`` (all prompts as one batch)."""
+    import torch
+
+    from qihuang.answer.engine import GenerationParams
+
+    enc = engine._encode(prompt if isinstance(prompt, list) else [prompt], tokens)
+    cfg = engine._gen_config(GenerationParams(max_new_tokens=tokens))
+    if force:
+        cfg.min_new_tokens = tokens
+    with torch.inference_mode():
+        out = engine.model.generate(**enc, generation_config=cfg)
+    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    ends = engine._terminators()
+    return new if force else new[: next((i for i, t in enumerate(new) if t in ends), len(new))]
+
+
+def llama_arm(prompt: str, tokens: int, threads: int):
+    """A timing function for llama.cpp on the default GGUF, or a reason why there is none."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None, "llama_cpp is not importable (make install-llamacpp builds llama-cpp-python)"
+    from llama_cpp import Llama
+
+    from qihuang.models.load import default_gguf
+
+    llm = Llama(model_path=str(default_gguf()), n_ctx=512, n_threads=threads, verbose=False)
+    eos = llm.token_eos()
+
+    def run() -> int:
+        out = llm.create_completion(prompt, max_tokens=tokens, temperature=0.0, logit_bias={eos: -1e9})
+        return out["usage"]["completion_tokens"]
+
+    return run, ""
+
+
+def ct2_arm(prompt: str, tokens: int, threads: int, compute_type: str):
+    """A timing function for CTranslate2 (``pip install ctranslate2``, a binary wheel) on the default
+    model converted once under ``$QIHUANG_HOME/models/ct2-...``, or a reason why there is none."""
+    if importlib.util.find_spec("ctranslate2") is None:
+        return None, "ctranslate2 is not importable (pip install ctranslate2: a binary wheel)"
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    from qihuang.models.load import DEFAULT_MODEL_DIRNAME, load_tokenizer, resolve_model
+    from qihuang.paths import models_dir
+
+    out = models_dir() / f"ct2-{DEFAULT_MODEL_DIRNAME}"
+    if not (out / "model.bin").is_file():
+        TransformersConverter(resolve_model("default")).convert(str(out), force=True)
+    tok = load_tokenizer("default")
+    pieces = tok.convert_ids_to_tokens(tok(prompt)["input_ids"])
+    gen = ctranslate2.Generator(str(out), device="cpu", compute_type=compute_type, intra_threads=threads)
+
+    def run() -> int:
+        res = gen.generate_batch([pieces], max_length=tokens, min_length=tokens, sampling_topk=1,
+                                 include_prompt_in_result=False)
+        return len(res[0].sequences_ids[0])
+
+    return run, ""
+
+
+def check_greedy(engines: dict, prompt: str, tokens: int, base: str) -> None:
+    """The lean loop must reproduce ``generate``'s greedy ids at fp32 and bf16 (exit 2 otherwise)."""
+    ok = True
+    for dt in ("fp32", "bf16"):
+        ref = generate_ids(engines[f"generate {dt}"], prompt, tokens)
+        got = lean_ids(engines[f"lean {dt}"], prompt, tokens)
+        ok &= got == ref
+        print(f"greedy {dt}: lean == generate for {len(ref)} tokens: {got == ref}"
+              + ("" if got == ref else f"\n  generate {ref}\n  lean     {got}"))
+    if not ok:
+        print("MISMATCH: the lean loop does not reproduce generate's greedy output")
+        sys.exit(2)
+    if "lean int8" in engines:
+        ref = generate_ids(engines[f"generate {base}"], prompt, tokens)
+        got = lean_ids(engines["lean int8"], prompt, tokens)
+        agree = next((i for i, (x, y) in enumerate(zip(ref, got)) if x != y), min(len(ref), len(got)))
+        print(f"greedy int8 (weights; {base} activations) vs {base} (different weights, not a gate): "
+              f"first {agree} of {len(ref)} tokens agree")
+
+
+def _timer(name: str, engine, prompts: str | list[str], tokens: int):
+    rows = len(prompts) if isinstance(prompts, list) else 1
+    if name.startswith("generate"):
+        return lambda: rows * len(generate_ids(engine, prompts, tokens, force=True))
+    return lambda: rows * len(lean_ids(engine, prompts, tokens, ends=False))
+
+
+def build_arms(engines: dict, prompt: str, tokens: int, threads: list[int], batch: int, base: str) -> dict:
+    """``name -> (threads, run)``; ``run()`` generates and returns the number of new tokens."""
+    arms = {}
+    for t in threads:
+        for name, eng in engines.items():
+            arms[f"{name} t{t}"] = (t, _timer(name, eng, prompt, tokens))
+        for ct in ("float32", "int8_float32"):
+            run, why = ct2_arm(prompt, tokens, t, ct)
+            if run is None:
+                print(f"CTranslate2 arm skipped: {why}")
+                break
+            arms[f"ctranslate2 {ct} t{t}"] = (t, run)
+        run, why = llama_arm(prompt, tokens, t)
+        if run is None:
+            print(f"llama.cpp arm skipped: {why}")
+        else:
+            arms[f"llama.cpp Q4_1 t{t}"] = (t, run)
+    if batch > 1:
+        eng0 = engines["lean fp32"]
+        prompts = [eng0.template.render(eng0.tokenizer, [{"role": "user", "content": q}])
+                   for q in ([QUESTION] + MORE * batch)[:batch]]
+        for name in ("generate fp32", f"lean {base}"):
+            arms[f"{name} batch{batch} t{threads[0]}"] = (threads[0], _timer(name, engines[name], prompts, tokens))
+    return arms
+
+
+def measure(arms: dict, repeats: int) -> dict[str, list[float]]:
+    """Tokens/s of every arm, ``repeats`` interleaved rounds after one warm-up round."""
+    import torch
+
+    for t, fn in arms.values():
+        torch.set_num_threads(t)
+        fn()
+    rates: dict[str, list[float]] = {k: [] for k in arms}
+    for _ in range(repeats):
+        for name, (t, fn) in arms.items():
+            torch.set_num_threads(t)
+            start = time.perf_counter()
+            n = fn()
+            rates[name].append(n / (time.perf_counter() - start))
+        print("  round: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
+    return rates
+
+
+def verdict(med: dict[str, float], threads: list[int], base: str) -> int:
+    """Print qihuang's default path against the other engines; the exit status (1 on MISSED)."""
+    from qihuang.answer.lean import decode_threads
+
+    picked = decode_threads(max(threads))  # what the engine's thread policy picks under this load
+    best_t = picked if picked in threads else max(threads, key=lambda t: med[f"lean {base} t{t}"])
+    ours = med[f"lean {base} t{best_t}"]
+    if f"ctranslate2 float32 t{best_t}" in med:
+        ct2 = med[f"ctranslate2 float32 t{best_t}"]
+        print(f"ctranslate2 fp32 (not yet an engine backend): {ct2:.1f} tok/s, {ours / ct2:.2f}x of it is qihuang's")
+    print(f"qihuang default path (lean {base}, {best_t} threads as its policy picks now): {ours:.1f} tok/s, "
+          f"{ours / med[f'generate fp32 t{best_t}']:.2f}x transformers generate fp32")
+    llama = [v for k, v in med.items() if k.startswith("llama.cpp")]
+    if not llama:
+        print("ratio qihuang/llama.cpp: not measured (llama.cpp arm skipped)")
+        return 0
+    ratio = ours / max(llama)
+    result = "met" if ratio >= TARGET else "MISSED"
+    print(f"ratio qihuang/llama.cpp (best of each): {ratio:.2f}x (target >= {TARGET}x): {result}")
+    return 1 if result == "MISSED" else 0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default")
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts to measure "
+                        "(each count adds every arm: on a loaded 2-core machine 2 threads run at ~2 tok/s)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=4, help="also measure one batch of this many prompts (0: no)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8-weights arm")
     args = parser.parse_args()
     import torch
 
-    from qihuang.answer.engine import cpu_supports_bf16
+    from qihuang.models.load import choose_dtype, cpu_supports_bf16
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"native bf16: {cpu_supports_bf16()}, threads {torch.get_num_threads()}")
-    results = {dt: measure(args.model, dt, args.tokens, args.batch) for dt in ("float32", "bfloat16")}
-    print(f"\n{'tokens/s':<12}{'float32':>10}{'bfloat16':>10}{'bf16/fp32':>11}")
-    for mode in ("unbatched", "batched"):
-        fp, bf = results["float32"][mode], results["bfloat16"][mode]
-        print(f"{mode:<12}{fp:>10.1f}{bf:>10.1f}{bf / fp:>10.2f}x")
-    for dt in ("float32", "bfloat16"):
-        r = results[dt]
-        print(f"batched/unbatched ({dt}, batch {args.batch}): {r['batched'] / r['unbatched']:.2f}x")
+    threads = [int(t) for t in args.threads.split(",")]
+    default_dtype = choose_dtype("auto", "cpu")
+    base = "bf16" if default_dtype == "bfloat16" else "fp32"
+    print(f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"native bf16: {cpu_supports_bf16()} -> default dtype {default_dtype}")
+    print(f"cpu flags: {cpu_flags()}; cores {os.cpu_count()}; load average {os.getloadavg()}", flush=True)
+    engines = {f"{kind} {dt}": load(full, kind) for dt, full in (("fp32", "float32"), ("bf16", "bfloat16"))
+               for kind in ("generate", "lean")}
+    if not args.no_int8:
+        engines["lean int8"] = int8_engine(default_dtype)
+    eng0 = engines["lean fp32"]
+    prompt = eng0.template.render(eng0.tokenizer, [{"role": "user", "content": QUESTION}])
+    torch.set_num_threads(max(threads))
+    check_greedy(engines, prompt, args.tokens, base)
+    arms = build_arms(engines, prompt, args.tokens, threads, args.batch, base)
+    rates = measure(arms, args.repeats)
+    print(f"\n{args.tokens} new tokens, median of {args.repeats} interleaved runs; load average {os.getloadavg()}")
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    for name in arms:
+        print(f"  {name:<30}{med[name]:>8.1f} tok/s   (runs {', '.join(f'{r:.1f}' for r in rates[name])})")
+    sys.exit(verdict(med, threads, base))
 
 
 if __name__ == "__main__":

@@ -207,3 +207,43 @@ def test_context_length_rule():
     assert context_length(BloomConfig(), SimpleNamespace(model_max_length=4096)) == 4096
     assert context_length(GPT2Config(), huge) == 1024  # n_positions
     assert context_length(SimpleNamespace(max_position_embeddings=8192), huge) == 8192
+
+
+# ---- the lean decoder (default on CPU) against transformers' generate -----------------------
+def test_cpu_default_is_the_lean_decoder_and_matches_generate(engine, tiny_llama):
+    from qihuang.answer.lean import LeanEngine
+
+    reference = load_engine(str(tiny_llama), template="med_template", dtype="float32", decoder="generate")
+    assert isinstance(engine, LeanEngine) and not isinstance(reference, LeanEngine)
+    for n in (4, 16):
+        params = GenerationParams(max_new_tokens=n)
+        assert engine.generate_results(PROMPTS, params) == reference.generate_results(PROMPTS, params)
+    stopped = GenerationParams(max_new_tokens=16, stop=["a"])
+    assert engine.generate(PROMPTS, stopped) == reference.generate(PROMPTS, stopped)
+    with pytest.raises(ConfigError, match="decoder"):
+        load_engine(str(tiny_llama), decoder="fast")
+
+
+def test_decode_threads_drop_to_one_on_a_busy_machine():
+    from qihuang.answer.lean import decode_threads
+
+    assert decode_threads(2, load=0.3, cores=2) == 2
+    assert decode_threads(2, load=2.4, cores=2) == 2  # our own decoding alone keeps both cores
+    assert decode_threads(2, load=5.0, cores=2) == 1
+    assert decode_threads(8, load=3.0, cores=16) == 8
+
+
+def test_int8_weights_stay_close_to_the_float_model(tiny_llama):
+    import torch
+
+    plain = load_engine(str(tiny_llama), template="med_template", dtype="float32")
+    quant = load_engine(str(tiny_llama), template="med_template", dtype="bfloat16", quantize="int8")
+    assert not any(isinstance(m, torch.nn.Linear) for m in quant.model.modules())
+    enc = plain.tokenizer(PROMPTS[0], return_tensors="pt")
+    with torch.inference_mode():
+        a = plain.model(**enc).logits.float()
+        b = quant.model(**enc).logits.float()
+    assert (a - b).abs().max() < 0.1 * a.abs().max()
+    assert quant.generate([PROMPTS[0]], GenerationParams(max_new_tokens=4))[0]
+    with pytest.raises(ConfigError, match="quantize"):
+        load_engine(str(tiny_llama), quantize="int4")

@@ -27,9 +27,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from qihuang.errors import ConfigError
 from qihuang.models.load import DEFAULT_CONTEXT, context_length  # noqa: F401  (one context rule for every engine)
+from qihuang.models.load import _DTYPES as DTYPES  # noqa: F401
+from qihuang.models.load import choose_device, choose_dtype, cpu_supports_bf16  # noqa: F401  (one dtype policy)
 
 BACKENDS = ("hf", "vllm")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DECODERS = ("auto", "lean", "generate")  # hf backend: qihuang's decode loop or transformers' generate
 MIN_TEMPERATURE = 1e-2  # below this the sampler's logits/temperature overflow: decode greedily instead
 REPETITION_PENALTY_RANGE = (0.1, 10.0)  # outside it logits/penalty overflow to inf/nan
 MAX_SEED = 2**63 - 1
@@ -160,50 +162,6 @@ def clean_text(text: str) -> str:
     """Strip spaces and the replacement characters left by a multi-byte character cut at the
     token limit (byte-level tokenizers)."""
     return text.strip().strip("\ufffd").strip()
-
-
-# ---- dtype / device choice ------------------------------------------------------------------
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
-    try:
-        import torch
-
-        cap = torch.backends.cpu.get_cpu_capability().upper()
-        if "BF16" in cap or "AMX" in cap:
-            return True
-    except Exception:  # pragma: no cover - very old torch
-        pass
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def choose_dtype(dtype: str = "auto", device: str = "cpu") -> str:
-    """Resolve ``"auto"``: bf16 on GPUs that support it and on CPUs with native bf16, else fp32."""
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if dtype != "auto":
-        return dtype
-    import torch
-
-    if device.startswith("cuda"):
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "bfloat16" if cpu_supports_bf16() else "float32"
-
-
-def choose_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ---- transformers backend -------------------------------------------------------------------
@@ -484,11 +442,20 @@ def _hold_back_stops(pieces, stops: list[str], cancel: threading.Event) -> Itera
 
 # ---- construction ---------------------------------------------------------------------------
 def load_engine(model: str | None = "default", adapter: str | None = None, template: str | None = None,
-                backend: str = "hf", dtype: str = "auto", device: str = "auto", batch_size: int = 8) -> Engine:
+                backend: str = "hf", dtype: str = "auto", device: str = "auto", batch_size: int = 8,
+                decoder: str = "auto", quantize: str | None = None) -> Engine:
     """Build an engine: ``model`` name/path ("default" = the embedded SmolLM2), optional LoRA
-    ``adapter`` dir, ``template`` name (else the adapter's/model's saved template, else "auto")."""
+    ``adapter`` dir (merged into the weights), ``template`` name (else the adapter's/model's saved
+    template, else "auto"). ``decoder`` (hf backend): ``"lean"`` = qihuang's decode loop
+    (:mod:`qihuang.answer.lean`), ``"generate"`` = transformers' ``generate``; ``"auto"`` = lean on
+    CPU, generate on a GPU. ``quantize="int8"``: int8 weight-only linear layers (CPU, opt-in,
+    :mod:`qihuang.answer.int8`)."""
     if backend not in BACKENDS:
         raise ConfigError(f"engine backend must be one of {BACKENDS}, got {backend!r}")
+    if decoder not in DECODERS:
+        raise ConfigError(f"engine decoder must be one of {DECODERS}, got {decoder!r}")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"engine quantize must be None or 'int8', got {quantize!r}")
     if backend == "vllm":
         from qihuang.answer.vllm_engine import VLLMEngine
 
@@ -500,5 +467,13 @@ def load_engine(model: str | None = "default", adapter: str | None = None, templ
     hf_model, tokenizer, tmpl = load_for_inference(model, adapter, template, dtype=resolved, merge=True)
     if device != "cpu":
         hf_model = hf_model.to(device)
-    name = adapter or model or "default"
-    return HFEngine(hf_model, tokenizer, tmpl, model_name=str(name), batch_size=batch_size)
+    if quantize == "int8":
+        from qihuang.answer.int8 import quantize_int8
+
+        hf_model = quantize_int8(hf_model)
+    name = str(adapter or model or "default")
+    if decoder == "lean" or (decoder == "auto" and device == "cpu"):
+        from qihuang.answer.lean import LeanEngine
+
+        return LeanEngine(hf_model, tokenizer, tmpl, model_name=name, batch_size=batch_size)
+    return HFEngine(hf_model, tokenizer, tmpl, model_name=name, batch_size=batch_size)

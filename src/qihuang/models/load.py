@@ -106,6 +106,52 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+# ---- dtype / device policy ------------------------------------------------------------------
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo,
+    or torch's detected capability says so)."""
+    try:
+        import torch
+
+        cap = torch.backends.cpu.get_cpu_capability().upper()
+        if "BF16" in cap or "AMX" in cap:
+            return True
+    except Exception:  # pragma: no cover - very old torch
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def choose_dtype(dtype: str = "auto", device: str = "cpu") -> str:
+    """The inference dtype. ``"auto"``: bf16 on GPUs that support it (else fp16) and on CPUs with
+    native bf16 (:func:`cpu_supports_bf16`), fp32 on other CPUs. Training keeps its own choice
+    (:func:`_torch_dtype`: fp32 on CPU, where the fused LoRA path runs)."""
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_supports_bf16() else "float32"
+
+
+def choose_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 # ---- loading --------------------------------------------------------------------------------
 def _torch_dtype(dtype: str):
     import torch
