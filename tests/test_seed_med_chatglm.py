@@ -79,3 +79,26 @@ def test_trust_remote_code_reaches_transformers(tiny_llama, monkeypatch):
     mload.load_tokenizer(str(tiny_llama), trust_remote_code=True)
     assert seen == [False, True]
     assert json.loads((Path(tiny_llama) / "config.json").read_text())["model_type"] == "llama"
+
+
+@pytest.mark.parametrize("flag", [[], ["--trust-remote-code"]])
+def test_trust_remote_code_reaches_the_engine_from_every_answering_command(monkeypatch, flag):
+    import qihuang.answer.engine as engine_mod
+    from qihuang.answer.cli import build_answerer
+    from qihuang.cli import build_parser
+
+    seen = {}
+
+    def fake_load_engine(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(engine_mod, "load_engine", fake_load_engine)
+    for command in (["infer", "--input", "a.json", "--output", "b.jsonl"], ["chat"], ["serve"], ["webui"]):
+        args = build_parser().parse_args(command + ["--no-grounded", *flag])
+        seen.clear()
+        with pytest.raises(RuntimeError, match="stop here"):
+            build_answerer(args)
+        assert seen["trust_remote_code"] is bool(flag), command
+    for command in (["export", "--adapter", "a", "--out", "b"], ["eval", "--task", "kbqa"]):
+        assert build_parser().parse_args(command + flag).trust_remote_code is bool(flag)

@@ -12,6 +12,13 @@ import sys
 from qihuang.errors import ConfigError
 
 
+def add_trust_remote_code(g) -> None:
+    """--trust-remote-code (infer, chat, serve, webui, export, eval): off by default."""
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="let the model's own Python code run (older ChatGLM checkpoints need it). Off by default: "
+                        "only for models whose code you have read or whose publisher you trust")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model/--adapter/--template/--engine/--dtype."""
     g = p.add_argument_group("model")
@@ -27,6 +34,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="weights dtype (auto: bf16 on GPUs and CPUs with native bf16, else float32)")
     g.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (0 = torch's default; 1 is fastest on a busy shared machine)")
+    add_trust_remote_code(g)
 
 
 def add_answer_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -103,7 +111,8 @@ def build_answerer(args, engine=None):
 
             torch.set_num_threads(args.threads)
         engine = load_engine(args.model, adapter=args.adapter, template=args.template, backend=args.engine,
-                             dtype=args.dtype, batch_size=args.batch_size)
+                             dtype=args.dtype, batch_size=args.batch_size,
+                             trust_remote_code=args.trust_remote_code)
     answerer = Answerer(engine, kb, grounded=kb is not None, params=params, system=args.system,
                         on_unsupported=args.on_unsupported, ungrounded=args.ungrounded)
     answerer.warm()  # the first user does not wait for the linker and the triage backstop
@@ -133,7 +142,7 @@ def cmd_export(args) -> int:
     from qihuang.models.export import export_merged
 
     out = export_merged(args.adapter, args.out, base=args.model, template=args.template, dtype=args.dtype,
-                        force=args.force)
+                        force=args.force, trust_remote_code=args.trust_remote_code)
     print(f"merged model written to {out}")
     return 0
 
@@ -168,4 +177,5 @@ def register(sub) -> None:
     p.add_argument("--template", default=None, help="template to save (default: the adapter's)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    add_trust_remote_code(p)
     p.set_defaults(func=cmd_export)

@@ -443,13 +443,14 @@ def _hold_back_stops(pieces, stops: list[str], cancel: threading.Event) -> Itera
 # ---- construction ---------------------------------------------------------------------------
 def load_engine(model: str | None = "default", adapter: str | None = None, template: str | None = None,
                 backend: str = "hf", dtype: str = "auto", device: str = "auto", batch_size: int = 8,
-                decoder: str = "auto", quantize: str | None = None) -> Engine:
+                decoder: str = "auto", quantize: str | None = None, trust_remote_code: bool = False) -> Engine:
     """Build an engine: ``model`` name/path ("default" = the embedded SmolLM2), optional LoRA
     ``adapter`` dir (merged into the weights), ``template`` name (else the adapter's/model's saved
     template, else "auto"). ``decoder`` (hf backend): ``"lean"`` = qihuang's decode loop
     (:mod:`qihuang.answer.lean`), ``"generate"`` = transformers' ``generate``; ``"auto"`` = lean on
     CPU, generate on a GPU. ``quantize="int8"``: int8 weight-only linear layers (CPU, opt-in,
-    :mod:`qihuang.answer.int8`)."""
+    :mod:`qihuang.answer.int8`). ``trust_remote_code`` (off by default) lets a model's own Python code run
+    (older ChatGLM checkpoints need it): see :data:`qihuang.models.load.REMOTE_CODE_RISK`."""
     if backend not in BACKENDS:
         raise ConfigError(f"engine backend must be one of {BACKENDS}, got {backend!r}")
     if decoder not in DECODERS:
@@ -464,7 +465,8 @@ def load_engine(model: str | None = "default", adapter: str | None = None, templ
 
     device = choose_device(device)
     resolved = choose_dtype(dtype, device)
-    hf_model, tokenizer, tmpl = load_for_inference(model, adapter, template, dtype=resolved, merge=True)
+    hf_model, tokenizer, tmpl = load_for_inference(model, adapter, template, dtype=resolved, merge=True,
+                                                   trust_remote_code=trust_remote_code)
     if device != "cpu":
         hf_model = hf_model.to(device)
     if quantize == "int8":

@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--template", help="prompt template (default: the adapter's/model's own, else 'auto')")
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation backend")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="model dtype")
+    from qihuang.answer.cli import add_trust_remote_code
+
+    add_trust_remote_code(p)
     p.add_argument("--kb", help="knowledge base file (default: the default KB when it exists)")
     p.add_argument("--grounded", action=argparse.BooleanOptionalAction, default=None,
                    help="answer with knowledge-base grounding (default: the Answerer's default, grounded)")
@@ -119,7 +122,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from qihuang.answer.engine import load_engine
 
         return load_engine(model=args.model, adapter=args.adapter, template=args.template,
-                           backend=args.backend, dtype=args.dtype)
+                           backend=args.backend, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
 
     def make_answerer(engine: Any, kb: Any, grounded: bool | None) -> Any:
         from qihuang.answer.answerer import Answerer
