@@ -138,11 +138,3 @@ def test_triage_sees_earlier_user_turns(kb, monkeypatch):
     monkeypatch.setattr(answerer_mod, "triage", with_history)
     Answerer(FakeEngine(), kb).answer("那现在怎么办", history=[["刚才胸口剧痛", "请就医"]])
     assert seen["history"] == ["刚才胸口剧痛"]
-
-    def without_history(question):
-        seen["plain"] = question
-        return Triage()
-
-    monkeypatch.setattr(answerer_mod, "triage", without_history)
-    Answerer(FakeEngine(), kb).answer("那现在怎么办", history=[["刚才胸口剧痛", "请就医"]])
-    assert seen["plain"] == "那现在怎么办"
