@@ -1,4 +1,8 @@
-"""Reading evaluation data (JSON lines, JSON arrays, CSV) with line numbers; hashing; atomic writes."""
+"""Reading evaluation data (JSON lines, JSON arrays, CSV) with true line numbers; hashing.
+
+JSON files are read by the one record reader (:mod:`qihuang.records`): a record's line is the line of
+the file it starts on, also in a JSON array spread over lines; records of a one-line array share
+line 1 and get ``name#number`` as their default id (:func:`default_id`)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qihuang.errors import InputError
+from qihuang.records import Scanned, is_array_text, record_key, scan_records
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 
@@ -40,24 +45,19 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
 
 
 def _read_json(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    text = path.read_text(encoding="utf-8-sig")
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON array: {exc.msg}", path=str(path), line=exc.lineno) from None
-        for i, item in enumerate(items, 1):
-            yield (i, item, None) if isinstance(item, dict) else (i, None, "item is not a JSON object")
-        return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield lineno, None, f"invalid JSON: {exc.msg}"
-            continue
-        yield (lineno, obj, None) if isinstance(obj, dict) else (lineno, None, "line is not a JSON object")
+    for item in scan_records(path):
+        yield item.line, item.value, item.error
+
+
+def scan_json(path: Path) -> tuple[bool, Iterator[Scanned]]:
+    """``(is_array, items)``: the records of a JSON / JSON lines file with numbers and true lines."""
+    path = Path(path)
+    return is_array_text(path.read_text(encoding="utf-8-sig"), path), scan_records(path)
+
+
+def default_id(path: Path, item: Scanned, array: bool) -> str:
+    """The id of a record without one: ``name:line`` (JSON lines) or ``name#number`` (JSON array)."""
+    return record_key(path, item, array)
 
 
 def _read_csv(path: Path, delimiter: str) -> Iterator[tuple[int, dict | None, str | None]]:

@@ -11,7 +11,7 @@ from qihuang.cli import main
 from qihuang.data.pairwise import collate_pairs, encode_pair, load_pairs, read_pairs, to_pair
 from qihuang.data.registry import resolve_dataset
 from qihuang.datagen import build_dataset
-from qihuang.datagen.prefs import KINDS, build_prefs, load_pref_texts
+from qihuang.datagen.preferences import CORRUPTIONS, build_prefs, load_pref_texts
 from qihuang.errors import ConfigError, InputError
 from qihuang.kb import KnowledgeBase
 
@@ -45,8 +45,8 @@ def test_every_pair_records_its_corruption_and_differs(prefs):
     data = records_of(out)
     records = [r for rs in data.values() for r in rs]
     assert len(records) == stats["total"] == sum(stats["splits"].values()) > 60
-    assert {r["corruption"] for r in records} == set(KINDS)
-    counts = {k: sum(r["corruption"] == k for r in records) for k in KINDS}
+    assert {r["corruption"] for r in records} == set(CORRUPTIONS)
+    counts = {k: sum(r["corruption"] == k for r in records) for k in CORRUPTIONS}
     assert counts == stats["corruptions"] and max(counts.values()) - min(counts.values()) <= 2  # balanced
     for r in records:
         assert r["chosen"].strip() and r["rejected"].strip() and r["chosen"] != r["rejected"]
