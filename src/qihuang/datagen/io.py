@@ -41,11 +41,12 @@ def encode_record(record: dict, knowledge_json: str | None = None) -> str:
 
 def to_sharegpt(record: dict) -> dict:
     """The same example in ShareGPT form (``conversations`` with from human/gpt)."""
+    user, bot = SHAREGPT_TAGS["user_tag"], SHAREGPT_TAGS["assistant_tag"]
     conv = []
     for q, a in record.get("history") or ():
-        conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        conv += [{"from": user, "value": q}, {"from": bot, "value": a}]
     query = record["instruction"] + (("\n" + record["input"]) if record.get("input") else "")
-    conv += [{"from": "human", "value": query}, {"from": "gpt", "value": record["output"]}]
+    conv += [{"from": user, "value": query}, {"from": bot, "value": record["output"]}]
     out = {"conversations": conv}
     if record.get("system"):
         out["system"] = record["system"]

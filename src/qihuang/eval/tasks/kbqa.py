@@ -39,7 +39,7 @@ from typing import Any
 
 from qihuang.errors import InputError
 from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, base_row, scored_text
-from qihuang.eval.dataio import data_files, default_id, scan_json
+from qihuang.eval.dataio import Row, data_files, iter_rows
 from qihuang.eval.metrics import hits, length_stats, mean, norm, pct, sentence_scores, text_overlap_scores
 from qihuang.kb.types import Fact
 from qihuang.records import to_prompt
@@ -95,17 +95,16 @@ class KBQATask(Task):
     def load(self, path: Path) -> Dataset:
         examples, skipped = [], []
         for file in data_files(_resolve_path(Path(path)), (".jsonl", ".json")):
-            array, items = scan_json(file)
-            for item in items:
+            for item in iter_rows(file):
                 if item.error:
                     skipped.append(Skipped(str(file), item.line, item.error))
-                elif (ex := self._example(file, item, default_id(file, item, array), skipped)) is not None:
+                elif (ex := self._example(file, item, skipped)) is not None:
                     examples.append(ex)
         return Dataset(examples, skipped)
 
-    def _example(self, file: Path, item, fallback_id: str, skipped: list[Skipped]) -> Example | None:
+    def _example(self, file: Path, item: Row, skipped: list[Skipped]) -> Example | None:
         """The example of one record (the question read by :func:`qihuang.records.to_prompt`)."""
-        row, line = item.value, item.line
+        row, line = item.row, item.line
         try:
             prompt = to_prompt(row)
         except InputError as exc:
@@ -119,7 +118,7 @@ class KBQATask(Task):
             skipped.append(Skipped(str(file), line, "field 'knowledge': no gold values"))
             return None
         return Example(
-            id=str(row.get("id") or fallback_id), question=prompt.question, reference=prompt.reference,
+            id=str(row.get("id") or item.key), question=prompt.question, reference=prompt.reference,
             history=prompt.history, subject=row.get("attribute"), source=str(file), line=line,
             fields={"gold": gold, "knowledge": row.get("knowledge") or [], "entity": row.get("entity") or "",
                     "kind": row.get("kind") or "single"},

@@ -29,7 +29,7 @@ from typing import Any
 
 from qihuang.errors import InputError
 from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, base_row, scored_text
-from qihuang.eval.dataio import data_files, default_id, first, scan_json
+from qihuang.eval.dataio import data_files, first, iter_rows
 from qihuang.eval.metrics import BLEU_TOKENIZERS, length_stats, sentence_scores, text_overlap_scores
 from qihuang.records import to_prompt
 
@@ -60,9 +60,8 @@ def load_qa(path: Path, *, need_reference: bool) -> Dataset:
         path = path / "test.jsonl"
     examples, skipped = [], []
     for file in data_files(path, (".jsonl", ".json")):
-        array, items = scan_json(file)
-        for item in items:
-            row, line = item.value, item.line
+        for item in iter_rows(file):
+            row, line = item.row, item.line
             try:
                 if item.error:
                     raise RecordError(item.error)
@@ -74,7 +73,7 @@ def load_qa(path: Path, *, need_reference: bool) -> Dataset:
                 continue
             prediction = existing_prediction(row)
             fields = {} if prediction is None else {"prediction": prediction}
-            examples.append(Example(id=str(row.get("id") or default_id(file, item, array)), question=question,
+            examples.append(Example(id=str(row.get("id") or item.key), question=question,
                                     reference=reference, history=history, subject=row.get("subject"),
                                     source=str(file), line=line, fields=fields))
     return Dataset(examples, skipped)
