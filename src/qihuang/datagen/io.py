@@ -20,19 +20,19 @@ from qihuang.records import ALPACA_COLUMNS, FIELDS, PROVENANCE_FIELDS, SHAREGPT_
 encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 _ENCODE = encode_json
 _STR = json.encoder.encode_basestring  # a quoted JSON string, non-ASCII kept (C implementation)
-_FIELD_SET = frozenset(FIELDS)
+_N_FIELDS = len(FIELDS)
 
 
 def encode_record(record: dict, knowledge_json: str | None = None) -> str:
     """One JSON line. With ``knowledge_json`` (the record's knowledge, already encoded: the builder
     shares it between the phrasings of one fact list) a record with exactly the standard fields is
     written without encoding its knowledge again."""
-    if knowledge_json is None or record.keys() != _FIELD_SET:
+    if knowledge_json is None or len(record) != _N_FIELDS or "pattern" not in record:
         return _ENCODE(record)
     r = record
     history = _ENCODE(r["history"]) if r["history"] else "[]"
     pattern = r["pattern"]
-    pattern = "null" if pattern is None else str(int(pattern))
+    pattern = "null" if pattern is None else f"{pattern:d}"
     return (f'{{"instruction":{_STR(r["instruction"])},"input":{_STR(r["input"])},"output":{_STR(r["output"])},'
             f'"history":{history},"knowledge":{knowledge_json},"entity":{_STR(r["entity"])},'
             f'"attribute":{_STR(r["attribute"])},"kind":{_STR(r["kind"])},"pattern":{pattern},'
