@@ -312,7 +312,7 @@ def test_a_wrong_or_missing_pattern_is_not_silently_mis_paired(kb, sft_dir, tmp_
     shutil.copytree(sft_dir, nulls)
     _rewrite(nulls, lambda r: {**r, "pattern": None})
     stats = build_prefs(kb, tmp_path / "pn", dataset=nulls, kinds=["swap", "omission"], seed=1)
-    assert stats["skipped"]["answer recomposed (no answer pattern: not a template answer)"] >= stats["total"] > 0
+    assert stats["skipped"]["answer recomposed (no answer pattern: not a phrasebook answer)"] >= stats["total"] > 0
 
     old = tmp_path / "old"  # a file written before records had a pattern: matched by trying the patterns
     shutil.copytree(sft_dir, old)

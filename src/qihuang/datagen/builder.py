@@ -1,4 +1,4 @@
-"""The template builder behind ``qihuang data build``: knowledge base -> instruction dataset directory.
+"""The phrasebook builder behind ``qihuang data build``: knowledge base -> instruction dataset directory.
 
 For every entity and canonical attribute with values it writes questions in several phrasings with
 answers composed from the KB values, scenario questions (symptoms -> likely diseases, hedged) and

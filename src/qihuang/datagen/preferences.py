@@ -1,4 +1,4 @@
-"""Preference pairs from the knowledge base (``qihuang data prefs``): a KB-faithful answer is
+"""Making preference pairs from the knowledge base (``qihuang data prefs``): a KB-faithful answer is
 *chosen*, the same answer made wrong is *rejected*, and every pair records how it was made wrong.
 
 Corruption kinds (``corruption`` field of each record; details in ``corruption_detail``):
@@ -16,7 +16,11 @@ Chosen answers are composed by the SFT builder's own code (:mod:`qihuang.datagen
 so they read exactly like the instruction data. Questions come from the KB (split by entity with
 :func:`~qihuang.datagen.splits.assign_splits`, as ``data build`` does) or, with ``dataset``,
 from the single-attribute questions of an existing ``data build`` directory, keeping its splits
-and reproducing its answers. Swapped-in values never come from an entity of a more held-out
+and reproducing its answers: each record says which answer pattern wrote it (``pattern``, see
+:mod:`qihuang.records`), the rejected answer is rendered with that same pattern, and a record whose
+pattern is missing-as-null, invalid or does not reproduce its answer is recomposed and counted in
+``skipped`` (only files written before the field existed are matched by trying the patterns). Each
+pair records its ``pattern`` too. Swapped-in values never come from an entity of a more held-out
 split. Python API::
 
     from qihuang.datagen.preferences import build_prefs
@@ -181,7 +185,7 @@ def answer_pattern(rec: dict, q: Question, book: Phrasebook) -> tuple[int | None
         return found, "answer recomposed"
     pattern = rec["pattern"]
     if pattern is None:
-        return None, "answer recomposed (no answer pattern: not a template answer)"
+        return None, "answer recomposed (no answer pattern: not a phrasebook answer)"
     if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern < 0:
         return None, "answer recomposed (invalid pattern id)"
     if render_answer(q.view.name, q.prepared, q.phrasing, book, variant=pattern) != q.chosen:
