@@ -69,7 +69,7 @@ def open_kb(db: str | None):
 
 def build_data(kb, work: Path, args) -> tuple[Path, Path]:
     from qihuang.datagen import build_dataset
-    from qihuang.datagen.prefs import build_prefs
+    from qihuang.datagen.preferences import build_prefs
 
     sft_data, pref_data = work / "sft_data", work / "pref_data"
     if not (sft_data / "stats.json").is_file():

@@ -12,6 +12,7 @@ from qihuang.datagen import build_dataset
 from qihuang.datagen.splits import assign_splits, question_key
 from qihuang.errors import ConfigError
 from qihuang.kb import KnowledgeBase
+from qihuang.records import FIELDS
 
 REQUIRED = {"instruction": str, "input": str, "output": str, "history": list, "knowledge": list,
             "entity": str, "attribute": str, "kind": str, "id": str}
@@ -42,6 +43,8 @@ def test_build_writes_dataset_dir_with_provenance_on_every_example(kb, tmp_path)
         for key, kind in REQUIRED.items():
             assert isinstance(r[key], kind), (key, r)
         assert r["kind"] in ("single", "scenario", "dialogue")
+        assert tuple(r) == FIELDS  # the record schema of qihuang.records, every field, in order
+        assert isinstance(r["pattern"], int) if r["kind"] == "single" else r["pattern"] is None
         assert r["knowledge"], r
         for triple in r["knowledge"]:  # every knowledge triple is a real fact of the KB
             assert any(f.relation == triple[1] and f.value == triple[2] for f in kb.facts(triple[0])), triple
@@ -207,9 +210,11 @@ def test_fast_record_encoding_matches_json():
 
     rec = {"instruction": '他说："头痛\n怎么办"？', "input": "", "output": "建议\t就医\\。", "history": [["问", "答"]],
            "knowledge": [["偏头痛", "药物治疗", "布洛芬"]], "entity": "偏头痛", "attribute": "drugs", "kind": "single",
-           "id": "s-1"}
+           "pattern": 3, "id": "s-1"}
     line = encode_record(rec, encode_json(rec["knowledge"]))
     assert json.loads(line) == rec and line == encode_json(rec)
+    unmade = {**rec, "kind": "dialogue", "pattern": None}
+    assert encode_record(unmade, encode_json(rec["knowledge"])) == encode_json(unmade)
     assert json.loads(encode_record({**rec, "system": "你是医生"}, "[]"))["knowledge"] == rec["knowledge"]
 
 

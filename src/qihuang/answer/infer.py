@@ -24,38 +24,17 @@ from pathlib import Path
 from qihuang.errors import InputError
 from qihuang.fileio import atomic_write_text
 
-_PLACEHOLDER = "\u2026"  # stands in for a missing reference so the shared record parser accepts it
-
 
 def question_of(record: dict, path: str, line: int) -> dict:
-    """``{"question", "history", "system", "reference", "instruction", "input"}`` of a record."""
-    from qihuang.data.formats import canonical_fields, to_conversation
+    """``{"question", "history", "system", "reference", "instruction", "input"}`` of a record, read by
+    :func:`qihuang.records.to_prompt` (as evaluation reads it); errors name path, line and field."""
+    from qihuang.records import canonical_fields, to_prompt
 
+    prompt = to_prompt(record, path, line)
     record = canonical_fields(record)  # Med-ChatGLM context/target
-    shaped = dict(record)
-    reference = None
-    if "conversations" in record or "messages" in record:
-        key = "conversations" if "conversations" in record else "messages"
-        turns = record.get(key)
-        if isinstance(turns, list) and turns and isinstance(turns[-1], dict) and \
-                str(turns[-1].get("from", turns[-1].get("role"))).lower() in ("user", "human"):
-            shaped[key] = turns + [{"role": "assistant", "content": _PLACEHOLDER}]
-        conv = to_conversation(shaped, path, line)
-        if shaped.get(key) is turns:
-            reference = conv["messages"][-1]["content"]
-    else:
-        output = record.get("output")
-        reference = output if isinstance(output, str) and output.strip() else None
-        if reference is None and ("instruction" in record or "input" in record):
-            shaped["output"] = _PLACEHOLDER
-        conv = to_conversation(shaped, path, line)
-    messages = conv["messages"]
-    question = messages[-2]["content"]
-    if not question.strip():
-        raise InputError("the question is empty", path=path, line=line, field="instruction")
-    history = [[messages[i]["content"], messages[i + 1]["content"]] for i in range(0, len(messages) - 2, 2)]
-    return {"question": question, "history": history, "system": conv["system"], "reference": reference,
-            "instruction": record.get("instruction", question), "input": record.get("input", "")}
+    return {"question": prompt.question, "history": prompt.history, "system": prompt.system,
+            "reference": prompt.reference, "instruction": record.get("instruction", prompt.question),
+            "input": record.get("input", "")}
 
 
 def _read_done(path: Path) -> tuple[list[str], set[int]]:
@@ -115,7 +94,7 @@ def run_infer(input_path: str | Path, output_path: str | Path, answerer, batch_s
     """Answer every record of ``input_path`` into ``output_path`` (JSON lines); returns counts."""
     from tqdm import tqdm
 
-    from qihuang.data.formats import read_numbered
+    from qihuang.records import read_numbered
 
     src, out = Path(input_path), Path(output_path)
     if src.resolve() == out.resolve():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-IGNORE_INDEX = -100
+from qihuang.records import IGNORE_INDEX
 
 
 def pad_batch(features: list[dict], pad_id: int, pad_to_multiple_of: int = 1) -> dict:

@@ -22,15 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 
-from qihuang.data.formats import Message, read_records, to_conversation
-from qihuang.data.registry import DataSource, DatasetSpec
-from qihuang.data.registry import _remap as remap_columns
+from qihuang.data.registry import DataSource, DatasetSpec, remap
 from qihuang.errors import ConfigError, InputError
+from qihuang.records import (ASSISTANT, IGNORE_INDEX, RANKING_COLUMNS, Message, read_records, role_of,
+                             to_conversation, turn_parts)
 
-IGNORE_INDEX = -100
-# the dataset_info.json ``columns`` of an alpaca ranking dataset (what ``qihuang data prefs`` writes)
-RANKING_COLUMNS = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected",
-                   "history": "history", "system": "system", "knowledge": "knowledge"}
+__all__ = ["IGNORE_INDEX", "RANKING_COLUMNS", "Pair", "collate_pairs", "encode_pair", "last_answer_only",
+           "load_pairs", "pair_length", "read_pairs", "to_pair"]
 
 
 class Pair(TypedDict):
@@ -44,10 +42,10 @@ class Pair(TypedDict):
 # ---- normalising ------------------------------------------------------------------------------
 def _answer(value: Any, key: str, where: dict) -> str:
     if isinstance(value, dict):  # one ShareGPT turn
-        role = str(value.get("from", value.get("role", "gpt"))).lower()
-        if role not in ("gpt", "assistant", "bot", "model"):
-            raise InputError(f"expected an assistant turn, got role {role!r}", field=key, **where)
-        value = value.get("value", value.get("content"))
+        raw_role, value = turn_parts(value)
+        raw_role = "assistant" if raw_role is None else raw_role
+        if role_of(raw_role) != ASSISTANT:
+            raise InputError(f"expected an assistant turn, got role {str(raw_role).lower()!r}", field=key, **where)
     if not isinstance(value, str) or not value.strip():
         raise InputError("expected a non-empty string (or an assistant turn)", field=key, **where)
     return value
@@ -85,29 +83,11 @@ def to_pair(record: dict, path: str | Path | None = None, line: int | None = Non
             "rejected": rejected, "knowledge": conv["knowledge"]}
 
 
-def _remap(record: dict, source: DataSource) -> dict:
-    """Apply a ``dataset_info.json`` entry's ``columns`` / ShareGPT ``tags`` to a record (the
-    registry's mapping, plus the ``chosen`` / ``rejected`` columns of ranking datasets)."""
-    out = remap_columns(record, source)
-    for canon in ("chosen", "rejected"):
-        column = source.columns.get(canon)
-        if column and column in record:
-            out[canon] = record[column]
-    if source.formatting == "sharegpt" and source.tags:
-        role_tag, content_tag = source.tags.get("role_tag", "from"), source.tags.get("content_tag", "value")
-        for key in ("chosen", "rejected"):
-            turn = out.get(key)
-            if isinstance(turn, dict) and role_tag in turn:
-                role = "assistant" if turn[role_tag] == source.tags.get("assistant_tag", "gpt") else turn[role_tag]
-                out[key] = {"role": role, "content": turn.get(content_tag)}
-    return out
-
-
 # ---- reading ----------------------------------------------------------------------------------
 def read_pairs(path: str | Path, source: DataSource | None = None) -> Iterator[tuple[int, Pair]]:
     """``(line_number, pair)`` for every record of a ``.jsonl`` / ``.json`` file."""
     for line, record in read_records(path):
-        yield line, to_pair(_remap(record, source) if source else record, path, line)
+        yield line, to_pair(remap(record, source) if source else record, path, line)
 
 
 def load_pairs(spec: DatasetSpec, max_samples: int | None = None, val_size: float = 0.0,

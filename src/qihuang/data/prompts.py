@@ -22,11 +22,11 @@ import yaml
 
 from qihuang.errors import ConfigError, InputError
 from qihuang.paths import resource
+from qihuang.records import IGNORE_INDEX
 
 TEMPLATE_FILE = "qihuang_template.json"
 KNOWLEDGE_HEADER = "参考知识："
 _KINDS = ("chat", "text")
-IGNORE_INDEX = -100
 
 Message = dict[str, str]
 Span = tuple[int, int]

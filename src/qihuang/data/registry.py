@@ -16,16 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qihuang.data.formats import Conversation, read_records, to_conversation
 from qihuang.errors import ConfigError, InputError
 from qihuang.paths import home
+from qihuang.records import Conversation, read_records, remap_columns, to_conversation
 
 INFO_FILE = "dataset_info.json"
 _EXTS = (".jsonl", ".json")
 _DEV_SUFFIXES = ("dev", "validation", "val", "eval")
-# dataset_info.json column names -> the alpaca / ShareGPT field names formats.py reads
-_CANONICAL = {"prompt": "instruction", "query": "input", "response": "output", "history": "history",
-              "system": "system", "knowledge": "knowledge", "messages": "conversations"}
 
 
 @dataclass
@@ -124,28 +121,16 @@ def _source(info: dict, key: str, base: Path, info_path: Path) -> DataSource:
 
 
 # ---- reading ------------------------------------------------------------------------------------
-def _remap(record: dict, source: DataSource) -> dict:
-    if not source.columns and not source.tags:
-        return record
-    out = dict(record)
-    for canon, column in source.columns.items():
-        target = _CANONICAL.get(canon)
-        if target and column in record:
-            out[target] = record[column]
-    if source.formatting == "sharegpt" and source.tags and isinstance(out.get("conversations"), list):
-        role_tag, content_tag = source.tags.get("role_tag", "from"), source.tags.get("content_tag", "value")
-        roles = {source.tags.get("user_tag", "human"): "user", source.tags.get("assistant_tag", "gpt"): "assistant",
-                 source.tags.get("system_tag", "system"): "system"}
-        out["conversations"] = [{"role": roles.get(t.get(role_tag), t.get(role_tag)), "content": t.get(content_tag)}
-                                if isinstance(t, dict) else t for t in out["conversations"]]
-    return out
+def remap(record: dict, source: DataSource) -> dict:
+    """``record`` as the record fields, through ``source``'s ``dataset_info.json`` columns and ShareGPT tags."""
+    return remap_columns(record, source.columns, source.tags, source.formatting)
 
 
 def iter_conversations(sources: list[DataSource]) -> Iterator[tuple[str, dict, Conversation]]:
     """``(where, raw_record, conversation)`` for every record of ``sources``, in order."""
     for source in sources:
         for line, record in read_records(source.path):
-            yield f"{source.path}:{line}", record, to_conversation(_remap(record, source), source.path, line)
+            yield f"{source.path}:{line}", record, to_conversation(remap(record, source), source.path, line)
 
 
 def load_split(spec: DatasetSpec, max_samples: int | None = None, val_size: float = 0.0,

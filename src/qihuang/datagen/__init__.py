@@ -1,6 +1,6 @@
 """Instruction data from the knowledge base.
 
-    templates.py   phrasings (resources/phrasings.yaml) and answers composed from KB values: answer_for()
+    phrasings.py   question phrasings (resources/phrasings.yaml) and answers composed from KB values: answer_for()
     kbview.py      the KB in memory for building: facts per attribute, most telling values first
     scenarios.py   symptoms -> the diseases sharing most of them (hedged), with departments
     dialogues.py   2–4 turn dialogues about one entity, in a natural order per entity type
@@ -9,11 +9,11 @@
     builder.py     build_dataset(): `qihuang data build`
     llm_client.py  OpenAI-compatible async client with retries, backoff and a reply cache
     synth.py       synthesize(): `qihuang data synth` (LLM-written, consistency-filtered)
-    prefs.py       preference pairs for reward modelling / DPO: `qihuang data prefs`
+    preferences.py making preference pairs for reward modelling / DPO: `qihuang data prefs`
     validate.py    `qihuang data validate` (alpaca / ShareGPT, JSON or JSON lines)
 """
 
 from qihuang.datagen.builder import build_dataset
-from qihuang.datagen.templates import answer_for, compose_answer, questions_for
+from qihuang.datagen.phrasings import answer_for, compose_answer, questions_for
 
 __all__ = ["answer_for", "build_dataset", "compose_answer", "questions_for"]

@@ -1,4 +1,4 @@
-"""The template builder behind ``qihuang data build``: knowledge base -> instruction dataset directory.
+"""The phrasebook builder behind ``qihuang data build``: knowledge base -> instruction dataset directory.
 
 For every entity and canonical attribute with values it writes questions in several phrasings with
 answers composed from the KB values, scenario questions (symptoms -> likely diseases, hedged) and
@@ -26,10 +26,11 @@ from qihuang.datagen.io import DatasetWriter, dataset_info, encode_json
 from qihuang.datagen.kbview import EntityView, load_view
 from qihuang.datagen.scenarios import SymptomIndex, make_scenario
 from qihuang.datagen.splits import Deduper, assign_splits, example_id, may_mention, question_key
-from qihuang.datagen.templates import Phrasebook, load_phrasebook, prepare_values, questions_for, render_answer
+from qihuang.datagen.phrasings import Phrasebook, load_phrasebook, prepare_values, questions_for, render_answer
 from qihuang.errors import ConfigError
+from qihuang.records import make_record
 
-KINDS = ("single", "scenario", "dialogue")
+KINDS = ("single", "scenario", "dialogue")  # the kinds `data build` makes (qihuang.records.KINDS: all of them)
 KNOWLEDGE_MODES = ("answer", "retrieved")
 
 
@@ -256,8 +257,8 @@ def _record(kind: str, view: EntityView, attribute: str, question: str, answer: 
     """(record, its question key for de-duplication, its knowledge as JSON when already encoded)."""
     history = history or []
     key = question_key(question, history)
-    record = {"instruction": question, "input": "", "output": answer, "history": history, "knowledge": knowledge,
-              "entity": view.name, "attribute": attribute, "kind": kind, "id": example_id(kind, key)}
+    record = make_record(kind, question, answer, knowledge=knowledge, entity=view.name, attribute=attribute,
+                         history=history, id=example_id(kind, key))  # no single answer pattern: pattern None
     return record, key, knowledge_json
 
 
@@ -292,13 +293,14 @@ def _singles(view: EntityView, ctx: _Ctx, rng: random.Random) -> list[list[tuple
             continue
         base = int(rng.random() * 8)  # answer pattern of the first phrasing; the others take the next ones
         for j, q in enumerate(questions_for(name, attr, ctx.phrasings, entity_type=etype, rng=rng, book=book)):
-            text = render_answer(name, prepared, phr, book, rng=rng, variant=base + j)
+            pattern = base + j
+            text = render_answer(name, prepared, phr, book, rng=rng, variant=pattern)
             block, block_json = knowledge, knowledge_json
             if ctx.retrieval is not None:
                 own = random.Random(zlib.crc32(q.encode("utf-8")) ^ ctx.seed)  # leaves the build's stream alone
                 block, block_json = retrieved_knowledge(ctx.retrieval, view, q, knowledge, own), None
-            record = {"instruction": q, "input": "", "output": text, "history": [], "knowledge": block,
-                      "entity": name, "attribute": attr, "kind": "single", "id": example_id("single", q)}
+            record = make_record("single", q, text, knowledge=block, entity=name, attribute=attr, pattern=pattern,
+                                 id=example_id("single", q))
             if j == len(rounds):
                 rounds.append([])
             rounds[j].append((attr, (record, q, block_json)))

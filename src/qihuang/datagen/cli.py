@@ -72,7 +72,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_prefs(args) -> int:
-    from qihuang.datagen.prefs import run_prefs_cli
+    from qihuang.datagen.preferences import run_prefs_cli
 
     return run_prefs_cli(args)
 

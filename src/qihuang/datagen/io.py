@@ -14,40 +14,43 @@ from pathlib import Path
 
 from qihuang.datagen.splits import SPLITS
 from qihuang.fileio import atomic_write_json
+from qihuang.records import ALPACA_COLUMNS, FIELDS, PROVENANCE_FIELDS, SHAREGPT_COLUMNS, SHAREGPT_TAGS
 
 # records are plain trees: skipping the circular-reference check halves the encoding time
 encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 _ENCODE = encode_json
 _STR = json.encoder.encode_basestring  # a quoted JSON string, non-ASCII kept (C implementation)
-_FIELDS = ("instruction", "input", "output", "history", "knowledge", "entity", "attribute", "kind", "id")
+_N_FIELDS = len(FIELDS)
 
 
 def encode_record(record: dict, knowledge_json: str | None = None) -> str:
     """One JSON line. With ``knowledge_json`` (the record's knowledge, already encoded: the builder
     shares it between the phrasings of one fact list) a record with exactly the standard fields is
     written without encoding its knowledge again."""
-    if knowledge_json is None or len(record) != len(_FIELDS):
+    if knowledge_json is None or len(record) != _N_FIELDS or "pattern" not in record:
         return _ENCODE(record)
     r = record
     history = _ENCODE(r["history"]) if r["history"] else "[]"
+    pattern = r["pattern"]
+    pattern = "null" if pattern is None else f"{pattern:d}"
     return (f'{{"instruction":{_STR(r["instruction"])},"input":{_STR(r["input"])},"output":{_STR(r["output"])},'
             f'"history":{history},"knowledge":{knowledge_json},"entity":{_STR(r["entity"])},'
-            f'"attribute":{_STR(r["attribute"])},"kind":{_STR(r["kind"])},"id":{_STR(r["id"])}}}')
-ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history",
-                  "system": "system", "knowledge": "knowledge"}
+            f'"attribute":{_STR(r["attribute"])},"kind":{_STR(r["kind"])},"pattern":{pattern},'
+            f'"id":{_STR(r["id"])}}}')
 
 
 def to_sharegpt(record: dict) -> dict:
     """The same example in ShareGPT form (``conversations`` with from human/gpt)."""
+    user, bot = SHAREGPT_TAGS["user_tag"], SHAREGPT_TAGS["assistant_tag"]
     conv = []
     for q, a in record.get("history") or ():
-        conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        conv += [{"from": user, "value": q}, {"from": bot, "value": a}]
     query = record["instruction"] + (("\n" + record["input"]) if record.get("input") else "")
-    conv += [{"from": "human", "value": query}, {"from": "gpt", "value": record["output"]}]
+    conv += [{"from": user, "value": query}, {"from": bot, "value": record["output"]}]
     out = {"conversations": conv}
     if record.get("system"):
         out["system"] = record["system"]
-    for key in ("knowledge", "entity", "attribute", "kind", "id"):
+    for key in ("knowledge", *PROVENANCE_FIELDS):
         if key in record:
             out[key] = record[key]
     return out
@@ -63,8 +66,7 @@ def dataset_info(prefix: str = "qihuang", sharegpt: bool = False, splits=SPLITS)
         for split in splits:
             info[f"{prefix}_{split}_sharegpt"] = {
                 "file_name": f"{split}_sharegpt.jsonl", "formatting": "sharegpt",
-                "columns": {"messages": "conversations", "system": "system", "knowledge": "knowledge"},
-                "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}}
+                "columns": dict(SHAREGPT_COLUMNS), "tags": dict(SHAREGPT_TAGS)}
     return info
 
 

@@ -29,40 +29,36 @@ _QUESTION_FIELDS = ("instruction", "question", "input", "query", "context")
 
 
 def read_questions(path: str | Path) -> Iterator[tuple[int, str]]:
-    """``(line, question)`` of a questions file; errors name the file and line."""
+    """``(true line, question)`` of a questions file; errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", path=str(path))
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix in (".json", ".jsonl") and text.lstrip().startswith("[") and _string_array(text):
-        yield from ((i, q.strip()) for i, q in enumerate(json.loads(text), start=1) if q.strip())
-        return
     if path.suffix in (".json", ".jsonl"):
-        from qihuang.data.formats import read_records
+        from qihuang.records import read_items
 
-        for line, record in read_records(path):
-            question = next((record[k] for k in _QUESTION_FIELDS if isinstance(record.get(k), str)
-                             and record[k].strip()), None)
+        for _number, line, item in read_items(path):
+            if isinstance(item, str):  # a JSON array of question strings
+                if item.strip():
+                    yield line, item.strip()
+                continue
+            if not isinstance(item, dict):
+                raise InputError(f"expected a question string or a JSON object, got {type(item).__name__}",
+                                 path=str(path), line=line)
+            question = next((item[k] for k in _QUESTION_FIELDS if isinstance(item.get(k), str)
+                             and item[k].strip()), None)
             if question is None:
                 raise InputError(f"no question field (one of {', '.join(_QUESTION_FIELDS)})", path=str(path), line=line)
             yield line, question.strip()
         return
+    text = path.read_text(encoding="utf-8-sig")
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip() and not (number == 1 and line.strip().lower() in _HEADERS):
             yield number, line.strip()
 
 
-def _string_array(text: str) -> bool:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return isinstance(data, list) and all(isinstance(x, str) for x in data)
-
-
 def knowledge_answer(grounding, book) -> str:
     """An answer stating the grounded facts, one sentence per (entity, attribute), in citation order."""
-    from qihuang.datagen.templates import compose_answer
+    from qihuang.datagen.phrasings import compose_answer
 
     parts, seen = [], set()
     for cite in grounding.citations:
@@ -84,7 +80,7 @@ def build_knowledge(kb, questions: str | Path, out_dir: str | Path, *, phrasings
     from qihuang.answer.grounding import ground
     from qihuang.datagen.io import DatasetWriter, dataset_info
     from qihuang.datagen.splits import Deduper, assign_splits, example_id
-    from qihuang.datagen.templates import load_phrasebook
+    from qihuang.datagen.phrasings import load_phrasebook
     from qihuang.fileio import atomic_write_text
 
     t0, book, out = time.perf_counter(), load_phrasebook(phrasings), Path(out_dir)
@@ -104,7 +100,7 @@ def build_knowledge(kb, questions: str | Path, out_dir: str | Path, *, phrasings
             record = {"instruction": question, "input": "", "output": answer, "history": [],
                       "knowledge": [f.triple() for f in grounding.facts], "entity": grounding.entities[0],
                       "attribute": grounding.citations[0].attribute, "kind": "knowledge",
-                      "id": example_id("knowledge", question),
+                      "pattern": 0, "id": example_id("knowledge", question),
                       "provenance": {"questions": str(questions), "line": line, "entities": grounding.entities,
                                      "attributes": grounding.attributes,
                                      "citations": [c.to_dict() for c in grounding.citations]}}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from qihuang.datagen.kbview import EntityView
-from qihuang.datagen.templates import Phrasebook, clean_value, is_clause, join_values
+from qihuang.datagen.phrasings import Phrasebook, clean_value, is_clause, join_values
 from qihuang.kb.types import Fact
 
 _SEP = re.compile(r"[；;、，,/]")

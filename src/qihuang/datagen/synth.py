@@ -28,7 +28,7 @@ from qihuang.fileio import atomic_write_text
 from qihuang.datagen.kbview import EntityView, load_view
 from qihuang.datagen.llm_client import ChatClient, ReplyCache, RequestFailed, api_key_from_env
 from qihuang.datagen.splits import assign_splits
-from qihuang.datagen.templates import clean_value, is_clause, load_phrasebook
+from qihuang.datagen.phrasings import clean_value, is_clause, load_phrasebook
 from qihuang.errors import ConfigError
 from qihuang.kb.types import Fact
 from qihuang.paths import resource
@@ -296,7 +296,8 @@ def _record(sample: FactSample, qa: dict[str, str]) -> dict:
     digest = hashlib.blake2b(qa["question"].encode("utf-8"), digest_size=8).hexdigest()
     return {"instruction": qa["question"], "input": "", "output": qa["answer"], "history": [],
             "knowledge": [f.triple() for f in sample.facts], "entity": sample.entity,
-            "attribute": ",".join(sample.attributes), "kind": "single", "source": "synth", "id": f"y-{digest}"}
+            "attribute": ",".join(sample.attributes), "kind": "single", "pattern": None, "source": "synth",
+            "id": f"y-{digest}"}
 
 
 def run_synth_cli(args) -> int:

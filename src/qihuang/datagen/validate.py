@@ -1,9 +1,9 @@
 """``qihuang data validate``: check alpaca or ShareGPT data (JSON lines, a JSON array, or a ``.json``
 that is really JSON lines) and report every bad record by line and reason.
 
-The record shapes are those of ``qihuang.data.formats`` (the training side reads data with it, so
-what passes here trains): this module only adds the reporting, reading JSON lines one by one so
-that one broken line does not hide the others. A dataset directory's ``dataset_info.json`` is
+The record shapes and the reader are those of :mod:`qihuang.records` (the training side reads data
+with them, so what passes here trains): this module only adds the reporting, scanning JSON lines one
+by one so that one broken line does not hide the others. A dataset directory's ``dataset_info.json`` is
 applied as training applies it (``columns``, ShareGPT ``tags``, ``ranking`` entries checked as
 preference pairs). ``mode="infer"`` checks what ``qihuang infer`` accepts (no reference answer
 needed).
@@ -16,9 +16,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qihuang.data.formats import read_numbered, to_conversation
-from qihuang.data.registry import DataSource
+from qihuang.data.registry import DataSource, remap
 from qihuang.errors import InputError
+from qihuang.records import is_array_text, provenance_problems, scan_records, to_conversation
 
 DATA_SUFFIXES = (".jsonl", ".json")
 MODES = ("train", "infer")
@@ -85,16 +85,16 @@ def validate_file(path: str | Path, mode: str = "train", target: Target | None =
     if path.suffix.lower() not in DATA_SUFFIXES and not _looks_like_json_lines(text):
         report.errors.append(Problem(None, TEXT_HINT.format(suffix=path.suffix or "a file without suffix")))
         return report
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:  # a JSON array cannot be read past a syntax error: report it and stop
-            for number, line, record in read_numbered(path):
-                _check_record(report, record, line, number, mode, target)
-        except InputError as exc:
-            report.errors.append(Problem(exc.line, _reason(exc)))
-    else:
-        for line, raw in enumerate(text.splitlines(), start=1):
-            if raw.strip():
-                _check_line(report, raw, line, mode, target)
+    array = is_array_text(text, path)
+    try:  # a JSON array cannot be read past a syntax error: report it and stop
+        for item in scan_records(path):
+            if item.error is not None:
+                report.records += not item.error.startswith("invalid JSON")  # a record, of the wrong type
+                report.errors.append(Problem(item.line, item.error, item.number if array else None))
+            else:
+                _check_record(report, item.value, item.line, item.number if array else None, mode, target)
+    except InputError as exc:
+        report.errors.append(Problem(exc.line, _reason(exc)))
     if report.records == 0 and not report.errors:
         report.errors.append(Problem(None, "no records"))
     return report
@@ -109,28 +109,17 @@ def _looks_like_json_lines(text: str) -> bool:
         return False
 
 
-def _check_line(report: FileReport, raw: str, line: int, mode: str, target: Target) -> None:
-    try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        report.errors.append(Problem(line, f"invalid JSON ({exc.msg}, column {exc.colno})"))
-        return
-    _check_record(report, record, line, None, mode, target)
-
-
 def _normalise(record, path: str, line: int, mode: str, target: Target) -> dict:
     """The conversation training (or inference) reads from ``record``; raises InputError."""
     if target.ranking:
-        from qihuang.data.pairwise import _remap as remap_pair
         from qihuang.data.pairwise import to_pair
 
-        pair = to_pair(remap_pair(record, target.source) if target.source else record, path, line)
+        pair = to_pair(remap(record, target.source) if target.source and isinstance(record, dict) else record,
+                       path, line)
         return {"messages": pair["messages"] + [{"role": "assistant", "content": pair["chosen"]}],
                 "knowledge": pair["knowledge"]}
     if target.source is not None and isinstance(record, dict):
-        from qihuang.data.registry import _remap
-
-        record = _remap(record, target.source)
+        record = remap(record, target.source)
     if mode == "infer":
         from qihuang.answer.infer import question_of
 
@@ -168,12 +157,8 @@ def _check_record(report: FileReport, record, line: int, number: int | None = No
 
 
 def _warn(report: FileReport, record: dict, line: int, number: int | None = None) -> None:
-    kind = record.get("kind")
-    if kind is not None and kind not in ("single", "scenario", "dialogue", "knowledge"):
-        report.warnings.append(Problem(line, f"unknown kind {kind!r}", number))
-    for key in ("entity", "attribute", "id"):
-        if key in record and not isinstance(record[key], (str, int)):
-            report.warnings.append(Problem(line, f"field {key!r} should be a string or a number", number))
+    for problem in provenance_problems(record):
+        report.warnings.append(Problem(line, problem, number))
 
 
 def _reason(exc: InputError) -> str:

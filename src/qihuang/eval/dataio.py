@@ -1,15 +1,19 @@
-"""Reading evaluation data (JSON lines, JSON arrays, CSV) with line numbers; hashing; atomic writes."""
+"""Reading evaluation data (JSON lines, JSON arrays, CSV) with true line numbers; hashing.
+
+JSON files are read by the one record reader (:mod:`qihuang.records`): a record's line is the line of
+the file it starts on, also in a JSON array spread over lines; records of a one-line array share
+line 1 and get ``name#number`` as their default id (:class:`Row`)."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from qihuang.errors import InputError
+from qihuang.records import is_array_text, record_key, scan_records
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 
@@ -27,37 +31,27 @@ def data_files(path: Path, suffixes: tuple[str, ...] = DATA_SUFFIXES) -> list[Pa
     return files
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """Yield ``(line, row, error)`` for each record; ``row`` is None when the record is malformed.
+class Row(NamedTuple):
+    """One record of an evaluation file: its true line, the row (None when malformed), the error,
+    and the id to use when the row has none (``name:line``, or ``name#number`` in a JSON array)."""
 
-    JSON lines and JSON arrays give dicts; CSV/TSV rows give dicts keyed by the header.
-    """
+    line: int
+    row: dict | None
+    error: str | None
+    key: str
+
+
+def iter_rows(path: Path) -> Iterator[Row]:
+    """Every record of a JSON lines / JSON array / CSV / TSV file (see :class:`Row`)."""
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        yield from _read_csv(path, "\t" if suffix == ".tsv" else ",")
-    else:
-        yield from _read_json(path)
-
-
-def _read_json(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    text = path.read_text(encoding="utf-8-sig")
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON array: {exc.msg}", path=str(path), line=exc.lineno) from None
-        for i, item in enumerate(items, 1):
-            yield (i, item, None) if isinstance(item, dict) else (i, None, "item is not a JSON object")
+        for line, row, error in _read_csv(path, "\t" if suffix == ".tsv" else ","):
+            yield Row(line, row, error, f"{path.name}:{line}")
         return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield lineno, None, f"invalid JSON: {exc.msg}"
-            continue
-        yield (lineno, obj, None) if isinstance(obj, dict) else (lineno, None, "line is not a JSON object")
+    array = is_array_text(path.read_text(encoding="utf-8-sig"), path)
+    for item in scan_records(path):
+        yield Row(item.line, item.value, item.error, record_key(path, item, array))
 
 
 def _read_csv(path: Path, delimiter: str) -> Iterator[tuple[int, dict | None, str | None]]:

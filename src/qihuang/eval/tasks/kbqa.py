@@ -37,10 +37,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from qihuang.errors import InputError
 from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, base_row, scored_text
-from qihuang.eval.dataio import data_files, first, read_rows
+from qihuang.eval.dataio import Row, data_files, iter_rows
 from qihuang.eval.metrics import hits, length_stats, mean, norm, pct, sentence_scores, text_overlap_scores
 from qihuang.kb.types import Fact
+from qihuang.records import to_prompt
 
 _SPLIT = re.compile(r"[,，、;；]")
 
@@ -93,20 +95,20 @@ class KBQATask(Task):
     def load(self, path: Path) -> Dataset:
         examples, skipped = [], []
         for file in data_files(_resolve_path(Path(path)), (".jsonl", ".json")):
-            for line, row, error in read_rows(file):
-                if error:
-                    skipped.append(Skipped(str(file), line, error))
-                elif (ex := self._example(file, line, row, skipped)) is not None:
+            for item in iter_rows(file):
+                if item.error:
+                    skipped.append(Skipped(str(file), item.line, item.error))
+                elif (ex := self._example(file, item, skipped)) is not None:
                     examples.append(ex)
         return Dataset(examples, skipped)
 
-    def _example(self, file: Path, line: int, row: dict, skipped: list[Skipped]) -> Example | None:
-        question = str(first(row, "instruction", "question", default="")).strip()
-        extra = str(row.get("input") or "").strip()
-        if extra:
-            question = f"{question}\n{extra}" if question else extra
-        if not question:
-            skipped.append(Skipped(str(file), line, "field 'instruction': missing or empty"))
+    def _example(self, file: Path, item: Row, skipped: list[Skipped]) -> Example | None:
+        """The example of one record (the question read by :func:`qihuang.records.to_prompt`)."""
+        row, line = item.row, item.line
+        try:
+            prompt = to_prompt(row)
+        except InputError as exc:
+            skipped.append(Skipped(str(file), line, str(exc)))
             return None
         if not isinstance(row.get("knowledge") or [], list):
             skipped.append(Skipped(str(file), line, "field 'knowledge': expected a list of [s, r, o] triples"))
@@ -115,10 +117,9 @@ class KBQATask(Task):
         if not gold:
             skipped.append(Skipped(str(file), line, "field 'knowledge': no gold values"))
             return None
-        history = [list(map(str, pair[:2])) for pair in row.get("history") or [] if len(pair) >= 2]
         return Example(
-            id=str(row.get("id") or f"{file.name}:{line}"), question=question, reference=row.get("output"),
-            history=history, subject=row.get("attribute"), source=str(file), line=line,
+            id=str(row.get("id") or item.key), question=prompt.question, reference=prompt.reference,
+            history=prompt.history, subject=row.get("attribute"), source=str(file), line=line,
             fields={"gold": gold, "knowledge": row.get("knowledge") or [], "entity": row.get("entity") or "",
                     "kind": row.get("kind") or "single"},
         )

@@ -21,7 +21,7 @@ import unicodedata
 from pathlib import Path
 
 from qihuang.eval.base import Dataset, Example, Skipped
-from qihuang.eval.dataio import data_files, first, read_rows
+from qihuang.eval.dataio import data_files, first, iter_rows
 
 LETTERS = "ABCDEFGH"
 _OPTION_LINE = re.compile(r"^\s*([A-Ha-h])\s*(?:[.\s、:：．)）]|$)\s*(.*)$")
@@ -114,8 +114,9 @@ def subject_from_file(path: Path) -> str:
 
 
 def parse_row(row: dict, *, file: Path, line: int, file_subject: str | None,
-              subject_field: str | None = None) -> Example:
-    """One exam row -> Example; raises :class:`RowError` naming the bad field."""
+              subject_field: str | None = None, key: str | None = None) -> Example:
+    """One exam row -> Example (``key``: its id when the row has none, default ``name:line``);
+    raises :class:`RowError` naming the bad field."""
     question = _clean(first(row, "question", "Question"))
     if not question:
         raise RowError("field 'question': missing or empty")
@@ -130,7 +131,7 @@ def parse_row(row: dict, *, file: Path, line: int, file_subject: str | None,
     if not subject and (lettered_columns or file_subject):
         subject = file_subject or subject_from_file(file)
     return Example(
-        id=_clean(first(row, "id", "ID")) or f"{file.name}:{line}", question=question, subject=subject or None,
+        id=_clean(first(row, "id", "ID")) or key or f"{file.name}:{line}", question=question, subject=subject or None,
         source=str(file), line=line,
         fields={"options": options, "answer": answer, "explanation": _clean(first(row, "explanation", "Explanation"))},
     )
@@ -144,16 +145,17 @@ def load_exam(path: Path, subject_field: str | None = None) -> Dataset:
     seen: set[str] = set()
     for file in files:
         file_subject = subject_from_file(file) if len(files) > 1 else None
-        for line, row, error in read_rows(file):
+        for line, row, error, key in iter_rows(file):
             try:
                 if error:
                     raise RowError(error)
-                ex = parse_row(row, file=file, line=line, file_subject=file_subject, subject_field=subject_field)
+                ex = parse_row(row, file=file, line=line, file_subject=file_subject, subject_field=subject_field,
+                               key=key)
             except RowError as exc:
                 skipped.append(Skipped(str(file), line, str(exc)))
                 continue
             if ex.id in seen:
-                ex.id = f"{file.name}:{line}"
+                ex.id = key
             seen.add(ex.id)
             examples.append(ex)
     return Dataset(examples, skipped)

@@ -4,13 +4,14 @@ Accepted records (JSON lines or a JSON array; a dataset directory means its ``te
 
 * alpaca / ``qihuang data build``: ``instruction`` (+ ``input``), ``output``, optional ``history`` [[q, a], ...];
 * question/answer: ``question`` (or ``prompt``/``query``), ``answer`` (or ``reference``/``response``);
-* ShareGPT: ``conversations`` [{"from": "human"|"gpt"} or {"role": "user"|"assistant"}, "value"/"content"];
-  the last user turn is the question, the assistant turn after it the reference, earlier turns the history;
+* ShareGPT: ``conversations`` (or ``messages``) with the roles training reads (human/user, gpt/assistant/
+  bot/model, system: :data:`qihuang.records.ROLES`); the last user turn is the question, the assistant turn
+  after it the reference, earlier turns the history;
 * LLaMA-Factory ``generated_predictions.jsonl``: ``prompt``, ``label`` (the reference), ``predict``.
 
-A question holding a flattened dialogue (``<user>: … <bot>: …``, HuaTuo's literature data) is split
-into history and question by the same reader training and inference use
-(:func:`qihuang.data.formats.flat_question`).
+Every shape is read by :func:`qihuang.records.to_prompt`, as batch inference reads it; a question
+holding a flattened dialogue (``<user>: … <bot>: …``, HuaTuo's literature data) is split into history
+and question there, as training splits it.
 
 Records that already carry a ``prediction`` (a qihuang ``infer`` output) or ``predict`` (LLaMA-Factory)
 are scored as they are, without a model (CareLlama's predict-then-score flow); ``--regenerate``
@@ -26,66 +27,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qihuang.data.formats import flat_question
 from qihuang.errors import InputError
 from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, base_row, scored_text
-from qihuang.eval.dataio import data_files, first, read_rows
+from qihuang.eval.dataio import data_files, first, iter_rows
 from qihuang.eval.metrics import BLEU_TOKENIZERS, length_stats, sentence_scores, text_overlap_scores
-
-_USER, _BOT = {"human", "user"}, {"gpt", "assistant", "bot"}
+from qihuang.records import to_prompt
 
 
 class RecordError(ValueError):
     """A record of no known question/answer shape; the message names the field."""
 
 
-def _sharegpt(turns: Any) -> tuple[str, str | None, list[list[str]]]:
-    if not isinstance(turns, list) or not turns:
-        raise RecordError("field 'conversations': expected a non-empty list of turns")
-    msgs = []
-    for i, t in enumerate(turns):
-        if not isinstance(t, dict):
-            raise RecordError(f"field 'conversations[{i}]': expected an object")
-        role = str(first(t, "from", "role", default="")).lower()
-        if role == "system":
-            continue
-        if role not in _USER | _BOT:
-            raise RecordError(f"field 'conversations[{i}].from': unknown role {role!r}")
-        msgs.append((role in _USER, str(first(t, "value", "content", default=""))))
-    last_user = max((i for i, (is_user, _) in enumerate(msgs) if is_user), default=None)
-    if last_user is None:
-        raise RecordError("field 'conversations': no user turn")
-    reference = msgs[last_user + 1][1] if last_user + 1 < len(msgs) else None
-    history, pending = [], None
-    for is_user, text in msgs[:last_user]:
-        if is_user:
-            pending = text
-        elif pending is not None:
-            history.append([pending, text])
-            pending = None
-    return msgs[last_user][1], reference, history
-
-
 def qa_record(row: dict) -> tuple[str, str | None, list[list[str]]]:
-    """``(question, reference, history)`` of a record in any accepted shape."""
-    if "conversations" in row:
-        return _sharegpt(row["conversations"])
-    question = str(first(row, "instruction", "question", "prompt", "query", default="")).strip()
-    extra = str(row.get("input") or "").strip() if "instruction" in row else ""
-    if extra:
-        question = f"{question}\n{extra}" if question else extra
-    if not question and existing_prediction(row) is None:  # older LLaMA-Factory rows: label + predict only
-        raise RecordError("field 'instruction'/'question': missing or empty")
-    reference = first(row, "output", "answer", "reference", "response", "label")
-    history = row.get("history") or []
-    if not isinstance(history, list) or any(not isinstance(p, list) or len(p) < 2 for p in history):
-        raise RecordError("field 'history': expected a list of [question, answer] pairs")
+    """``(question, reference, history)`` of a record in any accepted shape (:func:`qihuang.records.to_prompt`)."""
     try:
-        question, earlier = flat_question(question) if question else (question, [])
+        prompt = to_prompt(row, allow_empty=existing_prediction(row) is not None)  # old LLaMA-Factory rows
     except InputError as exc:
         raise RecordError(str(exc)) from None
-    pairs = [[str(p[0]), str(p[1])] for p in history] + earlier
-    return question, None if reference is None else str(reference), pairs
+    return prompt.question, prompt.reference, prompt.history
 
 
 def existing_prediction(row: dict) -> str | None:
@@ -101,10 +60,11 @@ def load_qa(path: Path, *, need_reference: bool) -> Dataset:
         path = path / "test.jsonl"
     examples, skipped = [], []
     for file in data_files(path, (".jsonl", ".json")):
-        for line, row, error in read_rows(file):
+        for item in iter_rows(file):
+            row, line = item.row, item.line
             try:
-                if error:
-                    raise RecordError(error)
+                if item.error:
+                    raise RecordError(item.error)
                 question, reference, history = qa_record(row)
                 if need_reference and not (reference or "").strip():
                     raise RecordError("field 'output'/'answer': missing or empty reference")
@@ -113,7 +73,7 @@ def load_qa(path: Path, *, need_reference: bool) -> Dataset:
                 continue
             prediction = existing_prediction(row)
             fields = {} if prediction is None else {"prediction": prediction}
-            examples.append(Example(id=str(row.get("id") or f"{file.name}:{line}"), question=question,
+            examples.append(Example(id=str(row.get("id") or item.key), question=question,
                                     reference=reference, history=history, subject=row.get("subject"),
                                     source=str(file), line=line, fields=fields))
     return Dataset(examples, skipped)

@@ -46,7 +46,7 @@ from typing import Any
 
 from qihuang.errors import ConfigError
 from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption
-from qihuang.eval.dataio import data_files, read_rows
+from qihuang.eval.dataio import data_files, iter_rows
 
 SPLITS = ("dev", "heldout")
 VIA_DIRECT = "direct"
@@ -261,7 +261,7 @@ class RetrievalTask(Task):
         examples, skipped = [], []
         wanted = self.config["split"]
         for file in data_files(Path(path), (".jsonl", ".json")):
-            for line, row, error in read_rows(file):
+            for line, row, error, key in iter_rows(file):
                 if error:
                     skipped.append(Skipped(str(file), line, error))
                     continue
@@ -272,7 +272,7 @@ class RetrievalTask(Task):
                     continue
                 if wanted != "all" and gold["split"] != wanted:
                     continue
-                examples.append(Example(id=str(row.get("id") or f"{file.name}:{line}"), question=gold["question"],
+                examples.append(Example(id=str(row.get("id") or key), question=gold["question"],
                                         history=gold["history"], subject=gold["kind"], fields=gold,
                                         source=str(file), line=line))
         return Dataset(examples, skipped)

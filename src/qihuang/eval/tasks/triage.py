@@ -24,7 +24,7 @@ from typing import Any
 
 from qihuang.answer.triage import LEVELS, RuleSet, load_rules, triage, warm
 from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption
-from qihuang.eval.dataio import data_files, first, read_rows
+from qihuang.eval.dataio import data_files, first, iter_rows
 
 _SEVERITY = {name: i for i, name in enumerate(LEVELS)}
 
@@ -49,7 +49,7 @@ def _history(raw: Any) -> list[str]:
     return turns
 
 
-def _example(row: dict, file: Path, line: int) -> Example:
+def _example(row: dict, file: Path, line: int, key: str | None = None) -> Example:
     question = first(row, "question", "input", "instruction")
     if not isinstance(question, str) or not question.strip():
         raise _Bad("field 'question': missing or empty")
@@ -58,7 +58,7 @@ def _example(row: dict, file: Path, line: int) -> Example:
         raise _Bad(f"field 'label': expected one of {list(LEVELS)}, got {label!r}")
     fields = {"label": label, "turns": _history(row.get("history")),
               "presentation": str(row.get("presentation") or "unspecified"), "split": row.get("split")}
-    return Example(id=str(row.get("id") or f"{file.name}:{line}"), question=question, reference=label,
+    return Example(id=str(row.get("id") or key or f"{file.name}:{line}"), question=question, reference=label,
                    subject=fields["presentation"], source=str(file), line=line, fields=fields)
 
 
@@ -96,11 +96,11 @@ class TriageTask(Task):
     def load(self, path: Path) -> Dataset:
         examples, skipped = [], []
         for file in data_files(Path(path), (".jsonl", ".json")):
-            for line, row, error in read_rows(file):
+            for line, row, error, key in iter_rows(file):
                 try:
                     if error:
                         raise _Bad(error)
-                    ex = _example(row, file, line)
+                    ex = _example(row, file, line, key)
                 except _Bad as exc:
                     skipped.append(Skipped(str(file), line, str(exc)))
                     continue

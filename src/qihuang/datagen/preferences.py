@@ -1,4 +1,4 @@
-"""Preference pairs from the knowledge base (``qihuang data prefs``): a KB-faithful answer is
+"""Making preference pairs from the knowledge base (``qihuang data prefs``): a KB-faithful answer is
 *chosen*, the same answer made wrong is *rejected*, and every pair records how it was made wrong.
 
 Corruption kinds (``corruption`` field of each record; details in ``corruption_detail``):
@@ -12,14 +12,18 @@ Corruption kinds (``corruption`` field of each record; details in ``corruption_d
   urgent-care advice, the rejected one dismisses it. ``dosing`` — a drug answer whose safety
   note is replaced by overconfident dosing advice. Texts: ``resources/prefs.yaml``.
 
-Chosen answers are composed by the SFT builder's own code (:mod:`qihuang.datagen.templates`),
+Chosen answers are composed by the SFT builder's own code (:mod:`qihuang.datagen.phrasings`),
 so they read exactly like the instruction data. Questions come from the KB (split by entity with
 :func:`~qihuang.datagen.splits.assign_splits`, as ``data build`` does) or, with ``dataset``,
 from the single-attribute questions of an existing ``data build`` directory, keeping its splits
-and reproducing its answers. Swapped-in values never come from an entity of a more held-out
+and reproducing its answers: each record says which answer pattern wrote it (``pattern``, see
+:mod:`qihuang.records`), the rejected answer is rendered with that same pattern, and a record whose
+pattern is missing-as-null, invalid or does not reproduce its answer is recomposed and counted in
+``skipped`` (only files written before the field existed are matched by trying the patterns). Each
+pair records its ``pattern`` too. Swapped-in values never come from an entity of a more held-out
 split. Python API::
 
-    from qihuang.datagen.prefs import build_prefs
+    from qihuang.datagen.preferences import build_prefs
     stats = build_prefs(kb, "data/prefs", dataset="data/qihuang", kinds=("swap", "omission"))
 """
 
@@ -38,16 +42,15 @@ import yaml
 from qihuang.datagen.io import DatasetWriter
 from qihuang.datagen.kbview import EntityView, load_view
 from qihuang.datagen.splits import SPLITS, Deduper, assign_splits, example_id
-from qihuang.datagen.templates import (Phrasebook, Phrasing, Prepared, clean_value, is_clause, join_values,
+from qihuang.datagen.phrasings import (Phrasebook, Phrasing, Prepared, clean_value, is_clause, join_values,
                                        load_phrasebook, prepare_values, questions_for, render_answer)
 from qihuang.errors import ConfigError
 from qihuang.paths import resource
+from qihuang.records import RANKING_COLUMNS, read_records
 
-KINDS = ("swap", "omission", "unsafe")
-RANKING_COLUMNS = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected",
-                   "history": "history", "system": "system", "knowledge": "knowledge"}
+CORRUPTIONS = ("swap", "omission", "unsafe")  # how a rejected answer is made wrong (``corruption`` field)
 _RANK = {s: i for i, s in enumerate(SPLITS)}
-_VARIANTS = 64  # answer-pattern variants tried when reproducing a dataset's answer
+_GUESSED_VARIANTS = 64  # answer patterns tried for a record of an old file (one without a ``pattern`` field)
 
 
 # ---- texts (resources/prefs.yaml) ---------------------------------------------------------------
@@ -145,8 +148,6 @@ def kb_questions(views: list[EntityView], split_of: dict[str, str], book: Phrase
 def dataset_questions(dataset: Path, by_name: dict[str, EntityView], book: Phrasebook,
                       skipped: Counter) -> Iterator[Question]:
     """The single-attribute questions of a ``data build`` directory, in its splits, with its answers."""
-    from qihuang.data.formats import read_records
-
     files = {s: dataset / f"{s}.jsonl" for s in SPLITS if (dataset / f"{s}.jsonl").is_file()}
     if "train" not in files:
         raise ConfigError(f"dataset: {dataset} has no train.jsonl (a `qihuang data build` directory)")
@@ -165,13 +166,31 @@ def dataset_questions(dataset: Path, by_name: dict[str, EntityView], book: Phras
                 if not (q.question and prepared.shown):
                     skipped["no question or no values"] += 1
                     continue
-                found = next((v for v in range(_VARIANTS) if render_answer(
-                    view.name, prepared, phr, book, variant=v) == q.chosen), None)
-                if found is None:  # not a template answer: compose one so pairs differ only in facts
-                    skipped["answer recomposed"] += 1
+                found, reason = answer_pattern(rec, q, book)
+                if found is None:  # compose the answer again so chosen and rejected differ only in facts
+                    skipped[reason] += 1
                     q.chosen = q.render(book)
                 q.variant = found or 0
                 yield q
+
+
+def answer_pattern(rec: dict, q: Question, book: Phrasebook) -> tuple[int | None, str]:
+    """The answer pattern that wrote ``rec``'s answer, as the record says (its ``pattern`` field),
+    checked by rendering it again; ``(None, reason)`` when it is not known or does not reproduce the
+    answer. Only a record without the field (a file written before it existed) is matched by trying
+    the patterns."""
+    if "pattern" not in rec:
+        found = next((v for v in range(_GUESSED_VARIANTS) if render_answer(
+            q.view.name, q.prepared, q.phrasing, book, variant=v) == q.chosen), None)
+        return found, "answer recomposed"
+    pattern = rec["pattern"]
+    if pattern is None:
+        return None, "answer recomposed (no answer pattern: not a phrasebook answer)"
+    if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern < 0:
+        return None, "answer recomposed (invalid pattern id)"
+    if render_answer(q.view.name, q.prepared, q.phrasing, book, variant=pattern) != q.chosen:
+        return None, "answer recomposed (pattern id does not reproduce the answer)"
+    return pattern, ""
 
 
 # ---- corruptions ----------------------------------------------------------------------------------
@@ -294,9 +313,9 @@ def _red_flag(q: Question, rng: random.Random, texts: PrefTexts) -> dict | None:
 # ---- building ---------------------------------------------------------------------------------------
 def _check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
     kinds = tuple(dict.fromkeys(k.strip() for k in kinds if k.strip()))
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in CORRUPTIONS]
     if bad or not kinds:
-        raise ConfigError(f"kinds: {bad or 'none given'}; choose from {', '.join(KINDS)}")
+        raise ConfigError(f"kinds: {bad or 'none given'}; choose from {', '.join(CORRUPTIONS)}")
     return kinds
 
 
@@ -316,8 +335,8 @@ def make_pair(q: Question, kinds: tuple[str, ...], counts: Counter, rng: random.
         question = made.get("question", q.question)
         record = {"instruction": question, "input": "", "chosen": made.get("chosen", q.chosen),
                   "rejected": made["rejected"], "history": [], "knowledge": q.knowledge, "entity": q.view.name,
-                  "attribute": q.attribute, "corruption": kind, "corruption_detail": made["detail"],
-                  "id": example_id("pref", f"{question}\x1f{kind}")}
+                  "attribute": q.attribute, "pattern": q.variant, "corruption": kind,
+                  "corruption_detail": made["detail"], "id": example_id("pref", f"{question}\x1f{kind}")}
         if q.source_id:
             record["source_id"] = q.source_id
         return record
@@ -330,7 +349,7 @@ def dataset_info(prefix: str = "qihuang_prefs") -> dict:
                               "columns": dict(RANKING_COLUMNS)} for s in SPLITS}
 
 
-def build_prefs(kb, out_dir: str | Path, *, dataset: str | Path | None = None, kinds: Iterable[str] = KINDS,
+def build_prefs(kb, out_dir: str | Path, *, dataset: str | Path | None = None, kinds: Iterable[str] = CORRUPTIONS,
                 seed: int = 0, max_pairs: int | None = None, attributes: Iterable[str] | None = None,
                 dev_ratio: float = 0.05, test_ratio: float = 0.05, progress: bool = False) -> dict:
     """Write a ranking dataset directory (``train/dev/test.jsonl``, ``dataset_info.json``, ``stats.json``).
@@ -417,7 +436,7 @@ def run_prefs_cli(args) -> int:
     """``qihuang data prefs``: build the pairs and print a one-line summary (or JSON)."""
     import json
 
-    kinds = args.kinds.replace("，", ",").split(",") if args.kinds else KINDS
+    kinds = args.kinds.replace("，", ",").split(",") if args.kinds else CORRUPTIONS
     stats = build_prefs(args.db, args.out, dataset=args.dataset, kinds=kinds, seed=args.seed,
                         max_pairs=args.max_pairs, progress=not args.json)
     if args.json:

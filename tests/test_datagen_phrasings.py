@@ -7,7 +7,7 @@ import random
 import pytest
 import yaml
 
-from qihuang.datagen.templates import (answer_for, clean_value, compose_answer, followup_for, join_values,
+from qihuang.datagen.phrasings import (answer_for, clean_value, compose_answer, followup_for, join_values,
                                        load_phrasebook, questions_for)
 from qihuang.errors import ConfigError
 from qihuang.kb.schema import ATTRIBUTES

@@ -103,18 +103,18 @@ def _label(attribute: str) -> str:
 # --------------------------------------------------------------------------------------------
 # loading and validation
 # --------------------------------------------------------------------------------------------
-def _check_template(text: object, where: str, path: Path, required: set[str] = frozenset()) -> str:
+def _check_pattern(text: object, where: str, path: Path, required: set[str] = frozenset()) -> str:
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"{path}: {where}: expected a non-empty string, got {text!r}")
     try:
         names = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
     except ValueError as exc:
-        raise ConfigError(f"{path}: {where}: bad template {text!r}: {exc}") from None
+        raise ConfigError(f"{path}: {where}: bad pattern {text!r}: {exc}") from None
     allowed = _PLACEHOLDERS | {"symptoms", "disease", "matched", "departments"}
     if names - allowed:
         raise ConfigError(f"{path}: {where}: unknown placeholder(s) {sorted(names - allowed)} in {text!r}")
     if required - names:
-        raise ConfigError(f"{path}: {where}: template {text!r} must contain {sorted(required - names)}")
+        raise ConfigError(f"{path}: {where}: pattern {text!r} must contain {sorted(required - names)}")
     if "{values}等" in text:
         raise ConfigError(f"{path}: {where}: {text!r}: do not write 等 after {{values}} (cut lists already end in 等)")
     return text
@@ -124,7 +124,7 @@ def _strings(spec: dict, key: str, where: str, path: Path, required: set[str] = 
     items = spec.get(key) or []
     if not isinstance(items, list):
         raise ConfigError(f"{path}: {where}.{key}: expected a list")
-    return tuple(_check_template(t, f"{where}.{key}[{i}]", path, required) for i, t in enumerate(items))
+    return tuple(_check_pattern(t, f"{where}.{key}[{i}]", path, required) for i, t in enumerate(items))
 
 
 def _parse_phrasing(key: str, spec: dict, base: Phrasing | None, where: str, path: Path, max_values: int) -> Phrasing:
@@ -156,7 +156,7 @@ def _parse_phrasing(key: str, spec: dict, base: Phrasing | None, where: str, pat
             fields[name] = tuple(sorted(items, key=len, reverse=True))
     if "value_sentences" in spec:
         vs = spec["value_sentences"] or {}
-        fields["value_sentences"] = {str(k): _check_template(v, f"{where}.value_sentences.{k}", path)
+        fields["value_sentences"] = {str(k): _check_pattern(v, f"{where}.value_sentences.{k}", path)
                                      for k, v in vs.items()}
     if base is not None:
         return replace(base, **fields)
@@ -228,7 +228,7 @@ def _safety_notes(raw: object, path: Path) -> dict[str, tuple[str, ...]]:
     for kind, items in raw.items():
         if not isinstance(items, list) or not items:
             raise ConfigError(f"{path}: safety_notes.{kind}: expected a non-empty list")
-        notes[str(kind)] = tuple(_check_template(t, f"safety_notes.{kind}[{i}]", path) for i, t in enumerate(items))
+        notes[str(kind)] = tuple(_check_pattern(t, f"safety_notes.{kind}[{i}]", path) for i, t in enumerate(items))
     return notes
 
 
@@ -240,7 +240,7 @@ def _check_scenario(spec: dict, path: Path) -> None:
     for key in ("no_department", "hedge"):
         _strings(spec, key, "scenario", path)
     for key in ("candidate", "one_candidate"):
-        _check_template(spec.get(key), f"scenario.{key}", path, {"disease", "matched"})
+        _check_pattern(spec.get(key), f"scenario.{key}", path, {"disease", "matched"})
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from qihuang.cli import main
 from qihuang.data.pairwise import collate_pairs, encode_pair, load_pairs, read_pairs, to_pair
 from qihuang.data.registry import resolve_dataset
 from qihuang.datagen import build_dataset
-from qihuang.datagen.prefs import KINDS, build_prefs, load_pref_texts
+from qihuang.datagen.preferences import CORRUPTIONS, build_prefs, load_pref_texts
 from qihuang.errors import ConfigError, InputError
 from qihuang.kb import KnowledgeBase
 
@@ -45,8 +45,8 @@ def test_every_pair_records_its_corruption_and_differs(prefs):
     data = records_of(out)
     records = [r for rs in data.values() for r in rs]
     assert len(records) == stats["total"] == sum(stats["splits"].values()) > 60
-    assert {r["corruption"] for r in records} == set(KINDS)
-    counts = {k: sum(r["corruption"] == k for r in records) for k in KINDS}
+    assert {r["corruption"] for r in records} == set(CORRUPTIONS)
+    counts = {k: sum(r["corruption"] == k for r in records) for k in CORRUPTIONS}
     assert counts == stats["corruptions"] and max(counts.values()) - min(counts.values()) <= 2  # balanced
     for r in records:
         assert r["chosen"].strip() and r["rejected"].strip() and r["chosen"] != r["rejected"]
@@ -226,3 +226,96 @@ def test_encode_pair_trains_the_final_answer_only(tiny_llama):
     batch = collate_pairs([{**feature, "ref_chosen_logp": -1.0, "ref_rejected_logp": -2.0}] * 2, tok.pad_token_id)
     assert batch["input_ids"].shape[0] == 4 and batch["ref_rejected_logp"].tolist() == [-2.0, -2.0]
     assert batch["attention_mask"][0].sum() == len(feature["chosen_input_ids"])
+
+
+# ---- the answer pattern a record says made it --------------------------------------------------------
+def _rewrite(directory: Path, change) -> None:
+    """Apply ``change(record) -> record`` to every record of a data build directory's split files."""
+    for split in ("train", "dev", "test"):
+        path = directory / f"{split}.jsonl"
+        rows = [change(json.loads(x)) for x in path.read_text(encoding="utf-8").splitlines()]
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def sft_dir(kb, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sft") / "sft"
+    build_dataset(kb, out, seed=3, kinds=("single", "dialogue"))
+    return out
+
+
+def test_built_records_say_which_answer_pattern_wrote_them(kb, sft_dir):
+    from qihuang.datagen.kbview import load_view
+    from qihuang.datagen.phrasings import load_phrasebook, render_answer
+    from qihuang.datagen.preferences import _prepared
+
+    book, views = load_phrasebook(), {v.name: v for v in load_view(kb)}
+    records = [r for s in ("train", "dev", "test") for r in read_split(sft_dir, s)]
+    singles = [r for r in records if r["kind"] == "single"]
+    assert singles and all(isinstance(r["pattern"], int) for r in singles)
+    assert all(r["pattern"] is None for r in records if r["kind"] == "dialogue")
+    for r in singles:  # the recorded pattern renders exactly the written answer
+        phr, prepared, _ = _prepared(views[r["entity"]], r["attribute"], book)
+        assert render_answer(r["entity"], prepared, phr, book, variant=r["pattern"]) == r["output"]
+
+
+def test_prefs_use_the_recorded_pattern_not_a_guess(kb, sft_dir, tmp_path, monkeypatch):
+    import qihuang.datagen.preferences as preferences
+
+    monkeypatch.setattr(preferences, "_GUESSED_VARIANTS", 0)  # guessing would find nothing
+    stats = build_prefs(kb, tmp_path / "p", dataset=sft_dir, kinds=["swap", "omission"], seed=1)
+    assert stats["total"] > 0 and not any(k.startswith("answer recomposed") for k in stats["skipped"])
+    answers = {r["id"]: r for s in ("train", "dev", "test") for r in read_split(sft_dir, s)}
+    for rs in records_of(tmp_path / "p").values():
+        for r in rs:
+            assert r["chosen"] == answers[r["source_id"]]["output"]
+            assert r["pattern"] == answers[r["source_id"]]["pattern"]
+
+
+def test_a_wrong_or_missing_pattern_is_not_silently_mis_paired(kb, sft_dir, tmp_path):
+    import shutil
+
+    from qihuang.datagen.kbview import load_view
+    from qihuang.datagen.phrasings import load_phrasebook, render_answer
+    from qihuang.datagen.preferences import _prepared
+
+    book, views = load_phrasebook(), {v.name: v for v in load_view(kb)}
+
+    def wrong_pattern(r: dict) -> int | None:  # a pattern that writes a different answer, if there is one
+        phr, prepared, _ = _prepared(views[r["entity"]], r["attribute"], book)
+        return next((p for p in range(r["pattern"] + 1, r["pattern"] + 40)
+                     if render_answer(r["entity"], prepared, phr, book, variant=p) != r["output"]), None)
+
+    wrong = tmp_path / "wrong"
+    shutil.copytree(sft_dir, wrong)
+    tampered: dict[str, str] = {}
+
+    def tamper(r: dict) -> dict:
+        if r["kind"] == "single" and r["entity"] in views and (p := wrong_pattern(r)) is not None:
+            tampered[r["id"]] = r["output"]
+            r["pattern"] = p
+        return r
+
+    _rewrite(wrong, tamper)
+    assert tampered
+    stats = build_prefs(kb, tmp_path / "pw", dataset=wrong, kinds=["swap", "omission"], seed=1)
+    assert 1 <= stats["skipped"]["answer recomposed (pattern id does not reproduce the answer)"] <= len(tampered)
+    pairs = [r for rs in records_of(tmp_path / "pw").values() for r in rs]
+    assert any(r["source_id"] in tampered for r in pairs)
+    for r in pairs:  # chosen and rejected come from one pattern, the one the pair records; never the wrong id
+        phr, prepared, _ = _prepared(views[r["entity"]], r["attribute"], book)
+        assert r["chosen"] == render_answer(r["entity"], prepared, phr, book, variant=r["pattern"])
+        if r["source_id"] in tampered:
+            assert r["pattern"] == 0  # recomposed with the first pattern, not paired under the wrong one
+
+    nulls = tmp_path / "nulls"  # pattern null (an LLM answer): recomposed, never guessed
+    shutil.copytree(sft_dir, nulls)
+    _rewrite(nulls, lambda r: {**r, "pattern": None})
+    stats = build_prefs(kb, tmp_path / "pn", dataset=nulls, kinds=["swap", "omission"], seed=1)
+    assert stats["skipped"]["answer recomposed (no answer pattern: not a phrasebook answer)"] >= stats["total"] > 0
+
+    old = tmp_path / "old"  # a file written before records had a pattern: matched by trying the patterns
+    shutil.copytree(sft_dir, old)
+    _rewrite(old, lambda r: {k: v for k, v in r.items() if k != "pattern"})
+    stats = build_prefs(kb, tmp_path / "po", dataset=old, kinds=["swap", "omission"], seed=1)
+    assert stats["total"] > 0 and "answer recomposed" not in stats["skipped"]
