@@ -59,35 +59,16 @@ class Traffic:
         with self._lock:
             self.counts[key] += 1
 
-    def _observe(self, send, request):
+    def sent(self, response: Any = None, error: BaseException | None = None) -> None:
+        """Count one try: its response (a failed status is counted by status) or its transport error."""
         hx = _httpx()
         self.add("requests")
-        try:
-            response = send(request)
-        except hx.TimeoutException:
+        if isinstance(error, hx.TimeoutException):
             self.add("timeout")
-            raise
-        except hx.TransportError:
+        elif error is not None:
             self.add("connection_error")
-            raise
-        if response.status_code >= 400:
+        elif response is not None and response.status_code >= 400:
             self.add(f"http_{response.status_code}")
-        return response
-
-    async def _observe_async(self, send, request):
-        hx = _httpx()
-        self.add("requests")
-        try:
-            response = await send(request)
-        except hx.TimeoutException:
-            self.add("timeout")
-            raise
-        except hx.TransportError:
-            self.add("connection_error")
-            raise
-        if response.status_code >= 400:
-            self.add(f"http_{response.status_code}")
-        return response
 
 
 def _transport(traffic: Traffic, asynchronous: bool) -> Any:
@@ -98,7 +79,13 @@ def _transport(traffic: Traffic, asynchronous: bool) -> Any:
                 self.inner = hx.AsyncHTTPTransport()
 
             async def handle_async_request(self, request):
-                return await traffic._observe_async(self.inner.handle_async_request, request)
+                try:
+                    response = await self.inner.handle_async_request(request)
+                except hx.TransportError as exc:
+                    traffic.sent(error=exc)
+                    raise
+                traffic.sent(response)
+                return response
 
             async def aclose(self) -> None:
                 await self.inner.aclose()
@@ -108,7 +95,13 @@ def _transport(traffic: Traffic, asynchronous: bool) -> Any:
                 self.inner = hx.HTTPTransport()
 
             def handle_request(self, request):
-                return traffic._observe(self.inner.handle_request, request)
+                try:
+                    response = self.inner.handle_request(request)
+                except hx.TransportError as exc:
+                    traffic.sent(error=exc)
+                    raise
+                traffic.sent(response)
+                return response
 
             def close(self) -> None:
                 self.inner.close()
