@@ -57,6 +57,8 @@ def test_one_name_per_option_across_answering_commands():
         assert (args.engine, args.dtype, args.kb, args.max_new_tokens) == ("hf", "bfloat16", "k.sqlite", 9)
         assert parse(command).engine == "auto"
     assert parse(["export", "--adapter", "a", "--out", "b"]).dtype == "float32"
+    assert parse(["train", "--threads", "2"]).num_threads == parse(["chat", "--num-threads", "2"]).threads == 2
+    assert parse(["kb", "stats", "--kb", "k"]).db == parse(["data", "build", "--out", "o", "--kb", "k"]).db == "k"
 
 
 def test_one_dtype_list_everywhere():

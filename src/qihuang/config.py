@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,6 +27,18 @@ from qihuang.models.load import _DTYPES as DTYPES
 
 STAGES = ("sft", "pt", "rm", "dpo")
 Dtype = Literal[DTYPES]  # one list of weight dtypes for every command
+
+
+@dataclass(frozen=True)
+class Cli:
+    """Command-line details of a field, given as ``Annotated[T, Cli(...)]``: extra option names
+    (``aliases``), hidden names that still work but warn (``deprecated``), an argparse ``type``
+    converter and a ``metavar``."""
+
+    aliases: tuple[str, ...] = ()
+    deprecated: tuple[str, ...] = ()
+    type: Callable[[str], Any] | None = None
+    metavar: str | None = None
 
 
 class TrainConfig(BaseModel):
@@ -74,7 +86,7 @@ class TrainConfig(BaseModel):
     seed: int = Field(42, description="random seed (data order, dropout, LoRA init)")
     dtype: Dtype = Field("auto", description="weight dtype (auto: float32 on CPU)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision")
-    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's "
+    num_threads: Annotated[int | None, Cli(aliases=("threads",))] = Field(None, gt=0, description="CPU threads for torch (default: torch's "
                                     "choice; 1 is often fastest on a CPU shared with other jobs)")
     gradient_checkpointing: bool = Field(False, description="trade compute for memory")
     fused_lora: bool = Field(True, description="compute each LoRA layer as one fused op (same maths as PEFT's, "
@@ -210,18 +222,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
 
 
 # ---- command-line options generated from pydantic models --------------------------------------
-@dataclass(frozen=True)
-class Cli:
-    """Command-line details of a field, given as ``Annotated[T, Cli(...)]``: extra option names
-    (``aliases``), hidden names that still work but warn (``deprecated``), an argparse ``type``
-    converter and a ``metavar``."""
-
-    aliases: tuple[str, ...] = ()
-    deprecated: tuple[str, ...] = ()
-    type: Callable[[str], Any] | None = None
-    metavar: str | None = None
-
-
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

@@ -89,7 +89,7 @@ class ModelOptions(Options):
         "those not installed are refused")
     dtype: Dtype = Field("auto", description="weights dtype (auto: bf16 on GPUs and CPUs with native bf16, "
                          "else float32)")
-    threads: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default; 1 is fastest on a busy "
+    threads: Annotated[int, Cli(aliases=("num-threads",))] = Field(0, ge=0, description="CPU threads for torch (0 = torch's default; 1 is fastest on a busy "
                          "shared machine)")
     trust_remote_code: bool = TRUST_REMOTE_CODE
 
