@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import re
-import warnings
 
 import pytest
 
+from qihuang.answer.engine import BACKENDS
 from qihuang.cli import build_parser, main
 from qihuang.config import DTYPES, TrainConfig, options_from_args
 from qihuang.errors import ConfigError
@@ -56,6 +56,9 @@ def test_one_name_per_option_across_answering_commands():
         args = parse([*command, "--engine", "hf", "--dtype", "bfloat16", "--kb", "k.sqlite", "--max-new-tokens", "9"])
         assert (args.engine, args.dtype, args.kb, args.max_new_tokens) == ("hf", "bfloat16", "k.sqlite", 9)
         assert parse(command).engine == "auto"
+        engine = next(a for a in dict(_parsers(build_parser()))[tuple(command[:1])]._actions if a.dest == "engine"
+                      and "--engine" in a.option_strings)
+        assert tuple(engine.choices) == tuple(dict.fromkeys(("auto", *BACKENDS)))  # the engine helpers' contract
     assert parse(["export", "--adapter", "a", "--out", "b"]).dtype == "float32"
     assert parse(["train", "--threads", "2"]).num_threads == parse(["chat", "--num-threads", "2"]).threads == 2
     assert parse(["kb", "stats", "--kb", "k"]).db == parse(["data", "build", "--out", "o", "--kb", "k"]).db == "k"
@@ -71,8 +74,7 @@ def test_one_dtype_list_everywhere():
 
 def test_eval_backend_is_a_hidden_deprecated_alias_of_engine(capsys):
     parser = dict(_parsers(build_parser()))[("eval",)]
-    with pytest.warns(FutureWarning, match="--backend is deprecated"):
-        args = parser.parse_args(["--backend", "vllm"])
+    args = parser.parse_args(["--backend", "vllm"])
     assert args.engine == "vllm" and not hasattr(args, "backend")
     assert "deprecated, use --engine" in capsys.readouterr().err
     assert "--backend" not in parser.format_help()
@@ -80,11 +82,10 @@ def test_eval_backend_is_a_hidden_deprecated_alias_of_engine(capsys):
         parser.parse_args(["--backend", "nope"])
 
 
-def test_quickstart_old_names_still_work():
+def test_quickstart_old_names_still_work(capsys):
     parse = build_parser().parse_args
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        args = parse(["quickstart", "--steps", "3", "--budget-minutes", "2.5"])
+    args = parse(["quickstart", "--steps", "3", "--budget-minutes", "2.5"])
+    assert "--budget-minutes is deprecated, use --max-minutes" in capsys.readouterr().err
     options = options_from_args(QuickstartOptions, args)
     assert (options.max_steps, options.max_minutes) == (3, 2.5)
     assert options_from_args(QuickstartOptions, parse(["quickstart"])) == QuickstartOptions()

@@ -253,9 +253,6 @@ class _Deprecated(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, value, option_string=None):
-        import warnings
-
-        warnings.warn(f"{option_string} is deprecated: use {self.new}", FutureWarning, stacklevel=2)
         print(f"warning: {option_string} is deprecated, use {self.new}", file=sys.stderr)
         setattr(namespace, self.dest, value)
 

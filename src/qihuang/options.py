@@ -10,6 +10,7 @@ option has the same name, help and default everywhere it appears:
     EvalOptions        `qihuang eval` run options (``qihuang.eval.run(..., options=EvalOptions(...))``)
     ServeOptions / WebuiOptions / ExportOptions
     BuildOptions       `qihuang data build` (``build_dataset(kb, out, **options.builder_kwargs())``)
+    KnowledgeOptions   `qihuang data knowledge`
     SynthOptions       `qihuang data synth` (``synthesize(kb, out, SynthOptions(...))``)
     QuickstartOptions  `qihuang quickstart`
 """
@@ -239,6 +240,20 @@ class BuildOptions(Options):
         values = self.model_dump(exclude={"db", "phrasings"})
         values["kinds"] = tuple(values["kinds"])
         return {**values, "phrasings": count, "phrasebook": book}
+
+
+class KnowledgeOptions(Options):
+    """Knowledge-tuning examples from your questions (``qihuang data knowledge``)."""
+
+    cli_title: ClassVar[str] = "knowledge tuning"
+    questions: str = Field(description="questions: .txt one per line, or .json/.jsonl records")
+    db: Annotated[str | None, Cli(aliases=("kb",))] = KB_PATH
+    phrasings: Annotated[str | None, Cli(metavar="FILE")] = Field(
+        None, description="a phrasings YAML file for the answer wording (default: resources/phrasings.yaml)")
+    seed: int = SEED
+    dev_ratio: float = DEV_RATIO
+    test_ratio: float = TEST_RATIO
+    sharegpt: bool = SHAREGPT
 
 
 class SynthOptions(Options):

@@ -26,12 +26,14 @@ def cmd_build(args) -> int:
 
 
 def cmd_knowledge(args) -> int:
+    from qihuang.config import options_from_args
     from qihuang.datagen.knowledge import build_knowledge
     from qihuang.kb import KnowledgeBase
+    from qihuang.options import KnowledgeOptions
 
-    with KnowledgeBase.open(args.db) as kb:
-        stats = build_knowledge(kb, args.questions, args.out, phrasings=args.phrasings, seed=args.seed,
-                                dev_ratio=args.dev_ratio, test_ratio=args.test_ratio, sharegpt=args.sharegpt)
+    o = options_from_args(KnowledgeOptions, args)
+    with KnowledgeBase.open(o.db) as kb:
+        stats = build_knowledge(kb, o.questions, args.out, **o.model_dump(exclude={"db", "questions"}))
     if args.json:
         print(json.dumps(stats, ensure_ascii=False, indent=2))
     else:
@@ -108,19 +110,15 @@ def _add_prefs(sub) -> None:
 
 
 def _add_knowledge(sub) -> None:
+    from qihuang.config import add_options
+    from qihuang.options import KnowledgeOptions
+
     k = sub.add_parser("knowledge", help="knowledge-tuning examples from your questions (link -> facts -> answer)",
                        description="Link each question to the knowledge base, retrieve its facts as the assistant "
                                    "does, and write alpaca records with 'knowledge' and provenance.")
-    k.add_argument("--questions", required=True, help="questions: .txt one per line, or .json/.jsonl records")
-    k.add_argument("--db", "--kb", dest="db", help=_KB_HELP)
     k.add_argument("--out", required=True, help="output dataset directory")
-    k.add_argument("--phrasings", metavar="FILE", help="a phrasings YAML file for the answer wording "
-                   "(default: resources/phrasings.yaml)")
-    k.add_argument("--seed", type=int, default=0, help="random seed (splits; default: 0)")
-    k.add_argument("--dev-ratio", type=float, default=0.05, help="share of entities in dev (default: 0.05)")
-    k.add_argument("--test-ratio", type=float, default=0.05, help="share of entities in test (default: 0.05)")
-    k.add_argument("--sharegpt", action="store_true", help="also write ShareGPT files")
     k.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    add_options(k, KnowledgeOptions)
     k.set_defaults(func=cmd_knowledge)
 
 
