@@ -15,13 +15,11 @@ import threading
 from collections import Counter
 from typing import Any
 
-import openai
-
 from qihuang.errors import ConfigError, QihuangError
 
 NO_KEY = "EMPTY"  # sent when no key is configured (local servers ignore it; the client needs one)
 API_KEY_ENV = ("QIHUANG_API_KEY", "OPENAI_API_KEY")
-FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
+# `openai` is imported where a client is made: importing it takes about 0.5 s, too much for `qihuang --help`
 
 
 class RequestFailed(QihuangError):
@@ -43,6 +41,8 @@ def api_key_from_env() -> str | None:
 
 def _httpx() -> Any:
     """The httpx package the installed ``openai`` client is built on (``httpx``, or ``httpx2``)."""
+    import openai
+
     base = inspect.getmro(openai.DefaultHttpxClient)[1]
     return importlib.import_module(base.__module__.split(".")[0])
 
@@ -112,6 +112,8 @@ def openai_client(base_url: str, api_key: str | None = None, *, timeout: float =
                   asynchronous: bool = False, traffic: Traffic | None = None) -> Any:
     """An ``openai.OpenAI`` (or ``AsyncOpenAI``) client for ``base_url``; ``api_key`` defaults to
     :func:`api_key_from_env`. ``traffic`` counts every request it sends."""
+    import openai
+
     if timeout <= 0 or max_retries < 0:
         raise ConfigError(f"timeout must be > 0 and retries >= 0, got {timeout} and {max_retries}")
     kwargs: dict[str, Any] = {"base_url": base_url.rstrip("/"), "api_key": api_key or api_key_from_env() or NO_KEY,
@@ -133,10 +135,12 @@ def reply_text(raw: Any) -> str:
     return text
 
 
-def failure(exc: openai.OpenAIError, base_url: str, model: str) -> QihuangError:
-    """What a client error means here: a wrong key, model or URL is a :class:`ConfigError` (every
-    other request would fail too); anything else is a :class:`RequestFailed`."""
-    if isinstance(exc, FATAL):
+def failure(exc: Exception, base_url: str, model: str) -> QihuangError:
+    """What an ``openai`` client error means here: a wrong key, model or URL is a :class:`ConfigError`
+    (every other request would fail too); anything else is a :class:`RequestFailed`."""
+    import openai
+
+    if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)):
         return ConfigError(f"{base_url}: HTTP {exc.status_code} for model {model!r}: {exc.message[:300]}")
     if isinstance(exc, openai.APIStatusError):
         return RequestFailed("request_failed", f"HTTP {exc.status_code}: {exc.message[:200]}")
