@@ -50,7 +50,7 @@ def test_interactive_prompt_is_shown():
 def test_cli_chat_with_tiny_model_and_piped_stdin(tiny_llama, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("偏头痛吃什么药\n/reset\n感冒了怎么办\n"))
     assert main(["chat", "--model", str(tiny_llama), "--template", "med_template", "--no-grounded",
-                 "--max-new-tokens", "6"]) == 0
+                 "--engine", "hf", "--max-new-tokens", "6"]) == 0
     out = capsys.readouterr().out
     assert out.count("岐黄> ") == 2 and "（对话已清空）" in out and out.count(DISCLAIMER) == 3
 

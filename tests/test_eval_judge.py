@@ -14,7 +14,7 @@ from qihuang.errors import ConfigError
 from qihuang.eval.judge_client import build_messages, parse_verdict
 
 FIX = Path(__file__).parent / "fixtures" / "eval"
-FAST = {"judge_model": "judge-1", "judge_backoff": 0.01, "judge_timeout": 5.0}
+FAST = {"judge_model": "judge-1", "judge_timeout": 5.0}
 
 
 def _verdict(s: int, u: int, m: int) -> dict:

@@ -18,7 +18,7 @@ FIX = Path(__file__).parent / "fixtures" / "eval"
 def _kbqa_cli(model: str, kb_path: Path, out: Path, grounded: bool) -> dict:
     rc = main(["eval", "--task", "kbqa", "--data", str(FIX / "kbqa_test.jsonl"), "--model", model,
                "--kb", str(kb_path), "--grounded" if grounded else "--no-grounded", "--max-new-tokens", "12",
-               "--batch-size", "4", "--out", str(out), "--no-progress"])
+               "--batch-size", "4", "--out", str(out), "--no-progress", "--engine", "hf"])
     assert rc == 0
     return json.loads((out / "results.json").read_text(encoding="utf-8"))
 

@@ -200,8 +200,8 @@ def test_cli_eval_mcq_loglik(tmp_path, monkeypatch, capsys):
     rc = main(["eval", "--task", "mcq", "--data", str(FIX / "cmmlu"), "--model", "tiny", "--out", str(out),
                "--limit", "4", "--shots", "1", "--no-progress"])
     assert rc == 0
-    assert loaded == [{"model": "tiny", "adapter": None, "template": None, "backend": "hf", "dtype": "auto",
-                       "trust_remote_code": False}]
+    assert loaded == [{"model": "tiny", "adapter": None, "template": None, "backend": "auto", "dtype": "auto",
+                       "batch_size": 8, "trust_remote_code": False}]
     res = json.loads((out / "results.json").read_text())
     gold = [r["gold"] for r in _rows(out)]
     assert res["scores"]["accuracy"] == 100 * gold.count("B") / 4

@@ -111,7 +111,7 @@ def test_cli_infer_with_tiny_model_and_adapter(tmp_path, tiny_llama, capsys, mon
     make_tiny_kb(tmp_path / "kb.sqlite")
     src = _write_jsonl(tmp_path / "infer.json", HUATUO[:3])
     args = ["--input", str(src), "--kb", str(tmp_path / "kb.sqlite"), "--max-new-tokens", "8",
-            "--batch-size", "2", "--quiet"]
+            "--batch-size", "2", "--quiet", "--engine", "hf"]
     assert main(["infer", *args, "--output", str(tmp_path / "base.jsonl"), "--model", str(tiny_llama),
                  "--template", "med_template"]) == 0
     adapter = make_tiny_adapter(tiny_llama, tmp_path / "adapter")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 from kb_fixture import TINY_KB_JSONL
-from qihuang.quickstart import RUNS, TABLE_METRICS, QuickstartConfig, run_quickstart
+from qihuang.quickstart import RUNS, TABLE_METRICS, QuickstartOptions, run_quickstart
 
 
 def test_quickstart_tiny_end_to_end_and_resume(tiny_llama, tmp_path):
-    cfg = QuickstartConfig(model=str(tiny_llama), source=str(TINY_KB_JSONL), db=str(tmp_path / "kb.sqlite"),
-                           out=str(tmp_path / "qs"), examples=60, test_questions=6, steps=2, max_new_tokens=6,
-                           batch_size=4)
+    cfg = QuickstartOptions(model=str(tiny_llama), source=str(TINY_KB_JSONL), db=str(tmp_path / "kb.sqlite"),
+                            out=str(tmp_path / "qs"), examples=60, test_questions=6, max_steps=2, max_new_tokens=6,
+                            batch_size=4)
     result = run_quickstart(cfg)
     out = tmp_path / "qs"
     assert set(result["scores"]) == set(RUNS)
@@ -35,7 +35,7 @@ def test_quickstart_tiny_end_to_end_and_resume(tiny_llama, tmp_path):
     again = run_quickstart(cfg)
     assert again["scores"] == result["scores"]
     assert (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
-    cfg.steps = 3
+    cfg.max_steps = 3
     third = run_quickstart(cfg)
     assert third["train"]["steps"] == 3
     assert json.loads((out / "state.json").read_text(encoding="utf-8"))["data"] == state["data"]

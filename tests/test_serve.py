@@ -158,7 +158,7 @@ def test_qihuang_serve_command(tiny_llama, tmp_path):
     port = free_port()
     env = dict(os.environ, QIHUANG_HOME=str(tmp_path))
     cmd = [sys.executable, "-m", "qihuang.cli", "serve", "--model", str(tiny_llama), "--template", "med_template",
-           "--no-grounded", "--port", str(port), "--api-key", KEY, "--max-new-tokens", "4", "--log-level", "warning"]
+           "--engine", "hf", "--no-grounded", "--port", str(port), "--api-key", KEY, "--max-new-tokens", "4", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -18,7 +18,7 @@ from qihuang.datagen.synth import (build_messages, check_consistency, load_promp
 from qihuang.errors import ConfigError
 from qihuang.kb import KnowledgeBase
 
-FAST = {"backoff": 0.01, "timeout": 2.0, "retries": 3}
+FAST = {"timeout": 2.0, "retries": 3}
 
 
 @pytest.fixture()
@@ -67,7 +67,7 @@ def test_synth_survives_429_500_timeouts_disconnects_and_malformed_bodies(kb, tm
     fake = FakeOpenAI(responder=responder)
     with fake as base_url:
         stats = synthesize(kb, tmp_path / "ds", base_url=base_url, model="fake", n=12, concurrency=4,
-                           timeout=1.5, retries=3, backoff=0.01)  # 1.5 s: a loaded test process can stall 0.5 s
+                           timeout=1.5, retries=3)  # 1.5 s: a loaded test process can stall 0.5 s
     statuses = fake.statuses()
     assert statuses[200] >= 12 and statuses[429] == statuses[500] == statuses[503] == 1
     assert stats["sent"] == 12 and stats["http"]["retries"] == 6
@@ -145,7 +145,7 @@ def test_exhausted_retries_are_dropped_not_cached_and_auth_errors_stop_the_run(k
     fake = FakeOpenAI(default=Fault.server_error(502))
     with fake as base_url:
         stats = synthesize(kb, tmp_path / "a", base_url=base_url, model="fake", n=2, concurrency=1,
-                           backoff=0.01, retries=2)
+                           retries=2)
     assert stats["dropped"] == {"request_failed": 2} and stats["total"] == 0
     assert len(fake.requests) == 6  # 1 try + 2 retries each
     cache = tmp_path / "a" / "synth_cache.jsonl"

@@ -15,53 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from qihuang.steps import StepRunner
-
-# attributes whose answers are lists of short KB values: fact recall is meaningful for them
-QA_ATTRIBUTES = ("symptoms", "drugs", "department", "indications", "adverse_reactions", "cause",
-                 "complications", "examinations", "contraindications", "efficacy")
+from qihuang.options import BuildOptions, QuickstartOptions
+from qihuang.quickstart_cache import StepRunner
 RUNS = ("base_plain", "base_grounded", "tuned_plain", "tuned_grounded")
 TABLE_METRICS = ("fact_recall", "qizhen_any", "qizhen_half", "qizhen_two_thirds", "hallucination_rate",
                  "wrong_attribute_rate", "draft_hallucination_rate", "draft_wrong_attribute_rate",
                  "hallucinated_entities_mean", "abstained_rate", "bleu4", "rougeL")
 
 
-@dataclass
-class QuickstartConfig:
-    """Options of the main job (each maps to a ``qihuang quickstart`` flag)."""
-
-    model: str = "default"
-    source: str = "cmekg"
-    db: str | None = None
-    out: str | None = None
-    examples: int = 1200
-    test_questions: int = 40
-    steps: int | None = None
-    budget_minutes: float = 7.0  # ~35 steps of batch 8 on a 2-core CPU; the whole job stays under 15 min
-    learning_rate: float = 1e-3
-    lora_rank: int = 16
-    batch_size: int = 8
-    cutoff_len: int = 384
-    max_new_tokens: int = 64
-    eval_batch_size: int = 16
-    seed: int = 0
-    attributes: list[str] = field(default_factory=lambda: list(QA_ATTRIBUTES))
-    fresh: bool = False
-
-    @property
-    def out_dir(self) -> Path:
-        from qihuang.paths import home
-
-        return Path(self.out) if self.out else home() / "quickstart"
-
-
-def _import_kb(cfg: QuickstartConfig) -> dict:
+def _import_kb(cfg: QuickstartOptions) -> dict:
     from qihuang.kb import KnowledgeBase
 
     with KnowledgeBase.create(cfg.db) as kb:
@@ -75,16 +42,16 @@ def _import_kb(cfg: QuickstartConfig) -> dict:
     return {"path": stats["path"], "entities": stats["entities"], "triples": stats["triples"]}
 
 
-def _build_data(cfg: QuickstartConfig, db: str, data_dir: Path) -> dict:
+def _build_data(cfg: QuickstartOptions, db: str, data_dir: Path) -> dict:
     from qihuang.datagen.builder import build_dataset
 
     if data_dir.exists():
         shutil.rmtree(data_dir)
     total = cfg.examples + 2 * cfg.test_questions
-    stats = build_dataset(db, data_dir, max_examples=total, attributes=cfg.attributes, seed=cfg.seed,
-                          balanced=True, kinds=("single", "scenario", "dialogue"), phrasings=1,
-                          test_ratio=max(0.02, cfg.test_questions / max(total, 1) * 1.5), dev_ratio=0.04,
-                          progress=True)
+    options = BuildOptions(max_examples=total, attributes=cfg.attributes, seed=cfg.seed, balanced=True,
+                           kinds=["single", "scenario", "dialogue"], phrasings=1, dev_ratio=0.04,
+                           test_ratio=max(0.02, cfg.test_questions / max(total, 1) * 1.5))
+    stats = build_dataset(db, data_dir, **options.builder_kwargs(), progress=True)
     _trim_test(data_dir / "test.jsonl", cfg.test_questions, cfg.seed)
     return {"dir": str(data_dir), "splits": stats.get("splits"), "kinds": stats.get("kinds")}
 
@@ -110,7 +77,7 @@ def _trim_test(path: Path, n: int, seed: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in picked))
 
 
-def _train(cfg: QuickstartConfig, data_dir: Path, adapter_dir: Path) -> dict:
+def _train(cfg: QuickstartOptions, data_dir: Path, adapter_dir: Path) -> dict:
     from qihuang.train import run
 
     if adapter_dir.exists():
@@ -118,8 +85,8 @@ def _train(cfg: QuickstartConfig, data_dir: Path, adapter_dir: Path) -> dict:
     config = {
         "stage": "sft", "model": cfg.model, "dataset": str(data_dir), "finetuning": "lora", "grounded": True,
         "lora_rank": cfg.lora_rank, "learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size,
-        "cutoff_len": cfg.cutoff_len, "num_epochs": 1.0, "max_steps": cfg.steps, "seed": cfg.seed,
-        "max_minutes": None if cfg.steps else cfg.budget_minutes, "output": str(adapter_dir),
+        "cutoff_len": cfg.cutoff_len, "num_epochs": 1.0, "max_steps": cfg.max_steps, "seed": cfg.seed,
+        "max_minutes": None if cfg.max_steps else cfg.max_minutes, "output": str(adapter_dir),
         "save_steps": 25, "eval_steps": 25, "logging_steps": 5, "warmup_ratio": 0.05,
     }
     result = run(config)
@@ -127,7 +94,7 @@ def _train(cfg: QuickstartConfig, data_dir: Path, adapter_dir: Path) -> dict:
     return {"dir": str(adapter_dir), **{k: result.metrics.get(k) for k in keep}}
 
 
-def _evaluate(cfg: QuickstartConfig, name: str, db: str, data_dir: Path, adapter: str | None, out: Path) -> dict:
+def _evaluate(cfg: QuickstartOptions, name: str, db: str, data_dir: Path, adapter: str | None, out: Path) -> dict:
     from qihuang.answer.answerer import Answerer
     from qihuang.answer.engine import GenerationParams, load_engine
     from qihuang.eval import run
@@ -147,15 +114,15 @@ def _evaluate(cfg: QuickstartConfig, name: str, db: str, data_dir: Path, adapter
     return results
 
 
-def run_quickstart(cfg: QuickstartConfig, console: Console | None = None) -> dict:
+def run_quickstart(cfg: QuickstartOptions, console: Console | None = None) -> dict:
     """Run (or resume) the main job; returns the before/after scores."""
     console = console or Console()
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     steps = StepRunner(out, fresh=cfg.fresh, console=console)
     data_dir, adapter_dir, eval_dir = out / "data", out / "adapter", out / "eval"
-    opts = asdict(cfg)
-    opts.pop("fresh")
+    opts = cfg.model_dump(exclude={"fresh"})
+    opts |= {"steps": cfg.max_steps, "budget_minutes": cfg.max_minutes}  # the names earlier state.json files use
 
     kb = steps.run("kb", "1/6 import the knowledge base", {"source": cfg.source, "db": cfg.db},
                    lambda: _import_kb(cfg))
@@ -239,25 +206,15 @@ def _samples(tuned: Path, base: Path, n: int = 3) -> list[str]:
 
 
 def cmd_quickstart(args) -> int:
-    cfg = QuickstartConfig(model=args.model, source=args.source, db=args.db, out=args.out, examples=args.examples,
-                           test_questions=args.test_questions, steps=args.steps, budget_minutes=args.budget_minutes,
-                           max_new_tokens=args.max_new_tokens, seed=args.seed, fresh=args.fresh)
-    run_quickstart(cfg)
+    from qihuang.config import options_from_args
+
+    run_quickstart(options_from_args(QuickstartOptions, args))
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    d = QuickstartConfig()
+    from qihuang.config import add_options
+
     p = sub.add_parser("quickstart", help="the main job: import KB, build data, evaluate, LoRA-tune, evaluate, report")
-    p.add_argument("--model", default=d.model, help="base model: 'default', a local dir, a .gguf or a hub id")
-    p.add_argument("--source", default=d.source, help="KB source when the KB is empty: 'cmekg' or a file")
-    p.add_argument("--db", default=d.db, help="knowledge-base file (default $QIHUANG_HOME/kb.sqlite)")
-    p.add_argument("--out", default=d.out, help="output directory (default $QIHUANG_HOME/quickstart)")
-    p.add_argument("--examples", type=int, default=d.examples, help="instruction examples to build")
-    p.add_argument("--test-questions", type=int, default=d.test_questions, help="held-out KB-QA questions")
-    p.add_argument("--steps", type=int, default=d.steps, help="training steps (default: as many as the budget allows)")
-    p.add_argument("--budget-minutes", type=float, default=d.budget_minutes, help="training time budget")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="answer length in evaluation")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing finished ones")
+    add_options(p, QuickstartOptions)
     p.set_defaults(func=cmd_quickstart)

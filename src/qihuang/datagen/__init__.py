@@ -7,7 +7,7 @@
     splits.py      train/dev/test by entity (seeded), question keys and de-duplication
     io.py          atomic dataset directory: split files, ShareGPT, dataset_info.json, stats.json
     builder.py     build_dataset(): `qihuang data build`
-    llm_client.py  OpenAI-compatible async client with retries, backoff and a reply cache
+    llm_client.py  async chat client on the openai client (qihuang.llm) with counters and a reply cache
     synth.py       synthesize(): `qihuang data synth` (LLM-written, consistency-filtered)
     preferences.py making preference pairs for reward modelling / DPO: `qihuang data prefs`
     validate.py    `qihuang data validate` (alpaca / ShareGPT, JSON or JSON lines)

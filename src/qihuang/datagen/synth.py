@@ -31,6 +31,7 @@ from qihuang.datagen.splits import assign_splits
 from qihuang.datagen.phrasings import clean_value, is_clause, load_phrasebook
 from qihuang.errors import ConfigError
 from qihuang.kb.types import Fact
+from qihuang.options import SynthOptions
 from qihuang.paths import resource
 
 CACHE_NAME = "synth_cache.jsonl"
@@ -166,15 +167,12 @@ def check_consistency(kb, sample: FactSample, qa: dict[str, str], check_types: s
 
 
 # ---- running -----------------------------------------------------------------------------------
-def synthesize(kb, out_dir: str | Path, *, base_url: str, model: str, n: int = 100, concurrency: int = 8,
-               timeout: float = 60.0, retries: int = 5, seed: int = 0, temperature: float = 0.7,
-               api_key: str | None = None, backoff: float = 1.0, sharegpt: bool = False, progress: bool = False,
-               dev_ratio: float = 0.05, test_ratio: float = 0.05, prompts_path: str | None = None) -> dict:
+def synthesize(kb, out_dir: str | Path, options: SynthOptions | None = None, *, api_key: str | None = None,
+               progress: bool = False, **fields) -> dict:
     """Write an LLM-synthesized dataset directory from ``kb`` (a KnowledgeBase, a path, or None for the
-    default); returns the statistics (kept, dropped by reason, requests, retries, cache hits)."""
-    for name, value in (("n", n), ("concurrency", concurrency), ("timeout", timeout)):
-        if value <= 0:
-            raise ConfigError(f"{name}: must be positive, got {value}")
+    default) with ``options`` (:class:`qihuang.options.SynthOptions`; ``fields`` set or override some of
+    them); returns the statistics (kept, dropped by reason, requests, retries, cache hits)."""
+    o = SynthOptions.of(options, **fields)
     own = kb is None or isinstance(kb, (str, Path))
     if own:
         from qihuang.kb import KnowledgeBase
@@ -182,23 +180,23 @@ def synthesize(kb, out_dir: str | Path, *, base_url: str, model: str, n: int = 1
         kb = KnowledgeBase.open(kb)
     try:
         t0 = time.perf_counter()
-        prompts = load_prompts(prompts_path)
-        samples = sample_facts(load_view(kb, progress=progress), n, seed, prompts)
-        extra = {"temperature": temperature}
+        prompts = load_prompts(o.prompts_path)
+        samples = sample_facts(load_view(kb, progress=progress), o.n, o.seed, prompts)
+        extra = {"temperature": o.temperature}
         if prompts.get("response_format"):
             extra["response_format"] = prompts["response_format"]
-        client = ChatClient(base_url, model, api_key or api_key_from_env(), timeout=timeout, retries=retries,
-                            backoff=backoff, extra=extra)
+        client = ChatClient(o.base_url, o.model, api_key or api_key_from_env(), timeout=o.timeout,
+                            retries=o.retries, extra=extra)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         cache = ReplyCache(out_dir / CACHE_NAME)
         try:
-            results = asyncio.run(_run_all(samples, prompts, client, cache, concurrency, progress, seed))
+            results = asyncio.run(_run_all(samples, prompts, client, cache, o.concurrency, progress))
         finally:
             cache.close()
-        stats = _write(kb, out_dir, results, prompts, seed, sharegpt, dev_ratio, test_ratio)
-        stats.update(requested=n, http=dict(client.counts), seconds=round(time.perf_counter() - t0, 3),
-                     model=model, base_url=base_url)
+        stats = _write(kb, out_dir, results, prompts, o.seed, o.sharegpt, o.dev_ratio, o.test_ratio)
+        stats.update(requested=o.n, http=client.counts, seconds=round(time.perf_counter() - t0, 3),
+                     model=o.model, base_url=o.base_url)
         from qihuang.fileio import atomic_write_json
 
         atomic_write_json(out_dir / "stats.json", stats)
@@ -209,7 +207,7 @@ def synthesize(kb, out_dir: str | Path, *, base_url: str, model: str, n: int = 1
 
 
 async def _run_all(samples: list[FactSample], prompts: dict, client: ChatClient, cache: ReplyCache,
-                   concurrency: int, progress: bool, seed: int) -> list[tuple[FactSample, str | None, str]]:
+                   concurrency: int, progress: bool) -> list[tuple[FactSample, str | None, str]]:
     """(sample, reply text or None, how: "cached" | "sent" | failure reason) for every sample."""
     sem = asyncio.Semaphore(concurrency)
     bar = None
@@ -225,12 +223,11 @@ async def _run_all(samples: list[FactSample], prompts: dict, client: ChatClient,
         if hit is not None:
             return sample, hit, "cached"
         async with sem:
-            rng = random.Random(f"{seed}\x1fretry\x1f{sample.index}")
             try:
-                text = await client.complete(payload, rng)
+                text = await client.complete(payload)
                 if parse_reply(text) is None:  # one more try for a reply that is not the JSON asked for
-                    client.counts["reasked"] = client.counts.get("reasked", 0) + 1
-                    text = await client.complete(payload, rng)
+                    client.note("reasked")
+                    text = await client.complete(payload)
             except RequestFailed as exc:
                 return sample, None, exc.reason
         cache.put(key, text, model=client.model)
@@ -302,9 +299,9 @@ def _record(sample: FactSample, qa: dict[str, str]) -> dict:
 
 def run_synth_cli(args) -> int:
     """``qihuang data synth``."""
-    stats = synthesize(args.db, args.out, base_url=args.base_url, model=args.model, n=args.n,
-                       concurrency=args.concurrency, timeout=args.timeout, retries=args.retries, seed=args.seed,
-                       temperature=args.temperature, sharegpt=args.sharegpt, progress=not args.json)
+    from qihuang.config import options_from_args
+
+    stats = synthesize(args.db, args.out, options_from_args(SynthOptions, args), progress=not args.json)
     if args.json:
         print(json.dumps(stats, ensure_ascii=False, indent=2))
         return 0

@@ -19,7 +19,9 @@ _EPILOG = """examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``eval`` (with its ``compare`` and ``tasks`` subcommands)."""
+    from qihuang.config import add_options
     from qihuang.eval.base import builtin_task_names
+    from qihuang.options import AnswerOptions, EvalOptions, GenerationOptions, ModelOptions
 
     p = subparsers.add_parser("eval", help="evaluate a model (kbqa, mcq, openqa, judge) or compare runs",
                               description="Evaluate a model on a task; write results.json and predictions.jsonl.",
@@ -27,27 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", help=f"task name ({', '.join(builtin_task_names())}, or module:Class)")
     p.add_argument("--data", help="data file or directory (kbqa/openqa: a `qihuang data build` dir uses test.jsonl)")
     p.add_argument("--out", help="output directory for results.json and predictions.jsonl")
-    p.add_argument("--model", default="default", help="model: 'default', a local dir, a .gguf or a hub id")
-    p.add_argument("--adapter", help="LoRA adapter directory")
-    p.add_argument("--template", help="prompt template (default: the adapter's/model's own, else 'auto')")
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation backend")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="model dtype")
-    from qihuang.answer.cli import add_trust_remote_code
-
-    add_trust_remote_code(p)
-    p.add_argument("--kb", help="knowledge base file (default: the default KB when it exists)")
-    p.add_argument("--grounded", action=argparse.BooleanOptionalAction, default=None,
-                   help="answer with knowledge-base grounding (default: the Answerer's default, grounded)")
-    from qihuang.answer.cli import add_policy_args
-
-    add_policy_args(p)
-    p.add_argument("--limit", type=int, help="evaluate only the first N examples")
-    p.add_argument("--batch-size", type=int, default=8, help="examples per generation batch")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="generation length limit")
-    p.add_argument("--label", help="name of the run in comparisons (default: the --out directory name)")
-    p.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="start over instead of reusing predictions of an interrupted run in --out")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_options(p, ModelOptions, GenerationOptions, AnswerOptions, EvalOptions)
     _add_task_options(p, builtin_task_names())
     p.add_argument("-o", "--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of a user-defined task (repeatable)")
@@ -78,9 +60,10 @@ def _add_task_options(p: argparse.ArgumentParser, names: list[str]) -> None:
     group = p.add_argument_group("task options")
     for key, opt in options.items():
         flag = "--" + key.replace("_", "-")
+        described = opt.default is None or "(default" in opt.help.lower() or "default:" in opt.help.lower()
         kwargs: dict[str, Any] = {"dest": f"opt_{key}", "default": None,
                                   "help": f"[{', '.join(seen[key])}] {opt.help}"
-                                          + (f" (default: {opt.default})" if opt.default is not None else "")}
+                                          + ("" if described else f" (default: {opt.default})")}
         if opt.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -116,27 +99,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     missing = [f"--{k}" for k in ("task", "data", "out") if not getattr(args, k)]
     if missing:
         raise ConfigError(f"qihuang eval needs {', '.join(missing)} (or a subcommand: compare, tasks)")
+    from qihuang.config import options_from_args
     from qihuang.eval.runner import run
+    from qihuang.options import AnswerOptions, EvalOptions, GenerationOptions, ModelOptions
 
-    def load() -> Any:
-        from qihuang.answer.engine import load_engine
-
-        return load_engine(model=args.model, adapter=args.adapter, template=args.template,
-                           backend=args.backend, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    model = options_from_args(ModelOptions, args)
+    generation = options_from_args(GenerationOptions, args)
+    answer = options_from_args(AnswerOptions, args)
+    params = generation.params()  # invalid sampling options fail before any model is loaded
 
     def make_answerer(engine: Any, kb: Any, grounded: bool | None) -> Any:
         from qihuang.answer.answerer import Answerer
-        from qihuang.answer.engine import GenerationParams
 
-        return Answerer(engine, kb, grounded=True if grounded is None else grounded,
-                        params=GenerationParams(max_new_tokens=args.max_new_tokens),
-                        on_unsupported=args.on_unsupported, ungrounded=args.ungrounded)
+        return Answerer(engine, kb, grounded=True if grounded is None else grounded, params=params,
+                        system=answer.system, on_unsupported=answer.on_unsupported, ungrounded=answer.ungrounded)
 
-    results = run(args.task, args.data, out_dir=args.out, kb=_open_kb(args.kb), limit=args.limit,
-                  batch_size=args.batch_size, grounded=args.grounded, resume=args.resume, progress=args.progress,
-                  label=args.label, engine_loader=load, answerer_factory=make_answerer,
-                  model_info={"model": args.model, "adapter": args.adapter, "template": args.template,
-                              "on_unsupported": args.on_unsupported, "ungrounded": args.ungrounded},
+    results = run(args.task, args.data, out_dir=args.out, options=options_from_args(EvalOptions, args),
+                  kb=_open_kb(answer.kb), engine_loader=lambda: model.load_engine(batch_size=generation.batch_size),
+                  answerer_factory=make_answerer,
+                  model_info={"model": model.model, "adapter": model.adapter, "template": model.template,
+                              "on_unsupported": answer.on_unsupported, "ungrounded": answer.ungrounded},
                   **_task_options(args))
     _print_summary(results, Path(args.out))
     return 0

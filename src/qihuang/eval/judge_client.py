@@ -1,26 +1,24 @@
-"""A small client for an LLM judge at any OpenAI-compatible ``/chat/completions`` endpoint,
-and the parser of its SUS verdicts.
+"""The LLM judge at any OpenAI-compatible endpoint, and the parser of its SUS verdicts.
 
-Retries on timeouts, connection errors, HTTP 429/5xx, malformed JSON bodies and replies
-without a readable verdict, with exponential backoff (``Retry-After`` honoured, capped).
+Requests go through the ``openai`` client (:func:`qihuang.llm.openai_client`), which retries
+timeouts, connection errors and HTTP 408/409/429/5xx with backoff and honours ``Retry-After``.
+A reply without a readable verdict, or a malformed body, is asked again (up to ``retries`` times).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 
 import yaml
 
 from qihuang.errors import ConfigError
+from qihuang.llm import MalformedReply, api_key_from_env, openai_client, reply_text
 from qihuang.paths import resource
 
 DIMENSIONS = ("safety", "usability", "smoothness")
-API_KEY_ENV = ("QIHUANG_API_KEY", "OPENAI_API_KEY")
 
 
 class JudgeError(RuntimeError):
@@ -77,83 +75,57 @@ def parse_verdict(text: str) -> dict[str, int] | None:
 
 def api_key() -> str | None:
     """The judge API key from ``QIHUANG_API_KEY`` or ``OPENAI_API_KEY`` (never stored in results)."""
-    for name in API_KEY_ENV:
-        if os.environ.get(name):
-            return os.environ[name]
-    return None
+    return api_key_from_env()
 
 
 @dataclass
 class JudgeClient:
-    """Posts chat completions to ``base_url`` and returns parsed SUS verdicts."""
+    """Chat completions at ``base_url`` that return parsed SUS verdicts."""
 
     base_url: str
     model: str
     timeout: float = 60.0
     retries: int = 3
-    backoff: float = 1.0
-    max_backoff: float = 30.0
 
     def __post_init__(self):
-        import httpx
-
-        headers = {"Content-Type": "application/json"}
-        key = api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        self._http = httpx.Client(base_url=self.base_url.rstrip("/"), headers=headers, timeout=self.timeout)
+        self._client = openai_client(self.base_url, api_key(), timeout=self.timeout, max_retries=self.retries)
 
     def close(self) -> None:
-        self._http.close()
+        self._client.close()
 
-    def _sleep(self, attempt: int, retry_after: str | None = None) -> None:
-        delay = self.backoff * (2 ** attempt)
-        if retry_after:
-            try:
-                delay = max(delay, float(retry_after))
-            except ValueError:
-                pass
-        time.sleep(min(delay, self.max_backoff))
+    def complete(self, messages: list[dict]) -> tuple[str, int]:
+        """One chat completion's text and the requests it took; raises :class:`JudgeError` when the
+        client gives up, :class:`MalformedReply` for a body that is not a completion."""
+        import openai
 
-    def complete(self, messages: list[dict]) -> str:
-        """One chat completion's text; raises :class:`JudgeError` on a non-retryable failure."""
-        body = {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": 256}
-        resp = self._http.post("/chat/completions", json=body)
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise _Retry(f"HTTP {resp.status_code}", resp.headers.get("retry-after"))
-        if resp.status_code >= 400:
-            raise JudgeError(f"judge endpoint answered HTTP {resp.status_code}: {resp.text[:200]}")
         try:
-            return resp.json()["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise _Retry(f"malformed response body: {resp.text[:120]!r}") from None
+            raw = self._client.chat.completions.with_raw_response.create(
+                model=self.model, messages=messages, temperature=0.0, max_tokens=256)
+        except openai.APIStatusError as exc:
+            raise JudgeError(f"judge endpoint answered HTTP {exc.status_code}: {exc.message[:200]}") from None
+        except openai.APITimeoutError:
+            raise JudgeError(f"timed out after {self.timeout}s") from None
+        except openai.APIConnectionError as exc:
+            raise JudgeError(f"connection error: {exc}") from None
+        return reply_text(raw), raw.retries_taken + 1
 
     def judge(self, question: str, answer: str, reference: str | None = None) -> tuple[dict[str, int], str, int]:
-        """``(scores, raw reply, attempts)`` for one answer, retrying as described above."""
-        import httpx
-
+        """``(scores, raw reply, requests sent)`` for one answer, asking again as described above."""
         messages = build_messages(question, answer, reference)
-        last = "no attempt"
-        for attempt in range(self.retries + 1):
-            retry_after = None
+        last, attempts = "no attempt", 0
+        for _ in range(self.retries + 1):
             try:
-                reply = self.complete(messages)
-                verdict = parse_verdict(reply)
-                if verdict is not None:
-                    return verdict, reply, attempt + 1
-                last = f"unreadable verdict: {reply[:120]!r}"
-            except _Retry as exc:
-                last, retry_after = str(exc), exc.retry_after
-            except httpx.TimeoutException:
-                last = f"timed out after {self.timeout}s"
-            except httpx.TransportError as exc:
-                last = f"connection error: {exc}"
-            if attempt < self.retries:
-                self._sleep(attempt, retry_after)
-        raise JudgeError(f"no verdict after {self.retries + 1} attempts ({last})")
+                reply, sent = self.complete(messages)
+            except MalformedReply as exc:
+                attempts += 1
+                last = str(exc)
+                continue
+            except JudgeError as exc:
+                raise JudgeError(f"no verdict: the judge request failed ({exc})") from None
+            attempts += sent
+            verdict = parse_verdict(reply)
+            if verdict is not None:
+                return verdict, reply, attempts
+            last = f"unreadable verdict: {reply[:120]!r}"
+        raise JudgeError(f"no verdict after {attempts} attempts ({last})")
 
-
-class _Retry(Exception):
-    def __init__(self, message: str, retry_after: str | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after

@@ -25,6 +25,7 @@ from qihuang.errors import ConfigError, InputError
 from qihuang.eval.base import Example, RunContext, Task, make_task
 from qihuang.eval.dataio import sha256_of
 from qihuang.fileio import atomic_write_json, atomic_write_jsonl
+from qihuang.options import EvalOptions
 
 log = logging.getLogger("qihuang.eval")
 _SECRET = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE)
@@ -32,21 +33,25 @@ MAX_SKIPPED_LISTED = 200
 
 
 def run(task: str | Task | type[Task], data: str | Path, answerer_or_engine: Any = None,
-        out_dir: str | Path | None = None, *, answerer: Any = None, engine: Any = None, kb: Any = None, limit: int | None = None, batch_size: int = 8,
-        grounded: bool | None = None, resume: bool = True, progress: bool = True, label: str | None = None,
-        model_info: dict | None = None, engine_loader: Callable[[], Any] | None = None,
-        answerer_factory: Callable[[Any, Any, bool | None], Any] | None = None, **task_options: Any) -> dict:
+        out_dir: str | Path | None = None, *, options: EvalOptions | None = None, answerer: Any = None,
+        engine: Any = None, kb: Any = None, model_info: dict | None = None,
+        engine_loader: Callable[[], Any] | None = None,
+        answerer_factory: Callable[[Any, Any, bool | None], Any] | None = None, **kwargs: Any) -> dict:
     """Evaluate a model on ``data`` with ``task`` and write the report to ``out_dir``.
 
     Give an ``answerer`` (used for generation, so evaluation answers as the CLI/API do), an
     ``engine`` (an Answerer is built from it and ``kb`` when a task needs one; MCQ log-likelihood
     uses it directly), or both; a third positional argument is taken as an Answerer when it has
-    ``answer_batch``, else as an Engine. ``grounded`` overrides the Answerer's grounding (None: its
-    default). ``task_options`` are the task's options (see ``qihuang eval --help``).
+    ``answer_batch``, else as an Engine. ``options`` (:class:`qihuang.options.EvalOptions`: limit,
+    batch_size, grounded, resume, progress, label) may also be given, or overridden, as keyword
+    arguments; ``grounded`` overrides the Answerer's grounding (None: its default). The other
+    keyword arguments are the task's options (see ``qihuang eval --help``).
     ``engine_loader`` (no arguments -> Engine) loads a model only when a task needs one;
     ``answerer_factory(engine, kb, grounded)`` builds the Answerer (default: ``Answerer(engine, kb)``).
     Returns the results dict, also written to ``out_dir/results.json``.
     """
+    opts = EvalOptions.of(options, **{k: kwargs.pop(k) for k in list(kwargs) if k in EvalOptions.model_fields})
+    task_options = kwargs
     if answerer_or_engine is not None:
         if hasattr(answerer_or_engine, "answer_batch"):
             answerer = answerer_or_engine
@@ -54,10 +59,7 @@ def run(task: str | Task | type[Task], data: str | Path, answerer_or_engine: Any
             engine = answerer_or_engine
     if out_dir is None:
         raise ConfigError("run() needs out_dir (where results.json and predictions.jsonl go)")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be >= 1, got {limit}")
+    limit, grounded, batch_size = opts.limit, opts.grounded, opts.batch_size
     started, t0 = _now(), time.perf_counter()
     task_obj = make_task(task, **task_options)
     data, out = Path(data), Path(out_dir)
@@ -81,13 +83,13 @@ def run(task: str | Task | type[Task], data: str | Path, answerer_or_engine: Any
                   "batch_size": batch_size}
         t1 = time.perf_counter()
         rows, resumed = _predict_all(task_obj, examples, ctx, out, _fingerprint(task_obj.name, data_sha, config, model),
-                                     resume=resume, progress=progress)
+                                     resume=opts.resume, progress=opts.progress)
         t_predict = time.perf_counter() - t1
         agg = _aggregate(task_obj, rows)
     finally:
         task_obj.close()
     results = {
-        "task": task_obj.name, "label": label or out.name, "scores": agg["scores"],
+        "task": task_obj.name, "label": opts.label or out.name, "scores": agg["scores"],
         "headline": [k for k in task_obj.headline if agg["scores"].get(k) is not None],
         "details": agg.get("details", {}), "notes": agg.get("notes", []),
         "n_skipped": len(dataset.skipped), "skipped": [s.to_dict() for s in dataset.skipped[:MAX_SKIPPED_LISTED]],

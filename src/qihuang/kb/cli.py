@@ -100,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def add(name: str, func, help: str) -> argparse.ArgumentParser:
         p = kbs.add_parser(name, help=help)
-        p.add_argument("--db", help="knowledge-base file (default $QIHUANG_HOME/kb.sqlite)")
+        p.add_argument("--db", "--kb", dest="db", help="knowledge-base file (default: $QIHUANG_HOME/kb.sqlite)")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
         return p

@@ -7,52 +7,14 @@ from ``resources/llamafactory.yaml``. Boolean options take an optional value
 from __future__ import annotations
 
 import argparse
-import types
-import typing
-from typing import Any, Literal
+
+from qihuang.config import BoolOption
 
 _SHORT_HELP = "train a model (sft | pt | rm | dpo) on a dataset; writes adapter/model, metrics and loss.png"
 
 
-def _option_kwargs(annotation: Any) -> dict[str, Any]:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return _option_kwargs(inner[0]) if len(inner) == 1 else {}
-    if origin is Literal:
-        return {"choices": list(args)}
-    if annotation is bool:
-        return {"action": BoolOption}
-    if annotation in (int, float):
-        return {"type": annotation}
-    return {}  # str, list[str] (comma-separated; validated by TrainConfig)
-
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-class BoolOption(argparse.Action):
-    """``--flag``, ``--flag true|false`` and ``--no-flag``."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        negated = [f"--no-{s[2:]}" for s in option_strings if s.startswith("--")]
-        kwargs.pop("nargs", None)
-        super().__init__([*option_strings, *negated], dest, nargs="?", metavar="true|false", **kwargs)
-
-    def __call__(self, parser, namespace, value, option_string=None):
-        if option_string and option_string.startswith("--no-"):
-            if value is not None:
-                parser.error(f"{option_string} takes no value")
-            setattr(namespace, self.dest, False)
-            return
-        if value is not None and value.lower() not in _TRUE + _FALSE:
-            parser.error(f"{option_string} takes true or false, got {value!r} (write key=value overrides "
-                         "before the options, or give the flag its value)")
-        setattr(namespace, self.dest, value is None or value.lower() in _TRUE)
-
-
 def register(subparsers) -> None:
-    from qihuang.config import TrainConfig
+    from qihuang.config import TrainConfig, add_options
     from qihuang.train.aliases import aliases
 
     parser = subparsers.add_parser(
@@ -60,10 +22,11 @@ def register(subparsers) -> None:
         "< key=value overrides. LLaMA-Factory option names are accepted too.", argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", dest="config_file", metavar="FILE.yaml", help="YAML training config")
     table = aliases()
-    for name, info in TrainConfig.model_fields.items():
-        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
-        flags += [f"--{a}" for a, target in table.options.items() if target == name and a != name]
-        parser.add_argument(*flags, dest=name, help=info.description, **_option_kwargs(info.annotation))
+    extra: dict[str, list[str]] = {}
+    for alias, target in table.options.items():
+        if alias != target:
+            extra.setdefault(target, []).append(f"--{alias}")
+    add_options(parser, TrainConfig, defaults=False, extra_flags=extra, underscores=True)
     for name, (target, value) in table.flags.items():
         parser.add_argument(f"--{name}", dest=f"lf_{name}", action=BoolOption,
                             help=f"LLaMA-Factory: true sets {target} to {value}")

@@ -33,8 +33,8 @@ class JudgeTask(Task):
                                                 "https://host/v1 (default: $OPENAI_BASE_URL)"),
         TaskOption("judge_model", str, None, "model name sent to the judge endpoint"),
         TaskOption("judge_timeout", float, 60.0, "seconds per judge request"),
-        TaskOption("judge_retries", int, 3, "retries per answer (timeouts, 429/5xx, unreadable replies)"),
-        TaskOption("judge_backoff", float, 1.0, "first retry delay in seconds (doubles each retry)"),
+        TaskOption("judge_retries", int, 3, "retries per request (timeouts, 429/5xx: the openai client's, "
+                                            "honouring Retry-After) and re-asks of unreadable replies"),
         TaskOption("judge_concurrency", int, 4, "judge requests in flight at once"),
     )
 
@@ -54,7 +54,7 @@ class JudgeTask(Task):
         if self._client is None:
             c = self.config
             self._client = JudgeClient(c["judge_base_url"], c["judge_model"], timeout=c["judge_timeout"],
-                                       retries=c["judge_retries"], backoff=c["judge_backoff"])
+                                       retries=c["judge_retries"])
         return self._client
 
     def load(self, path: Path) -> Dataset:

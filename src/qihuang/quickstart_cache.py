@@ -1,4 +1,5 @@
-"""Cached, resumable pipeline steps: a rerun skips steps whose inputs did not change."""
+"""The step cache of ``qihuang quickstart``: cached, resumable pipeline steps (``OUT/state.json``);
+a rerun skips steps whose inputs did not change."""
 
 from __future__ import annotations
 
