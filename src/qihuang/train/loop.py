@@ -133,9 +133,18 @@ class Loop:
         flag = torch.tensor([float(time.perf_counter() >= deadline)], device=self.acc.device)
         return bool(self.acc.reduce(flag, reduction="max").item()) if self.acc.num_processes > 1 else bool(flag.item())
 
+    def _step_count(self, local: int) -> float:
+        """What this process divides its summed loss by: the step's loss items over all processes,
+        over the number of processes. DDP, FSDP and DeepSpeed average gradients over processes, so
+        every item then weighs the same as in one process running all the micro-batches."""
+        if self.acc.num_processes == 1:
+            return max(1, local)
+        total = self.acc.reduce(torch.tensor([float(local)], device=self.acc.device), reduction="sum")
+        return max(1.0, float(total.item())) / self.acc.num_processes
+
     def _train_step(self, window: list[list[int]]) -> torch.Tensor:
         feats = [[self.data.train[i] for i in batch] for batch in window]
-        count = max(1, sum(self.data.weight(f) for batch in feats for f in batch))
+        count = self._step_count(sum(self.data.weight(f) for batch in feats for f in batch))
         stats = torch.zeros(3, dtype=torch.float64)
         for batch_feats in feats:
             batch = self._batch(batch_feats)
