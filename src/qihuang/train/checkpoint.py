@@ -61,10 +61,15 @@ def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
-def _state_dicts(model, optimizer) -> tuple[dict, dict]:
+def _state_dicts(accelerator, model, optimizer) -> tuple[dict, dict]:
+    """Trainable weights and optimizer state, keyed by parameter name (sharded under FSDP)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    return get_state_dict(model, _inner(optimizer), options=StateDictOptions(ignore_frozen_params=True))
+    model_sd, optim_sd = get_state_dict(model, _inner(optimizer), options=StateDictOptions(ignore_frozen_params=True))
+    # ignore_frozen_params misses the second name of a tied weight (a frozen lm_head tied to the embeddings)
+    plain = accelerator.unwrap_model(model).named_parameters(remove_duplicate=False)
+    trainable = {name for name, param in plain if param.requires_grad}
+    return {k: v for k, v in model_sd.items() if k in trainable}, optim_sd
 
 
 def save_checkpoint(accelerator, model, optimizer, scheduler, state: dict[str, Any], ckpt_dir: Path,
@@ -81,7 +86,7 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, state: dict[str, A
     else:
         import torch.distributed.checkpoint as dcp
 
-        model_sd, optim_sd = _state_dicts(model, optimizer)
+        model_sd, optim_sd = _state_dicts(accelerator, model, optimizer)
         with _single_process_quiet():
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / WEIGHTS),
                      no_dist=accelerator.num_processes == 1)
@@ -124,7 +129,7 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, ckpt: Path) -> tup
     if engine == "deepspeed":
         accelerator.load_state(str(ckpt / WEIGHTS))
     else:
-        _load_dcp(model, optimizer, ckpt, no_dist=accelerator.num_processes == 1)
+        _load_dcp(accelerator, model, optimizer, ckpt)
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
     rng_file = ckpt / f"rng_{accelerator.process_index}.pt"
     if rng_file.is_file():  # absent when resuming with more processes than wrote the checkpoint
@@ -132,18 +137,20 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, ckpt: Path) -> tup
     return json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")), manifest
 
 
-def _load_dcp(model, optimizer, ckpt: Path, no_dist: bool) -> None:
+def _load_dcp(accelerator, model, optimizer, ckpt: Path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    model_sd, optim_sd = _state_dicts(model, optimizer)  # this run's layout: DCP loads (and reshards) into it
+    # this run's layout: DCP loads into it, resharding what another world size wrote
+    model_sd, optim_sd = _state_dicts(accelerator, model, optimizer)
     stored = set(dcp.FileSystemReader(str(ckpt / WEIGHTS)).read_metadata().state_dict_metadata)
     missing = sorted(k for k in model_sd if f"model.{k}" not in stored)
     if missing:
         raise ConfigError(f"{ckpt} does not match this model/finetuning (no {missing[:3]}); resume with the "
                           "configuration that wrote it")
     with _single_process_quiet():
-        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(ckpt / WEIGHTS), no_dist=no_dist)
+        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(ckpt / WEIGHTS),
+                 no_dist=accelerator.num_processes == 1)
     set_state_dict(model, _inner(optimizer), model_state_dict=model_sd, optim_state_dict=optim_sd,
                    options=StateDictOptions(ignore_frozen_params=True, strict=False))
 
