@@ -10,7 +10,6 @@ FSDP output is the reference's adapter, which ``export`` merges and ``infer`` an
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 import yaml
 
 from test_train import write_alpaca
-from test_train_ddp import _free_port
+from test_train_ddp import _free_port, launch_env
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -32,10 +31,7 @@ pytestmark = pytest.mark.slow
 def _launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     cmd = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "examples/accelerate/fsdp_cpu.yaml"),
            "--main_process_port", str(_free_port()), *args]
-    # this checkout's qihuang, also when another one is installed
-    path = os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=cwd)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=launch_env(), cwd=cwd)
 
 
 def _losses(metrics: dict) -> list[tuple[int, float]]:

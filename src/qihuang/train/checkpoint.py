@@ -143,10 +143,13 @@ def _load_dcp(accelerator, model, optimizer, ckpt: Path) -> None:
 
     # this run's layout: DCP loads into it, resharding what another world size wrote
     model_sd, optim_sd = _state_dicts(accelerator, model, optimizer)
-    stored = set(dcp.FileSystemReader(str(ckpt / WEIGHTS)).read_metadata().state_dict_metadata)
+    stored = dcp.FileSystemReader(str(ckpt / WEIGHTS)).read_metadata().state_dict_metadata
     missing = sorted(k for k in model_sd if f"model.{k}" not in stored)
-    if missing:
-        raise ConfigError(f"{ckpt} does not match this model/finetuning (no {missing[:3]}); resume with the "
+    resized = sorted(k for k in model_sd if f"model.{k}" in stored
+                     and tuple(getattr(stored[f"model.{k}"], "size", ())) != tuple(model_sd[k].shape))
+    if missing or resized:
+        what = f"no {missing[:3]}" if missing else f"other shapes for {resized[:3]}"
+        raise ConfigError(f"{ckpt} does not match this model/finetuning ({what}); resume with the "
                           "configuration that wrote it")
     with _single_process_quiet():
         dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(ckpt / WEIGHTS),
