@@ -70,16 +70,16 @@ def test_fsdp_cpu_matches_one_process_and_resumes(tiny_llama, tmp_path, capsys):
     ref = run({**base, "output": str(tmp_path / "ref"), "grad_accum": 2, "num_threads": 1}, progress=False).metrics
 
     fsdp = tmp_path / "fsdp"
-    (tmp_path / "fsdp.json").write_text(json.dumps({**base, "output": str(fsdp)}))
-    killed = _launch([str(ROOT / "tests/train_worker.py"), str(tmp_path / "fsdp.json"), "5"], tmp_path)
+    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump({**base, "output": str(fsdp)}))
+    train = ["--config", str(tmp_path / "fsdp.yaml")]
+    killed = _launch([str(ROOT / "tests/train_worker.py"), "--kill-at-step", "5", *train], tmp_path)
     assert killed.returncode != 0, killed.stderr[-3000:]
     assert not (fsdp / "metrics.json").exists()
     assert sorted(p.name for p in (fsdp / "checkpoints").iterdir()) == ["step-2", "step-4"]
     _assert_sharded(fsdp / "checkpoints" / "step-4")
     shutil.copytree(fsdp, tmp_path / "single")
 
-    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump({**base, "output": str(fsdp)}))
-    resumed = _launch(["-m", "qihuang.cli", "train", "--config", str(tmp_path / "fsdp.yaml"), "--resume"], tmp_path)
+    resumed = _launch(["-m", "qihuang.cli", "train", *train, "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "step 4 of 6, written under fsdp" in resumed.stdout and resumed.stdout.count("trained 6 steps") == 1
     metrics = json.loads((fsdp / "metrics.json").read_text())

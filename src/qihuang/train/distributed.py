@@ -72,17 +72,44 @@ def strategy(accelerator) -> str:
     return "single" if accelerator.num_processes == 1 else "ddp"
 
 
-def prepare_for_sharding(objective) -> None:
-    """Let FSDP's transformer-based wrap policy see the language model's block classes.
+def prepare_for_sharding(accelerator, objective, batch_size: int, max_grad_norm: float) -> None:
+    """What FSDP and DeepSpeed need to know about the objective before ``accelerator.prepare``.
 
-    The objective wraps the model, so it has no ``_no_split_modules`` of its own; without them
-    FSDP would shard the whole model as one unit (all weights gathered at once)."""
+    FSDP: the objective wraps the model, so it has no ``_no_split_modules`` of its own; they are
+    copied from the language model, else FSDP would shard the whole model as one unit (all
+    weights gathered at once). DeepSpeed: see :func:`fill_deepspeed_config`."""
     from qihuang.train.objective import base_causal_lm
 
     model = getattr(objective, "model", None)
-    blocks = getattr(base_causal_lm(model), "_no_split_modules", None) if model is not None else None
+    lm = base_causal_lm(model) if model is not None else None
+    blocks = getattr(lm, "_no_split_modules", None)
     if blocks and getattr(objective, "_no_split_modules", None) is None:
         objective._no_split_modules = list(blocks)
+    if strategy(accelerator) == "deepspeed":
+        hidden = getattr(getattr(lm, "config", None), "hidden_size", None)
+        fill_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config, batch_size, max_grad_norm, hidden)
+
+
+def fill_deepspeed_config(ds_config: dict[str, Any], batch_size: int, max_grad_norm: float,
+                          hidden_size: int | None) -> dict[str, Any]:
+    """Fill the ``"auto"`` values accelerate would take from a dataloader or ``model.config``.
+
+    qihuang batches by itself and hands accelerate the objective (no dataloader, no
+    ``.config``), so the per-GPU batch, the clipping norm and ZeRO-3's bucket sizes come from the
+    training config and the language model here; accelerate still fills the rest (the global
+    batch, gradient accumulation, bf16/fp16)."""
+    if ds_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds_config["train_micro_batch_size_per_gpu"] = batch_size
+    if ds_config.get("gradient_clipping", "auto") == "auto":
+        ds_config["gradient_clipping"] = max_grad_norm
+    zero = ds_config.get("zero_optimization", {})
+    if hidden_size:
+        for key, value in (("reduce_bucket_size", hidden_size * hidden_size),
+                           ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
+                           ("stage3_param_persistence_threshold", 10 * hidden_size)):
+            if zero.get(key) == "auto":
+                zero[key] = value
+    return ds_config
 
 
 def full_state_dict(accelerator, prepared) -> dict[str, Any] | None:
