@@ -114,8 +114,19 @@ def fill_deepspeed_config(ds_config: dict[str, Any], batch_size: int, max_grad_n
 
 def full_state_dict(accelerator, prepared) -> dict[str, Any] | None:
     """The language model's full weights for ``save_pretrained`` under a sharded strategy
-    (gathered on the main process; every process must call this), else ``None``."""
-    if strategy(accelerator) not in SHARDED:
+    (gathered on the main process; every process must call this), else ``None``.
+
+    Under FSDP2 a PEFT model gathers only its trainable weights (PEFT saves only the adapter
+    anyway): the main process never holds a full copy of the frozen base."""
+    kind = strategy(accelerator)
+    if kind not in SHARDED:
         return None
-    full = accelerator.get_state_dict(prepared)
+    if kind == "fsdp" and accelerator.is_fsdp2:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        adapter_only = hasattr(getattr(accelerator.unwrap_model(prepared), "model", None), "peft_config")
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=adapter_only)
+        full = get_model_state_dict(prepared, options=options)
+    else:
+        full = accelerator.get_state_dict(prepared)
     return {k.removeprefix("model."): v for k, v in full.items()} if full else None
