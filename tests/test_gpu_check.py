@@ -80,7 +80,7 @@ def test_every_dry_run_command_parses(tmp_path):
                 assert (ROOT / "tests/train_worker.py").is_file()
         else:  # the fixture script and the two helpers the script writes into its work dir
             script = Path(argv[1]) if Path(argv[1]).is_absolute() else ROOT / argv[1]
-            py_compile.compile(str(script), doraise=True)
+            py_compile.compile(str(script), cfile=str(tmp_path / "compiled.pyc"), doraise=True)
     assert seen == ["train"] * 6 + ["export", "serve"]
     joined = [" ".join(c) for c in commands]
     assert any("--finetuning qlora" in c for c in joined)

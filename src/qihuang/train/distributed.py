@@ -50,9 +50,9 @@ def _enable_fsdp_on_cpu(accelerator) -> None:
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables set by accelerate launch
-    if plugin.fsdp_version != 2:
-        raise ConfigError("FSDP on CPU needs fsdp_version: 2 in the accelerate config (FSDP1 has no gloo "
-                          "support for its collectives); see examples/accelerate/fsdp_cpu.yaml")
+    if getattr(plugin, "fsdp_version", 1) != 2:
+        raise ConfigError("FSDP on CPU needs FSDP2: fsdp_version: 2 in the accelerate config, and an accelerate "
+                          "that has it (FSDP1's collectives do not run over gloo); see examples/accelerate/fsdp_cpu.yaml")
     if plugin.cpu_ram_efficient_loading:
         raise ConfigError("FSDP on CPU: set fsdp_cpu_ram_efficient_loading: false (every process loads the "
                           "model itself); see examples/accelerate/fsdp_cpu.yaml")
