@@ -26,6 +26,7 @@ def _id(path: Path) -> str:
 def test_examples_exist():
     names = {_id(p) for p in ALL_YAML}
     assert {"sft_lora_default.yaml", "sft_lora_qwen2.5-7b.yaml", "pt.yaml", "accelerate/ddp_cpu.yaml",
+            "accelerate/fsdp_cpu.yaml",
             "accelerate/deepspeed_zero2.yaml", "accelerate/deepspeed_zero3.yaml", "accelerate/fsdp.yaml"} <= names
 
 
@@ -74,3 +75,25 @@ def test_a_broken_training_yaml_names_the_field(tmp_path):
     bad.write_text((EXAMPLES / "sft_lora_default.yaml").read_text() + "lora_dropout: 2\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad\.yaml: .*field 'lora_dropout'"):
         load_config(bad)
+
+
+def _autos(node, prefix=""):
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _autos(value, f"{prefix}{key}.")]
+    return [prefix[:-1]] if node == "auto" else []
+
+
+@pytest.mark.parametrize("name", ["ds_z2_config.json", "ds_z3_config.json"])
+def test_deepspeed_autos_left_are_the_ones_accelerate_fills(name):
+    """qihuang passes accelerate no dataloader and an objective without ``.config``: the per-GPU
+    batch, the clipping norm and ZeRO-3's bucket sizes are filled from the training config and
+    the model instead (else ``accelerator.prepare`` raises under DeepSpeed)."""
+    from qihuang.train.distributed import fill_deepspeed_config
+
+    ds = json.loads((EXAMPLES / "deepspeed" / name).read_text(encoding="utf-8"))
+    filled = fill_deepspeed_config(ds, batch_size=4, max_grad_norm=0.5, hidden_size=576)
+    assert sorted(_autos(filled)) == ["bf16.enabled", "fp16.enabled", "gradient_accumulation_steps",
+                                      "train_batch_size"]
+    assert filled["train_micro_batch_size_per_gpu"] == 4 and filled["gradient_clipping"] == 0.5
+    if filled["zero_optimization"]["stage"] == 3:
+        assert filled["zero_optimization"]["reduce_bucket_size"] == 576 * 576

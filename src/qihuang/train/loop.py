@@ -1,17 +1,14 @@
 """The training loop shared by every stage: accelerate-based, resumable, token-weighted.
 
 Batches come from a deterministic plan (``seed``, ``epoch``) sharded over processes, so a
-resumed run skips exactly what it trained before; checkpoints hold only the trainable
-weights, optimizer, scheduler, RNG states and the loop state.
+resumed run skips exactly what it trained before; checkpoints (:mod:`qihuang.train.checkpoint`,
+one format for every strategy) hold only the trainable weights, optimizer, scheduler, RNG
+states and the loop state.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,9 +20,7 @@ from qihuang.config import TrainConfig
 from qihuang.data.collate import batch_plan, shard_batches
 from qihuang.errors import ConfigError
 from qihuang.train.callbacks import Callback
-
-CKPT_PREFIX = "step-"
-STATE_FILE = "trainer_state.json"
+from qihuang.train.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -138,9 +133,18 @@ class Loop:
         flag = torch.tensor([float(time.perf_counter() >= deadline)], device=self.acc.device)
         return bool(self.acc.reduce(flag, reduction="max").item()) if self.acc.num_processes > 1 else bool(flag.item())
 
+    def _step_count(self, local: int) -> float:
+        """What this process divides its summed loss by: the step's loss items over all processes,
+        over the number of processes. DDP, FSDP and DeepSpeed average gradients over processes, so
+        every item then weighs the same as in one process running all the micro-batches."""
+        if self.acc.num_processes == 1:
+            return max(1, local)
+        total = self.acc.reduce(torch.tensor([float(local)], device=self.acc.device), reduction="sum")
+        return max(1.0, float(total.item())) / self.acc.num_processes
+
     def _train_step(self, window: list[list[int]]) -> torch.Tensor:
         feats = [[self.data.train[i] for i in batch] for batch in window]
-        count = max(1, sum(self.data.weight(f) for batch in feats for f in batch))
+        count = self._step_count(sum(self.data.weight(f) for batch in feats for f in batch))
         stats = torch.zeros(3, dtype=torch.float64)
         for batch_feats in feats:
             batch = self._batch(batch_feats)
@@ -187,40 +191,12 @@ class Loop:
         self._broadcast("on_evaluate", metrics)
         return metrics
 
-    # ---- checkpoints --------------------------------------------------------------------------
-    def _sharded(self) -> bool:
-        return self.acc.distributed_type.name in ("DEEPSPEED", "FSDP")
-
+    # ---- checkpoints (format: qihuang.train.checkpoint) ------------------------------------------
     def save_checkpoint(self) -> Path:
-        final = self.ckpt_dir / f"{CKPT_PREFIX}{self.state.step}"
-        tmp = self.ckpt_dir / f".tmp-{CKPT_PREFIX}{self.state.step}"
-        if self.acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self.acc.wait_for_everyone()
-        if self._sharded():
-            self.acc.save_state(str(tmp / "accelerate"))
-        elif self.acc.is_main_process:
-            from safetensors.torch import save_file
-
-            model = self.acc.unwrap_model(self.objective)
-            weights = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-            save_file(weights, str(tmp / "trainable.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(_rng_state(), tmp / f"rng_{self.acc.process_index}.pt")
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=1), encoding="utf-8")
-            os.replace(tmp, final)
-            self._rotate()
-        self.acc.wait_for_everyone()
+        final = save_checkpoint(self.acc, self.objective, self.optimizer, self.scheduler, asdict(self.state),
+                                self.ckpt_dir, self.config.save_total_limit)
         self._broadcast("on_save", final)
         return final
-
-    def _rotate(self) -> None:
-        for old in checkpoints(self.ckpt_dir)[: -self.config.save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
 
     def _load_latest(self) -> None:
         found = checkpoints(self.ckpt_dir)
@@ -228,47 +204,14 @@ class Loop:
             if self.acc.is_main_process:
                 print(f"no checkpoint in {self.ckpt_dir}: starting from scratch")
             return
-        ckpt = found[-1]
-        total = self.state.total_steps
-        if self._sharded():
-            self.acc.load_state(str(ckpt / "accelerate"))
-        else:
-            from safetensors.torch import load_file
-
-            model = self.acc.unwrap_model(self.objective)
-            weights = load_file(str(ckpt / "trainable.safetensors"))
-            missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(weights)
-            if missing:
-                raise ConfigError(f"{ckpt} does not match this model/finetuning (missing {sorted(missing)[:3]})")
-            model.load_state_dict(weights, strict=False)
-            self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-        rng_file = ckpt / f"rng_{self.acc.process_index}.pt"
-        if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, weights_only=False))
-        saved = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+        ckpt, total = found[-1], self.state.total_steps
+        saved, manifest = load_checkpoint(self.acc, self.objective, self.optimizer, self.scheduler, ckpt)
         self.state = TrainState(**{**saved, "total_steps": total})
+        world, note = self.acc.num_processes, ""
+        if manifest["world_size"] != world:  # same examples seen: map the data position onto this plan
+            seen = self.state.micro_in_epoch * manifest["world_size"]
+            self.state.micro_in_epoch = seen // world - (seen // world) % self.ga
+            note = f"; written by {manifest['world_size']} process(es), data position mapped to {world}"
         if self.acc.is_main_process:
-            print(f"resuming from {ckpt} (step {self.state.step} of {total})")
-
-
-def checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Complete checkpoints in ``ckpt_dir``, oldest first."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = [p for p in ckpt_dir.iterdir() if p.name.startswith(CKPT_PREFIX) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+            print(f"resuming from {ckpt} (step {self.state.step} of {total}, written under "
+                  f"{manifest['strategy']}{note})")

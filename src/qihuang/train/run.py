@@ -100,19 +100,19 @@ def run(config: TrainConfig | dict[str, Any], callbacks: list[Callback] | None =
 
 
 def _run(config: TrainConfig, callbacks: list[Callback] | None, progress: bool) -> TrainResult:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from qihuang.data.prompts import get_template
     from qihuang.models.load import load_tokenizer
     from qihuang.models.lora import check_qlora_available
-    from qihuang.train.loop import Loop, checkpoints
+    from qihuang.train.checkpoint import checkpoints
+    from qihuang.train.distributed import full_state_dict, make_accelerator, prepare_for_sharding
+    from qihuang.train.loop import Loop
 
     stage = stage_module(config.stage)
     if config.finetuning == "qlora":
         check_qlora_available()
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
-                              cpu=_use_cpu())
+    accelerator = make_accelerator(config.grad_accum, config.mixed_precision)
     out = _prepare_output(config, accelerator.is_main_process)
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
@@ -120,29 +120,17 @@ def _run(config: TrainConfig, callbacks: list[Callback] | None, progress: bool) 
     data: StageData = stage.prepare_data(config, tokenizer, template)
     model = getattr(stage, "load_model", load_model_for_training)(config, tokenizer)
     objective = getattr(stage, "build_objective", build_objective)(model, config, tokenizer)
+    prepare_for_sharding(accelerator, objective, config.batch_size, config.max_grad_norm)
     cbs = ([ProgressCallback(config.stage)] if progress else []) + list(callbacks or [])
     loop = Loop(config, objective, data, accelerator, out, cbs)
     state = loop.train(resume=config.resume and bool(checkpoints(out / "checkpoints")))
     metrics = {**_metrics(config, state, data, objective), "num_processes": accelerator.num_processes}
-    state_dict = None
-    if accelerator.distributed_type.name in ("DEEPSPEED", "FSDP"):  # gather sharded weights (all ranks)
-        full = accelerator.get_state_dict(loop.objective)
-        state_dict = {k.removeprefix("model."): v for k, v in full.items()} if full else None
+    state_dict = full_state_dict(accelerator, loop.objective)  # sharded weights gathered (all ranks)
     if accelerator.is_main_process:
         _write_output(out, config, accelerator.unwrap_model(loop.objective).model, tokenizer, template,
                       metrics, state, state_dict)
     accelerator.wait_for_everyone()
     return TrainResult(out, metrics, state)
-
-
-def _use_cpu() -> bool:
-    """CPU when there is no GPU or ``accelerate launch`` asked for it (``use_cpu: true``): then
-    a multi-process launch runs DDP over gloo."""
-    import os
-
-    import torch
-
-    return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
 
 
 def _metrics(config: TrainConfig, state: TrainState, data: StageData, objective) -> dict[str, Any]:
