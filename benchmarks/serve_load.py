@@ -3,8 +3,9 @@
 
 Starts two ``qihuang serve`` processes (uvicorn on 127.0.0.1, free ports) on the same model, one with
 ``--max-batch 1`` (batching off: one request at a time) and one with ``--max-batch 8`` (``--batch-on``),
-and drives both with the official ``openai`` client, level by level, off then on, so both see the same
-machine load. Each client sends ``--requests`` completions one after the other (``max_tokens`` from
+and drives both with the official ``openai`` client, level by level, in passes off, on, on, off (the same
+questions for both), so both see the same machine load. In each pass each client sends ``--requests``
+completions one after the other (``max_tokens`` from
 ``--max-tokens``); a 503 is retried after its ``Retry-After``. Completion tokens come from each
 answer's ``usage`` field. Printed per level and server: requests answered, 5xx other than 503, 503s
 seen, share answered on the first try, requests/s, completion tokens/s, p50/p95 latency (first try
@@ -37,6 +38,8 @@ QUESTIONS = [
     "小孩发烧38度要去医院吗", "肺炎是怎么引起的", "How is migraine treated?", "冠心病能治好吗",
     "我妈血糖有点高，平时吃什么好", "哮喘发作时该怎么处理", "高血脂需要吃药吗", "贫血有什么表现",
 ]
+
+WARM_UP = ["你好", "头晕乏力是什么原因？", "布洛芬一天可以吃几次"]  # not among QUESTIONS
 
 
 def free_port() -> int:
@@ -110,7 +113,8 @@ def one_request(client, model: str, question: str, max_tokens: int, max_tries: i
             return {"status": 0, "tries": tries, "latency": time.monotonic() - start}
 
 
-def run_level(url: str, model: str, clients: int, per_client: int, max_tokens: int) -> dict:
+def run_level(url: str, model: str, clients: int, per_client: int, max_tokens: int, offset: int = 0) -> dict:
+    """One pass: ``clients`` threads, ``per_client`` requests each (questions from ``offset`` on)."""
     import httpx
     import openai
 
@@ -121,7 +125,7 @@ def run_level(url: str, model: str, clients: int, per_client: int, max_tokens: i
     def client_loop(c: int) -> None:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
         for r in range(per_client):
-            out = one_request(client, model, QUESTIONS[(c * per_client + r) % len(QUESTIONS)], max_tokens)
+            out = one_request(client, model, QUESTIONS[(offset + c * per_client + r) % len(QUESTIONS)], max_tokens)
             with lock:
                 results.append(out)
 
@@ -133,6 +137,14 @@ def run_level(url: str, model: str, clients: int, per_client: int, max_tokens: i
         t.join()
     wall = time.monotonic() - start
     batches = httpx.get(url + "/health").json()["queue"]["batches"] - before
+    return {"clients": clients, "results": results, "wall": wall, "batches": batches}
+
+
+def summarize(passes: list[dict]) -> dict:
+    """Figures of one server at one level over its passes (walls and batches added up)."""
+    clients = passes[0]["clients"]
+    results = [r for p in passes for r in p["results"]]
+    wall, batches = sum(p["wall"] for p in passes), sum(p["batches"] for p in passes)
     ok = [r for r in results if r["status"] == 200]
     lat = sorted(r["latency"] for r in ok) or [float("nan")]
     return {"clients": clients, "requests": len(results), "ok": len(ok),
@@ -175,12 +187,16 @@ def row(lv: dict) -> str:
 
 
 def _serve_both(args) -> list[tuple[subprocess.Popen, str]]:
+    """Both servers, started one after the other (they share the KB's caches, built on first use)."""
     servers = []
-    for max_batch in (1, args.batch_on):
-        port = free_port()
-        servers.append((start_server(args, port, max_batch), f"http://127.0.0.1:{port}"))
-    for proc, url in servers:
-        wait_ready(proc, url)
+    try:
+        for max_batch in (1, args.batch_on):
+            port = free_port()
+            servers.append((start_server(args, port, max_batch), f"http://127.0.0.1:{port}"))
+            wait_ready(*servers[-1])
+    except BaseException:
+        _stop(servers)
+        raise
     return servers
 
 
@@ -199,7 +215,7 @@ def main() -> int:
     ap.add_argument("--model", default="default", help="model name/path for `qihuang serve --model`")
     ap.add_argument("--template", default=None)
     ap.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
-    ap.add_argument("--requests", type=int, default=2, help="requests per client")
+    ap.add_argument("--requests", type=int, default=1, help="requests per client in each of the 2 passes per server")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--batch-on", type=int, default=8, help="--max-batch of the batching server (the other: 1)")
     ap.add_argument("--max-queue", type=int, default=32)
@@ -222,16 +238,21 @@ def main() -> int:
         import httpx
 
         model = httpx.get(servers[0][1] + "/v1/models").json()["data"][0]["id"]
-        for _, url in servers:  # warm-up
-            one_request(openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0), model, "你好",
-                        args.max_tokens)
+        for _, url in servers:  # warm-up: the first grounded answers load lazily built parts
+            for question in WARM_UP:
+                one_request(openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0), model, question,
+                            args.max_tokens)
         print("clients batch requests  ok 5xx 503s first_try  req/s  tok/s   p50_s   p95_s mean_batch  load")
-        for c in levels:
-            for name, (_, url), out in (("off", servers[0], off), ("on", servers[1], on)):
-                lv = run_level(url, model, c, args.requests, args.max_tokens)
-                lv.update(name=name, load=os.getloadavg()[0])
-                out.append(lv)
-                print(row(lv), flush=True)
+        for c in levels:  # passes off, on, on, off: neither server always goes first
+            passes: dict[str, list] = {"off": [], "on": []}
+            for k, name in enumerate(("off", "on", "on", "off")):
+                url = servers[0 if name == "off" else 1][1]
+                offset = len(passes[name]) * c * args.requests  # both servers get the same questions
+                passes[name].append(run_level(url, model, c, args.requests, args.max_tokens, offset))
+            load = os.getloadavg()[0]
+            for name, out in (("off", off), ("on", on)):
+                out.append(dict(summarize(passes[name]), name=name, load=load))
+                print(row(out[-1]), flush=True)
             print(f"{'':>7} on/off: {on[-1]['tps'] / max(off[-1]['tps'], 1e-9):.2f}x tokens/s, "
                   f"{on[-1]['rps'] / max(off[-1]['rps'], 1e-9):.2f}x requests/s", flush=True)
     finally:
