@@ -1,16 +1,24 @@
-"""Load on the real API server: requests/s and latency at 1, 8 and 32 concurrent clients.
+"""Load on the real API server, dynamic batching on vs off: completion tokens/s and requests/s at
+1, 4 and 16 concurrent clients.
 
-Starts ``qihuang serve`` (uvicorn on 127.0.0.1, a free port) on the given model and drives it
-with the official ``openai`` client. Each client sends ``--requests`` completions one after the
-other (``max_tokens`` from ``--max-tokens``); a 503 is retried after its ``Retry-After``. Printed
-per level: requests answered, 5xx other than 503, 503 answers seen, the share answered on the first try, requests/s, p50/p95
-latency (first try to answer, retries included) and the server's batches.
+Starts two ``qihuang serve`` processes (uvicorn on 127.0.0.1, free ports) on the same model, one with
+``--max-batch 1`` (batching off: one request at a time) and one with ``--max-batch 8`` (``--batch-on``),
+and drives both with the official ``openai`` client, level by level, in passes off, on, on, off (the same
+questions for both), so both see the same machine load. In each pass each client sends ``--requests``
+completions one after the other (``max_tokens`` from
+``--max-tokens``); a 503 is retried after its ``Retry-After``. Completion tokens come from each
+answer's ``usage`` field. Printed per level and server: requests answered, 5xx other than 503, 503s
+seen, share answered on the first try, requests/s, completion tokens/s, p50/p95 latency (first try
+to answer, retries included), the server's mean batch; then the on/off ratio of tokens/s, the CPU
+model and flags and the load average before, during and after.
 
-Targets (exit 1 when one is missed): no 5xx at any level; at the largest level at least
-``--min-first-try`` of requests answered without retry and p95 latency <= ``--max-p95`` s;
-requests/s at 8 clients >= ``--min-speedup`` x requests/s at 1 client (batching works).
+Targets (exit 1 when one is missed): no 5xx and every request answered on both servers; at the
+largest level at least ``--min-first-try`` of requests answered without retry and p95 latency <=
+``--max-p95`` s (both servers); with batching, requests/s at the largest level >= ``--min-speedup`` x
+requests/s at 1 client; batching on is faster than off at the largest level (tokens/s ratio >
+``--min-gain``).
 
-    QIHUANG_HOME=/work/qh python benchmarks/serve_load.py [--model default] [--clients 1,8,32]
+    QIHUANG_HOME=/work/qh python benchmarks/serve_load.py [--model default] [--clients 1,4,16] [--threads 1]
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ QUESTIONS = [
     "我妈血糖有点高，平时吃什么好", "哮喘发作时该怎么处理", "高血脂需要吃药吗", "贫血有什么表现",
 ]
 
+WARM_UP = ["你好", "头晕乏力是什么原因？", "布洛芬一天可以吃几次"]  # not among QUESTIONS
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -38,15 +48,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, port: int) -> subprocess.Popen:
+def start_server(args, port: int, max_batch: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "qihuang.cli", "serve", "--model", args.model, "--port", str(port),
-           "--max-new-tokens", str(args.max_tokens), "--max-batch", str(args.max_batch),
-           "--max-queue", str(args.max_queue), "--log-level", "warning"]
+           "--max-new-tokens", str(args.max_tokens), "--max-batch", str(max_batch),
+           "--batch-size", str(max(max_batch, 1)), "--max-queue", str(args.max_queue), "--log-level", "warning"]
     if args.template:
         cmd += ["--template", args.template]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def cpu_description() -> str:
+    """CPU model and the SIMD/matrix flags that matter for torch on CPU."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "asimd", "sve"]
+    have = [f for f in wanted if f in flags]
+    return f"{model}; flags: {', '.join(have) or 'none of ' + ', '.join(wanted)}"
 
 
 def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 600) -> None:
@@ -76,7 +104,7 @@ def one_request(client, model: str, question: str, max_tokens: int, max_tries: i
             resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
                                                   max_tokens=max_tokens)
             return {"status": 200, "tries": tries, "latency": time.monotonic() - start,
-                    "completion_tokens": resp.usage.completion_tokens}
+                    "completion_tokens": resp.usage.completion_tokens if resp.usage else 0}
         except openai.APIStatusError as exc:
             if exc.status_code != 503 or tries >= max_tries:
                 return {"status": exc.status_code, "tries": tries, "latency": time.monotonic() - start}
@@ -85,7 +113,8 @@ def one_request(client, model: str, question: str, max_tokens: int, max_tries: i
             return {"status": 0, "tries": tries, "latency": time.monotonic() - start}
 
 
-def run_level(url: str, model: str, clients: int, per_client: int, max_tokens: int) -> dict:
+def run_level(url: str, model: str, clients: int, per_client: int, max_tokens: int, offset: int = 0) -> dict:
+    """One pass: ``clients`` threads, ``per_client`` requests each (questions from ``offset`` on)."""
     import httpx
     import openai
 
@@ -96,7 +125,7 @@ def run_level(url: str, model: str, clients: int, per_client: int, max_tokens: i
     def client_loop(c: int) -> None:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
         for r in range(per_client):
-            out = one_request(client, model, QUESTIONS[(c * per_client + r) % len(QUESTIONS)], max_tokens)
+            out = one_request(client, model, QUESTIONS[(offset + c * per_client + r) % len(QUESTIONS)], max_tokens)
             with lock:
                 results.append(out)
 
@@ -108,75 +137,128 @@ def run_level(url: str, model: str, clients: int, per_client: int, max_tokens: i
         t.join()
     wall = time.monotonic() - start
     batches = httpx.get(url + "/health").json()["queue"]["batches"] - before
+    return {"clients": clients, "results": results, "wall": wall, "batches": batches}
+
+
+def summarize(passes: list[dict]) -> dict:
+    """Figures of one server at one level over its passes (walls and batches added up)."""
+    clients = passes[0]["clients"]
+    results = [r for p in passes for r in p["results"]]
+    wall, batches = sum(p["wall"] for p in passes), sum(p["batches"] for p in passes)
     ok = [r for r in results if r["status"] == 200]
     lat = sorted(r["latency"] for r in ok) or [float("nan")]
     return {"clients": clients, "requests": len(results), "ok": len(ok),
             "5xx": sum(1 for r in results if (r["status"] >= 500 and r["status"] != 503) or r["status"] == 0),
             "503s": sum(r["tries"] - (r["status"] != 503) for r in results),
             "first_try": sum(1 for r in ok if r["tries"] == 1) / max(1, len(results)),
-            "rps": len(ok) / wall, "p50": statistics.median(lat), "p95": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+            "rps": len(ok) / wall, "tps": sum(r["completion_tokens"] for r in ok) / wall, "p50": statistics.median(lat), "p95": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
             "batches": batches, "mean_batch": len(results) / max(1, batches)}
 
 
-def check(levels: list[dict], args) -> list[str]:
-    missed = [f"{lv['clients']} clients: {lv['5xx']} 5xx (other than 503) or connection errors"
-              for lv in levels if lv["5xx"]]
-    top = levels[-1]
-    if top["first_try"] < args.min_first_try:
-        missed.append(f"{top['clients']} clients: {top['first_try']:.0%} answered on the first try "
-                      f"< {args.min_first_try:.0%}")
-    if top["ok"] < top["requests"]:
-        missed.append(f"{top['clients']} clients: {top['requests'] - top['ok']} requests never answered")
-    if top["p95"] > args.max_p95:
-        missed.append(f"{top['clients']} clients: p95 {top['p95']:.1f} s > {args.max_p95} s")
-    by = {lv["clients"]: lv for lv in levels}
-    if 1 in by and 8 in by and by[8]["rps"] < args.min_speedup * by[1]["rps"]:
-        missed.append(f"requests/s at 8 clients {by[8]['rps']:.2f} < {args.min_speedup} x {by[1]['rps']:.2f} at 1")
+def check(off: list[dict], on: list[dict], args) -> list[str]:
+    missed = []
+    for name, levels in (("off", off), ("on", on)):
+        missed += [f"batching {name}, {lv['clients']} clients: {lv['5xx']} 5xx (other than 503) or connection errors"
+                   for lv in levels if lv["5xx"]]
+        top = levels[-1]
+        if top["first_try"] < args.min_first_try:
+            missed.append(f"batching {name}, {top['clients']} clients: {top['first_try']:.0%} answered on the first "
+                          f"try < {args.min_first_try:.0%}")
+        if top["ok"] < top["requests"]:
+            missed.append(f"batching {name}, {top['clients']} clients: {top['requests'] - top['ok']} never answered")
+        if top["p95"] > args.max_p95:
+            missed.append(f"batching {name}, {top['clients']} clients: p95 {top['p95']:.1f} s > {args.max_p95} s")
+    by = {lv["clients"]: lv for lv in on}
+    top_on, top_off = on[-1], off[-1]
+    if 1 in by and top_on["clients"] > 1 and top_on["rps"] < args.min_speedup * by[1]["rps"]:
+        missed.append(f"batching on: requests/s at {top_on['clients']} clients {top_on['rps']:.2f} < "
+                      f"{args.min_speedup} x {by[1]['rps']:.2f} at 1")
+    gain = top_on["tps"] / top_off["tps"] if top_off["tps"] else float("inf")
+    if not gain > args.min_gain:
+        missed.append(f"{top_on['clients']} clients: batching on {top_on['tps']:.1f} tokens/s vs off "
+                      f"{top_off['tps']:.1f} ({gain:.2f}x, not > {args.min_gain}x)")
     return missed
+
+
+def row(lv: dict) -> str:
+    return (f"{lv['clients']:>7} {lv['name']:>5} {lv['requests']:>8} {lv['ok']:>3} {lv['5xx']:>3} {lv['503s']:>4} "
+            f"{lv['first_try']:>9.0%} {lv['rps']:>6.2f} {lv['tps']:>6.1f} {lv['p50']:>7.2f} {lv['p95']:>7.2f} "
+            f"{lv['mean_batch']:>10.1f} {lv['load']:>5.2f}")
+
+
+def _serve_both(args) -> list[tuple[subprocess.Popen, str]]:
+    """Both servers, started one after the other (they share the KB's caches, built on first use)."""
+    servers = []
+    try:
+        for max_batch in (1, args.batch_on):
+            port = free_port()
+            servers.append((start_server(args, port, max_batch), f"http://127.0.0.1:{port}"))
+            wait_ready(*servers[-1])
+    except BaseException:
+        _stop(servers)
+        raise
+    return servers
+
+
+def _stop(servers) -> None:
+    for proc, _ in servers:
+        proc.terminate()
+    for proc, _ in servers:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="default", help="model name/path for `qihuang serve --model`")
     ap.add_argument("--template", default=None)
-    ap.add_argument("--clients", default="1,8,32", help="comma-separated concurrency levels")
-    ap.add_argument("--requests", type=int, default=4, help="requests per client")
+    ap.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
+    ap.add_argument("--requests", type=int, default=1, help="requests per client in each of the 2 passes per server")
     ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--batch-on", type=int, default=8, help="--max-batch of the batching server (the other: 1)")
     ap.add_argument("--max-queue", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads of the server")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of each server")
     ap.add_argument("--min-first-try", type=float, default=0.95)
     ap.add_argument("--max-p95", type=float, default=60.0, help="seconds, at the largest level")
-    ap.add_argument("--min-speedup", type=float, default=1.5)
+    ap.add_argument("--min-speedup", type=float, default=1.5, help="batching on: req/s at the largest level vs 1")
+    ap.add_argument("--min-gain", type=float, default=1.0, help="tokens/s on/off at the largest level must exceed it")
     args = ap.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    print(f"load before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs; model {args.model}", flush=True)
-    proc = start_server(args, port)
+    print(f"CPU: {cpu_description()}; {os.cpu_count()} CPUs", flush=True)
+    print(f"load before: {os.getloadavg()[0]:.2f} (1 min); model {args.model}; max_tokens {args.max_tokens}; "
+          f"{args.requests} requests per client; batching off = --max-batch 1, on = --max-batch {args.batch_on}",
+          flush=True)
+    import openai
+
+    servers = _serve_both(args)
+    off, on = [], []
     try:
-        wait_ready(proc, url)
         import httpx
 
-        model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
-        one_request(__import__("openai").OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0),
-                    model, "你好", args.max_tokens)  # warm-up
-        print("clients requests  ok 5xx 503s first_try  req/s   p50_s   p95_s  batches mean_batch")
-        results = []
-        for c in levels:
-            lv = run_level(url, model, c, args.requests, args.max_tokens)
-            results.append(lv)
-            print(f"{lv['clients']:>7} {lv['requests']:>8} {lv['ok']:>3} {lv['5xx']:>3} {lv['503s']:>4} "
-                  f"{lv['first_try']:>9.0%} {lv['rps']:>6.2f} {lv['p50']:>7.2f} {lv['p95']:>7.2f} "
-                  f"{lv['batches']:>8} {lv['mean_batch']:>10.1f}", flush=True)
+        model = httpx.get(servers[0][1] + "/v1/models").json()["data"][0]["id"]
+        for _, url in servers:  # warm-up: the first grounded answers load lazily built parts
+            for question in WARM_UP:
+                one_request(openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0), model, question,
+                            args.max_tokens)
+        print("clients batch requests  ok 5xx 503s first_try  req/s  tok/s   p50_s   p95_s mean_batch  load")
+        for c in levels:  # passes off, on, on, off: neither server always goes first
+            passes: dict[str, list] = {"off": [], "on": []}
+            for k, name in enumerate(("off", "on", "on", "off")):
+                url = servers[0 if name == "off" else 1][1]
+                offset = len(passes[name]) * c * args.requests  # both servers get the same questions
+                passes[name].append(run_level(url, model, c, args.requests, args.max_tokens, offset))
+            load = os.getloadavg()[0]
+            for name, out in (("off", off), ("on", on)):
+                out.append(dict(summarize(passes[name]), name=name, load=load))
+                print(row(out[-1]), flush=True)
+            print(f"{'':>7} on/off: {on[-1]['tps'] / max(off[-1]['tps'], 1e-9):.2f}x tokens/s, "
+                  f"{on[-1]['rps'] / max(off[-1]['rps'], 1e-9):.2f}x requests/s", flush=True)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(servers)
     print(f"load after: {os.getloadavg()[0]:.2f} (1 min)")
-    missed = check(results, args)
+    missed = check(off, on, args)
     for line in missed:
         print("MISSED:", line)
     print("all targets met" if not missed else f"{len(missed)} target(s) missed")

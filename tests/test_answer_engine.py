@@ -224,6 +224,41 @@ def test_cpu_default_is_the_lean_decoder_and_matches_generate(engine, tiny_llama
         load_engine(str(tiny_llama), decoder="fast")
 
 
+def test_stop_strings_go_to_transformers_and_both_decoders_stop_at_the_same_token(engine, tiny_llama):
+    reference = load_engine(str(tiny_llama), template="med_template", dtype="float32", decoder="generate")
+    full = reference.generate([PROMPTS[1]], GenerationParams(max_new_tokens=16))[0]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    params = GenerationParams(max_new_tokens=16, stop=[stop])
+    ours, theirs = engine.generate_results(PROMPTS, params), reference.generate_results(PROMPTS, params)
+    assert ours == theirs and theirs[1].text == full[: full.find(stop)].strip()
+    assert theirs[1].completion_tokens < 16  # generation ended at the stop, not at the token limit
+    stream = reference.stream(PROMPTS[1], params)
+    pieces, result = [], None
+    while result is None:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as end:
+            result = end.value
+    assert "".join(pieces).strip() == theirs[1].text and result == theirs[1]
+
+
+def test_transformers_stop_matcher_sees_only_the_continuation(engine):
+    import torch
+
+    from qihuang.answer.engine import _stop_criteria
+
+    tok = engine.tokenizer
+    prompt = tok("感冒吃什么药。", add_special_tokens=False)["input_ids"]
+    check = _stop_criteria(tok, ["。。"], len(prompt))
+
+    def stops_after(text: str) -> bool:
+        ids = prompt + tok(text, add_special_tokens=False)["input_ids"]
+        return bool(check(torch.tensor([ids]), None)[0])
+
+    assert not stops_after("。")  # would match across the prompt's last "。"
+    assert stops_after("。。") and stops_after("布洛芬。。") and not stops_after("布洛芬。")
+
+
 def test_decode_threads_drop_to_one_on_a_busy_machine():
     from qihuang.answer.lean import decode_threads
 

@@ -15,6 +15,11 @@ Prompts are already rendered by the engine's :attr:`template`. ``context_length`
 context window and ``count_tokens(prompt)`` what a prompt takes of it. A set ``cancel`` event ends a
 generation at the next decoding step (``finish_reason == "cancelled"``). ``load_engine`` builds an
 engine from a model name or path, an optional LoRA adapter and a template name.
+
+Stop strings: :class:`HFEngine` matches them with transformers' ``StopStringCriteria`` (what
+``generate(stop_strings=..., tokenizer=...)`` uses: token ids against a table, no decoding), fed the
+generated tokens only; the returned text is still cut at the first one (``cut_at_stop``). Streaming (worker thread, hold-back of partial stop strings, cancellation, the
+result) is :func:`qihuang.answer.streaming.stream_generation`, shared by every backend.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
+from qihuang.answer.streaming import Finish, Sink, clean_text, cut_at_stop, stream_generation
+from qihuang.answer.streaming import hold_back_stops as _hold_back_stops  # noqa: F401  (re-exported)
 from qihuang.errors import ConfigError
 from qihuang.models.load import DEFAULT_CONTEXT, context_length  # noqa: F401  (one context rule for every engine)
 from qihuang.models.load import _DTYPES as DTYPES  # noqa: F401
@@ -152,52 +159,84 @@ def open_stream(engine, prompt: str, params: GenerationParams, cancel: threading
     return engine.stream(prompt, params)
 
 
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """``text`` up to the first stop string, and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-def clean_text(text: str) -> str:
-    """Strip spaces and the replacement characters left by a multi-byte character cut at the
-    token limit (byte-level tokenizers)."""
-    return text.strip().strip("\ufffd").strip()
-
-
 # ---- transformers backend -------------------------------------------------------------------
-def _stop_criteria(tokenizer, prompt_len: int, stops: list[str], cancels: list, lock):
-    """A StoppingCriteria that ends each sequence once its new text holds a stop string, or once
-    its event in ``cancels`` (one per row, or one for all rows; ``None`` = never) is set."""
+def _cancel_criteria(cancels: list):
+    """A StoppingCriteria that ends each row once its event in ``cancels`` is set (one per row, or
+    one for all rows; ``None`` = never; anything with ``is_set()``). Stop strings are transformers'
+    own ``stop_strings`` (:meth:`HFEngine._gen_config`)."""
     import torch
     from transformers import StoppingCriteria
 
-    class _Stop(StoppingCriteria):
+    class _Cancelled(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             batch = input_ids.shape[0]
             rows = cancels if len(cancels) == batch else cancels[:1] * batch
-            done = [any(ev is not None and ev.is_set() for ev in row) if isinstance(row, tuple)
-                    else row is not None and row.is_set() for row in rows]
-            if stops and not all(done):
-                with lock:
-                    texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
-                done = [d or any(s in t for s in stops) for d, t in zip(done, texts)]
+            done = [row is not None and row.is_set() for row in rows]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
-    return _Stop()
+    return _Cancelled()
 
 
-class _LockedDecode:
-    """The tokenizer for a TextIteratorStreamer, decoding under the engine's tokenizer lock."""
+def _stop_criteria(tokenizer, stops: list[str], prompt_len: int):
+    """transformers' ``StopStringCriteria`` (the matcher behind ``generate(stop_strings=...)``: token
+    ids against a precomputed table, no decoding) on the generated tokens only. Given the whole
+    sequence, as ``GenerationConfig.stop_strings`` does, it also matches a stop that begins in the
+    prompt (a prompt ending in "。" and the stop "。。" ended generation after one "。")."""
+    import torch
+    from transformers import StopStringCriteria, StoppingCriteria
+
+    matcher = StopStringCriteria(tokenizer=tokenizer, stop_strings=stops)
+    width = matcher.maximum_token_len
+    outside = int(matcher.embedding_vec.shape[0]) - 1  # the table's "matches nothing" row
+
+    class _NewTextStops(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            new = input_ids[:, prompt_len:][:, -width:]
+            if new.shape[1] < width:  # the prompt side of the window can never be part of a stop
+                pad = torch.full((new.shape[0], width - new.shape[1]), outside, dtype=new.dtype, device=new.device)
+                new = torch.cat([pad, new], dim=1)
+            return matcher(new, scores)
+
+    return _NewTextStops()
+
+
+class _LockedTokenizer:
+    """The tokenizer with every call made under the engine's tokenizer lock (for transformers'
+    stop-string matcher, which reads the vocabulary and encodes while other threads tokenize)."""
 
     def __init__(self, tokenizer, lock):
         self._tokenizer, self._lock = tokenizer, lock
 
-    def decode(self, *args, **kwargs):
+    def __call__(self, *args, **kwargs):
         with self._lock:
-            return self._tokenizer.decode(*args, **kwargs)
+            return self._tokenizer(*args, **kwargs)
 
     def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
+        value = getattr(self._tokenizer, name)
+        if not callable(value):
+            return value
+
+        def locked(*args, **kwargs):
+            with self._lock:
+                return value(*args, **kwargs)
+
+        return locked
+
+
+class _IdStreamer:
+    """A transformers streamer handing each newly generated token id to a :class:`Sink`."""
+
+    def __init__(self, sink: Sink):
+        self._sink, self._prompt_seen = sink, False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # generate() first puts the prompt
+            self._prompt_seen = True
+            return
+        self._sink.emit(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
 
 
 class HFEngine:
@@ -265,6 +304,20 @@ class HFEngine:
             cfg.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         return GenerationConfig(**cfg)
 
+    def _generate_ids(self, enc, params: GenerationParams, stops: list[str], cancels: list, streamer=None):
+        """``model.generate`` with transformers' stop-string matcher on the continuation and the cancel
+        criterion (one generation at a time)."""
+        import torch
+
+        criteria = [_cancel_criteria(cancels)]
+        if stops:
+            criteria.append(_stop_criteria(_LockedTokenizer(self.tokenizer, self._tok_lock), stops,
+                                           enc["input_ids"].shape[1]))
+        with self._lock, torch.inference_mode():
+            self._seed(params)
+            return self.model.generate(**enc, generation_config=self._gen_config(params), stopping_criteria=criteria,
+                                       streamer=streamer)
+
     def _encode(self, prompts: list[str], max_new_tokens: int):
         """Left-padded batch, prompts cut from the left to fit the context window."""
         tok = self.tokenizer
@@ -302,16 +355,10 @@ class HFEngine:
         return results
 
     def _generate_chunk(self, chunk: list[str], params: GenerationParams, cancels: list) -> list[GenerationResult]:
-        import torch
-
         stops = self._stops(params)
         enc = self._encode(chunk, params.max_new_tokens)
         prompt_len = enc["input_ids"].shape[1]
-        criteria = [_stop_criteria(self.tokenizer, prompt_len, stops, cancels, self._tok_lock)]
-        with self._lock, torch.inference_mode():
-            self._seed(params)
-            ids = self.model.generate(**enc, generation_config=self._gen_config(params), stopping_criteria=criteria)
-        new = ids[:, prompt_len:]
+        new = self._generate_ids(enc, params, stops, cancels)[:, prompt_len:]
         out = []
         with self._tok_lock:
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -322,69 +369,30 @@ class HFEngine:
                                     params.max_new_tokens))
         return out
 
+    def _decode_locked(self, ids) -> str:
+        with self._tok_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def stream(self, prompt: str, params: GenerationParams | None = None,
                cancel: threading.Event | None = None) -> Iterator[str]:
         """Yield text pieces as they are generated; stops at a stop string (never yielded) or at the
-        next step once ``cancel`` is set. Returns (``StopIteration.value``) the GenerationResult."""
-        import torch
-        from transformers import TextIteratorStreamer
-
+        next step once ``cancel`` is set. Returns (``StopIteration.value``) the GenerationResult
+        (:func:`qihuang.answer.streaming.stream_generation` does the streaming)."""
         params = params or GenerationParams()
         stops = self._stops(params)
         enc = self._encode([prompt], params.max_new_tokens)
-        halt = threading.Event()  # set here: a stop string was seen, or the consumer went away
-        streamer = TextIteratorStreamer(_LockedDecode(self.tokenizer, self._tok_lock), skip_prompt=True,
-                                        skip_special_tokens=True, timeout=600)
-        criteria = [_stop_criteria(self.tokenizer, enc["input_ids"].shape[1], stops, [(halt, cancel)], self._tok_lock)]
-        errors: list[BaseException] = []
-        generated: list = []
+        seen, prompt_len = int(enc["attention_mask"].sum()), enc["input_ids"].shape[1]
 
-        def work() -> None:
-            try:
-                with self._lock, torch.inference_mode():
-                    if halt.is_set() or (cancel is not None and cancel.is_set()):
-                        streamer.end()
-                        return
-                    self._seed(params)
-                    generated.append(self.model.generate(**enc, generation_config=self._gen_config(params),
-                                                         stopping_criteria=criteria, streamer=streamer))
-            except BaseException as exc:  # surfaced in the consumer thread
-                errors.append(exc)
-                streamer.end()
+        def produce(sink: Sink) -> Finish:
+            ids = self._generate_ids(enc, params, stops, [sink], streamer=_IdStreamer(sink))
+            row = ids[0, prompt_len:]
+            stopped = cut_at_stop(self._decode_locked(row), stops)[1]
+            r = self._result(row, seen, "", stopped, cancel is not None and cancel.is_set(), params.max_new_tokens)
+            return Finish(r.completion_tokens, r.finish_reason)
 
-        finished = threading.Event()
-
-        def pieces() -> Iterator[str]:
-            last = ""
-            for piece in streamer:  # one piece behind, to drop a cut multi-byte character at the end
-                if last:
-                    yield last
-                last = piece
-            finished.set()
-            if last.rstrip("\ufffd"):
-                yield last.rstrip("\ufffd")
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        shown: list[str] = []
-        try:
-            for piece in _hold_back_stops(pieces(), stops, halt):
-                shown.append(piece)
-                yield piece
-        finally:
-            stopped = halt.is_set()
-            halt.set()
-            if not finished.is_set():  # stopped early: drain so the worker can finish
-                for _ in streamer:
-                    pass
-            thread.join()
-        if errors:
-            raise errors[0]
-        cancelled = cancel is not None and cancel.is_set()
-        if not generated:
-            return GenerationResult(clean_text("".join(shown)), int(enc["attention_mask"].sum()), 0, "cancelled")
-        return self._result(generated[0][0, enc["input_ids"].shape[1]:], int(enc["attention_mask"].sum()),
-                            clean_text("".join(shown)), stopped, cancelled, params.max_new_tokens)
+        return (yield from stream_generation(produce, stops=stops, prompt_tokens=seen,
+                                             max_new_tokens=params.max_new_tokens, cancel=cancel,
+                                             decode=self._decode_locked))
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
         """``sum log p(continuation | context)`` for each pair, scored in batches."""
@@ -419,25 +427,6 @@ class HFEngine:
                 pos = torch.arange(len(seq) - n, len(seq))
                 scores[i] = float(logp[r, pos - 1, torch.tensor(seq)[pos]].sum())
         return scores
-
-
-def _hold_back_stops(pieces, stops: list[str], cancel: threading.Event) -> Iterator[str]:
-    """Re-chunk streamed text so that no part of a stop string is ever yielded."""
-    buffer, keep = "", max((len(s) for s in stops), default=1) - 1
-    for piece in pieces:
-        buffer += piece
-        text, found = cut_at_stop(buffer, stops)
-        if found:
-            cancel.set()
-            if text:
-                yield text
-            return
-        safe = len(buffer) - keep if keep else len(buffer)
-        if safe > 0:
-            yield buffer[:safe]
-            buffer = buffer[safe:]
-    if buffer:
-        yield buffer
 
 
 # ---- construction ---------------------------------------------------------------------------

@@ -7,7 +7,9 @@ concatenates every layer's keys and values at every step. :class:`LeanEngine` is
 counts, scoring) with generation done by :func:`decode`: one forward per step over a
 pre-allocated :class:`~transformers.StaticCache` (a dynamic cache for models that cannot use
 one), logits of the last position only, greedy ``argmax`` or transformers' own logits
-processors for sampling, and stop checks on the decoded tail. Greedy output equals
+processors for sampling, and incremental stop checks (:class:`~qihuang.answer.streaming.StopScanner`:
+only the text each new token adds, plus a stop's length before it, is searched). Streaming is
+:func:`~qihuang.answer.streaming.stream_generation` fed by :func:`decode`'s per-step callback. Greedy output equals
 ``generate``'s at the same dtype (``benchmarks/generation_bench.py`` checks it on the real model).
 """
 
@@ -18,8 +20,8 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from qihuang.answer.engine import (GenerationParams, GenerationResult, HFEngine, _hold_back_stops, clean_text,
-                                   cut_at_stop)
+from qihuang.answer.engine import GenerationParams, GenerationResult, HFEngine, clean_text, cut_at_stop
+from qihuang.answer.streaming import Finish, Sink, StopScanner, stream_generation
 
 
 @dataclass
@@ -163,14 +165,17 @@ class LeanEngine(HFEngine):
     threads: int | None = None  # None: decode_threads() decides per call; else that many threads
 
     def _stop_check(self, stops: list[str]):
+        """``stop_hit(row, ids)`` for :func:`decode`: one :class:`StopScanner` per row, fed the ids
+        it has not seen (a few tokens decoded per step, never the whole continuation)."""
         if not stops:
             return None
-        tail = 4 * max(len(s) for s in stops) + 8  # tokens (4 bytes per character at most)
+        scanners: dict[int, StopScanner] = {}
 
         def hit(row: int, ids: list[int]) -> bool:
-            with self._tok_lock:
-                text = self.tokenizer.decode(ids[-tail:], skip_special_tokens=True)
-            return any(s in text for s in stops)
+            scanner = scanners.get(row)
+            if scanner is None:
+                scanner = scanners[row] = StopScanner(stops, self._decode_locked)
+            return scanner.push(ids[scanner.consumed:])
 
         return hit
 
@@ -213,55 +218,27 @@ class LeanEngine(HFEngine):
 
     def stream(self, prompt: str, params: GenerationParams | None = None,
                cancel: threading.Event | None = None) -> Iterator[str]:
-        """Yield text pieces as they are generated (see :meth:`HFEngine.stream`); the decoding runs
-        in a worker thread and hands over the text decoded so far after each step."""
-        import queue
-
+        """Yield text pieces as they are generated (see :meth:`HFEngine.stream`); :func:`decode` runs
+        in :func:`~qihuang.answer.streaming.stream_generation`'s worker and hands over each new id."""
         params = params or GenerationParams()
         stops = self._stops(params)
         enc = self._encode([prompt], params.max_new_tokens)
         seen = int(enc["attention_mask"].sum())
-        halt = threading.Event()  # set here: a stop string was shown, or the consumer went away
-        texts: queue.Queue = queue.Queue()
-        box: dict = {}
 
-        def on_step(ids: list[list[int]]) -> bool:
-            with self._tok_lock:
-                texts.put(self.tokenizer.decode(ids[0], skip_special_tokens=True))
-            return halt.is_set()
+        def produce(sink: Sink) -> Finish:
+            sent = 0
 
-        def work() -> None:
-            try:
-                if not (cancel is not None and cancel.is_set()):
-                    box["done"] = self._run(enc, params, stops, [cancel], on_step)
-            except BaseException as exc:  # surfaced in the consumer thread
-                box["error"] = exc
-            texts.put(None)
+            def on_step(ids: list[list[int]]) -> bool:
+                nonlocal sent
+                if len(ids[0]) > sent:
+                    sink.emit(ids[0][sent:])
+                    sent = len(ids[0])
+                return sink.stopping()
 
-        def pieces() -> Iterator[str]:
-            shown = ""
-            while (text := texts.get()) is not None:
-                safe = text.rstrip("\ufffd")  # a multi-byte character still being produced
-                if len(safe) > len(shown) and safe.startswith(shown):
-                    yield safe[len(shown):]
-                    shown = safe
+            done = self._run(enc, params, stops, [cancel], on_step)
+            r = self._finish(done.ids[0], seen, "", done, 0, params)
+            return Finish(r.completion_tokens, r.finish_reason)
 
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        shown: list[str] = []
-        try:
-            for piece in _hold_back_stops(pieces(), stops, halt):
-                shown.append(piece)
-                yield piece
-        finally:
-            stopped = halt.is_set()
-            halt.set()
-            thread.join()
-        if "error" in box:
-            raise box["error"]
-        text = clean_text("".join(shown))
-        if "done" not in box:
-            return GenerationResult(text, seen, 0, "cancelled")
-        done = box["done"]
-        done.stopped[0] = done.stopped[0] or stopped
-        return self._finish(done.ids[0], seen, text, done, 0, params)
+        return (yield from stream_generation(produce, stops=stops, prompt_tokens=seen,
+                                             max_new_tokens=params.max_new_tokens, cancel=cancel,
+                                             decode=self._decode_locked))
