@@ -28,3 +28,31 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_text(target, None)  # fails while writing the temporary file
     assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def test_concurrent_writers_of_one_cache_file_never_share_a_temporary(tmp_path):
+    """Two servers starting together build the same cache file: each write has its own temporary
+    name, so neither finds its temporary moved away by the other (the old fixed ``.tmp`` name did)."""
+    import threading
+
+    from qihuang.fileio import atomic_write_bytes
+
+    target = tmp_path / "cache" / "lexical-abc.pkl"
+    payloads = [bytes([i]) * 200_000 for i in range(4)]
+    errors: list[BaseException] = []
+
+    def write(data: bytes) -> None:
+        try:
+            for _ in range(25):
+                atomic_write_bytes(target, data)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_bytes() in payloads
+    assert [p.name for p in target.parent.iterdir()] == [target.name]

@@ -13,6 +13,7 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
+from qihuang.fileio import atomic_write_bytes
 from qihuang.paths import home, resource
 
 FORMAT = 2  # bump when what is cached changes shape
@@ -40,10 +41,7 @@ def cached(kb, name: str, build: Callable[[], Any], extra: str = "") -> Any:
     except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt
         pass
     value = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{id(value)}")
-    tmp.write_bytes(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-    tmp.replace(path)
+    atomic_write_bytes(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
     return value
 
 

@@ -18,6 +18,7 @@ unless the overview label is at least as probable as the best of them.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import re
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qihuang.fileio import atomic_write_bytes
 from qihuang.kb.normalize import normalize
 
 MASK = "□"  # stands for the entity mention, in training and in use
@@ -118,10 +120,9 @@ class IntentDetector:
                 detector = None
         if not isinstance(detector, cls):
             detector = cls.train(examples, cfg.threshold, cfg.c)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            joblib.dump(detector, tmp)
-            tmp.replace(path)
+            buffer = io.BytesIO()
+            joblib.dump(detector, buffer)
+            atomic_write_bytes(path, buffer.getvalue())
         _MEMO[key] = detector
         return detector.with_threshold(cfg.threshold)
 

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qihuang.errors import ConfigError
+from qihuang.fileio import atomic_write_bytes
 from qihuang.kb.fuzzy import TypoIndex
 from qihuang.kb.normalize import normalize
 from qihuang.kb.types import Fact
@@ -139,11 +140,7 @@ class LexicalIndex:
                 log.warning("rebuilding the lexical index (%s unreadable: %s)", path, e)
         index = cls.build(kb, cfg)
         if shas:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            with tmp.open("wb") as fh:
-                pickle.dump((index.retriever, index.names, index.keys), fh)
-            tmp.replace(path)
+            atomic_write_bytes(path, pickle.dumps((index.retriever, index.names, index.keys)))
         return index
 
     def match(self, text: str) -> list[tuple[str, float]]:
