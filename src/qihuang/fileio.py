@@ -18,11 +18,15 @@ from typing import Any
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; returns the path. The temporary name is unique per
     call, so two processes building the same cache file at once never share one."""
+    return _atomic_write(path, data, "wb", None)
+
+
+def _atomic_write(path: str | os.PathLike, data: str | bytes, mode: str, encoding: str | None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, mode, encoding=encoding) as fh:
             fh.write(data)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, path)
@@ -34,7 +38,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return _atomic_write(path, text, "w", "utf-8")
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
