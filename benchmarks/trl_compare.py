@@ -150,7 +150,8 @@ def run_trl(cfg: dict, stage: str) -> dict:
         model = prepare_model(config, tokenizer)
         args = _trl_args(DPOConfig, cfg, out, beta=cfg["pref_beta"], precompute_ref_log_probs=True,
                          precompute_ref_batch_size=cfg["batch_size"], loss_type=["sigmoid"], max_length=None)
-        trainer = Pretokenized(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        trainer = Pretokenized(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                               processing_class=tokenizer)
     else:
         from trl import RewardConfig, RewardTrainer
 

@@ -35,19 +35,20 @@ def prepare_data(config: TrainConfig, tokenizer, template: Template):
     data = prepare_pair_data(config, tokenizer, template)
     ref = config.ref_model or config.model
     add_reference_logps(ref, data.train + data.dev, tokenizer.pad_token_id, config.dtype,
-                        config.eval_batch_size or config.batch_size)
+                        config.eval_batch_size or config.batch_size, config.trust_remote_code)
     data.info.note(reference_model=ref)
     return data
 
 
 @torch.no_grad()
 def add_reference_logps(ref_model: str, features: list[dict], pad_id: int, dtype: str = "auto",
-                        batch_size: int = 8) -> None:
+                        batch_size: int = 8, trust_remote_code: bool = False) -> None:
     """Store ``ref_chosen_logp`` / ``ref_rejected_logp`` in every feature (one pass, then freed)."""
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    model = load_merged_causal_lm(ref_model, dtype).to(PartialState().device).eval()
+    model = load_merged_causal_lm(ref_model, dtype, trust_remote_code=trust_remote_code)
+    model = model.to(PartialState().device).eval()
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["chosen_input_ids"]))
     batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc="reference log-probs", unit="batch", disable=len(batches) < 20, leave=False):
