@@ -57,11 +57,13 @@ def build_objective(model, config: TrainConfig, tokenizer):
     return CausalLMObjective(model, fused_lora=config.fused_lora)
 
 
-def _prepare_output(config: TrainConfig, is_main: bool) -> Path:
+def _prepare_output(config: TrainConfig, accelerator) -> Path:
     out = config.output_dir
-    if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
+    occupied = out.exists() and any(out.iterdir())
+    accelerator.wait_for_everyone()  # every process looks before the main one writes there
+    if occupied and not (config.resume or config.overwrite):
         raise ConfigError(f"field 'output': {out} is not empty; pass --resume to continue it or --overwrite")
-    if is_main:
+    if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / CONFIG_FILE)
     return out
@@ -99,7 +101,7 @@ def _run(config: TrainConfig, callbacks: list[Callback] | None, progress: bool) 
     if config.finetuning == "qlora":
         check_qlora_available()
     accelerator = make_accelerator(config.grad_accum, config.mixed_precision)
-    out = _prepare_output(config, accelerator.is_main_process)
+    out = _prepare_output(config, accelerator)
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     template = get_template(config.template)
