@@ -69,7 +69,7 @@ def test_reference_logps_are_the_sft_models(sft, pairs, tiny_llama):
     from qihuang.data.prompts import get_template
     from qihuang.models.load import load_model, load_tokenizer
     from qihuang.train.dpo import prepare_data, sequence_logps
-    from qihuang.train.pairs import quiet_peft
+    from qihuang.models.lora import quiet_peft
 
     tok = load_tokenizer(sft)
     data = prepare_data(build_config(_cfg(sft, pairs, "unused")), tok, get_template("auto"))

@@ -110,3 +110,24 @@ def test_cli_rm_full_finetuning_qwen2(tiny_qwen2, pairs, tmp_path, capsys):
     assert "dev_reward_accuracy" in metrics
     assert main(["train", "--stage", "rm", "--model", str(tiny_qwen2), "--dataset", str(tmp_path / "none"),
                  "--output", str(tmp_path / "x")]) == 2
+
+
+def test_rm_from_a_lora_sft_output_merges_the_adapter_into_the_classifier(tiny_llama, pairs, tmp_path):
+    """A causal-LM (SFT) adapter as ``model``: the reward model's backbone is the SFT-merged model's."""
+    import torch
+
+    from qihuang.models.prepare import load_merged_causal_lm, load_sequence_classifier
+    from test_train import write_alpaca
+
+    sft = tmp_path / "sft"
+    run({"model": str(tiny_llama), "dataset": str(write_alpaca(tmp_path / "alpaca")), "output": str(sft),
+         "max_steps": 2, "batch_size": 4, "save_steps": 100, "learning_rate": 5e-2, "cutoff_len": 128,
+         "lora_rank": 4, "eval_at_start": False, "num_threads": 1}, progress=False)
+    rm = load_sequence_classifier(str(sft)).model.state_dict()
+    merged = load_merged_causal_lm(str(sft)).model.state_dict()
+    untuned = load_sequence_classifier(str(tiny_llama)).model.state_dict()
+    assert rm.keys() == merged.keys()
+    assert all(torch.equal(rm[k], merged[k]) for k in rm)
+    assert any(not torch.equal(rm[k], untuned[k]) for k in rm)  # the SFT delta is in the backbone
+    metrics = run(_cfg(sft, pairs, tmp_path / "rm", max_steps=2), progress=False).metrics
+    assert metrics["stage"] == "rm" and all(math.isfinite(h["loss"]) for h in metrics["history"])

@@ -128,19 +128,26 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
-def choose_dtype(dtype: str = "auto", device: str = "cpu") -> str:
-    """The inference dtype. ``"auto"``: bf16 on GPUs that support it (else fp16) and on CPUs with
-    native bf16 (:func:`cpu_supports_bf16`), fp32 on other CPUs. Training keeps its own choice
-    (:func:`_torch_dtype`: fp32 on CPU, where the fused LoRA path runs)."""
+def choose_dtype(dtype: str = "auto", device: str = "cpu", purpose: str = "inference") -> str:
+    """qihuang's one dtype policy. An explicit ``dtype`` is kept; ``"auto"`` resolves per purpose:
+
+    * ``"inference"``: bf16 on GPUs that support it (else fp16) and on CPUs with native bf16
+      (:func:`cpu_supports_bf16`), fp32 on other CPUs;
+    * ``"training"``: bf16 on GPUs that support it, fp32 everywhere else (fp16 weights need a
+      loss scaler, and on CPU the fused LoRA path and AdamW run in fp32)."""
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if purpose not in ("inference", "training"):
+        raise ConfigError(f"dtype purpose must be 'inference' or 'training', got {purpose!r}")
     if dtype != "auto":
         return dtype
     import torch
 
     if device.startswith("cuda"):
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "bfloat16" if cpu_supports_bf16() else "float32"
+        if torch.cuda.is_bf16_supported():
+            return "bfloat16"
+        return "float16" if purpose == "inference" else "float32"
+    return "bfloat16" if purpose == "inference" and cpu_supports_bf16() else "float32"
 
 
 def choose_device(device: str = "auto") -> str:
@@ -153,14 +160,14 @@ def choose_device(device: str = "auto") -> str:
 
 
 # ---- loading --------------------------------------------------------------------------------
-def _torch_dtype(dtype: str):
+def torch_dtype(dtype: str = "auto"):
+    """The ``torch.dtype`` models are loaded in: :func:`choose_dtype` for training on the device
+    training would use (``load_model`` does not know the device yet; inference callers resolve
+    ``"auto"`` with :func:`choose_dtype` first and pass the result)."""
     import torch
 
-    if dtype not in _DTYPES:
-        raise ConfigError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-    if dtype == "auto":  # CPUs here lack fast bf16: train and infer in float32 there
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return getattr(torch, dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return getattr(torch, choose_dtype(dtype, device, purpose="training"))
 
 
 def _tokenizer_source(path: str, fallback: str | None) -> str:
@@ -208,7 +215,7 @@ def load_model(name_or_path: str | os.PathLike, adapter: str | os.PathLike | Non
 
     path = resolve_model(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype),
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype),
                                                      trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error("model", name_or_path, exc) from exc

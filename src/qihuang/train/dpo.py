@@ -18,37 +18,15 @@ margin and accuracy (how often ``r_chosen > r_rejected``) on the dev pairs go to
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
 from qihuang.config import TrainConfig
-from qihuang.data.collate import IGNORE_INDEX, pad_batch
+from qihuang.data.collate import pad_batch
 from qihuang.data.prompts import Template
-from qihuang.train.objective import base_causal_lm
-from qihuang.train.pairs import PairMetrics, load_merged_causal_lm, prepare_pair_data, quiet_peft, split_model_ref
-
-log = logging.getLogger(__name__)
-
-
-def sequence_logps(model, input_ids, attention_mask, labels) -> torch.Tensor:
-    """``[rows]`` sums of ``log p(token)`` over the labelled tokens of each row.
-
-    The output head runs only on labelled positions (like the SFT objective)."""
-    lm = base_causal_lm(model)
-    target = labels[:, 1:]
-    keep = target != IGNORE_INDEX
-    if hasattr(lm, "get_decoder") and lm.get_output_embeddings() is not None and \
-            getattr(lm.config, "final_logit_softcapping", None) is None:
-        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
-    else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1][keep]
-    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, target[keep].unsqueeze(-1)).squeeze(-1)
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target)[keep]
-    return torch.zeros(labels.shape[0], device=token_logps.device, dtype=token_logps.dtype) \
-        .index_add(0, rows, token_logps)
+from qihuang.models.prepare import load_merged_causal_lm, prepare_model, split_model_ref
+from qihuang.train.objective import sequence_logps
+from qihuang.train.preference import PairMetrics, prepare_pair_data
 
 
 # ---- data: pairs + reference log-probabilities ----------------------------------------------------
@@ -57,19 +35,20 @@ def prepare_data(config: TrainConfig, tokenizer, template: Template):
     data = prepare_pair_data(config, tokenizer, template)
     ref = config.ref_model or config.model
     add_reference_logps(ref, data.train + data.dev, tokenizer.pad_token_id, config.dtype,
-                        config.eval_batch_size or config.batch_size)
+                        config.eval_batch_size or config.batch_size, config.trust_remote_code)
     data.info.note(reference_model=ref)
     return data
 
 
 @torch.no_grad()
 def add_reference_logps(ref_model: str, features: list[dict], pad_id: int, dtype: str = "auto",
-                        batch_size: int = 8) -> None:
+                        batch_size: int = 8, trust_remote_code: bool = False) -> None:
     """Store ``ref_chosen_logp`` / ``ref_rejected_logp`` in every feature (one pass, then freed)."""
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    model = load_merged_causal_lm(ref_model, dtype).to(PartialState().device).eval()
+    model = load_merged_causal_lm(ref_model, dtype, trust_remote_code=trust_remote_code)
+    model = model.to(PartialState().device).eval()
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["chosen_input_ids"]))
     batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc="reference log-probs", unit="batch", disable=len(batches) < 20, leave=False):
@@ -85,36 +64,8 @@ def add_reference_logps(ref_model: str, features: list[dict], pad_id: int, dtype
 
 # ---- model ------------------------------------------------------------------------------------------
 def load_model(config: TrainConfig, tokenizer):
-    """The policy: a LoRA output is continued (LoRA/QLoRA) or merged (full); otherwise the shared setup."""
-    from qihuang.models.lora import count_parameters
-    from qihuang.train.run import load_model_for_training
-
-    base, adapter = split_model_ref(config.model)
-    if adapter is None:
-        return load_model_for_training(config, tokenizer)
-    if config.finetuning == "full":
-        model = load_merged_causal_lm(config.model, config.dtype).requires_grad_(True)
-        if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return model
-    from peft import PeftModel
-
-    from qihuang.models.load import load_model as load_causal_lm
-    from qihuang.models.lora import quantization_kwargs
-
-    model = load_causal_lm(base, dtype=config.dtype, trainable=True, **quantization_kwargs(config.finetuning))
-    if config.finetuning == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    elif config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    with quiet_peft():
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    log.info("continuing adapter %s (%d trainable parameters)", adapter, count_parameters(model)[0])
-    return model
+    """The policy: a LoRA output is continued (LoRA/QLoRA) or merged (full); else a fresh setup."""
+    return prepare_model(config, tokenizer, continue_adapter=True)
 
 
 def output_meta(config: TrainConfig) -> dict:

@@ -29,11 +29,48 @@ def causal_mask_or_none(attention_mask: torch.Tensor | None) -> torch.Tensor | N
     return attention_mask
 
 
+def selective_head(lm) -> bool:
+    """Whether the output head of ``lm`` (a transformers CausalLM) can be run on chosen hidden
+    states apart from the decoder: it has both, and no final logit soft-capping (Gemma-2) that
+    only its own forward applies."""
+    return (hasattr(lm, "get_decoder") and lm.get_output_embeddings() is not None
+            and getattr(lm.config, "final_logit_softcapping", None) is None)
+
+
+def label_logits(model, input_ids, attention_mask, labels,
+                 selective: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logits, targets, keep)``: next-token logits at the labelled positions only, their target
+    tokens, and the ``[rows, len - 1]`` mask of those positions.
+
+    With a :func:`selective_head` the output head runs only on those positions, not over the whole
+    sequence: with a large vocabulary it is most of the cost of a forward pass. Otherwise the
+    model's full forward is used and its logits are indexed. ``selective`` skips the check."""
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    lm = base_causal_lm(model)
+    if selective is None:
+        selective = selective_head(lm)
+    if selective:
+        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1][keep]
+    return logits, target[keep], keep
+
+
+def sequence_logps(model, input_ids, attention_mask, labels) -> torch.Tensor:
+    """``[rows]`` sums of ``log p(token)`` over the labelled tokens of each row (:func:`label_logits`)."""
+    logits, target, keep = label_logits(model, input_ids, attention_mask, labels)
+    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(keep)[keep]
+    return torch.zeros(labels.shape[0], device=token_logps.device, dtype=token_logps.dtype) \
+        .index_add(0, rows, token_logps)
+
+
 class CausalLMObjective(nn.Module):
     """Next-token cross-entropy on labelled positions only.
 
-    The output head runs only where a label exists (answer tokens), not over the whole
-    sequence: with a large vocabulary this is most of the cost of a forward pass. With
+    The output head runs only where a label exists (answer tokens, :func:`label_logits`). With
     ``fused_lora``, PEFT LoRA layers run as one fused op each (:mod:`qihuang.train.fastlora`).
     """
 
@@ -44,21 +81,10 @@ class CausalLMObjective(nn.Module):
             from qihuang.train.fastlora import fuse_lora
 
             fuse_lora(model)
-        lm = base_causal_lm(model)
-        self._selective = (hasattr(lm, "get_decoder") and lm.get_output_embeddings() is not None
-                           and getattr(lm.config, "final_logit_softcapping", None) is None)
+        self._selective = selective_head(base_causal_lm(model))
 
     def forward(self, input_ids, attention_mask, labels) -> dict[str, torch.Tensor]:
-        target = labels[:, 1:]
-        keep = target != IGNORE_INDEX
-        attention_mask = causal_mask_or_none(attention_mask)
-        if self._selective:
-            lm = base_causal_lm(self.model)
-            hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                      use_cache=False).last_hidden_state
-            logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
-        else:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            logits = logits[:, :-1][keep]
-        loss_sum = nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
+        logits, target, keep = label_logits(self.model, input_ids, causal_mask_or_none(attention_mask), labels,
+                                            self._selective)
+        loss_sum = nn.functional.cross_entropy(logits.float(), target, reduction="sum")
         return {"loss_sum": loss_sum, "count": keep.sum()}

@@ -25,10 +25,9 @@ from torch import nn
 from qihuang.config import TrainConfig
 from qihuang.data.collate import IGNORE_INDEX
 from qihuang.data.prompts import Template
-from qihuang.errors import ConfigError
-from qihuang.train.pairs import PairMetrics, prepare_pair_data, quiet_peft, split_model_ref
-
-HEAD_NAMES = ("score", "classifier")
+from qihuang.models.lora import quiet_peft
+from qihuang.models.prepare import head_name, load_sequence_classifier, prepare_model
+from qihuang.train.preference import PairMetrics, prepare_pair_data
 
 
 def prepare_data(config: TrainConfig, tokenizer, template: Template):
@@ -36,66 +35,9 @@ def prepare_data(config: TrainConfig, tokenizer, template: Template):
     return prepare_pair_data(config, tokenizer, template)
 
 
-def head_name(model) -> str:
-    """Attribute name of the classification head (``score`` for Llama/Qwen2-style models)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for name in HEAD_NAMES:
-        if isinstance(getattr(base, name, None), nn.Module):
-            return name
-    raise ConfigError(f"field 'model': {type(base).__name__} has no score head ({'/'.join(HEAD_NAMES)})")
-
-
-def load_sequence_classifier(name: str, dtype: str = "auto", **kwargs):
-    """A one-label sequence classifier over ``name`` (a LoRA output directory is merged into its base)."""
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    from qihuang.models.load import _torch_dtype, resolve_model
-
-    base, adapter = split_model_ref(name)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "score.weight newly initialized" is expected here
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(resolve_model(base), num_labels=1,
-                                                                   dtype=_torch_dtype(dtype), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load {base!r} as a reward model: {exc}") from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if adapter is not None:
-        from peft import PeftModel
-
-        with quiet_peft():
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    return model
-
-
 def load_model(config: TrainConfig, tokenizer):
-    """The reward model ready to train: LoRA (+ trainable head), QLoRA or full."""
-    from qihuang.models.lora import quantization_kwargs
-
-    model = load_sequence_classifier(config.model, config.dtype, **quantization_kwargs(config.finetuning))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    torch.manual_seed(config.seed)  # head and LoRA initialisation
-    if config.finetuning == "full":
-        return model.requires_grad_(True)
-    from peft import LoraConfig, get_peft_model
-
-    if config.finetuning == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    targets = "all-linear" if config.lora_target == ["all"] else config.lora_target
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type="SEQ_CLS", modules_to_save=[head_name(model)])
-    try:
-        with quiet_peft():
-            return get_peft_model(model, lora)
-    except ValueError as exc:
-        raise ConfigError(f"field 'lora_target': {exc}") from exc
+    """The reward model ready to train: LoRA (+ the score head in full), QLoRA or full."""
+    return prepare_model(config, tokenizer, head="score")
 
 
 def last_label_positions(labels: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 tokenizer -> template -> stage data -> model (+ LoRA) -> objective -> loop -> output dir.
 
 A stage is a module named in ``STAGES`` with ``prepare_data(config, tokenizer, template) ->
-StageData`` and, optionally, ``load_model(config, tokenizer)`` and
+StageData`` and, optionally, ``load_model(config, tokenizer)`` (default:
+:func:`qihuang.models.prepare.prepare_model`, which a stage's own calls with its options) and
 ``build_objective(model, config, tokenizer)`` to replace the shared defaults (e.g. a reward
 head or a DPO reference model). Adding a stage is a new module plus one line here.
 """
@@ -50,33 +51,19 @@ def stage_module(stage: str):
         raise
 
 
-def load_model_for_training(config: TrainConfig, tokenizer):
-    """The shared model setup: base weights (4-bit for QLoRA), then LoRA or full training."""
-    import torch
-
-    from qihuang.models.load import load_model
-    from qihuang.models.lora import apply_finetuning, quantization_kwargs
-
-    model = load_model(config.model, dtype=config.dtype, trainable=True, trust_remote_code=config.trust_remote_code,
-                       **quantization_kwargs(config.finetuning))
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    torch.manual_seed(config.seed)  # LoRA initialisation
-    return apply_finetuning(model, config.finetuning, config.lora_rank, config.alpha, config.lora_dropout,
-                            config.lora_target, config.gradient_checkpointing)
-
-
 def build_objective(model, config: TrainConfig, tokenizer):
     from qihuang.train.objective import CausalLMObjective
 
     return CausalLMObjective(model, fused_lora=config.fused_lora)
 
 
-def _prepare_output(config: TrainConfig, is_main: bool) -> Path:
+def _prepare_output(config: TrainConfig, accelerator) -> Path:
     out = config.output_dir
-    if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
+    occupied = out.exists() and any(out.iterdir())
+    accelerator.wait_for_everyone()  # every process looks before the main one writes there
+    if occupied and not (config.resume or config.overwrite):
         raise ConfigError(f"field 'output': {out} is not empty; pass --resume to continue it or --overwrite")
-    if is_main:
+    if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / CONFIG_FILE)
     return out
@@ -105,6 +92,7 @@ def _run(config: TrainConfig, callbacks: list[Callback] | None, progress: bool) 
     from qihuang.data.prompts import get_template
     from qihuang.models.load import load_tokenizer
     from qihuang.models.lora import check_qlora_available
+    from qihuang.models.prepare import prepare_model
     from qihuang.train.checkpoint import checkpoints
     from qihuang.train.distributed import full_state_dict, make_accelerator, prepare_for_sharding
     from qihuang.train.loop import Loop
@@ -113,12 +101,12 @@ def _run(config: TrainConfig, callbacks: list[Callback] | None, progress: bool) 
     if config.finetuning == "qlora":
         check_qlora_available()
     accelerator = make_accelerator(config.grad_accum, config.mixed_precision)
-    out = _prepare_output(config, accelerator.is_main_process)
+    out = _prepare_output(config, accelerator)
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     template = get_template(config.template)
     data: StageData = stage.prepare_data(config, tokenizer, template)
-    model = getattr(stage, "load_model", load_model_for_training)(config, tokenizer)
+    model = getattr(stage, "load_model", prepare_model)(config, tokenizer)
     objective = getattr(stage, "build_objective", build_objective)(model, config, tokenizer)
     prepare_for_sharding(accelerator, objective, config.batch_size, config.max_grad_norm)
     cbs = ([ProgressCallback(config.stage)] if progress else []) + list(callbacks or [])

@@ -1,4 +1,7 @@
-"""What the preference stages (``rm``, ``dpo``) share: pair features, their metrics, model references.
+"""What the preference stages (``rm``, ``dpo``) share: tokenized pair data and its metrics.
+
+(Model loading, for these stages as for the others, is :func:`qihuang.models.prepare.prepare_model`;
+the log-probabilities DPO scores are :func:`qihuang.train.objective.sequence_logps`.)
 
 The shared loop only knows a loss; preference runs also report how often the chosen answer
 wins. Batches carry a :class:`PairMetrics` sink (it rides through ``collate`` untouched), the
@@ -10,11 +13,8 @@ training pairs since the previous evaluation.
 
 from __future__ import annotations
 
-import json
 import logging
-import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from qihuang.data.pairwise import collate_pairs, encode_pair, load_pairs, pair_l
 from qihuang.data.prompts import Template, load_template
 from qihuang.data.registry import resolve_dataset
 from qihuang.errors import ConfigError
-from qihuang.models.load import DEFAULT_MODEL, is_adapter_dir, read_meta
+from qihuang.models.load import read_meta
 
 log = logging.getLogger(__name__)
 _FIELDS = ("pairs", "correct", "margin", "chosen", "rejected")
@@ -165,36 +165,6 @@ def prepare_pair_data(config: TrainConfig, tokenizer, template: Template):
 
 def _collate(features: list[dict], pad_id: int, metrics: PairMetrics) -> dict:
     return {**collate_pairs(features, pad_id), "metrics": metrics}
-
-
-# ---- models ---------------------------------------------------------------------------------------
-def split_model_ref(name: str) -> tuple[str, str | None]:
-    """``(base model, adapter dir or None)``: a LoRA training output is its recorded base + itself."""
-    if not is_adapter_dir(name):
-        return name, None
-    base = read_meta(name).get("base_model")
-    if not base:
-        config_file = Path(name) / "adapter_config.json"
-        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or DEFAULT_MODEL
-    return str(base), str(name)
-
-
-@contextmanager
-def quiet_peft():
-    """PEFT reads a transformers attribute deprecated in 5.x: hide that warning (as models.lora does)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield
-
-
-def load_merged_causal_lm(name: str, dtype: str = "auto", **kwargs):
-    """A causal LM; a LoRA output directory is loaded onto its base and merged into it."""
-    from qihuang.models.load import load_model
-
-    base, adapter = split_model_ref(name)
-    with quiet_peft():
-        model = load_model(base, adapter=adapter, dtype=dtype, **kwargs)
-    return model.merge_and_unload() if adapter else model
 
 
 def check_template(config: TrainConfig, template: Template) -> None:
