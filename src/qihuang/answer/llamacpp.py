@@ -75,6 +75,7 @@ class LlamaCppModel:
         cparams.n_ctx, cparams.n_seq_max, cparams.kv_unified = n_ctx, max(1, n_seq), True
         cparams.n_batch = cparams.n_ubatch = PREFILL_BATCH
         cparams.n_threads = cparams.n_threads_batch = cores()
+        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama-cpp-python's Llama; no faster here
         self.ctx = lib.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             lib.llama_model_free(self.model)
