@@ -173,7 +173,7 @@ def ct2_arm(prompt: str, tokens: int, threads: int, compute_type: str):
 def check_greedy(engines: dict, prompt: str, tokens: int, base: str) -> None:
     """The lean loop must reproduce ``generate``'s greedy ids at fp32 and bf16 (exit 2 otherwise)."""
     ok = True
-    for dt in ("fp32", "bf16"):
+    for dt in [d for d in ("fp32", "bf16") if f"lean {d}" in engines]:
         ref = generate_ids(engines[f"generate {dt}"], prompt, tokens)
         got = lean_ids(engines[f"lean {dt}"], prompt, tokens)
         ok &= got == ref
@@ -286,6 +286,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4, help="also measure one batch of this many prompts (0: no)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8-weights arm")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 arms and their greedy check "
+                        "(not allowed where bf16 is the default dtype)")
     args = parser.parse_args()
     import torch
 
@@ -297,8 +299,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16: {cpu_supports_bf16()} -> default dtype {default_dtype}")
     print(f"cpu flags: {cpu_flags()}; cores {os.cpu_count()}; load average {os.getloadavg()}", flush=True)
-    engines = {f"{kind} {dt}": load(full, kind) for dt, full in (("fp32", "float32"), ("bf16", "bfloat16"))
-               for kind in ("generate", "lean")}
+    if args.no_bf16 and base == "bf16":
+        parser.error("--no-bf16: bf16 is the default dtype on this CPU")
+    dtypes = (("fp32", "float32"),) if args.no_bf16 else (("fp32", "float32"), ("bf16", "bfloat16"))
+    if args.no_bf16:
+        print("bf16 arms and their greedy check skipped (--no-bf16)")
+    engines = {f"{kind} {dt}": load(full, kind) for dt, full in dtypes for kind in ("generate", "lean")}
     if not args.no_int8:
         engines["lean int8"] = int8_engine(default_dtype)
     engines["qihuang default"], what = default_engine()

@@ -148,3 +148,30 @@ def test_batches_larger_than_the_context_run_in_groups(engines):
     cpp, _ = engines
     params = GenerationParams(max_new_tokens=8)
     assert cpp.generate_results(PROMPTS * 2, params) == cpp.generate_results(PROMPTS, params) * 2
+
+
+def test_a_merged_lora_adapter_runs_with_the_same_ids(tiny_llama, tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp")
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from qihuang.models.load import load_model
+
+    torch.manual_seed(1)
+    peft = get_peft_model(load_model(str(tiny_llama), dtype="float32", trainable=True),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a visible change (lora_B starts at zero)
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(adapter)
+    cpp = load_engine(str(tiny_llama), adapter=str(adapter), template="med_template", dtype="float32",
+                      backend="llamacpp", gguf_type="f32")
+    lean = load_engine(str(tiny_llama), adapter=str(adapter), template="med_template", dtype="float32", backend="hf")
+    base = load_engine(str(tiny_llama), template="med_template", dtype="float32", backend="hf")
+    params = GenerationParams(max_new_tokens=24)
+    got = cpp.generate_results(PROMPTS, params)
+    assert got == lean.generate_results(PROMPTS, params)
+    assert got != base.generate_results(PROMPTS, params)  # the adapter is in the weights llama.cpp runs
+    cpp.close()
