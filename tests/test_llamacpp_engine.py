@@ -64,6 +64,7 @@ def engines(tiny_llama, tmp_path_factory):
 
 def test_greedy_ids_equal_the_lean_loop_at_f32(engines):
     from qihuang.answer.lean import LeanEngine, decode
+    from qihuang.answer.llamacpp import decode_rows
 
     cpp, lean = engines
     assert isinstance(cpp, LeanEngine) and cpp.decoder == "llamacpp" and cpp.weights == "F32"
@@ -71,7 +72,7 @@ def test_greedy_ids_equal_the_lean_loop_at_f32(engines):
     for prompt in PROMPTS:
         enc = lean._encode([prompt], 32)
         ref = decode(lean.model, enc["input_ids"], enc["attention_mask"], params, set(), lean.tokenizer.pad_token_id)
-        got = cpp._run(enc, params, [], [None])
+        got = decode_rows(cpp.runner, [enc["input_ids"][0].tolist()], params, set(), threads=1)
         assert got.ids[0] == ref.ids[0] and len(ref.ids[0]) == 32
     assert cpp.generate_results(PROMPTS, params) == lean.generate_results(PROMPTS, params)
 
