@@ -27,7 +27,6 @@ from qihuang.answer.engine import GenerationParams
 from qihuang.answer.lean import Decoded, LeanEngine, _processors, decode_threads
 from qihuang.errors import ConfigError
 
-log = logging.getLogger(__name__)
 _init_lock = threading.Lock()
 _initialised = False
 PREFILL_BATCH = 512  # prompt tokens per llama_decode call
