@@ -29,10 +29,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# OPTIONAL, only for the llama.cpp arm of benchmarks/generation_bench.py: llama-cpp-python is an sdist
-# that compiles llama.cpp (more than 10 minutes on 2 busy cores); nothing else needs it.
+# OPTIONAL: the fast CPU engine. With llama-cpp-python installed, load_engine's backend "auto" (the
+# default: quickstart, answer, serve, eval) decodes with llama.cpp, ~2-5x the lean torch loop; without
+# it everything runs on the torch path. It is an sdist that compiles llama.cpp for this CPU
+# (GGML_NATIVE): 15 min 13 s wall on 2 shared cores here.
 install-llamacpp: $(VENV)/.installed
-	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PIP) install llama-cpp-python
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PIP) install $(CONSTRAINTS) "llama-cpp-python==0.3.36" "diskcache>=5.6"
 
 # Debian's Chromium for the web UI browser test (Playwright drives it by executablePath),
 # and a CJK font so that the screenshot and the report charts show Chinese text.

@@ -1,15 +1,20 @@
-"""Generation speed, one prompt: transformers ``generate`` vs qihuang's lean decode loop (fp32,
-bf16, int8 weights) vs llama.cpp on the same model and prompt, side by side in one run.
+"""Generation speed, one prompt: qihuang's default path (``load_engine("default")``, backend "auto":
+llama.cpp when llama-cpp-python is installed) vs transformers ``generate`` vs qihuang's lean decode loop
+(fp32, bf16, int8 weights) vs llama-cpp-python's own ``Llama`` on the same model and prompt, side by
+side in one run.
 
     .venv/bin/python benchmarks/generation_bench.py [--tokens 32] [--threads 1,2] [--repeats 3]
 
 Arms are measured interleaved (round-robin, ``--repeats`` rounds) and the median is reported, so a
 load change on a shared machine hits every arm alike. Every arm generates exactly ``--tokens`` new
 tokens greedily. Before timing, the lean loop's greedy output must equal ``generate``'s for the
-first ``--tokens`` tokens at the same dtype (exit 2 on a mismatch). llama.cpp runs when
-``llama_cpp`` is importable (``make install-llamacpp``), on the GGUF that the default model is
-converted from (Q4_1 weights); else that arm is skipped with a message. Prints CPU flags and load
-average with the figures; target: qihuang's default path >= 0.5x llama.cpp (exit 1 on MISSED).
+first ``--tokens`` tokens at the same dtype, and so must qihuang's llama.cpp engine on an F32 GGUF
+of the same weights (exit 2 on a mismatch). The llama.cpp arms run when ``llama_cpp`` is importable
+(``make install-llamacpp``): the reference is ``Llama.create_completion`` on the GGUF that the default
+model is converted from (Q4_1 weights), reset before every run so that each run prefills its prompt as
+a new question does; qihuang's engine also runs its F32 and Q8_0 exports (the weights a tuned model
+gets). Prints CPU flags and load average with the figures; target: qihuang's default path >= 0.5x
+llama.cpp (exit 1 on MISSED).
 """
 
 from __future__ import annotations
@@ -40,7 +45,24 @@ def cpu_flags() -> str:
 def load(dtype: str, decoder: str):
     from qihuang.answer.engine import load_engine
 
-    return load_engine("default", dtype=dtype, decoder=decoder, batch_size=1)
+    return load_engine("default", dtype=dtype, decoder=decoder, batch_size=1, backend="hf")
+
+
+def default_engine():
+    """What ``load_engine("default")`` gives (backend "auto"), and a one-line description of it."""
+    from qihuang.answer.engine import load_engine
+
+    engine = load_engine("default", batch_size=4)
+    if getattr(engine, "decoder", "") == "llamacpp":
+        return engine, f"llama.cpp engine, {engine.weights} weights"
+    return engine, f"{type(engine).__name__} ({next(engine.model.parameters()).dtype})"
+
+
+def cpp_engine(gguf_type: str):
+    """qihuang's llama.cpp engine on the default model exported as ``gguf_type`` (f32, q8_0)."""
+    from qihuang.answer.engine import load_engine
+
+    return load_engine("default", batch_size=4, backend="llamacpp", gguf_type=gguf_type)
 
 
 def int8_engine(dtype: str):
@@ -62,6 +84,27 @@ def lean_ids(engine, prompt: str | list[str], tokens: int, ends: bool = True) ->
         done = decode(engine.model, enc["input_ids"], enc["attention_mask"], GenerationParams(max_new_tokens=tokens),
                       engine._terminators() if ends else set(), engine.tokenizer.pad_token_id)
     return done.ids[0]
+
+
+def cpp_ids(engine, prompt: str | list[str], tokens: int, ends: bool = True) -> list[int]:
+    """Greedy new ids of the first prompt from qihuang's llama.cpp engine (all prompts as one batch)."""
+    from qihuang.answer.engine import GenerationParams
+    from qihuang.answer.llamacpp import cores, decode_rows
+    from qihuang.answer.lean import decode_threads
+
+    enc = engine._encode(prompt if isinstance(prompt, list) else [prompt], tokens)
+    rows = [ids[m.bool()].tolist() for ids, m in zip(enc["input_ids"], enc["attention_mask"])]
+    threads = engine.threads or decode_threads(cores())
+    done = decode_rows(engine.runner, rows, GenerationParams(max_new_tokens=tokens),
+                       engine._terminators() if ends else set(), threads)
+    return done.ids[0]
+
+
+def engine_ids(engine, prompt: str | list[str], tokens: int, ends: bool = True) -> list[int]:
+    """Greedy new ids of the first prompt from a lean or llama.cpp engine."""
+    if getattr(engine, "decoder", "") == "llamacpp":
+        return cpp_ids(engine, prompt, tokens, ends)
+    return lean_ids(engine, prompt, tokens, ends)
 
 
 def generate_ids(engine, prompt: str | list[str], tokens: int, force: bool = False) -> list[int]:
@@ -89,10 +132,12 @@ def llama_arm(prompt: str, tokens: int, threads: int):
 
     from qihuang.models.load import default_gguf
 
-    llm = Llama(model_path=str(default_gguf()), n_ctx=512, n_threads=threads, verbose=False)
+    llm = Llama(model_path=str(default_gguf()), n_ctx=512, n_threads=threads, n_threads_batch=threads,
+                verbose=False)
     eos = llm.token_eos()
 
     def run() -> int:
+        llm.reset()  # else it reuses the previous run's prompt from its cache and skips the prefill
         out = llm.create_completion(prompt, max_tokens=tokens, temperature=0.0, logit_bias={eos: -1e9})
         return out["usage"]["completion_tokens"]
 
@@ -128,7 +173,7 @@ def ct2_arm(prompt: str, tokens: int, threads: int, compute_type: str):
 def check_greedy(engines: dict, prompt: str, tokens: int, base: str) -> None:
     """The lean loop must reproduce ``generate``'s greedy ids at fp32 and bf16 (exit 2 otherwise)."""
     ok = True
-    for dt in ("fp32", "bf16"):
+    for dt in [d for d in ("fp32", "bf16") if f"lean {d}" in engines]:
         ref = generate_ids(engines[f"generate {dt}"], prompt, tokens)
         got = lean_ids(engines[f"lean {dt}"], prompt, tokens)
         ok &= got == ref
@@ -143,13 +188,26 @@ def check_greedy(engines: dict, prompt: str, tokens: int, base: str) -> None:
         agree = next((i for i, (x, y) in enumerate(zip(ref, got)) if x != y), min(len(ref), len(got)))
         print(f"greedy int8 (weights; {base} activations) vs {base} (different weights, not a gate): "
               f"first {agree} of {len(ref)} tokens agree")
+    if "llamacpp F32" in engines:
+        ref = generate_ids(engines["generate fp32"], prompt, tokens)
+        got = cpp_ids(engines["llamacpp F32"], prompt, tokens)
+        print(f"greedy fp32: qihuang llama.cpp engine (F32 GGUF) == generate for {len(ref)} tokens: {got == ref}"
+              + ("" if got == ref else f"\n  generate {ref}\n  llamacpp {got}"))
+        if got != ref:
+            print("MISMATCH: the llama.cpp engine on F32 weights does not reproduce generate's greedy output")
+            sys.exit(2)
 
 
-def _timer(name: str, engine, prompts: str | list[str], tokens: int):
+def _timer(name: str, engine, prompts: str | list[str], tokens: int, threads: int):
     rows = len(prompts) if isinstance(prompts, list) else 1
     if name.startswith("generate"):
         return lambda: rows * len(generate_ids(engine, prompts, tokens, force=True))
-    return lambda: rows * len(lean_ids(engine, prompts, tokens, ends=False))
+
+    def run() -> int:
+        engine.threads = threads  # the llama.cpp engine's count (the lean arms follow torch's, set per arm)
+        return rows * len(engine_ids(engine, prompts, tokens, ends=False))
+
+    return run
 
 
 def build_arms(engines: dict, prompt: str, tokens: int, threads: list[int], batch: int, base: str) -> dict:
@@ -157,7 +215,7 @@ def build_arms(engines: dict, prompt: str, tokens: int, threads: list[int], batc
     arms = {}
     for t in threads:
         for name, eng in engines.items():
-            arms[f"{name} t{t}"] = (t, _timer(name, eng, prompt, tokens))
+            arms[f"{name} t{t}"] = (t, _timer(name, eng, prompt, tokens, t))
         for ct in ("float32", "int8_float32"):
             run, why = ct2_arm(prompt, tokens, t, ct)
             if run is None:
@@ -173,8 +231,9 @@ def build_arms(engines: dict, prompt: str, tokens: int, threads: list[int], batc
         eng0 = engines["lean fp32"]
         prompts = [eng0.template.render(eng0.tokenizer, [{"role": "user", "content": q}])
                    for q in ([QUESTION] + MORE * batch)[:batch]]
-        for name in ("generate fp32", f"lean {base}"):
-            arms[f"{name} batch{batch} t{threads[0]}"] = (threads[0], _timer(name, engines[name], prompts, tokens))
+        for name in ("generate fp32", f"lean {base}", "qihuang default"):
+            arms[f"{name} batch{batch} t{threads[0]}"] = (threads[0], _timer(name, engines[name], prompts, tokens,
+                                                                            threads[0]))
     return arms
 
 
@@ -196,25 +255,26 @@ def measure(arms: dict, repeats: int) -> dict[str, list[float]]:
     return rates
 
 
-def verdict(med: dict[str, float], threads: list[int], base: str) -> int:
+def verdict(med: dict[str, float], threads: list[int], what: str) -> int:
     """Print qihuang's default path against the other engines; the exit status (1 on MISSED)."""
     from qihuang.answer.lean import decode_threads
 
     picked = decode_threads(max(threads))  # what the engine's thread policy picks under this load
-    best_t = picked if picked in threads else max(threads, key=lambda t: med[f"lean {base} t{t}"])
-    ours = med[f"lean {base} t{best_t}"]
+    best_t = picked if picked in threads else max(threads, key=lambda t: med[f"qihuang default t{t}"])
+    ours = med[f"qihuang default t{best_t}"]
     if f"ctranslate2 float32 t{best_t}" in med:
         ct2 = med[f"ctranslate2 float32 t{best_t}"]
         print(f"ctranslate2 fp32 (not yet an engine backend): {ct2:.1f} tok/s, {ours / ct2:.2f}x of it is qihuang's")
-    print(f"qihuang default path (lean {base}, {best_t} threads as its policy picks now): {ours:.1f} tok/s, "
+    print(f"qihuang default path ({what}, {best_t} threads as its policy picks now): {ours:.1f} tok/s, "
           f"{ours / med[f'generate fp32 t{best_t}']:.2f}x transformers generate fp32")
-    llama = [v for k, v in med.items() if k.startswith("llama.cpp")]
+    llama = [v for k, v in med.items() if k.startswith("llama.cpp Q4_1")]
     if not llama:
         print("ratio qihuang/llama.cpp: not measured (llama.cpp arm skipped)")
         return 0
     ratio = ours / max(llama)
     result = "met" if ratio >= TARGET else "MISSED"
-    print(f"ratio qihuang/llama.cpp (best of each): {ratio:.2f}x (target >= {TARGET}x): {result}")
+    print(f"ratio qihuang default ({best_t} threads) / llama-cpp-python Llama Q4_1 (best thread count): "
+          f"{ratio:.2f}x (target >= {TARGET}x): {result}")
     return 1 if result == "MISSED" else 0
 
 
@@ -226,6 +286,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4, help="also measure one batch of this many prompts (0: no)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8-weights arm")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 arms and their greedy check "
+                        "(not allowed where bf16 is the default dtype)")
     args = parser.parse_args()
     import torch
 
@@ -237,10 +299,18 @@ def main() -> None:
     print(f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16: {cpu_supports_bf16()} -> default dtype {default_dtype}")
     print(f"cpu flags: {cpu_flags()}; cores {os.cpu_count()}; load average {os.getloadavg()}", flush=True)
-    engines = {f"{kind} {dt}": load(full, kind) for dt, full in (("fp32", "float32"), ("bf16", "bfloat16"))
-               for kind in ("generate", "lean")}
+    if args.no_bf16 and base == "bf16":
+        parser.error("--no-bf16: bf16 is the default dtype on this CPU")
+    dtypes = (("fp32", "float32"),) if args.no_bf16 else (("fp32", "float32"), ("bf16", "bfloat16"))
+    if args.no_bf16:
+        print("bf16 arms and their greedy check skipped (--no-bf16)")
+    engines = {f"{kind} {dt}": load(full, kind) for dt, full in dtypes for kind in ("generate", "lean")}
     if not args.no_int8:
         engines["lean int8"] = int8_engine(default_dtype)
+    engines["qihuang default"], what = default_engine()
+    print(f"qihuang default path: {what}")
+    if importlib.util.find_spec("llama_cpp") is not None:
+        engines["llamacpp F32"], engines["llamacpp Q8_0"] = cpp_engine("f32"), cpp_engine("q8_0")
     eng0 = engines["lean fp32"]
     prompt = eng0.template.render(eng0.tokenizer, [{"role": "user", "content": QUESTION}])
     torch.set_num_threads(max(threads))
@@ -251,7 +321,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     for name in arms:
         print(f"  {name:<30}{med[name]:>8.1f} tok/s   (runs {', '.join(f'{r:.1f}' for r in rates[name])})")
-    sys.exit(verdict(med, threads, base))
+    sys.exit(verdict(med, threads, what))
 
 
 if __name__ == "__main__":

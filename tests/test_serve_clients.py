@@ -60,8 +60,9 @@ def _is_error_shape(r) -> bool:
 # ---- 1. cancellation ------------------------------------------------------------------------
 @pytest.fixture
 def slow_engine(tiny_llama):
-    """The tiny model at ~10 ms per decoding step, never ending early (no end-of-sequence)."""
-    engine = load_engine(str(tiny_llama), template="med_template", dtype="float32", batch_size=8)
+    """The tiny model at ~10 ms per decoding step, never ending early (no end-of-sequence). On the torch
+    path (``backend="hf"``): the slowdown is a forward hook on the torch model."""
+    engine = load_engine(str(tiny_llama), template="med_template", dtype="float32", batch_size=8, backend="hf")
     engine.model.generation_config.eos_token_id = None
     handle = engine.model.register_forward_pre_hook(lambda *a: time.sleep(0.01))
     yield engine

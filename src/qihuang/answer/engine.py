@@ -25,6 +25,7 @@ result) is :func:`qihuang.answer.streaming.stream_generation`, shared by every b
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -37,7 +38,9 @@ from qihuang.models.load import DEFAULT_CONTEXT, context_length  # noqa: F401  (
 from qihuang.models.load import _DTYPES as DTYPES  # noqa: F401
 from qihuang.models.load import choose_device, choose_dtype, cpu_supports_bf16  # noqa: F401  (one dtype policy)
 
-BACKENDS = ("hf", "vllm")
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "hf", "llamacpp", "vllm")  # auto: llamacpp on CPU when importable and convertible, else hf
 DECODERS = ("auto", "lean", "generate")  # hf backend: qihuang's decode loop or transformers' generate
 MIN_TEMPERATURE = 1e-2  # below this the sampler's logits/temperature overflow: decode greedily instead
 REPETITION_PENALTY_RANGE = (0.1, 10.0)  # outside it logits/penalty overflow to inf/nan
@@ -431,15 +434,22 @@ class HFEngine:
 
 # ---- construction ---------------------------------------------------------------------------
 def load_engine(model: str | None = "default", adapter: str | None = None, template: str | None = None,
-                backend: str = "hf", dtype: str = "auto", device: str = "auto", batch_size: int = 8,
-                decoder: str = "auto", quantize: str | None = None, trust_remote_code: bool = False) -> Engine:
+                backend: str = "auto", dtype: str = "auto", device: str = "auto", batch_size: int = 8,
+                decoder: str = "auto", quantize: str | None = None, trust_remote_code: bool = False,
+                gguf_type: str = "auto") -> Engine:
     """Build an engine: ``model`` name/path ("default" = the embedded SmolLM2), optional LoRA
     ``adapter`` dir (merged into the weights), ``template`` name (else the adapter's/model's saved
-    template, else "auto"). ``decoder`` (hf backend): ``"lean"`` = qihuang's decode loop
-    (:mod:`qihuang.answer.lean`), ``"generate"`` = transformers' ``generate``; ``"auto"`` = lean on
-    CPU, generate on a GPU. ``quantize="int8"``: int8 weight-only linear layers (CPU, opt-in,
-    :mod:`qihuang.answer.int8`). ``trust_remote_code`` (off by default) lets a model's own Python code run
-    (older ChatGLM checkpoints need it): see :data:`qihuang.models.load.REMOTE_CODE_RISK`."""
+    template, else "auto").
+
+    ``backend``: ``"llamacpp"`` = qihuang's decode loop over llama.cpp (:mod:`qihuang.answer.llamacpp`,
+    needs ``make install-llamacpp``; ``gguf_type`` picks its weights, see
+    :func:`~qihuang.answer.llamacpp.gguf_for`); ``"hf"`` = transformers; ``"vllm"``; ``"auto"`` (default)
+    = llamacpp on CPU when ``llama_cpp`` imports and the model converts (``decoder`` and ``quantize``
+    left at their defaults), else hf, with the reason logged. ``decoder`` (hf backend): ``"lean"`` =
+    qihuang's decode loop (:mod:`qihuang.answer.lean`), ``"generate"`` = transformers' ``generate``;
+    ``"auto"`` = lean on CPU, generate on a GPU. ``quantize="int8"``: int8 weight-only linear layers
+    (CPU, opt-in, :mod:`qihuang.answer.int8`). ``trust_remote_code`` (off by default) lets a model's own
+    Python code run (older ChatGLM checkpoints need it): see :data:`qihuang.models.load.REMOTE_CODE_RISK`."""
     if backend not in BACKENDS:
         raise ConfigError(f"engine backend must be one of {BACKENDS}, got {backend!r}")
     if decoder not in DECODERS:
@@ -450,19 +460,37 @@ def load_engine(model: str | None = "default", adapter: str | None = None, templ
         from qihuang.answer.vllm_engine import VLLMEngine
 
         return VLLMEngine.load(model, adapter=adapter, template=template, dtype=dtype)
+    from qihuang.answer import llamacpp
     from qihuang.models.load import load_for_inference
 
     device = choose_device(device)
+    want_cpp = backend == "llamacpp" or (backend == "auto" and device == "cpu" and decoder == "auto"
+                                         and quantize is None)
+    if backend == "llamacpp" and (device != "cpu" or quantize is not None or not llamacpp.available()):
+        raise ConfigError("engine backend 'llamacpp' runs on CPU without --quantize and needs llama-cpp-python "
+                          "(make install-llamacpp)")
+    if want_cpp and not llamacpp.available():
+        log.info("engine: llama_cpp is not importable, using the transformers backend (make install-llamacpp)")
+        want_cpp = False
     resolved = choose_dtype(dtype, device)
     hf_model, tokenizer, tmpl = load_for_inference(model, adapter, template, dtype=resolved, merge=True,
                                                    trust_remote_code=trust_remote_code)
+    name = str(adapter or model or "default")
+    if want_cpp:
+        path, weights = llamacpp.gguf_for(hf_model, tokenizer, model, adapter, gguf_type)
+        if path is not None:
+            log.info("engine: llama.cpp on %s (%s weights)", path, weights)
+            return llamacpp.LlamaCppEngine(hf_model, tokenizer, tmpl, path, model_name=name,
+                                           batch_size=batch_size, weights=weights)
+        if backend == "llamacpp":
+            raise ConfigError(f"engine backend 'llamacpp' cannot run {name!r}: {weights}")
+        log.warning("engine: llama.cpp cannot run %r (%s); using the transformers backend", name, weights)
     if device != "cpu":
         hf_model = hf_model.to(device)
     if quantize == "int8":
         from qihuang.answer.int8 import quantize_int8
 
         hf_model = quantize_int8(hf_model)
-    name = str(adapter or model or "default")
     if decoder == "lean" or (decoder == "auto" and device == "cpu"):
         from qihuang.answer.lean import LeanEngine
 
