@@ -41,9 +41,9 @@ class CausalLMObjective(nn.Module):
         super().__init__()
         self.model = model
         if fused_lora:
-            from qihuang.train.fastlora import fuse_lora
+            from qihuang.train.fastlora import fuse_model
 
-            fuse_lora(model)
+            fuse_model(model)
         lm = base_causal_lm(model)
         self._selective = (hasattr(lm, "get_decoder") and lm.get_output_embeddings() is not None
                            and getattr(lm.config, "final_logit_softcapping", None) is None)
