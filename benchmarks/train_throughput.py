@@ -140,10 +140,10 @@ def run_reference(args, work: Path, role: str) -> dict:
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a, **k):
-            clock["start"] = time.perf_counter()
+            clock["start"], clock["cpu_start"] = time.perf_counter(), time.process_time()
 
         def on_train_end(self, *a, **k):
-            clock["end"] = time.perf_counter()
+            clock["end"], clock["cpu_end"] = time.perf_counter(), time.process_time()
 
     training_args = TrainingArguments(
         output_dir=str(work / "runs" / f"{role}-trainer"), per_device_train_batch_size=args.batch_size,
@@ -157,7 +157,8 @@ def run_reference(args, work: Path, role: str) -> dict:
     trainer.train()
     model.save_pretrained(work / "runs" / role)
     seconds = clock["end"] - clock["start"]
-    return {"label_tokens": counts["labels"], "train_s": seconds, "padding": 1 - counts["tokens"] / counts["positions"]}
+    return {"label_tokens": counts["labels"], "train_s": seconds, "train_cpu_s": clock["cpu_end"] - clock["cpu_start"],
+            "padding": 1 - counts["tokens"] / counts["positions"]}
 
 
 def run_qihuang(args, work: Path) -> dict:
@@ -165,16 +166,20 @@ def run_qihuang(args, work: Path) -> dict:
     from qihuang.config import build_config, parse_overrides
     from qihuang.train import run
     from qihuang.train.callbacks import Callback
-    from qihuang.train.fastlora import frozen_base_dtype
+    try:
+        from qihuang.train.fastlora import frozen_base_dtype
+    except ImportError:  # an older qihuang (measuring a change): fp32 throughout
+        def frozen_base_dtype(config):
+            return None
 
     clock: dict[str, float] = {}
 
     class Clock(Callback):
         def on_train_begin(self, state, total_steps):
-            clock["start"] = time.perf_counter()
+            clock["start"], clock["cpu_start"] = time.perf_counter(), time.process_time()
 
         def on_train_end(self, state):
-            clock["end"] = time.perf_counter()
+            clock["end"], clock["cpu_end"] = time.perf_counter(), time.process_time()
 
     config = {"model": "default", "dataset": str(work / "train"), "output": str(work / "runs" / "qihuang"),
               "overwrite": True, "grounded": args.grounded, "cutoff_len": args.cutoff_len, "finetuning": "lora",
@@ -186,7 +191,7 @@ def run_qihuang(args, work: Path) -> dict:
     metrics = run(config, callbacks=[Clock()], progress=False).metrics
     base_dtype = frozen_base_dtype(build_config(config))  # what the run chose for the frozen base
     return {"label_tokens": metrics["loss_items"], "train_s": clock["end"] - clock["start"],
-            "loop_train_s": metrics["train_time_s"],
+            "train_cpu_s": clock["cpu_end"] - clock["cpu_start"], "loop_train_s": metrics["train_time_s"],
             "base_dtype": str(base_dtype or "torch.float32").removeprefix("torch.")}
 
 
@@ -295,9 +300,11 @@ def report(args, results: dict, rss: dict, cpu: dict, loads: dict, eval_result: 
         extra = f" (frozen base {res['base_dtype']})" if res.get("base_dtype") else ""
         pad = f" ({res['padding']:.1%} padding)" if "padding" in res else ""
         lines.append(f"| {NAMES[role]}{extra}{pad} | {res['label_tokens']} | {res['train_s']:.1f} | "
-                     f"{res['tok_s']:.1f} | {res['label_tokens'] / cpu[role]:.1f} | {rss[role]:.0f} | "
+                     f"{res['tok_s']:.1f} | {res['label_tokens'] / res['train_cpu_s']:.1f} | {rss[role]:.0f} | "
                      f"{dev.get(role, float('nan')):.4f} | {loads[role]} |")
-    lines.append(f"untuned model dev loss: {dev['untuned']:.4f}; CPU-s include model loading (every arm alike)")
+    lines.append(f"untuned model dev loss: {dev['untuned']:.4f}; CPU-s: training only, all threads (less "
+                 f"sensitive than wall time to other jobs); CPU s per process incl. loading: "
+                 + ", ".join(f"{r} {cpu[r]:.0f}" for r in results))
     checks = verdicts(results, rss, dev)
     lines += [f"{text} {'OK' if met else 'MISSED'}" for text, met in checks]
     return "\n".join(lines), all(met for _, met in checks)
@@ -306,7 +313,7 @@ def report(args, results: dict, rss: dict, cpu: dict, loads: dict, eval_result: 
 def _merge(total: dict | None, part: dict) -> dict:
     if total is None:
         return dict(part)
-    for key in ("label_tokens", "train_s"):
+    for key in ("label_tokens", "train_s", "train_cpu_s"):
         total[key] += part[key]
     return total
 
