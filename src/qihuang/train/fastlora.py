@@ -127,8 +127,8 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     plan = _plain_adapter(self, x) if not (args or kwargs) else None
     base = self.base_layer
     if plan is None:
-        if isinstance(base, nn.Linear) and base.weight.dtype != x.dtype and x.dtype in _FLOATS:
-            # a bf16 base (cast_frozen_base) outside the fused path: PEFT's forward in the weight's dtype
+        if getattr(self, "_qihuang_cast_base", False) and base.weight.dtype != x.dtype:
+            # a base cast by cast_frozen_base, outside the fused path: PEFT's forward in the weight's dtype
             return type(self).forward(self, x.to(base.weight.dtype), *args, **kwargs).to(x.dtype)
         return type(self).forward(self, x, *args, **kwargs)
     name, dropout = plan
@@ -197,6 +197,7 @@ def cast_frozen_base(model, dtype: torch.dtype | None) -> int:
         if isinstance(module.base_layer, nn.Linear) and not weight.requires_grad and weight.dtype != dtype \
                 and weight.dtype in _FLOATS:
             module.base_layer.to(dtype)
+            module._qihuang_cast_base = True
             count += 1
     return count
 
