@@ -1,11 +1,11 @@
-"""The fused LoRA op: same outputs and gradients as PEFT's modules, exact dropout rate, fallbacks."""
+"""The fused LoRA op: same outputs and gradients as PEFT's modules, exact dropout rate, fallbacks, bf16 base."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from qihuang.train.fastlora import LoRALinearFn, drop_rate, fuse_lora, keep_mask
+from qihuang.train.fastlora import LoRALinearFn, cast_frozen_base, drop_index, frozen_base_dtype, fuse_lora, fuse_model
 
 
 @pytest.mark.parametrize("p,bias", [(0.0, False), (0.3, True)])
@@ -20,22 +20,29 @@ def test_fused_op_matches_the_unfused_formula(p, bias):
     inputs = (x, lora_a, lora_b) + ((b,) if bias else ())
     fused = torch.autograd.grad(out, inputs, grad)
     torch.manual_seed(1)  # the same draw: the mask the op used
-    keep = keep_mask(torch.Size([15, 8]), p, x.device).view(3, 5, 8) if p else torch.ones(3, 5, 8, dtype=torch.bool)
-    ref = x @ weight.T + (b if bias else 0) + 0.7 * ((x * keep / (1 - drop_rate(p))) @ lora_a.T) @ lora_b.T
+    keep = torch.ones(3 * 5 * 8)
+    keep[drop_index(3 * 5 * 8, p, x.device)] = 0.0
+    ref = x @ weight.T + (b if bias else 0) + 0.7 * ((x * keep.view(3, 5, 8) / (1 - p)) @ lora_a.T) @ lora_b.T
     expected = torch.autograd.grad(ref, inputs, grad)
     torch.testing.assert_close(out, ref)
     for got, want in zip(fused, expected):
         torch.testing.assert_close(got, want)
 
 
-def test_keep_mask_rate_and_determinism():
+def test_drop_index_is_an_exact_bernoulli_pattern():
     torch.manual_seed(3)
-    mask = keep_mask(torch.Size([1001, 999]), 0.05, torch.device("cpu"))
-    assert mask.dtype == torch.bool and mask.shape == (1001, 999)
-    assert float(mask.float().mean()) == pytest.approx(0.95, abs=2e-3)
-    assert drop_rate(0.05) == pytest.approx(0.05, abs=2 ** -17) and drop_rate(0.0) == 0.0
+    n, p = 1_000_003, 0.05
+    drop = drop_index(n, p, torch.device("cpu"))
+    assert drop.dtype == torch.long and int(drop.min()) >= 0 and int(drop.max()) < n
+    assert bool((drop[1:] > drop[:-1]).all())  # sorted, no repeats
+    assert drop.numel() / n == pytest.approx(p, abs=4 * (p * (1 - p) / n) ** 0.5)
+    dropped = torch.zeros(n, dtype=torch.bool)
+    dropped[drop] = True
+    both = float((dropped[1:] & dropped[:-1]).float().mean())  # neighbours independent: p^2
+    assert both == pytest.approx(p * p, abs=4 * (p * p / n) ** 0.5)
     torch.manual_seed(3)
-    assert torch.equal(mask, keep_mask(torch.Size([1001, 999]), 0.05, torch.device("cpu")))
+    assert torch.equal(drop, drop_index(n, p, torch.device("cpu")))
+    assert drop_index(n, 0.0, torch.device("cpu")).numel() == 0 and drop_index(0, p, torch.device("cpu")).numel() == 0
 
 
 def _peft_pair(tiny_llama, dropout: float):
@@ -90,3 +97,46 @@ def test_fused_dropout_is_active_in_training_only(tiny_llama):
 
     with torch.no_grad():
         torch.testing.assert_close(disabled, AutoModelForCausalLM.from_pretrained(tiny_llama)(input_ids=ids).logits)
+
+
+def _lora_grads(model, ids):
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_bf16_frozen_base_keeps_fp32_lora_and_close_gradients(tiny_llama):
+    fp32, bf16 = _peft_pair(tiny_llama, dropout=0.0)
+    fuse_model(fp32), fuse_model(bf16)
+    assert cast_frozen_base(bf16, torch.bfloat16) == 2 * 7
+    lora = {n: p for n, p in bf16.named_parameters() if p.requires_grad}
+    assert lora and all(p.dtype == torch.float32 for p in lora.values())  # adapter + optimizer state stay fp32
+    assert bf16.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.bfloat16
+    ids = torch.randint(3, 500, (2, 9))
+    loss32, grads32 = _lora_grads(fp32, ids)
+    loss16, grads16 = _lora_grads(bf16, ids)
+    assert loss16 == pytest.approx(loss32, rel=1e-2)
+    for name, want in grads32.items():
+        got = grads16[name]
+        assert got.dtype == torch.float32
+        assert float((got - want).norm() / want.norm()) < 0.05, name
+    with torch.no_grad(), bf16.disable_adapter():  # PEFT's own path on a bf16 base still runs
+        assert bf16(input_ids=ids).logits.dtype == torch.float32
+
+
+def test_frozen_base_dtype_follows_the_cpu_policy(monkeypatch):
+    import qihuang.models.load as load
+    from qihuang.config import build_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = build_config({"dataset": "x"})
+    for native, want in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(load, "cpu_supports_bf16", lambda native=native: native)
+        assert frozen_base_dtype(config) == want
+    monkeypatch.setattr(load, "cpu_supports_bf16", lambda: True)
+    assert frozen_base_dtype(build_config({"dataset": "x", "dtype": "float32"})) is None  # asked for fp32
+    assert frozen_base_dtype(build_config({"dataset": "x", "fused_lora": False})) is None
+    monkeypatch.setattr(load, "cpu_supports_bf16", lambda: False)
+    assert frozen_base_dtype(build_config({"dataset": "x", "mixed_precision": "bf16"})) == torch.bfloat16

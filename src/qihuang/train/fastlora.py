@@ -5,16 +5,21 @@ Bernoulli draw per input element for dropout, a dropped copy of ``x`` kept for t
 pass, and a few temporaries for the scaling and the sum. :class:`LoRALinearFn` computes the
 same function and the same gradients with one autograd node per layer:
 
-- the dropout mask comes from 64-bit random words, four 16-bit uniforms each (a quarter of the
-  generator calls of ``bernoulli_``; the drop rate is ``p`` to within 2^-17), kept as bytes;
-- the dropped input is rebuilt from ``x`` and the mask in the backward pass instead of being
+- dropout draws only *which* elements drop: the gaps between dropped elements are geometric,
+  so about ``p * n`` uniforms (not ``n``) give an exact i.i.d. Bernoulli(``p``) pattern, kept as
+  flat indices (a twentieth of the elements at ``p = 0.05``) and applied by zeroing them in a copy;
+- the dropped input is rebuilt from ``x`` and the indices in the backward pass instead of being
   stored (``x`` is stored anyway, and shared by sibling projections);
-- ``1/(1-p)`` and ``scaling`` fold into the scalars of in-place ``addmm`` calls.
+- ``1/(1-p)`` and ``scaling`` fold into the scalars of in-place ``addmm`` calls;
+- the frozen base weight may be bfloat16 while ``x``, the LoRA weights and their gradients stay
+  float32 (:func:`cast_frozen_base`): the two big products per layer run in bf16, the rest in fp32.
 
 The adapter's modules and parameters stay PEFT's (only ``forward`` of each LoRA linear layer is
 replaced on the instance), so checkpoints and ``save_pretrained`` are unchanged. Layers PEFT
 handles differently (several active adapters, DoRA and other variants, merged weights,
 quantized or non-float base weights, a non-dropout ``lora_dropout``) keep PEFT's forward.
+:func:`fuse_model` also swaps RMSNorm and rotary embeddings for fused versions
+(:mod:`qihuang.train.fastops`).
 """
 
 from __future__ import annotations
@@ -25,67 +30,93 @@ import types
 import torch
 from torch import nn
 
-_SPAN = 2 ** 16  # the mask's uniforms are 16-bit: the drop rate is p rounded to a multiple of 2^-16
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def drop_rate(p: float) -> float:
-    """The drop probability :func:`keep_mask` realises for ``p`` (``p`` to within 2^-17)."""
-    return round(p * _SPAN) / _SPAN
+def drop_index(numel: int, p: float, device: torch.device) -> torch.Tensor:
+    """Sorted flat indices in ``[0, numel)``, each index present independently with probability ``p``.
+
+    The number of kept elements before each dropped one is geometric: ``floor(log(U) / log(1-p))``
+    for ``U`` uniform on (0, 1] has ``P(k) = (1-p)^k p``. Drawing those gaps costs ~``p * numel``
+    uniforms instead of ``numel``."""
+    if p <= 0.0 or numel == 0:
+        return torch.empty(0, dtype=torch.long, device=device)
+    log_keep, found, start = math.log1p(-p), [], 0
+    while True:
+        expected = (numel - start) * p
+        draws = int(expected + 6.0 * math.sqrt(expected) + 16)
+        gaps = torch.rand(draws, device=device).neg_().add_(1.0).log_().div_(log_keep).floor_().long().add_(1)
+        pos = gaps.cumsum_(0).add_(start - 1)
+        cut = int(torch.searchsorted(pos, numel))
+        found.append(pos[:cut])
+        if cut < draws:
+            return torch.cat(found) if len(found) > 1 else found[0]
+        start = int(pos[-1]) + 1
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """A boolean tensor of ``shape``, each element False with probability ``drop_rate(p)``, independently.
+def _dropped(flat: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+    """``flat`` with the elements at flat indices ``drop`` set to zero (a copy), or ``flat`` itself."""
+    if drop is None:
+        return flat
+    out = flat.clone()
+    out.view(-1).index_fill_(0, drop, 0.0)
+    return out
 
-    Four 16-bit uniforms per 64-bit random word: a quarter of the generator calls of ``bernoulli_``."""
-    numel = math.prod(shape)
-    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)
-    uniform16 = words.view(torch.int16)[:numel]  # full 64-bit words: all four quarters are uniform
-    return (uniform16 >= -_SPAN // 2 + round(p * _SPAN)).view(shape)
 
-
-def _as_float(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """0./1. of a boolean mask (through uint8: a vectorised cast, several times faster than from bool)."""
-    return mask.view(torch.uint8).to(dtype)
+def _base_mm(a: torch.Tensor, weight: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """``a @ weight.T`` (or ``a @ weight``) in the weight's dtype, returned in ``a``'s dtype."""
+    w = weight.t() if transpose else weight
+    if weight.dtype == a.dtype:
+        return a @ w
+    return (a.to(weight.dtype) @ w).to(a.dtype)
 
 
 class LoRALinearFn(torch.autograd.Function):
-    """``x W^T + b + scale * (dropout_p(x) A^T) B^T`` with one autograd node."""
+    """``x W^T + b + scale * (dropout_p(x) A^T) B^T`` with one autograd node.
+
+    ``W`` (frozen) may be in a lower precision than ``x``, ``A`` and ``B``: its two products
+    (forward, and the input gradient) then run in ``W``'s dtype."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float, p: float):
         flat = x.reshape(-1, x.shape[-1])
-        out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
-        if p > 0.0:
-            mask = keep_mask(flat.shape, p, flat.device)  # saved as bytes, used as floats (faster products)
-            inner = (flat * _as_float(mask, flat.dtype)) @ lora_a.t()  # the 1/(1-p) goes into alpha
-            alpha = scale / (1.0 - drop_rate(p))
+        mixed = weight.dtype != flat.dtype
+        if mixed:
+            out = _base_mm(flat, weight, transpose=True)
+            if bias is not None:
+                out.add_(bias.to(out.dtype))
         else:
-            mask, inner, alpha = None, flat @ lora_a.t(), scale
+            out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
+        drop = drop_index(flat.numel(), p, flat.device) if p > 0.0 else None
+        alpha = scale / (1.0 - p) if drop is not None else scale
+        inner = _dropped(flat, drop) @ lora_a.t()  # the 1/(1-p) goes into alpha
         out.addmm_(inner, lora_b.t(), alpha=alpha)
-        ctx.save_for_backward(flat, mask, inner, weight, lora_a, lora_b)
-        ctx.alpha, ctx.in_shape, ctx.has_bias = alpha, x.shape, bias is not None
+        ctx.save_for_backward(flat, drop, inner, weight, lora_a, lora_b)
+        ctx.alpha, ctx.in_shape, ctx.has_bias, ctx.mixed = alpha, x.shape, bias is not None, mixed
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
-        flat, mask, inner, weight, lora_a, lora_b = ctx.saved_tensors
+        flat, drop, inner, weight, lora_a, lora_b = ctx.saved_tensors
         alpha = ctx.alpha
         grad = grad_out.reshape(-1, grad_out.shape[-1])
         grad_x = grad_w = grad_bias = grad_a = grad_b = None
         grad_inner = grad @ lora_b  # d(out)/d(inner) without alpha
-        mask = _as_float(mask, flat.dtype) if mask is not None else None
         if ctx.needs_input_grad[0]:
             lora_part = grad_inner @ lora_a
-            if mask is not None:
-                lora_part.mul_(mask)
-            grad_x = torch.addmm(lora_part, grad, weight, beta=alpha).view(ctx.in_shape)
+            if drop is not None:
+                lora_part.view(-1).index_fill_(0, drop, 0.0)
+            if ctx.mixed:
+                grad_x = lora_part.mul_(alpha).add_(_base_mm(grad, weight, transpose=False))
+            else:
+                grad_x = torch.addmm(lora_part, grad, weight, beta=alpha)
+            grad_x = grad_x.view(ctx.in_shape)
         if ctx.needs_input_grad[1]:
-            grad_w = grad.t() @ flat
+            grad_w = (grad.t() @ flat).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
         if ctx.needs_input_grad[3]:
-            dropped = flat * mask if mask is not None else flat
-            grad_a = (grad_inner.t() @ dropped).mul_(alpha)
+            grad_a = (grad_inner.t() @ _dropped(flat, drop)).mul_(alpha)
         if ctx.needs_input_grad[4]:
             grad_b = (grad.t() @ inner).mul_(alpha)
         return grad_x, grad_w, grad_bias, grad_a, grad_b, None, None
@@ -94,11 +125,18 @@ class LoRALinearFn(torch.autograd.Function):
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """Replacement ``forward`` of a PEFT ``lora.Linear``: fused when the layer is plain LoRA."""
     plan = _plain_adapter(self, x) if not (args or kwargs) else None
+    base = self.base_layer
     if plan is None:
+        if getattr(self, "_qihuang_cast_base", False) and base.weight.dtype != x.dtype:
+            # a base cast by cast_frozen_base, outside the fused path: PEFT's forward in the weight's dtype
+            return type(self).forward(self, x.to(base.weight.dtype), *args, **kwargs).to(x.dtype)
         return type(self).forward(self, x, *args, **kwargs)
     name, dropout = plan
-    base = self.base_layer
     p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+    if torch.is_autocast_enabled(x.device.type):  # a bf16 base under autocast: our precision, not autocast's
+        with torch.autocast(x.device.type, enabled=False):
+            return LoRALinearFn.apply(x.float(), base.weight, base.bias, self.lora_A[name].weight,
+                                      self.lora_B[name].weight, float(self.scaling[name]), float(p))
     return LoRALinearFn.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
                               float(self.scaling[name]), float(p))
 
@@ -107,13 +145,16 @@ def _plain_adapter(layer, x: torch.Tensor):
     """``(adapter, dropout module)`` when ``layer`` computes plain LoRA on ``x``, else None."""
     if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return None
-    if torch.is_autocast_enabled(x.device.type):  # autocast decides the matmul dtype: PEFT's path
-        return None
     name = layer.active_adapters[0]
     if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}):
         return None
     base, weight_a = layer.base_layer, layer.lora_A[name].weight
-    if type(base) is not nn.Linear or not (base.weight.dtype == weight_a.dtype == x.dtype):
+    if type(base) is not nn.Linear or base.weight.dtype not in _FLOATS:
+        return None
+    if torch.is_autocast_enabled(x.device.type):  # only a frozen low-precision base keeps the fused path
+        if base.weight.requires_grad or base.weight.dtype == weight_a.dtype or weight_a.dtype != torch.float32:
+            return None
+    elif not (weight_a.dtype == x.dtype and (base.weight.dtype == x.dtype or not base.weight.requires_grad)):
         return None
     dropout = layer.lora_dropout[name]
     if not isinstance(dropout, (nn.Dropout, nn.Identity)):
@@ -121,15 +162,54 @@ def _plain_adapter(layer, x: torch.Tensor):
     return name, dropout
 
 
-def fuse_lora(model) -> int:
-    """Use :class:`LoRALinearFn` in every PEFT LoRA linear layer of ``model``; returns how many."""
+def _lora_layers(model):
     try:
         from peft.tuners.lora import Linear as LoraLinear
     except ImportError:
+        return []
+    return [m for m in model.modules() if type(m) is LoraLinear]
+
+
+def fuse_lora(model) -> int:
+    """Use :class:`LoRALinearFn` in every PEFT LoRA linear layer of ``model``; returns how many."""
+    layers = _lora_layers(model)
+    for module in layers:
+        module.forward = types.MethodType(_fused_forward, module)
+    return len(layers)
+
+
+def fuse_model(model) -> dict[str, int]:
+    """:func:`fuse_lora` plus fused RMSNorm and rotary embeddings where they compute the same
+    function (checked once per class on random inputs); how many modules of each kind."""
+    from qihuang.train.fastops import fuse_norms, fuse_rotary
+
+    return {"lora": fuse_lora(model), "rmsnorm": fuse_norms(model), "rotary": fuse_rotary(model)}
+
+
+def cast_frozen_base(model, dtype: torch.dtype | None) -> int:
+    """Store the frozen base weights of ``model``'s LoRA linear layers in ``dtype`` (e.g. bf16);
+    LoRA weights, their optimizer state and the activations stay as they are. How many cast."""
+    if dtype is None:
         return 0
     count = 0
-    for module in model.modules():
-        if type(module) is LoraLinear:
-            module.forward = types.MethodType(_fused_forward, module)
+    for module in _lora_layers(model):
+        weight = module.base_layer.weight
+        if isinstance(module.base_layer, nn.Linear) and not weight.requires_grad and weight.dtype != dtype \
+                and weight.dtype in _FLOATS:
+            module.base_layer.to(dtype)
+            module._qihuang_cast_base = True
             count += 1
     return count
+
+
+def frozen_base_dtype(config) -> torch.dtype | None:
+    """The dtype for the frozen base of a fused LoRA run on CPU: bf16 when the CPU has native bf16
+    (:func:`qihuang.models.load.cpu_supports_bf16`, the one dtype policy) and ``dtype`` is auto, or
+    when ``mixed_precision`` asks for bf16; None (keep fp32) otherwise, e.g. on AVX2-only CPUs."""
+    if config.finetuning != "lora" or not config.fused_lora or torch.cuda.is_available():
+        return None
+    from qihuang.models.load import cpu_supports_bf16
+
+    wanted = config.mixed_precision == "bf16" or (config.dtype == "auto" and config.mixed_precision == "no"
+                                                  and cpu_supports_bf16())
+    return torch.bfloat16 if wanted else None

@@ -19,6 +19,7 @@ import torch
 from qihuang.config import TrainConfig
 from qihuang.data.collate import batch_plan, shard_batches
 from qihuang.errors import ConfigError
+from qihuang.records import IGNORE_INDEX
 from qihuang.train.callbacks import Callback
 from qihuang.train.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 
@@ -31,7 +32,7 @@ class StageData:
     dev: list[dict]
     collate: Callable[[list[dict]], dict]
     length: Callable[[dict], int] = lambda f: len(f["input_ids"])
-    weight: Callable[[dict], int] = lambda f: sum(1 for lab in f["labels"][1:] if lab != -100)
+    weight: Callable[[dict], int] = lambda f: sum(1 for lab in f["labels"][1:] if lab != IGNORE_INDEX)
     info: dict[str, Any] = field(default_factory=dict)
 
 

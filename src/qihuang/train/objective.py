@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qihuang.data.collate import IGNORE_INDEX
+from qihuang.records import IGNORE_INDEX
 
 
 def base_causal_lm(model):
@@ -78,9 +78,9 @@ class CausalLMObjective(nn.Module):
         super().__init__()
         self.model = model
         if fused_lora:
-            from qihuang.train.fastlora import fuse_lora
+            from qihuang.train.fastlora import fuse_model
 
-            fuse_lora(model)
+            fuse_model(model)
         self._selective = selective_head(base_causal_lm(model))
 
     def forward(self, input_ids, attention_mask, labels) -> dict[str, torch.Tensor]:

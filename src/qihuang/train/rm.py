@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from qihuang.config import TrainConfig
-from qihuang.data.collate import IGNORE_INDEX
+from qihuang.records import IGNORE_INDEX
 from qihuang.data.prompts import Template
 from qihuang.models.lora import quiet_peft
 from qihuang.models.prepare import head_name, load_sequence_classifier, prepare_model

@@ -52,8 +52,10 @@ def stage_module(stage: str):
 
 
 def build_objective(model, config: TrainConfig, tokenizer):
+    from qihuang.train.fastlora import cast_frozen_base, frozen_base_dtype
     from qihuang.train.objective import CausalLMObjective
 
+    cast_frozen_base(model, frozen_base_dtype(config))  # bf16 frozen base where the CPU has native bf16
     return CausalLMObjective(model, fused_lora=config.fused_lora)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from functools import partial
 
 from qihuang.config import TrainConfig
-from qihuang.data.collate import IGNORE_INDEX, pad_batch
+from qihuang.data.collate import pad_batch
+from qihuang.records import IGNORE_INDEX
 from qihuang.data.formats import Conversation
 from qihuang.data.prompts import Template
 from qihuang.data.registry import load_split, resolve_dataset
