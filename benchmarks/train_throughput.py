@@ -20,7 +20,7 @@ tokens / their count, one example at a time. Throughput counts the trained label
 (non-padding, non-prompt targets) per second of training (model loading and evaluation excluded),
 counted the same way for every arm. Exit status 1 when any target is MISSED.
 
-    python benchmarks/train_throughput.py                       # 12 steps x batch 4, ~5 min on 2 idle cores
+    python benchmarks/train_throughput.py                       # 12 steps x batch 4 (48 examples), ~5 min on 2 idle cores
     python benchmarks/train_throughput.py --steps 24 --rounds 2 # longer, order-balanced
     python benchmarks/train_throughput.py --steps 4 --only qihuang --set fused_lora=false   # a lever
 
@@ -50,7 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--work", default="bench_out/train_throughput", help="working directory")
     p.add_argument("--db", help="knowledge base (default: $QIHUANG_HOME/kb.sqlite, CMeKG imported if missing)")
-    p.add_argument("--examples", type=int, default=256, help="training examples")
+    p.add_argument("--examples", type=int, default=0,
+                   help="training examples (default: steps x batch size, so every arm trains one epoch on the very "
+                        "same examples and the dev losses compare like with like; with more, each arm's batches "
+                        "draw a different subset)")
     p.add_argument("--dev-examples", type=int, default=32, help="dev examples (held-out entities)")
     p.add_argument("--steps", type=int, default=12, help="optimizer steps of each arm")
     p.add_argument("--rounds", type=int, default=1, help="run the arms this many times, alternating the order")
@@ -65,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="TrainConfig overrides for the qihuang arm (e.g. mixed_precision=bf16)")
     p.add_argument("--role", choices=ROLES, help=argparse.SUPPRESS)  # child processes
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.examples = args.examples or args.steps * args.batch_size
+    return args
 
 
 # ---- data -----------------------------------------------------------------------------------------
