@@ -98,6 +98,18 @@ def _cache_keyword(model) -> str:
         return "past_key_values"
 
 
+def accept_token(r: int, t: int, out: list[list[int]], live: list[bool], flags: dict[str, list[bool]],
+                 terminators: set[int], stop_hit: Callable[[int, list[int]], bool] | None) -> None:
+    """Row ``r`` takes token ``t``: a terminator ends it (not kept), else ``t`` is appended and a stop
+    string completed by it ends the row. Shared by every decode loop (torch and llama.cpp)."""
+    if t in terminators:
+        live[r], flags["ended"][r] = False, True
+        return
+    out[r].append(t)
+    if stop_hit is not None and stop_hit(r, out[r]):
+        live[r], flags["stopped"][r] = False, True
+
+
 def decode(model, input_ids, attention_mask, params: GenerationParams, terminators: set[int], pad_id: int,
            stop_hit: Callable[[int, list[int]], bool] | None = None,
            cancelled: Callable[[int], bool] | None = None,
@@ -142,14 +154,8 @@ def decode(model, input_ids, attention_mask, params: GenerationParams, terminato
             nxt = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).squeeze(1)
         nxt = torch.where(torch.tensor(live, device=nxt.device), nxt, torch.full_like(nxt, pad_id))
         for r, t in enumerate(nxt.tolist()):
-            if not live[r]:
-                continue
-            if t in terminators:
-                live[r], flags["ended"][r] = False, True
-                continue
-            out[r].append(t)
-            if stop_hit is not None and stop_hit(r, out[r]):
-                live[r], flags["stopped"][r] = False, True
+            if live[r]:
+                accept_token(r, t, out, live, flags, terminators, stop_hit)
         mask[:, seen] = 1
         step_ids, step_pos = nxt[:, None], step_pos[:, -1:] + 1
         seq = torch.cat([seq, step_ids], dim=1) if procs else seq

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 
 from qihuang.answer.engine import GenerationParams
-from qihuang.answer.lean import Decoded, LeanEngine, _processors, decode_threads
+from qihuang.answer.lean import Decoded, LeanEngine, _processors, accept_token, decode_threads
 from qihuang.errors import ConfigError
 
 _init_lock = threading.Lock()
@@ -178,12 +178,7 @@ def decode_rows(runner: LlamaCppModel, rows: list[list[int]], params: Generation
             break
         picked = _pick(logits, [rows[r] + out[r] for r in idx], procs, params.greedy)
         for r, t in zip(idx, picked):
-            if t in terminators:
-                live[r], flags["ended"][r] = False, True
-                continue
-            out[r].append(t)
-            if stop_hit is not None and stop_hit(r, out[r]):
-                live[r], flags["stopped"][r] = False, True
+            accept_token(r, t, out, live, flags, terminators, stop_hit)
         if (on_step is not None and on_step(out)) or not any(live) or step == params.max_new_tokens - 1:
             break
         idx = [r for r in range(len(rows)) if live[r]]

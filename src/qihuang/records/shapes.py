@@ -121,15 +121,22 @@ def _turns_key(record: dict) -> str | None:
     return "conversations" if "conversations" in record else "messages" if "messages" in record else None
 
 
-def to_conversation(record: dict, path=None, line: int | None = None) -> Conversation:
-    """Normalise an alpaca, ShareGPT or Med-ChatGLM record; errors name ``path``/``line`` and the field."""
+def _opened(record, path, line):
+    """``(record with canonical fields, where, turns key or None, (system, messages) or None)``;
+    a record that is not a JSON object raises naming ``path``/``line``."""
     where = _where(path, line)
     if not isinstance(record, dict):
         raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
     record = canonical_fields(record)
     key = _turns_key(record)
-    if key is not None:
-        system, messages = sharegpt_turns(record[key], key, where)
+    return record, where, key, (sharegpt_turns(record[key], key, where) if key is not None else None)
+
+
+def to_conversation(record: dict, path=None, line: int | None = None) -> Conversation:
+    """Normalise an alpaca, ShareGPT or Med-ChatGLM record; errors name ``path``/``line`` and the field."""
+    record, where, key, turns = _opened(record, path, line)
+    if turns is not None:
+        system, messages = turns
         system = _opt_str(record, "system", where) or system
     elif "instruction" in record or "output" in record:
         system, messages = _opt_str(record, "system", where), _alpaca(record, where)
@@ -239,13 +246,9 @@ def to_prompt(record: dict, path=None, line: int | None = None, *, allow_empty: 
     ``instruction``/``question``/``prompt``/``query`` (+ ``input``), the first of ``output``/``answer``/
     ``reference``/``response``/``label``; a flattened dialogue in the question goes into the history.
     An empty question raises unless ``allow_empty``."""
-    where = _where(path, line)
-    if not isinstance(record, dict):
-        raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
-    record = canonical_fields(record)
-    key = _turns_key(record)
-    if key is not None:
-        system, messages = sharegpt_turns(record[key], key, where)
+    record, where, key, turns = _opened(record, path, line)
+    if turns is not None:
+        system, messages = turns
         last_user = max((i for i, m in enumerate(messages) if m["role"] == USER), default=None)
         if last_user is None:
             raise InputError("no user turn", field=key, **where)
