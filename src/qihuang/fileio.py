@@ -49,3 +49,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     """One JSON object per line to ``path`` atomically."""
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """The parsed YAML file at ``path``; an unreadable or malformed file raises a ConfigError that
+    names the file and ``what`` it holds (e.g. "red-flag rules")."""
+    import yaml
+
+    from qihuang.errors import ConfigError
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from None

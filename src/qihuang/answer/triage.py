@@ -39,9 +39,9 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 
 from qihuang.errors import ConfigError
+from qihuang.fileio import read_yaml
 from qihuang.kb.normalize import normalize
 from qihuang.paths import resource
 
@@ -207,10 +207,7 @@ def _parse_model(raw, path: Path) -> tuple[Rule | None, float, float]:
 def load_rules(path: str | Path | None = None) -> RuleSet:
     """Parse and validate a red-flag rule file (default: the packaged ``red_flags.yaml``)."""
     path = Path(path) if path else resource("red_flags.yaml")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read red-flag rules: {exc}") from exc
+    data = read_yaml(path, "red-flag rules")
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         raise ConfigError(f"{path}: expected a mapping with a 'rules' list")
     messages = data.get("levels") or {}

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 
 from qihuang.errors import ConfigError
+from qihuang.fileio import read_yaml
 from qihuang.paths import resource
 
 JOINS = ("and", "or", "list", "clauses")
@@ -176,10 +176,7 @@ def load_phrasebook(path: str | Path | None = None) -> Phrasebook:
 @lru_cache(maxsize=4)
 def _load_cached(path_str: str) -> Phrasebook:
     path = Path(path_str)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read phrasings: {exc}") from None
+    raw = read_yaml(path, "phrasings")
     if not isinstance(raw, dict) or not isinstance(raw.get("attributes"), dict):
         raise ConfigError(f"{path}: expected a mapping with an 'attributes' section")
     defaults = raw.get("defaults") or {}

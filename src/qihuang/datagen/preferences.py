@@ -37,7 +37,6 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 
 from qihuang.datagen.io import DatasetWriter
 from qihuang.datagen.kbview import EntityView, load_view
@@ -45,6 +44,7 @@ from qihuang.datagen.splits import SPLITS, Deduper, assign_splits, example_id
 from qihuang.datagen.phrasings import (Phrasebook, Phrasing, Prepared, clean_value, is_clause, join_values,
                                        load_phrasebook, prepare_values, questions_for, render_answer)
 from qihuang.errors import ConfigError
+from qihuang.fileio import read_yaml
 from qihuang.paths import resource
 from qihuang.records import RANKING_COLUMNS, read_records
 
@@ -74,10 +74,7 @@ def _strings(items: object, where: str, path: Path) -> tuple[str, ...]:
 def load_pref_texts(path: str | None = None) -> PrefTexts:
     """Parse and validate a preference-texts file (default: the shipped ``resources/prefs.yaml``)."""
     file = Path(path) if path else resource("prefs.yaml")
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{file}: cannot read preference texts: {exc}") from None
+    raw = read_yaml(file, "preference texts")
     red, dosing = (raw or {}).get("red_flag"), (raw or {}).get("dosing")
     if not isinstance(red, dict) or not isinstance(dosing, dict):
         raise ConfigError(f"{file}: expected 'red_flag' and 'dosing' sections")

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 
 from qihuang.datagen.io import DatasetWriter, dataset_info
-from qihuang.fileio import atomic_write_text
+from qihuang.fileio import atomic_write_text, read_yaml
 from qihuang.datagen.kbview import EntityView, load_view
 from qihuang.datagen.llm_client import ChatClient, ReplyCache, RequestFailed, api_key_from_env
 from qihuang.datagen.splits import assign_splits
@@ -57,10 +56,7 @@ class FactSample:
 def load_prompts(path: str | None = None) -> dict:
     """The synth prompts (``resources/synth_prompts.yaml``), checked."""
     p = Path(path) if path else resource("synth_prompts.yaml")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: cannot read synth prompts: {exc}") from None
+    raw = read_yaml(p, "synth prompts")
     for key in ("system", "user", "fact_line", "entity_types"):
         if not raw or key not in raw:
             raise ConfigError(f"{p}: missing key {key!r}")
