@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from streams import drain
 
 from qihuang.answer.engine import (Engine, GenerationParams, HFEngine, _hold_back_stops, choose_dtype, clean_text,
                                    cut_at_stop, load_engine)
@@ -157,14 +158,7 @@ def test_results_count_generated_tokens_and_say_length(engine, n):
 
 def test_stream_returns_the_same_result(engine):
     params = GenerationParams(max_new_tokens=12)
-    stream = engine.stream(PROMPTS[0], params)
-    pieces = []
-    while True:
-        try:
-            pieces.append(next(stream))
-        except StopIteration as end:
-            result = end.value
-            break
+    pieces, result = drain(engine.stream(PROMPTS[0], params))
     assert result == engine.generate_results([PROMPTS[0]], params)[0]
     assert clean_text("".join(pieces)) == result.text
 
@@ -232,13 +226,7 @@ def test_stop_strings_go_to_transformers_and_both_decoders_stop_at_the_same_toke
     ours, theirs = engine.generate_results(PROMPTS, params), reference.generate_results(PROMPTS, params)
     assert ours == theirs and theirs[1].text == full[: full.find(stop)].strip()
     assert theirs[1].completion_tokens < 16  # generation ended at the stop, not at the token limit
-    stream = reference.stream(PROMPTS[1], params)
-    pieces, result = [], None
-    while result is None:
-        try:
-            pieces.append(next(stream))
-        except StopIteration as end:
-            result = end.value
+    pieces, result = drain(reference.stream(PROMPTS[1], params))
     assert "".join(pieces).strip() == theirs[1].text and result == theirs[1]
 
 

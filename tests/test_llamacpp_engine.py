@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from streams import drain
 
 from qihuang.answer.engine import GenerationParams, clean_text, load_engine
 from qihuang.errors import ConfigError
@@ -88,14 +89,7 @@ def test_batch_equals_one_by_one(engines):
 def test_stream_gives_the_generated_text(engines):
     cpp, _ = engines
     params = GenerationParams(max_new_tokens=12)
-    stream = cpp.stream(PROMPTS[2], params)
-    pieces = []
-    while True:
-        try:
-            pieces.append(next(stream))
-        except StopIteration as end:
-            result = end.value
-            break
+    pieces, result = drain(cpp.stream(PROMPTS[2], params))
     expected = cpp.generate_results([PROMPTS[2]], params)[0]
     assert len(pieces) > 1 and clean_text("".join(pieces)) == expected.text == result.text
     assert result == expected

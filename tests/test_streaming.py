@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from streams import drain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,15 +27,6 @@ def _decode(tok):
 
 def _ids_of(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
-
-
-def _drain(stream) -> tuple[list[str], object]:
-    pieces = []
-    while True:
-        try:
-            pieces.append(next(stream))
-        except StopIteration as end:
-            return pieces, end.value
 
 
 @settings(max_examples=60, deadline=None)
@@ -95,7 +87,7 @@ def test_text_producer_is_closed_at_a_stop_and_the_stop_is_never_shown():
         finally:
             closed.set()
 
-    pieces, result = _drain(stream_generation(produce, stops=["### 问题:"], prompt_tokens=7, max_new_tokens=64))
+    pieces, result = drain(stream_generation(produce, stops=["### 问题:"], prompt_tokens=7, max_new_tokens=64))
     assert "".join(pieces) == "头痛可以" and closed.is_set()
     assert (result.text, result.prompt_tokens, result.finish_reason) == ("头痛可以", 7, "stop")
 
@@ -106,11 +98,11 @@ def test_id_producer_counts_tokens_and_says_length(tok):
     def produce(sink):
         yield from ids
 
-    pieces, result = _drain(stream_generation(produce, stops=[], prompt_tokens=3, max_new_tokens=len(ids),
+    pieces, result = drain(stream_generation(produce, stops=[], prompt_tokens=3, max_new_tokens=len(ids),
                                               decode=_decode(tok)))
     assert "".join(pieces) == "偏头痛常见症状包括头痛、恶心" == result.text
     assert (result.completion_tokens, result.finish_reason) == (len(ids), "length")
-    _, shorter = _drain(stream_generation(produce, stops=[], prompt_tokens=3, max_new_tokens=len(ids) + 5,
+    _, shorter = drain(stream_generation(produce, stops=[], prompt_tokens=3, max_new_tokens=len(ids) + 5,
                                           decode=_decode(tok)))
     assert shorter.finish_reason == "stop"
 
@@ -121,7 +113,7 @@ def test_callback_producer_with_its_own_finish(tok):
             sink.emit(t)
         return Finish(completion_tokens=9, finish_reason="length")
 
-    pieces, result = _drain(stream_generation(produce, stops=[], prompt_tokens=1, max_new_tokens=9,
+    pieces, result = drain(stream_generation(produce, stops=[], prompt_tokens=1, max_new_tokens=9,
                                               decode=_decode(tok)))
     assert "".join(pieces) == "阿司匹林" and (result.completion_tokens, result.finish_reason) == (9, "length")
 
@@ -130,7 +122,7 @@ def test_cancel_before_the_start_runs_nothing_and_midway_stops_the_producer():
     ran = []
     preset = threading.Event()
     preset.set()
-    pieces, result = _drain(stream_generation(lambda sink: ran.append(1), stops=[], prompt_tokens=5,
+    pieces, result = drain(stream_generation(lambda sink: ran.append(1), stops=[], prompt_tokens=5,
                                               max_new_tokens=8, cancel=preset))
     assert pieces == [] and ran == [] and (result.text, result.completion_tokens, result.finish_reason) == (
         "", 0, "cancelled")
@@ -147,7 +139,7 @@ def test_cancel_before_the_start_runs_nothing_and_midway_stops_the_producer():
                 cancel.set()
         return None
 
-    _, result = _drain(stream_generation(produce, stops=[], prompt_tokens=5, max_new_tokens=10_000, cancel=cancel))
+    _, result = drain(stream_generation(produce, stops=[], prompt_tokens=5, max_new_tokens=10_000, cancel=cancel))
     assert len(steps) == 3 and result.finish_reason == "cancelled"
 
 
@@ -173,4 +165,4 @@ def test_consumer_leaving_stops_the_producer_and_errors_reach_the_consumer(tok):
     with pytest.raises(RuntimeError, match="exploded"):
         next(stream)
     with pytest.raises(TypeError, match="decode"):
-        _drain(stream_generation(lambda sink: sink.emit([1, 2]), stops=[], prompt_tokens=1, max_new_tokens=4))
+        drain(stream_generation(lambda sink: sink.emit([1, 2]), stops=[], prompt_tokens=1, max_new_tokens=4))
