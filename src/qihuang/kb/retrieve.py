@@ -29,6 +29,7 @@ import math
 from collections import defaultdict
 from itertools import combinations
 
+from qihuang.kb import department_rank
 from qihuang.kb.link import flatten
 from qihuang.kb.schema import ALIAS
 from qihuang.kb.types import Fact, LinkResult, Mention
@@ -459,6 +460,7 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         facts = kb.lookups.lexical.search(kb, text, asked, max_values)
     if facts:
         attributes = _reported(kb, groups, facts, mentions, candidates)
+    facts = department_rank.apply(kb, text, mentions, candidates, groups, facts)  # hospital departments
     return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts)
 
 

@@ -82,6 +82,8 @@ class KnowledgeBase:
         self._rare: dict[int, frozenset[str]] = {}
         self._support: dict[str, int] | None = None
         self._noise: frozenset[str] | None = None
+        self._departments = None
+        self.hospital = None  # a hospital's own department list (use_departments), else None
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -119,6 +121,7 @@ class KnowledgeBase:
 
         report = import_source(self, source, skip_bad=skip_bad, progress=progress)
         self._linker, self._lookups, self._rare, self._support, self._noise = None, None, {}, None, None
+        self._departments = None
         return report
 
     # -- queries -------------------------------------------------------------------------
@@ -293,6 +296,25 @@ class KnowledgeBase:
 
             self._lookups = Lookups(self)
         return self._lookups
+
+    @property
+    def departments(self):
+        """Department evidence for retrieval (:class:`~qihuang.kb.department_rank.DepartmentIndex`: the
+        KB's 就诊科室 values mapped to hospital departments, and the hospital list in use)."""
+        if self._departments is None:
+            from qihuang.kb.department_rank import DepartmentIndex
+
+            self._departments = DepartmentIndex(self)
+        self._departments.hospital = self.hospital
+        return self._departments
+
+    def use_departments(self, path: str | Path | None) -> None:
+        """Name only the departments of a hospital's own list in retrieval's facts (a text file, one
+        department per line, or a YAML list; see :func:`qihuang.kb.departments.read_hospital`); None goes
+        back to the standard list."""
+        from qihuang.kb.departments import read_hospital
+
+        self.hospital = read_hospital(path) if path else None
 
     def link(self, text: str, max_values: int | None = None, history: list[str] | None = None) -> LinkResult:
         """Retrieval's one entry point: entities, asked attributes and the facts that answer ``text``.

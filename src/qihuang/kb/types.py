@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
-VIAS = ("direct", "reverse", "symptom", "two_hop", "lexical", "history")
+VIAS = ("direct", "reverse", "symptom", "two_hop", "lexical", "history", "department")
 
 
 def via_note(via: str, anchor: str, relation: str) -> str:
@@ -20,6 +20,8 @@ def via_note(via: str, anchor: str, relation: str) -> str:
         return "词面检索匹配，可能不相关"
     if via == "history":
         return f"上文提到的 {anchor}" if anchor else "上文提到的"
+    if via == "department":  # the relation says what it rests on: KB wording, symptoms, patient group
+        return f"医院科室建议，依据：{anchor}；非诊断" if anchor else "医院科室建议，非诊断"
     return ""
 
 

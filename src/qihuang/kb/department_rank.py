@@ -1,0 +1,422 @@
+"""Which hospital departments a question calls for, ranked by the KB's evidence and the patient's group.
+
+Evidence, all read from the KB (its 就诊科室 values mapped to standard departments,
+:meth:`~qihuang.kb.departments.DepartmentBook.map_value`):
+
+- a **named disease** (a subject the question names that has departments of its own: 腰痛, 荨麻疹): its
+  departments;
+- a **described symptom** or body part (头晕, 风团, 外阴): the departments of the diseases whose symptoms
+  or 发病部位 list it, P(department | symptom), sharpened against how common each department is in the
+  KB (儿科 and 骨科 are everywhere) and weighted by how many diseases list it (a value listed once says
+  little);
+- the **candidate diseases** of a symptom description (:meth:`Lookups.candidates`), by their departments.
+
+The patient's group (:func:`~qihuang.kb.departments.patient_groups`) then re-ranks: a child goes to 儿科
+first (unless the evidence points to a specialty children are sent to directly, 眼科 or 皮肤科: then 儿科
+comes second), a newborn to 新生儿科, a pregnancy to 产科; 儿科 and its kin are never named for an adult,
+妇科 never for a man, 男科 never for a woman; an elderly patient also gets 老年医学科. When nothing more
+specific is known a symptom description gets 全科医学科, said as such.
+
+:func:`apply` is the hook at the end of :func:`qihuang.kb.retrieve.retrieve`: it maps the KB wording of
+the department facts retrieval found to hospital departments and puts the ranked departments of a symptom
+description (or of a question that asks where to go) first, each as a :class:`Fact` with
+``via="department"`` whose relation says what it rests on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from qihuang.kb.departments import ROOT, DepartmentBook, Hospital, Patient, load_book, patient_groups
+from qihuang.kb.types import Fact, Mention
+
+SYMPTOM_RELATION = "常见就诊科室（按症状）"
+EVIDENCE_ATTRIBUTES = ("symptoms", "body_part")  # a value listed here says where its diseases are seen
+TOP = 3  # departments named per question
+# departments that say how general or how urgent, not which organ (the KB's 内科 is internal medicine in
+# general; 急诊 is decided by urgency, i.e. by triage): a named disease may carry them, symptom evidence not
+SETTINGS = (ROOT, "急诊科")
+NAMED_WEIGHT = 1.0  # a named disease's own departments
+SYMPTOM_NAMED_WEIGHT = 0.5  # ... when the name is also a symptom other diseases list (腹痛, 胸痛, 腰痛)
+CANDIDATE_WEIGHT = 0.25  # the candidate diseases together
+RELIABILITY = 10.0  # a value listed by n diseases weighs n / (n + RELIABILITY)
+SHARPEN = 0.5  # P(d | symptom) / P(d) ** SHARPEN: common departments need more evidence
+MIN_LISTED = 3  # subjects that must list a symptom for it to make a symptom description
+SYMPTOM_RATIO = 10.0  # a named disease is symptom-like when listed as a symptom this many times as often ...
+AS_DISEASE = ("complications", "related_diseases", "cause", "risk_factors")  # ... as it is cited as a disease
+MIN_SHARE = 0.15  # departments with less than this share of the best one's evidence are not named
+PART_SHARE = 0.5  # of a described symptom's weight, what the shorter values inside it carry together
+NEAR_LONGER = 2  # a name without departments borrows those of a disease named by it plus this many characters
+CUE_WEIGHT = 0.5  # a word of the question that the KB's symptom and body-part wording ties to a department
+CUE_MIN_SUBJECTS = 8  # a cue is seen in at least this many subjects' wording
+CUE_MIN_SHARE = 0.5  # ... which are mostly (this share) in one department
+CUE_MIN_LIFT = 3.0  # ... this many times more often than that department overall
+
+
+@dataclass(frozen=True)
+class Source:
+    """Why a department is named: the fact's entity and relation, and the question entities behind it."""
+
+    entity: str
+    relation: str
+    anchors: tuple[str, ...]
+
+
+@dataclass
+class Ranked:
+    """One ranked department: its score and its evidence (source -> contribution)."""
+
+    name: str
+    score: float = 0.0
+    sources: dict[Source, float] = field(default_factory=dict)
+    group: str = ""  # the patient group that put it here ("child", "pregnant" ...), else ""
+
+    def add(self, source: Source, amount: float) -> None:
+        self.score += amount
+        self.sources[source] = self.sources.get(source, 0.0) + amount
+
+
+class DepartmentIndex:
+    """Per-KB department evidence (built lazily, dropped with the KB's other caches)."""
+
+    def __init__(self, kb, book: DepartmentBook | None = None, hospital: Hospital | None = None):
+        self.kb = kb
+        self.book = book or load_book()
+        self.hospital = hospital
+        self._of_disease: dict[int, list[tuple[str, str, str]]] | None = None
+        self._prior: dict[str, float] | None = None
+        self._listed: dict[str, tuple[int, dict[str, float]]] = {}
+        self._cues: dict[str, tuple[int, dict[str, float]]] | None = None
+        self._own: dict[str, tuple[str, list[tuple[str, str, str]]]] = {}
+        self._symptom_of: dict[str, tuple[int, int]] = {}
+
+    @property
+    def of_disease(self) -> dict[int, list[tuple[str, str, str]]]:
+        """Subject id -> [(standard department, KB value, KB relation)], primary first."""
+        if self._of_disease is None:
+            out: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
+            for sid, rel, value in self.kb.conn.execute(
+                    "SELECT subject_id, relation, value FROM triples WHERE attribute = 'department' ORDER BY id"):
+                held = {d for d, _v, _r in out[sid]}
+                out[sid] += [(d, value, rel) for d in self.book.map_value(value) if d not in held]
+            self._of_disease = {k: v for k, v in out.items() if v}
+        return self._of_disease
+
+    @property
+    def prior(self) -> dict[str, float]:
+        """Share of the KB's department-bearing subjects seen in each department."""
+        if self._prior is None:
+            counts: dict[str, float] = defaultdict(float)
+            for depts in self.of_disease.values():
+                for d, _v, _r in depts:
+                    counts[d] += 1 / len(depts)
+            total = sum(counts.values()) or 1.0
+            self._prior = {d: c / total for d, c in counts.items()}
+        return self._prior
+
+    def listed(self, value: str) -> tuple[int, dict[str, float]]:
+        """(how many subjects with departments list ``value`` as a symptom or body part, P(department |
+        value) sharpened by :data:`SHARPEN` and normalized)."""
+        if value not in self._listed:
+            marks = ",".join("?" * len(EVIDENCE_ATTRIBUTES))
+            sids = [r[0] for r in self.kb.conn.execute(
+                f"SELECT DISTINCT subject_id FROM triples WHERE value = ? AND attribute IN ({marks})",
+                (value, *EVIDENCE_ATTRIBUTES))]
+            dist: dict[str, float] = defaultdict(float)
+            n = 0
+            for sid in sids:
+                depts = self.of_disease.get(sid)
+                if depts:
+                    n += 1
+                    for d, _v, _r in depts:
+                        dist[d] += 1 / len(depts)
+            self._listed[value] = (n, _sharpen(dist, self.prior))
+        return self._listed[value]
+
+    @property
+    def cues(self) -> dict[str, tuple[int, dict[str, float]]]:
+        """Two-character words of the KB's disease names and symptom / body-part values that mostly
+        belong to one department (月经 -> 妇科, 牙齿 -> 口腔科): word -> (subjects whose wording has it,
+        P(department | word) sharpened and normalized); cached on disk with the KB's other derived data."""
+        if self._cues is None:
+            from qihuang.kb.cache import cached
+
+            self._cues = cached(self.kb, "department-cues", self._build_cues, extra=_book_key(self.book))
+        return self._cues
+
+    def _build_cues(self) -> dict[str, tuple[int, dict[str, float]]]:
+        of = self.of_disease
+        wording: dict[int, set[str]] = defaultdict(set)
+        for sid, name in self.kb.conn.execute("SELECT id, name FROM entities WHERE is_subject = 1"):
+            if sid in of:
+                wording[sid].add(name)
+        marks = ",".join("?" * len(EVIDENCE_ATTRIBUTES))
+        for sid, value in self.kb.conn.execute(
+                f"SELECT subject_id, value FROM triples WHERE attribute IN ({marks})", EVIDENCE_ATTRIBUTES):
+            if sid in of:
+                wording[sid].add(value)
+        counts: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        seen: dict[str, int] = defaultdict(int)
+        for sid, texts in wording.items():
+            depts = of[sid]
+            for gram in {t[i:i + 2] for t in texts for i in range(len(t) - 1)}:
+                seen[gram] += 1
+                for d, _v, _r in depts:
+                    counts[gram][d] += 1 / len(depts)
+        prior = self.prior
+        out = {}
+        for gram, n in seen.items():
+            if n < CUE_MIN_SUBJECTS:
+                continue
+            dist = counts[gram]
+            total = sum(dist.values())
+            top, c = max(dist.items(), key=lambda kv: kv[1])
+            if c / total >= CUE_MIN_SHARE and c / total / max(prior.get(top, 0.0), 1e-4) >= CUE_MIN_LIFT:
+                out[gram] = (n, _sharpen(dist, prior))
+        return out
+
+    def parts(self, value: str) -> list[tuple[str, float]]:
+        """``value`` and the shorter values inside it that subjects list as symptoms or body parts
+        (皮肤瘙痒 -> 瘙痒, 皮肤), with the share of the value's evidence weight each carries: the KB often
+        lists the general wording (瘙痒) where a question uses a specific one."""
+        inner = [v for v in dict.fromkeys(value[i:j] for i in range(len(value))
+                                           for j in range(i + 2, len(value) + 1) if j - i < len(value))
+                 if self.listed(v)[0] >= MIN_LISTED]
+        if not inner:
+            return [(value, 1.0)]
+        return [(value, 1.0 - PART_SHARE)] + [(v, PART_SHARE / len(inner)) for v in inner]
+
+    def symptom_of(self, name: str) -> tuple[int, int]:
+        """(how many subjects, of any type, list ``name`` as a symptom; how many cite it as a disease: a
+        complication, related disease, cause or risk factor)."""
+        if name not in self._symptom_of:
+            counts = dict(self.kb.conn.execute(
+                "SELECT attribute, COUNT(DISTINCT subject_id) FROM triples WHERE value = ? GROUP BY attribute",
+                (name,)).fetchall())
+            self._symptom_of[name] = (counts.get("symptoms", 0), sum(counts.get(a, 0) for a in AS_DISEASE))
+        return self._symptom_of[name]
+
+    def symptom_like(self, name: str) -> bool:
+        """Whether the KB treats ``name`` as a symptom rather than a disease: listed as a symptom by at least
+        :data:`MIN_LISTED` subjects and :data:`SYMPTOM_RATIO` times as often as it is cited as a disease
+        (腰痛, 腹泻, 胸痛 are CMeKG diseases that other diseases list as symptoms; 糖尿病 and 肺炎 are not)."""
+        as_symptom, as_disease = self.symptom_of(name)
+        return as_symptom >= MIN_LISTED and as_symptom >= SYMPTOM_RATIO * as_disease
+
+    def own(self, name: str) -> tuple[str, list[tuple[str, str, str]]]:
+        """(the subject whose 就诊科室 answer for ``name``, its departments): ``name`` itself when it has
+        some, else for a disease the shortest disease subject whose name starts with it, at most
+        :data:`NEAR_LONGER` characters longer (癫痫 -> 癫痫病, 脑梗 -> 脑梗死); ("", []) when none."""
+        if name not in self._own:
+            of = self.of_disease
+            row = self.kb.conn.execute("SELECT id, type FROM entities WHERE name = ?", (name,)).fetchone()
+            found = (name, of[row[0]]) if row and row[0] in of else ("", [])
+            if not found[1] and row and row[1] == "disease" and len(name) >= 2:
+                for sid, other in self.kb.conn.execute(
+                        "SELECT id, name FROM entities WHERE type = 'disease' AND is_subject = 1 AND substr(name, 1, ?) = ? "
+                        "AND length(name) <= ? ORDER BY length(name), id", (len(name), name, len(name) + NEAR_LONGER)):
+                    if sid in of:
+                        found = (other, of[sid])
+                        break
+            self._own[name] = found
+        return self._own[name]
+
+
+def _sharpen(dist: dict[str, float], prior: dict[str, float]) -> dict[str, float]:
+    """P(department | evidence) divided by P(department) ** SHARPEN, normalized; :data:`SETTINGS` are
+    left out."""
+    sharp = {d: c / max(prior.get(d, 0.0), 1e-4) ** SHARPEN for d, c in dist.items() if d not in SETTINGS}
+    total = sum(sharp.values())
+    return {d: c / total for d, c in sharp.items()} if total else {}
+
+
+def _book_key(book: DepartmentBook) -> str:
+    import hashlib
+
+    params = (EVIDENCE_ATTRIBUTES, SHARPEN, CUE_MIN_SUBJECTS, CUE_MIN_SHARE, CUE_MIN_LIFT)
+    return hashlib.sha256((book.model_dump_json() + repr(params)).encode()).hexdigest()[:12]
+
+
+def _kb_relation(relation: str, value: str, department: str) -> str:
+    """The KB relation of a department triple, with the KB's own wording when the hospital's differs."""
+    return relation if value == department else f"{relation}（CMeKG：{value}）"
+
+
+def rank(index: DepartmentIndex, named: list[str], described: list[str], candidates: list[dict],
+         patient: Patient, text: str = "") -> list[Ranked]:
+    """Departments for a question, best first (see the module docstring); [] when there is no evidence.
+    ``named``: question entities with departments of their own; ``described``: the described symptoms
+    (a name in both is weighed as a symptom, :data:`SYMPTOM_NAMED_WEIGHT`)."""
+    scores: dict[str, Ranked] = {}
+
+    def add(d: str, source: Source, amount: float) -> None:
+        scores.setdefault(d, Ranked(d)).add(source, amount)
+
+    for name in named:
+        subject, depts = index.own(name)
+        weight = SYMPTOM_NAMED_WEIGHT if name in described else NAMED_WEIGHT
+        for i, (d, value, rel) in enumerate(depts):
+            add(d, Source(subject, _kb_relation(rel, value, d), (name,)), weight / len(depts) * (1.0 if i == 0 else 0.9))
+    for value in described:
+        source = Source(value, SYMPTOM_RELATION, (value,))
+        for part, share in index.parts(value):
+            n, dist = index.listed(part)
+            for d, p in dist.items():
+                add(d, source, share * n / (n + RELIABILITY) * p)
+    usable = [c for c in candidates if c.get("confident")] or candidates
+    total = sum(c.get("score", 0.0) for c in usable) or 1.0
+    for cand in usable:
+        subject, depts = index.own(cand["disease"])
+        anchors = tuple(cand.get("evidence") or ()) or (cand["disease"],)
+        for d, value, rel in depts:
+            add(d, Source(subject, _kb_relation(rel, value, d), anchors),
+                CANDIDATE_WEIGHT * cand.get("score", 0.0) / total / len(depts))
+    cues = index.cues
+    for gram in dict.fromkeys(text[i:i + 2] for i in range(len(text) - 1)):
+        if gram in cues:
+            n, dist = cues[gram]
+            for d, p in dist.items():
+                add(d, Source("", f"“{gram}”", ()), CUE_WEIGHT * n / (n + RELIABILITY) * p)
+    ranked = sorted(scores.values(), key=lambda r: -r.score)
+    if ranked:
+        best = ranked[0].score
+        ranked = [r for r in ranked if r.score >= MIN_SHARE * best]
+    return _by_group(index.book, ranked, patient)
+
+
+def _by_group(book: DepartmentBook, ranked: list[Ranked], patient: Patient) -> list[Ranked]:
+    """Re-rank for the patient's group (module docstring)."""
+    drop = set()
+    if "child" not in patient:
+        drop.add("child")
+    if "male" in patient:
+        drop |= {"female", "obstetric"}
+    if "female" in patient:
+        drop.add("male")
+    out = [r for r in ranked if book.family(r.name) not in drop]
+    g = book.groups
+    for key in ("pregnant", "newborn", "child"):
+        if key not in patient:
+            continue
+        dept = getattr(g, key).department
+        if dept is None:
+            continue
+        out = [r for r in out if r.name != dept]
+        at = 1 if key == "child" and out and out[0].name in g.child.direct else 0
+        out.insert(at, Ranked(dept, group=key))
+        break
+    if "elderly" in patient and g.elderly.department and all(r.name != g.elderly.department for r in out):
+        out.insert(min(len(out), TOP - 1), Ranked(g.elderly.department, group="elderly"))
+    return out
+
+
+# ---- the retrieval hook -------------------------------------------------------------------------
+def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups: list[tuple[str, ...]],
+          facts: list[Fact]) -> list[Fact]:
+    """``facts`` with departments as hospitals name them (the hook at the end of retrieval).
+
+    A symptom description (a described symptom, or a candidate disease's evidence, that at least
+    :data:`MIN_LISTED` diseases list as a symptom) or a question that asks for a department gets the ranked departments first (at most
+    :data:`TOP`; 全科医学科 when nothing more specific is known), replacing the KB-worded department facts
+    retrieval found. Otherwise each department fact keeps its place, its value mapped to the hospital's
+    department (dropped when it maps to none). With a hospital list (:meth:`KnowledgeBase.use_departments`)
+    only its departments are named, each through its nearest parent the hospital has."""
+    index: DepartmentIndex = kb.departments
+    live = [m for m in mentions if not getattr(m, "negated", False)]
+    names = list(dict.fromkeys(m.name for m in live))
+    real = [n for n in names if index.symptom_of(n)[0] >= MIN_LISTED]
+    symptoms = [m.name for m in live if m.type == "symptom" or index.symptom_like(m.name)]
+    symptoms += [s for c in candidates for s in c.get("evidence") or [] if s not in symptoms]
+    describes = bool(set(real) & set(symptoms))
+    if not (describes or (facts and any("department" in g for g in groups))):
+        return _mapped(index, facts)
+    named = [n for n in names if index.own(n)[1]]
+    # a named disease is evidence through its own departments; a described symptom (one the candidates
+    # rest on, or one the KB treats as a symptom: 腹痛 next to 腰痛) through the diseases that list it
+    described = [n for n in names if n not in named or (describes and n in symptoms)]
+    patient = patient_groups(text, index.book)
+    ranked = rank(index, named, described, candidates, patient, text)
+    out = _facts_of(index, ranked, patient, [n for n in names if n in symptoms] + [n for n in names if n not in symptoms])
+    if not out:
+        out = _fallback(index, [n for n in real if n in symptoms] or names)
+    return out + [f for f in facts if f.attribute != "department"]
+
+
+def _mapped(index: DepartmentIndex, facts: list[Fact]) -> list[Fact]:
+    """Each department fact with its value as the hospital names it (KB wording kept in the relation)."""
+    out: list[Fact] = []
+    for f in facts:
+        if f.attribute != "department":
+            out.append(f)
+            continue
+        for std in index.book.map_value(f.value):
+            placed = _place(index, std)
+            if placed is None:
+                continue
+            name, moved = placed
+            rel = f.relation if name == f.value else f"{f.relation}（CMeKG：{f.value}{moved}）"
+            fact = Fact(f.entity, f.attribute, rel, name, "department", f.anchor or f.entity)
+            if fact not in out:
+                out.append(fact)
+    return out
+
+
+def _place(index: DepartmentIndex, std: str) -> tuple[str, str] | None:
+    """(the name a standard department goes by, "" or how the hospital's list moved it); None when the
+    hospital's list has nothing for it."""
+    if index.hospital is None:
+        return std, ""
+    placed = index.hospital.place(std, index.book)
+    if placed is None:
+        return None
+    where, name = placed
+    return name, "" if where == std else f"；本院无{std}"
+
+
+def _facts_of(index: DepartmentIndex, ranked: list[Ranked], patient: Patient, names: list[str]) -> list[Fact]:
+    """One fact per department (at most :data:`TOP`), as the hospital names it."""
+    out: list[Fact] = []
+    seen: set[str] = set()
+    for r in ranked:
+        placed = _place(index, r.name)
+        if placed is None or placed[0] in seen:
+            continue
+        name, moved = placed
+        seen.add(name)
+        entity, relation, anchors = _basis(r, patient, names)
+        if moved:
+            relation = f"{relation[:-1]}{moved}）" if relation.endswith("）") else f"{relation}（{moved[1:]}）"
+        out.append(Fact(entity, "department", relation, name, "department", "、".join(anchors)))
+        if len(out) >= TOP:
+            break
+    return out
+
+
+def _basis(r: Ranked, patient: Patient, names: list[str]) -> tuple[str, str, tuple[str, ...]]:
+    """(entity, relation, anchors) of the fact naming ``r``: the source that gave most (a named disease's
+    own 就诊科室 triple, a candidate disease's, or a described symptom), the question entities behind
+    all its sources, strongest first; a patient group's department rests on the whole question."""
+    if r.group:
+        label = {"pregnant": "妊娠", "newborn": "新生儿", "child": "儿童", "elderly": "老年"}[r.group]
+        word = patient.why.get(r.group) or patient.why.get("age", "")
+        return names[0], f"就诊科室（按人群：{label}{'，' + word if word else ''}）", tuple(names)
+    ordered = sorted(r.sources, key=r.sources.get, reverse=True)
+    anchors = tuple(dict.fromkeys(a for s in ordered for a in s.anchors)) or tuple(names)
+    cues = "".join(s.relation for s in ordered if not s.entity)
+    top = next((s for s in ordered if s.entity), None)
+    if top is None:  # the question's wording alone (白带 -> 妇科), anchored at what it describes
+        return anchors[0], f"常见就诊科室（按用词{cues}）", anchors
+    if cues and top.relation == SYMPTOM_RELATION:
+        return top.entity, f"常见就诊科室（按症状、用词{cues}）", anchors
+    return top.entity, top.relation, anchors
+
+
+def _fallback(index: DepartmentIndex, names: list[str]) -> list[Fact]:
+    """全科医学科 (or, with a hospital list that lacks it, its 急诊科) when nothing more specific is known."""
+    for std in (ROOT, "急诊科"):
+        placed = _place(index, std)
+        if placed is not None:
+            return [Fact(names[0], "department", "就诊科室（无更具体依据）", placed[0], "department", "、".join(names))]
+    return []
