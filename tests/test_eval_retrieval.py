@@ -20,6 +20,7 @@ from qihuang.kb.types import Fact
 FIX = Path(__file__).parent / "fixtures" / "eval"
 TINY = FIX / "retrieval_tiny.jsonl"
 CMEKG_DEV = FIX / "retrieval_cmekg_dev.jsonl"
+REALQ = FIX / "retrieval_realq_tiny.jsonl"  # the real-question set's shape, questions written for these tests
 INVERSE = {"drugs": "indications"}
 
 
@@ -262,6 +263,95 @@ def test_cli_runs_the_task_without_a_model(kb, tmp_path, capsys):
     assert "entity_acc1" in printed and "abstain_recall" in printed
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert res["data"]["n_evaluated"] == 5 and set(res["details"]["by_split"]) == {"dev"}
+
+
+# ---------------------------------------------------------------- the real-question shape and figures
+
+
+def test_records_in_the_real_question_shape():
+    gold = rt.parse_record({"text": " 头痛挂什么科 ", "entities": ["头痛"], "also_ok": ["偏头痛", "头痛"],
+                            "attributes": ["department", "none"], "department_gold": ["神经内科"], "split": "held"})
+    assert gold["question"] == "头痛挂什么科" and gold["attributes"] == ["department"]
+    assert gold["also_ok"] == ["偏头痛"] and gold["canon"] == {"偏头痛": "头痛"}  # counts as the first gold entity
+    assert gold["department_gold"] == ["神经内科"] and gold["confidence"] == "high" and gold["split"] == "held"
+    assert rt.parse_record({"text": "x", "entities": [], "attributes": ["none"]})["attributes"] == []
+    with pytest.raises(ValueError, match="confidence"):
+        rt.parse_record({"text": "x", "entities": [], "attributes": [], "confidence": "sure"})
+    with pytest.raises(ValueError, match="department_gold"):
+        rt.parse_record({"text": "x", "entities": [], "attributes": [], "department_gold": "儿科"})
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("心内科", "心血管内科", True), ("急诊室", "急诊科", True), ("妇产科", "产科", True), ("男科", "泌尿外科", True),
+    ("消化内科", "内科", True),  # one name inside the other
+    ("新生儿科", "儿科", True), ("小儿消化内科", "儿科", True), ("全科医学科", "消化内科", False),
+    ("皮肤科", "眼科", False), ("", "眼科", False),
+])
+def test_same_department(a, b, same):
+    assert rt.same_department(a, b) is same and rt.same_department(b, a) is same
+
+
+def _link(facts, entities=(), attributes=()):
+    from qihuang.kb.types import LinkResult, Mention
+
+    mentions = [Mention(n, n, 0, len(n), "disease") for n in entities]
+    return LinkResult("q", mentions, list(attributes), list(facts))
+
+
+def test_link_figures_follow_their_definitions():
+    gold = rt.parse_record({"text": "q", "entities": ["头痛"], "also_ok": ["偏头痛"], "attributes": ["department"],
+                            "department_gold": ["神经内科"]})
+    facts = [LookedUp("头痛", "department", "r", "心内科", "department", "头痛"),
+             LookedUp("偏头痛", "department", "r", "心内科", "direct"),  # the same department again
+             LookedUp("偏头痛", "department", "r", "急诊科", "direct"),
+             LookedUp("感冒", "symptoms", "r", "发热", "symptom", "发热、头痛"),  # anchored at a gold name
+             LookedUp("感冒", "drugs", "r", "布洛芬"),  # on another entity
+             LookedUp("偏头痛", "department", "r", "神经内科", "direct")]  # the 3rd distinct one
+    row = rt.score_link(gold, _link(facts, entities=["偏头痛"], attributes=["department", "drugs"]))
+    assert row["link_entity_hit"] and (row["link_facts"], row["link_facts_ok"]) == (6, 5)
+    assert row["link_attr"] == (1, 1, 0) and row["link_abstained"] is None
+    assert row["departments"] == ["心内科", "急诊科", "神经内科"] and row["department_hit3"] is True
+    late = rt.score_link(gold, _link(facts[:1] + [LookedUp("x", "department", "r", d) for d in ("眼科", "骨科")]
+                                     + facts[5:]))
+    assert late["departments"] == ["心内科", "眼科", "骨科"] and late["department_hit3"] is False
+    missed = rt.score_link(gold, _link([LookedUp("感冒", "drugs", "r", "布洛芬")], entities=["感冒"]))
+    assert missed["link_entity_hit"] is False and missed["link_facts_ok"] == 0
+    empty = rt.parse_record({"text": "q", "entities": [], "attributes": ["none"]})
+    assert rt.score_link(empty, _link([]))["link_abstained"] is True
+    assert rt.score_link(empty, _link(facts))["link_abstained"] is False
+    s = rt.summarize_link([row, missed, rt.score_link(empty, _link([]))])
+    assert s["link_entity_recall"] == 50.0 and s["link_fact_precision"] == round(100 * 5 / 7, 2)
+    assert s["link_attr_f1"] == round(100 * 2 * 1 / (2 * 1 + 1 + 0 + 1), 2)  # missed: no attributes, one gold
+    assert s["link_abstain"] == 100.0 and s["n_departments"] == 2
+
+
+def test_real_question_figures_on_the_tiny_kb(kb, tmp_path):
+    res = ev.run("retrieval", REALQ, out_dir=tmp_path / "run", kb=kb, progress=False)
+    scores = res["scores"]
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "run" / "predictions.jsonl").read_text(
+        encoding="utf-8").splitlines())}
+    assert rows["r01"]["departments"][0] == "呼吸内科" and rows["r01"]["department_hit3"] is True
+    assert rows["r03"]["departments"][0] == "儿科"  # a child's question: 儿科 first
+    assert rows["r02"]["link_entity_hit"] is True  # through also_ok: the product the linker found
+    assert rows["r04"]["link_abstained"] is True and rows["r06"]["link_abstained"] is True
+    with_entities = [r for r in rows.values() if r["link_entity_hit"] is not None]
+    assert scores["link_entity_recall"] == round(100 * sum(r["link_entity_hit"] for r in with_entities)
+                                                 / len(with_entities), 2)
+    assert scores["department_hit3"] == 100.0 and scores["n_departments"] == 2
+    assert set(res["details"]["by_split"]) == {"tune", "held"}
+    high = ev.run("retrieval", REALQ, out_dir=tmp_path / "high", kb=kb, progress=False, confidence="high",
+                  split="held")
+    assert high["data"]["n_evaluated"] == 2 and high["scores"]["link_abstain"] == 100.0
+
+
+def test_cli_prints_the_real_question_figures(kb, tmp_path, capsys):
+    assert main(["eval", "--task", "retrieval", "--data", str(REALQ), "--kb", str(kb.path), "--out",
+                 str(tmp_path / "cli"), "--confidence", "high", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for key in ("link_entity_recall", "link_fact_precision", "link_attr_f1", "link_abstain", "department_hit3"):
+        assert key in printed
+    res = json.loads((tmp_path / "cli" / "results.json").read_text(encoding="utf-8"))
+    assert res["data"]["n_evaluated"] == 4 and res["scores"]["department_hit3"] == 100.0
 
 
 # ---------------------------------------------------------------- the real KB

@@ -84,12 +84,15 @@ def test_symptoms_give_ranked_hedged_candidates_with_departments(kb):
     assert top["disease"] == "肺炎" and top["confident"] and set(top["evidence"]) == {"发热", "咳嗽", "胸痛"}
     assert [c["score"] for c in res.candidates] == sorted((c["score"] for c in res.candidates), reverse=True)
     assert any(not c["confident"] for c in res.candidates)  # one matched symptom is never confident
-    assert {f.via for f in res.facts} == {"symptom"}
-    assert ("肺炎", "就诊科室", "呼吸内科") in {tuple(f.triple()) for f in res.facts}
+    # the candidates' evidence, and the hospital departments they and the symptoms point to (asked: first)
+    assert {f.via for f in res.facts} == {"symptom", "department"}
+    deps = [f for f in res.facts if f.attribute == "department"]
+    assert deps == res.facts[:len(deps)] and deps[0].value == "呼吸内科" and {f.via for f in deps} == {"department"}
     g = ground(kb, "我发热，咳嗽，还胸痛，挂什么科？")
     assert g.candidates[0]["disease"] == "肺炎"
-    assert all("候选疾病，可能相关，非诊断" in c.text() for c in g.citations)
-    assert all(line.endswith("（候选疾病，可能相关，非诊断）") for line in format_knowledge(g.facts).splitlines()[1:])
+    assert all("候选疾病，可能相关，非诊断" in c.text() for c in g.citations if c.via == "symptom")
+    assert all(line.endswith("（候选疾病，可能相关，非诊断）") or "医院科室建议" in line
+               for line in format_knowledge(g.facts).splitlines()[1:])
 
 
 def test_negated_symptoms_are_subtracted_and_never_evidence(kb, monkeypatch):
@@ -222,7 +225,7 @@ def test_a_symptom_with_an_entry_of_its_own_counts_in_a_description(tmp_path):
         res = own.link("胸痛，大汗，还有濒死感，挂什么科？")
         assert res.candidates[0]["disease"] == "心肌梗死" and res.candidates[0]["confident"]
         assert ("心肌梗死", "就诊科室", "心血管内科") in {tuple(f.triple()) for f in res.facts}
-        assert not any(f.entity == "胸痛" for f in res.facts)
+        assert not any(f.entity == "胸痛" for f in res.facts if f.via != "department")  # a department may rest on it
         # a subject that is not listed as anyone's symptom keeps the question about itself
         res = own.link("高血压头晕挂什么科？")
         assert res.candidates == [] and {f.entity for f in res.facts} == {"高血压"}

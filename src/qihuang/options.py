@@ -73,6 +73,10 @@ TRUST_REMOTE_CODE = Field(False, description="let the model's own Python code ru
                           "need it). Off by default: only for models whose code you have read or whose "
                           "publisher you trust")
 HOST = Field("127.0.0.1", description="address to listen on")
+DEPARTMENTS = Field(None, description="your hospital's department list (a text file, one department per line, "
+                    "or a YAML list; 'NAME = STANDARD' for a name of your own, e.g. '内科 = 全科医学科'): "
+                    "departments are named only from it, a missing one through its nearest parent (default: "
+                    "the standard list in resources/departments.yaml)")
 
 
 class ModelOptions(Options):
@@ -141,6 +145,15 @@ class AnswerOptions(Options):
         None, description="when the knowledge base has no facts for a question: abstain = a short message "
         "without calling the model, answer = the model answers after a notice (default: abstain with the "
         "embedded default model, answer with any other)")
+    departments: Annotated[str | None, Cli(metavar="FILE")] = DEPARTMENTS
+
+    def use_departments(self, kb: Any) -> None:
+        """Make ``kb`` name only the departments of :attr:`departments` (nothing to do without a list)."""
+        if self.departments is None:
+            return
+        if kb is None:
+            raise ConfigError("--departments needs a knowledge base (grounded answers)")
+        kb.use_departments(self.departments)
 
 
 class EvalOptions(Options):

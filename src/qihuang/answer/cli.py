@@ -56,6 +56,7 @@ def make_answerer(model, generation, answer, engine=None):
 
     params = generation.params()  # validate before the slow model load
     kb = open_kb(answer.kb, answer.grounded)
+    answer.use_departments(kb)
     if engine is None:
         engine = model.load_engine(batch_size=generation.batch_size)
     answerer = Answerer(engine, kb, grounded=kb is not None, params=params, system=answer.system,

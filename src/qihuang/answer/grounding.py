@@ -76,7 +76,10 @@ class Grounding:
 
 
 def _group(fact: Fact) -> str:
-    """The unit the bounds count: the entity, or for a reverse lookup the value the question named."""
+    """The unit the bounds count: the entity, for a reverse lookup the value the question named, and the
+    question's hospital departments together, whatever each rests on."""
+    if fact.via == "department":
+        return "\0department"
     return fact.anchor if fact.via == "reverse" and fact.anchor else fact.entity
 
 

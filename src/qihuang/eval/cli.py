@@ -107,6 +107,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     generation = options_from_args(GenerationOptions, args)
     answer = options_from_args(AnswerOptions, args)
     params = generation.params()  # invalid sampling options fail before any model is loaded
+    kb = _open_kb(answer.kb)
+    answer.use_departments(kb)
 
     def make_answerer(engine: Any, kb: Any, grounded: bool | None) -> Any:
         from qihuang.answer.answerer import Answerer
@@ -115,7 +117,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         system=answer.system, on_unsupported=answer.on_unsupported, ungrounded=answer.ungrounded)
 
     results = run(args.task, args.data, out_dir=args.out, options=options_from_args(EvalOptions, args),
-                  kb=_open_kb(answer.kb), engine_loader=lambda: model.load_engine(batch_size=generation.batch_size),
+                  kb=kb, engine_loader=lambda: model.load_engine(batch_size=generation.batch_size),
                   answerer_factory=make_answerer,
                   model_info={"model": model.model, "adapter": model.adapter, "template": model.template,
                               "on_unsupported": answer.on_unsupported, "ungrounded": answer.ungrounded},

@@ -70,6 +70,7 @@ def cmd_link(args) -> int:
     from qihuang.kb import KnowledgeBase
 
     with KnowledgeBase.open(args.db) as kb:
+        kb.use_departments(args.departments)
         result = kb.link(args.text, max_values=args.max_values, history=args.history or None)
         labels = kb.attributes()
     if args.json:
@@ -92,6 +93,12 @@ def cmd_link(args) -> int:
         note = via_note(f.via, f.anchor, f.relation)
         print(f"  {f.entity} | {f.relation} | {f.value}" + (f"   [{f.via}: {note}]" if note else ""))
     return 0
+
+
+def _departments_help() -> str:
+    from qihuang.options import AnswerOptions  # one help text for every command that takes the list
+
+    return AnswerOptions.model_fields["departments"].description
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -117,3 +124,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-values", type=int, default=10, help="values per attribute in the facts")
     p.add_argument("--history", action="append", metavar="TURN",
                    help="an earlier user turn (repeat, oldest first): its entities answer a question that names none")
+    p.add_argument("--departments", metavar="FILE", help=_departments_help())

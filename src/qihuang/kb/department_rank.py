@@ -317,20 +317,28 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
           facts: list[Fact]) -> list[Fact]:
     """``facts`` with departments as hospitals name them (the hook at the end of retrieval).
 
-    A symptom description (a described symptom, or a candidate disease's evidence, that at least
-    :data:`MIN_LISTED` diseases list as a symptom) or a question that asks for a department gets the ranked departments first (at most
-    :data:`TOP`; 全科医学科 when nothing more specific is known), replacing the KB-worded department facts
-    retrieval found. Otherwise each department fact keeps its place, its value mapped to the hospital's
-    department (dropped when it maps to none). With a hospital list (:meth:`KnowledgeBase.use_departments`)
-    only its departments are named, each through its nearest parent the hospital has."""
+    A symptom description (a described symptom that at least :data:`MIN_LISTED` subjects list as a symptom
+    that no other named entity explains) or a question that asks for a department gets the ranked
+    departments (at most :data:`TOP`; 全科医学科 when nothing more specific is known) in place of the KB-worded
+    department facts retrieval found: first, or after the facts that answer what the question asks
+    (头痛吃什么药: the drugs first). Otherwise a department fact whose KB wording is not the hospital's is
+    replaced by the hospital's (the KB wording kept in its relation), or dropped when it names none. With a
+    hospital list (:meth:`KnowledgeBase.use_departments`) only its departments are named, each through its
+    nearest parent the hospital has."""
     index: DepartmentIndex = kb.departments
     live = [m for m in mentions if not getattr(m, "negated", False)]
     names = list(dict.fromkeys(m.name for m in live))
-    real = [n for n in names if index.symptom_of(n)[0] >= MIN_LISTED]
     symptoms = [m.name for m in live if m.type == "symptom" or index.symptom_like(m.name)]
     symptoms += [s for c in candidates for s in c.get("evidence") or [] if s not in symptoms]
-    describes = bool(set(real) & set(symptoms))
-    if not (describes or (facts and any("department" in g for g in groups))):
+    real = [n for n in symptoms if n in names and index.symptom_of(n)[0] >= MIN_LISTED]
+    # a symptom that another named entity explains is no description: a value of its facts (布洛芬缓释胶囊的
+    # 副作用有恶心吗) or one of its own symptoms (过敏性鼻炎老打喷嚏吃什么药)
+    others = [n for n in names if n not in symptoms]
+    explained = {f.value for f in facts if f.via != "symptom" and f.entity not in symptoms}
+    explained |= {f.value for n in others for f in kb.facts(n, ["symptoms"])}
+    describes = bool(candidates and real) or any(n not in explained for n in real)
+    asked = any("department" in g for g in groups)
+    if not (describes or (asked and facts)):
         return _mapped(index, facts)
     named = [n for n in names if index.own(n)[1]]
     # a named disease is evidence through its own departments; a described symptom (one the candidates
@@ -340,12 +348,26 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     ranked = rank(index, named, described, candidates, patient, text)
     out = _facts_of(index, ranked, patient, [n for n in names if n in symptoms] + [n for n in names if n not in symptoms])
     if not out:
-        out = _fallback(index, [n for n in real if n in symptoms] or names)
-    return out + [f for f in facts if f.attribute != "department"]
+        out = _fallback(index, real or names)
+    rest = [f for f in facts if f.attribute != "department"]
+    at = 0 if asked else _answering(kb, rest, groups)
+    return rest[:at] + out + rest[at:]
+
+
+def _answering(kb, facts: list[Fact], groups: list[tuple[str, ...]]) -> int:
+    """How many leading facts answer an attribute the question asks (a reverse fact: the one it answers)."""
+    wanted = {a for g in groups for a in g}
+    inverse = kb.schema.inverse
+    n = 0
+    while n < len(facts) and (facts[n].attribute in wanted or (
+            facts[n].via == "reverse" and inverse.get(facts[n].attribute) in wanted)):
+        n += 1
+    return n
 
 
 def _mapped(index: DepartmentIndex, facts: list[Fact]) -> list[Fact]:
-    """Each department fact with its value as the hospital names it (KB wording kept in the relation)."""
+    """Each department fact as the hospital names it: kept as it is when that is the KB's wording, else
+    with the hospital's department (the KB wording in the relation, ``via="department"``)."""
     out: list[Fact] = []
     for f in facts:
         if f.attribute != "department":
@@ -356,8 +378,8 @@ def _mapped(index: DepartmentIndex, facts: list[Fact]) -> list[Fact]:
             if placed is None:
                 continue
             name, moved = placed
-            rel = f.relation if name == f.value else f"{f.relation}（CMeKG：{f.value}{moved}）"
-            fact = Fact(f.entity, f.attribute, rel, name, "department", f.anchor or f.entity)
+            fact = f if name == f.value else Fact(f.entity, f.attribute, f"{f.relation}（CMeKG：{f.value}{moved}）",
+                                                  name, "department", f.anchor or f.entity)
             if fact not in out:
                 out.append(fact)
     return out

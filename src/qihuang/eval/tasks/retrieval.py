@@ -35,6 +35,24 @@ what is measured is what the model is shown. Definitions:
 * **questions_per_s**: questions / seconds spent inside ``ground`` (one process, one thread).
 
 Scores are also broken down per ``kind`` and per ``split`` (``details``).
+
+**Real-question figures** (the ``link_*`` scores and ``department_hit3``): the definitions of the
+real-question scorer the project is judged by, computed on ``kb.link(question)`` itself (unbounded, as
+that scorer calls it), so that users can score retrieval on their own labelled questions. Records may
+also come in that set's shape: ``text`` for ``question``, ``also_ok`` (other KB names equally right for
+the question), ``attributes`` with ``"none"`` when nothing is asked, ``department_gold`` (hospital
+departments a triage nurse would choose), ``confidence`` (``high`` or ``low``; a record without one counts
+as high) and ``split`` ``tune`` / ``held``. For the grounding scores above an ``also_ok`` name counts as the
+first gold entity.
+
+* **link_entity_recall**: questions with gold entities where a gold, ``also_ok`` or accepted name is among
+  the linked entities or the subjects of the returned facts;
+* **link_fact_precision**: over those questions, the share of returned facts whose subject, or one of the
+  question entities it was reached from (``Fact.anchor``, split on 、), is such a name;
+* **link_attr_f1**: micro-F1 of ``LinkResult.attributes`` against the gold attributes, over those questions;
+* **link_abstain**: questions without gold entities that return no fact;
+* **department_hit3**: questions with ``department_gold`` where one of the first three distinct department
+  values among the returned facts is the same department as a gold one (:func:`same_department`).
 """
 
 from __future__ import annotations
@@ -48,9 +66,30 @@ from qihuang.errors import ConfigError
 from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption
 from qihuang.eval.dataio import data_files, iter_rows
 
-SPLITS = ("dev", "heldout")
+SPLITS = ("dev", "heldout", "tune", "held")
+CONFIDENCES = ("high", "low")
 VIA_DIRECT = "direct"
 _SUMMED = ("attr_tp", "attr_fp", "attr_fn", "n_facts", "n_belonging")
+# department wordings scored as one department (hospital and KB names of it), as the real-question scorer
+# counts them; besides, a name that contains the other, and any name with 儿 for 儿科
+DEPARTMENT_GROUPS = (
+    ("心血管内科", "心内科", "心血管科"), ("肾脏内科", "肾内科", "肾脏科"), ("内分泌代谢科", "内分泌科"),
+    ("呼吸内科", "呼吸科"), ("消化内科", "消化科"), ("神经内科", "神经科"), ("普外科", "普通外科", "基本外科", "外科"),
+    ("临床心理科", "精神科", "精神心理科", "心理科"), ("全科医学科", "内科", "GP", "全科"), ("血液内科", "血液科"),
+    ("心胸外科", "胸外科", "心外科"), ("耳鼻喉科", "耳鼻咽喉科", "耳鼻咽喉头颈外科", "耳鼻咽喉—头颈外科"),
+    ("肛肠外科", "肛肠科"), ("整形外科", "烧伤整形科"), ("感染科", "传染科", "感染和临床微生物科"), ("急诊科", "急诊室"),
+    ("妇科", "妇产科"), ("产科", "妇产科"), ("男科", "泌尿外科"))
+
+
+def _department_forms(name: str) -> set[str]:
+    forms = {name}.union(*(g for g in DEPARTMENT_GROUPS if name in g))
+    return forms | ({"儿科"} if "儿" in name else set())
+
+
+def same_department(a: str, b: str) -> bool:
+    """Whether two department names count as the same department (see :data:`DEPARTMENT_GROUPS`)."""
+    a, b = a.strip(), b.strip()
+    return bool(a and b) and (bool(_department_forms(a) & _department_forms(b)) or a in b or b in a)
 
 
 def _names(value: Any, field: str) -> list[str]:
@@ -63,9 +102,9 @@ def _names(value: Any, field: str) -> list[str]:
 
 def parse_record(row: dict) -> dict:
     """The validated gold labels of one record (raises ValueError naming the field)."""
-    question = row.get("question")
+    question = row.get("question", row.get("text"))
     if not isinstance(question, str) or not question.strip():
-        raise ValueError("field 'question': missing or empty")
+        raise ValueError("field 'question' (or 'text'): missing or empty")
     if "entities" not in row or "attributes" not in row:
         raise ValueError("fields 'entities' and 'attributes' are required (an empty list is allowed)")
     split = row.get("split") or "dev"
@@ -77,6 +116,9 @@ def parse_record(row: dict) -> dict:
     accept = row.get("accept") or {}
     if not isinstance(accept, dict):
         raise ValueError("field 'accept': expected {gold entity: [names], ...}")
+    confidence = row.get("confidence") or "high"
+    if confidence not in CONFIDENCES:
+        raise ValueError(f"field 'confidence': {confidence!r} is not one of {list(CONFIDENCES)}")
     entities = _names(row["entities"], "entities")
     canon: dict[str, str] = {}
     for gold, alts in accept.items():
@@ -84,10 +126,14 @@ def parse_record(row: dict) -> dict:
             raise ValueError(f"field 'accept': {gold!r} is not one of the gold entities")
         for alt in _names(alts, f"accept.{gold}"):
             canon.setdefault(alt, gold)
-    return {"question": question.strip(), "entities": entities, "canon": canon,
-            "attributes": _names(row["attributes"], "attributes"), "kind": str(row.get("kind") or "plain"),
-            "negated": _names(row.get("negated"), "negated"), "split": split,
-            "history": [[str(q), str(a)] for q, a in history]}
+    also_ok = [n for n in _names(row.get("also_ok"), "also_ok") if n not in entities]
+    for alt in also_ok if entities else ():
+        canon.setdefault(alt, entities[0])
+    return {"question": question.strip(), "entities": entities, "canon": canon, "also_ok": also_ok,
+            "attributes": [a for a in _names(row["attributes"], "attributes") if a != "none"],
+            "kind": str(row.get("kind") or "plain"), "negated": _names(row.get("negated"), "negated"),
+            "split": split, "confidence": confidence, "history": [[str(q), str(a)] for q, a in history],
+            "department_gold": _names(row.get("department_gold"), "department_gold")}
 
 
 def _via(fact: Any) -> str:
@@ -160,6 +206,44 @@ def score_grounding(gold: dict, grounding: Any, inverse: dict[str, str]) -> dict
     if gold["negated"]:
         row["negated_hit"] = bool(set(gold["negated"]) & set(ranked))
     return row
+
+
+def score_link(gold: dict, link: Any) -> dict:
+    """Per-question real-question figures of one ``kb.link`` result (see the module docstring)."""
+    ok = {*gold["entities"], *gold.get("also_ok", ()), *(gold.get("canon") or {})}
+    names = {m.name for m in link.entities}
+    facts = list(link.facts)
+    departments = list(dict.fromkeys(f.value for f in facts if f.attribute == "department"))[:3]
+    row: dict[str, Any] = {"link_entity_hit": None, "link_facts": 0, "link_facts_ok": 0, "link_attr": (0, 0, 0),
+                           "link_abstained": None, "departments": departments, "department_hit3": None}
+    if gold["entities"]:
+        gold_attrs, asked = set(gold["attributes"]), set(link.attributes or [])
+        row["link_entity_hit"] = bool(ok & (names | {f.entity for f in facts}))
+        row["link_facts"] = len(facts)
+        row["link_facts_ok"] = sum(f.entity in ok or bool(set(str(f.anchor or "").split("、")) & ok) for f in facts)
+        row["link_attr"] = (len(gold_attrs & asked), len(asked - gold_attrs), len(gold_attrs - asked))
+    else:
+        row["link_abstained"] = not facts
+    if gold.get("department_gold"):
+        row["department_hit3"] = any(same_department(d, g) for d in departments for g in gold["department_gold"])
+    return row
+
+
+def summarize_link(rows: list[dict]) -> dict[str, Any]:
+    """The real-question figures of a set of scored rows (percentages; None when nothing to count)."""
+    with_entities = [r for r in rows if r["link_entity_hit"] is not None]
+    abstain = [r["link_abstained"] for r in rows if r["link_abstained"] is not None]
+    departments = [r["department_hit3"] for r in rows if r["department_hit3"] is not None]
+    tp, fp, fn = (sum(r["link_attr"][i] for r in with_entities) for i in range(3))
+    return {
+        "link_entity_recall": _ratio(sum(r["link_entity_hit"] for r in with_entities), len(with_entities)),
+        "link_fact_precision": _ratio(sum(r["link_facts_ok"] for r in with_entities),
+                                      sum(r["link_facts"] for r in with_entities)),
+        "link_attr_f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "link_abstain": _ratio(sum(abstain), len(abstain)),
+        "department_hit3": _ratio(sum(departments), len(departments)),
+        "n_link_entities": len(with_entities), "n_link_abstain": len(abstain), "n_departments": len(departments),
+    }
 
 
 _SUPPORT = {  # kind -> SQL: does the KB back (name, attribute) through a lookup rather than own facts?
@@ -253,9 +337,12 @@ class RetrievalTask(Task):
     name = "retrieval"
     description = "entity acc@1/recall@3, attribute F1, fact recall, citation precision, abstain of retrieval"
     headline = ("entity_acc1", "entity_recall3", "attr_f1", "fact_recall", "citation_precision",
-                "abstain_recall", "abstain_precision", "questions_per_s")
+                "abstain_recall", "abstain_precision", "link_entity_recall", "link_fact_precision", "link_attr_f1",
+                "link_abstain", "department_hit3", "questions_per_s")
     options = (TaskOption("split", str, "all", "score only the questions of this split",
-                          choices=("all", *SPLITS)),)
+                          choices=("all", *SPLITS)),
+               TaskOption("confidence", str, "all", "score only the questions labelled with this confidence "
+                          "(a record without one counts as high)", choices=("all", *CONFIDENCES)))
 
     def load(self, path: Path) -> Dataset:
         examples, skipped = [], []
@@ -271,6 +358,8 @@ class RetrievalTask(Task):
                     skipped.append(Skipped(str(file), line, str(exc)))
                     continue
                 if wanted != "all" and gold["split"] != wanted:
+                    continue
+                if self.config["confidence"] not in ("all", gold["confidence"]):
                     continue
                 examples.append(Example(id=str(row.get("id") or key), question=gold["question"],
                                         history=gold["history"], subject=gold["kind"], fields=gold,
@@ -307,13 +396,15 @@ class RetrievalTask(Task):
                "negated": gold["negated"], "history_used": bool(kwargs)}
         row.update(score_grounding(gold, grounding, self._inverse))
         row["seconds"] = round(seconds, 6)
+        row["department_gold"] = gold["department_gold"]
+        row.update(score_link(gold, ctx.kb.link(example.question, history=turns or None)))
         return row
 
     def aggregate(self, rows: list[dict]) -> dict:
-        scores = summarize(rows)
-        by_kind = {k: summarize([r for r in rows if r["kind"] == k]) for k in sorted({r["kind"] for r in rows})}
-        by_split = {s: summarize([r for r in rows if r["split"] == s]) for s in SPLITS
-                    if any(r["split"] == s for r in rows)}
+        both = lambda part: summarize(part) | summarize_link(part)  # noqa: E731
+        scores = both(rows)
+        by_kind = {k: both([r for r in rows if r["kind"] == k]) for k in sorted({r["kind"] for r in rows})}
+        by_split = {s: both([r for r in rows if r["split"] == s]) for s in SPLITS if any(r["split"] == s for r in rows)}
         notes = []
         if not getattr(self, "_with_history", True) and any(r["kind"] == "followup" for r in rows):
             notes.append("ground() takes no history: follow-up questions were grounded on their own")

@@ -1,0 +1,103 @@
+"""Retrieval on real questions: the real-question scorer's figures on both splits and on the team's regression questions.
+
+Runs the ``retrieval`` eval task (``qihuang eval --task retrieval``; its ``link_*`` and ``department_hit3``
+scores are the real-question scorer's definitions, see ``qihuang.eval.tasks.retrieval``) on
+
+- a real-question file in the labelled shape (``text``, ``entities``, ``also_ok``, ``attributes``,
+  ``department_gold``, ``split`` tune/held, ``confidence``): ``tune`` and ``held``, high confidence and all;
+- the team's own regression questions (tests/fixtures/retrieval_dev_link.jsonl): written by the team, so
+  they share its phrasing; shown beside the real ones, never a target;
+
+prints one table (with the CPU flags and load average of the machine) and exits 1 when a target on
+``held`` / high confidence is missed:
+
+    entity recall >= 95, fact precision >= 90, attribute F1 >= 90, abstain >= 90, department hit@3 >= 80
+
+    QIHUANG_HOME=/work/qh python benchmarks/realq_retrieval.py --questions ../shared/realq/questions.jsonl [--kb KB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REGRESSION = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "retrieval_dev_link.jsonl"
+TARGETS = {"link_entity_recall": 95.0, "link_fact_precision": 90.0, "link_attr_f1": 90.0, "link_abstain": 90.0,
+           "department_hit3": 80.0}
+COLUMNS = (("n", "n"), ("entity recall", "link_entity_recall"), ("fact precision", "link_fact_precision"),
+           ("attribute F1", "link_attr_f1"), ("abstain", "link_abstain"), ("dept hit@3", "department_hit3"))
+COUNTS = {"link_entity_recall": "n_link_entities", "link_abstain": "n_link_abstain",
+          "department_hit3": "n_departments"}
+TARGET_ROW = "held / high"
+
+
+def cpu_flags() -> str:
+    """The SIMD flags of this CPU that matter for speed figures (yes/no each)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
+    except OSError:
+        flags = set()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    return " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
+
+
+def scores(kb, path: Path, **options) -> dict:
+    """The retrieval task's scores on ``path`` (task options: split, confidence)."""
+    from qihuang.eval.runner import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return run("retrieval", path, out_dir=Path(tmp), kb=kb, batch_size=64, progress=False, **options)["scores"]
+
+
+def _cell(s: dict, key: str) -> str:
+    value = s.get(key)
+    if key == "n":
+        return str(value)
+    text = "-" if value is None else f"{value:.1f}"
+    return f"{text} ({s[COUNTS[key]]})" if key in COUNTS else text
+
+
+def table(rows: dict[str, dict]) -> str:
+    widths = [max(len(title), 12) for title, _k in COLUMNS]
+    lines = ["  " + "questions".ljust(22) + "".join(t.rjust(w + 2) for (t, _k), w in zip(COLUMNS, widths))]
+    for name, s in rows.items():
+        lines.append("  " + name.ljust(22) + "".join(_cell(s, k).rjust(w + 2) for (_t, k), w in zip(COLUMNS, widths)))
+    return "\n".join(lines)
+
+
+def missed(s: dict) -> list[str]:
+    """The targets a row misses (a figure with nothing to count is missed too)."""
+    return [f"{key} {s.get(key)} < {target}" for key, target in TARGETS.items()
+            if s.get(key) is None or s[key] < target]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--questions", type=Path, required=True, help="real questions in the labelled shape (JSON lines)")
+    p.add_argument("--kb", type=Path, help="KB file (default: $QIHUANG_HOME/kb.sqlite)")
+    p.add_argument("--regression", type=Path, default=REGRESSION, help="the team's regression questions")
+    args = p.parse_args(argv)
+    from qihuang.kb import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.kb)
+    print(f"cpu: {cpu_flags()}; {os.cpu_count()} CPUs; load average "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()), flush=True)
+    rows = {f"{split} / {conf}": scores(kb, args.questions, split=split, confidence=conf)
+            for split in ("tune", "held") for conf in ("high", "all")}
+    rows["regression (team's)"] = scores(kb, args.regression)
+    print(table(rows))
+    print("load average after: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    misses = missed(rows[TARGET_ROW])
+    for line in misses:
+        print(f"MISSED ({TARGET_ROW}): {line}")
+    if not misses:
+        print(f"all {TARGET_ROW} targets met")
+    return 1 if misses else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
