@@ -39,8 +39,10 @@ class Linker:
     def __init__(self, entities: ahocorasick.Automaton, cues: ahocorasick.Automaton,
                  object_types: dict[str, str] | None = None, yields_to: dict[str, tuple[str, ...]] | None = None,
                  negation: ahocorasick.Automaton | None = None, max_gap: int = 8, intent=None,
-                 drug_affixes: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()), min_stem: int = 3):
+                 drug_affixes: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()), min_stem: int = 3,
+                 forms: tuple = (), asking=None):
         self._entities, self._cues = entities, cues
+        self._forms, self._asking = forms, asking  # multi-attribute question forms; what marks an asking clause
         self._object_types = object_types or {}  # attribute -> type of its values ("examinations" -> examination)
         self._yields_to = yields_to or {}
         self._negation, self._max_gap = negation, max_gap
@@ -80,7 +82,8 @@ class Linker:
         return cls(entities, cues, {k: a.object_type for k, a in attributes.items() if a.object_type},
                    {k: a.yields_to for k, a in attributes.items() if a.yields_to},
                    _negation_automaton(lexicon.negation), lexicon.negation.max_gap, intent or None,
-                   lexicon.drug_forms.affixes(), lexicon.drug_forms.min_stem)
+                   lexicon.drug_forms.affixes(), lexicon.drug_forms.min_stem,
+                   kb.schema.question_forms, kb.schema.asking)
 
     def find_entities(self, text: str) -> list[Mention]:
         """Entity mentions, non-overlapping (longest first), each marked ``negated`` when a negation
@@ -211,22 +214,78 @@ class Linker:
         for m in mentions or ():
             for i in range(m.start, min(m.end, len(norm))):
                 owner[i] = m
+        asks = self._asking_clauses(norm)
         matches = [(end - length + 1, end + 1, attrs) for end, (length, attrs) in self._cues.iter(norm)]
-        groups: list[tuple[str, ...]] = []
+        found: list[tuple[int, int, tuple[str, ...]]] = []
         for start, end, attrs in _leftmost_longest(matches):
+            if asks is not None and not asks[start]:
+                continue  # 我有咳嗽的症状 describes; 有什么症状 asks
             holder = owner[start]
             if holder is not None and all(owner[i] is holder for i in range(start, end)) and \
                     not any(self._object_types.get(a) == holder.type for a in attrs):
                 continue
-            if attrs not in groups:
-                groups.append(attrs)
-        # a group whose primary meaning yields to an attribute another cue asks for is redundant (治疗 next to 药物)
-        return [g for g in groups
-                if not {a for other in groups if other is not g for a in other} & set(self._yields_to.get(g[0], ()))]
+            found.append((start, end, attrs))
+        # a group whose primary meaning yields to an attribute another cue of its clause asks (治疗药物,
+        # 治疗糖尿病的常用药物); in another clause both are asked (怎么治疗啊，可以吃前列康么)
+        clause = _clause_ids(norm)
+        kept = [(s, e, g) for s, e, g in found
+                if not any(o is not g and clause[os_] == clause[s] and
+                           set(o) & set(self._yields_to.get(g[0], ())) for os_, _oe, o in found)]
+        groups: list[tuple[str, ...]] = []
+        for _s, _e, g in kept:
+            if g not in groups:
+                groups.append(g)
+        asked = {a for g in groups for a in g}
+        spans = [(s, e) for s, e, _g in found]
+        for start, end, attrs in self._form_matches(norm, asks):
+            if any(s <= end + 1 and start < e + 2 for s, e in spans):
+                continue  # a cue next to it says what is asked (治疗什么病, 还能吃别的药吗)
+            for a in attrs:
+                if a not in asked:
+                    asked.add(a)
+                    groups.append((a,))
+        return groups
+
+    def _form_matches(self, norm: str, asks: bytearray | None) -> list[tuple[int, int, tuple[str, ...]]]:
+        """(start, end, attributes) of the first match of every question form (kb_schema.yaml ``question_forms``) in an asking clause."""
+        out = []
+        for pattern, attrs in self._forms:
+            for m in pattern.finditer(norm):
+                if asks is None or asks[m.start()]:
+                    out.append((m.start(), m.end(), attrs))
+                    break
+        return sorted(out, key=lambda x: x[0])
+
+    def _asking_clauses(self, norm: str) -> bytearray | None:
+        """Per character, whether its clause asks something (the schema's ``asking`` pattern); None when
+        no clause does (a search query such as 糖尿病 饮食 asks as a whole) or no pattern is configured."""
+        if self._asking is None:
+            return None
+        mask = bytearray(len(norm))
+        start = 0
+        any_asks = False
+        for i in range(len(norm) + 1):
+            if i == len(norm) or norm[i] in _CLAUSE_END:
+                end = i + 1 if i < len(norm) and norm[i] in "?？" else i
+                if self._asking.search(norm, start, end):
+                    mask[start:min(end, len(norm))] = b"\1" * (min(end, len(norm)) - start)
+                    any_asks = True
+                start = i + 1
+        return mask if any_asks else None
 
     def detect_attributes(self, text: str, mentions: list[Mention] | None = None) -> list[str]:
         """Every attribute ``text`` may ask about (the groups of :meth:`detect_attribute_groups`, flattened)."""
         return flatten(self.detect_attribute_groups(text, mentions))
+
+
+def _clause_ids(norm: str) -> list[int]:
+    """Per character, the index of its clause (clauses end at punctuation)."""
+    out, k = [], 0
+    for c in norm:
+        out.append(k)
+        if c in _CLAUSE_END:
+            k += 1
+    return out
 
 
 def _is_han(char: str) -> bool:

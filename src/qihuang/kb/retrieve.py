@@ -37,6 +37,9 @@ from qihuang.kb.types import Fact, LinkResult, Mention
 DRUG_ATTRIBUTES = ("contraindications", "adverse_reactions", "interactions", "dosage", "precautions")
 # what a symptom description asks about its candidate diseases when it names no attribute
 SYMPTOM_DEFAULT = ("department",)
+# what a symptom description that asks nothing in words is taken to ask (the real-question labelling guide's
+# reading of "我头痛还恶心" and of "是什么病/怎么回事"): the diseases it may be, and why
+SYMPTOM_ASKS = ("related_diseases", "cause")
 MAX_CANDIDATES = 8  # candidate diseases reported
 TOP_CANDIDATES = 3  # candidates whose facts are retrieved
 TWO_HOP_DRUGS = 3  # drugs of a disease followed to their own facts
@@ -322,7 +325,8 @@ def _symptom_facts(kb, candidates: list[dict], evidence: dict[str, dict[str, str
     go and what to check (:data:`WEAK_ATTRIBUTES`), never drugs or treatments."""
     look = kb.lookups
     facts: list[Fact] = []
-    wanted = asked or [(a,) for a in SYMPTOM_DEFAULT]
+    # where to go is part of every answer to a symptom description, whatever else it asks
+    wanted = list(asked) + [(a,) for a in SYMPTOM_DEFAULT if not any(a in g for g in asked)]
     any_confident = any(c["confident"] for c in candidates)
     taken = 0
     for cand in candidates:  # the best candidates that have what is asked (a 科室 for 挂什么科)
@@ -457,6 +461,9 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         facts, candidates = _lookup(kb, mentions, asked, max_values, via)
     else:
         facts = kb.lookups.lexical.search(kb, text, asked, max_values)
+    if candidates and not groups:  # symptoms described, nothing asked: which diseases, and why
+        groups = [(a,) for a in SYMPTOM_ASKS]
+        attributes = flatten(groups)
     if facts:
         attributes = _reported(kb, groups, facts, mentions, candidates)
     return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts)
