@@ -16,7 +16,7 @@ from typing import Any
 from qihuang.fileio import atomic_write_bytes
 from qihuang.paths import home, resource
 
-FORMAT = 2  # bump when what is cached changes shape
+FORMAT = 3  # bump when what is cached changes shape (or how it is built)
 
 
 def fingerprint(kb, extra: str = "") -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import ahocorasick
 
 from qihuang.kb.normalize import normalize
@@ -247,11 +249,12 @@ class Linker:
         return groups
 
     def _form_matches(self, norm: str, asks: bytearray | None) -> list[tuple[int, int, tuple[str, ...]]]:
-        """(start, end, attributes) of the first match of every question form (kb_schema.yaml ``question_forms``) in an asking clause."""
+        """(start, end, attributes) of the first match of every question form (kb_schema.yaml
+        ``question_forms``) in an asking clause; none in a text that asks nothing (an answer being verified)."""
         out = []
         for pattern, attrs in self._forms:
             for m in pattern.finditer(norm):
-                if asks is None or asks[m.start()]:
+                if asks is not None and asks[m.start()]:  # forms read questions only, never statements
                     out.append((m.start(), m.end(), attrs))
                     break
         return sorted(out, key=lambda x: x[0])
@@ -335,6 +338,10 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
             offer(name, (SUBJECT,), name, etype, False)
         elif name not in noise:
             offer(name, (VALUE,), name, etype, False)
+    for surface, name, etype in _name_variants(nodes):
+        written = nodes.get(surface)
+        if written is None or (not written[1] and written[0] == etype):
+            offer(surface, (ALIAS_SUBJECT,), name, etype, True)
     for alias, name, etype, is_subject in kb.conn.execute(
             "SELECT a.alias, e.name, e.type, e.is_subject FROM aliases a JOIN entities e ON e.id = a.entity_id"):
         written = nodes.get(alias)
@@ -378,6 +385,32 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
         auto.add_word(key, (len(key), key.isascii(), name, etype, via_alias, tuple(dict.fromkeys(also))[:8], is_value))
     auto.make_automaton()
     return auto
+
+
+_NAME_SUFFIXES = ("综合征", "检查", "症", "病")  # a subject written without them (支气管扩张 -> 支气管扩张症)
+_PARENS = re.compile(r"^(.+?)[(（]([^()（）]+)[)）]$")
+_DASHES = re.compile(r"[-‐‑‒–—―·・•]")
+
+
+def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, str]]:
+    """(surface, subject name, type): shorter ways a subject's name is written: without a suffix the name
+    only adds (支气管扩张 for 支气管扩张症, 新生儿听力筛查 for 新生儿听力筛查检查; a stem of at least 3
+    characters), either part of a name with a parenthesis (抗甲状腺微粒体抗体 and ATMA of
+    抗甲状腺微粒体抗体（ATMA）), and a name with its dashes and middle dots left out."""
+    out = []
+    for name, (etype, is_subject) in nodes.items():
+        if not is_subject:
+            continue
+        for suffix in _NAME_SUFFIXES:
+            if name.endswith(suffix) and len(name) - len(suffix) >= 3:
+                out.append((name[:-len(suffix)], name, etype))
+                break
+        m = _PARENS.match(name)
+        if m:
+            out += [(part.strip(), name, etype) for part in m.groups() if len(part.strip()) >= 2]
+        if _DASHES.search(name):
+            out.append((_DASHES.sub("", name), name, etype))
+    return out
 
 
 def _splits(key: str, cands: dict) -> bool:

@@ -32,6 +32,7 @@ from itertools import combinations
 from qihuang.kb.link import flatten
 from qihuang.kb.schema import ALIAS
 from qihuang.kb.types import Fact, LinkResult, Mention
+from qihuang.kb.variants import refine
 
 # attributes of a drug that a question about a disease's drugs may ask for (two hops)
 DRUG_ATTRIBUTES = ("contraindications", "adverse_reactions", "interactions", "dosage", "precautions")
@@ -65,6 +66,7 @@ class Lookups:
         self._names: dict[str, dict[int, str]] = {}
         self._listings: dict[tuple[str, str], dict[str, dict[int, str]]] = {}
         self._lexical = None
+        self._composer = None
         self._type_attributes: dict[str, frozenset[str]] | None = None
 
     def row(self, name: str) -> tuple[int, int, str] | None:
@@ -94,6 +96,15 @@ class Lookups:
             share = load_lexicon().intent.type_min_share
             self._type_attributes = cached(self.kb, f"type-attributes-{share}", lambda: _type_attributes(self.kb, share))
         return self._type_attributes
+
+    @property
+    def composer(self):
+        """Body part + feeling -> symptom names (:mod:`qihuang.kb.variants`)."""
+        if self._composer is None:
+            from qihuang.kb.variants import composer_for
+
+            self._composer = composer_for(self.kb)
+        return self._composer
 
     @property
     def lexical(self):
@@ -448,7 +459,7 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
 def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | None = None) -> LinkResult:
     """Entities, asked attributes, facts and (for symptom descriptions) candidate diseases for ``text``."""
     linker = kb.linker
-    mentions = linker.find_entities(text)
+    mentions = refine(kb, text, linker.find_entities(text))
     groups = linker.detect_attribute_groups(text, mentions)
     attributes = flatten(groups)
     asked = _asked_groups(groups)
