@@ -248,6 +248,10 @@ class Linker:
                     groups.append((a,))
         return groups
 
+    def cue_spans(self, norm: str) -> list[tuple[int, int]]:
+        """[start, end) of every attribute cue in normalized text (question wording, never part of a name)."""
+        return [(end - length + 1, end + 1) for end, (length, _attrs) in self._cues.iter(norm)]
+
     def _form_matches(self, norm: str, asks: bytearray | None) -> list[tuple[int, int, tuple[str, ...]]]:
         """(start, end, attributes) of the first match of every question form (kb_schema.yaml
         ``question_forms``) in an asking clause; none in a text that asks nothing (an answer being verified)."""

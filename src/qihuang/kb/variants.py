@@ -167,8 +167,8 @@ def _part_or_person(kb, m: Mention, comp: Composer) -> bool:
 
 def _typos(kb, text: str, norm: str, mentions: list[Mention]) -> list[Mention]:
     covered = bytearray(len(norm))
-    for m in mentions:
-        covered[m.start:m.end] = b"\1" * (m.end - m.start)
+    for s, e in [(m.start, m.end) for m in mentions] + kb.linker.cue_spans(norm):  # cue words are no names
+        covered[s:e] = b"\1" * (e - s)
     runs = [(r.start(), r.end()) for r in re.finditer(r"[\u4e00-\u9fffa-z0-9]{%d,}" % MIN_TYPO_LENGTH, norm)]
     windows = []
     for s, e in runs:
