@@ -32,6 +32,7 @@ def _leftmost_longest(matches: list[tuple[int, int, object]]) -> list[tuple[int,
 # listed in ``Mention.forms`` (for questions only a product answers: 布洛芬的副作用).
 SUBJECT, COLLOQUIAL, ALIAS_SUBJECT, VALUE, STEM, ALIAS_VALUE = 6, 5, 4, 3, 2, 1
 _SEPARATORS = frozenset("、和及与或跟 ")
+_THINGS = frozenset({"disease", "drug", "herb", "formula", "examination"})  # what "X是什么病" may ask about
 _CLAUSE_END = frozenset("，,。.;；!！?？:：\n()（）")
 
 
@@ -238,10 +239,7 @@ class Linker:
             if g not in groups:
                 groups.append(g)
         asked = {a for g in groups for a in g}
-        spans = [(s, e) for s, e, _g in found]
-        for start, end, attrs in self._form_matches(norm, asks):
-            if any(s <= end + 1 and start < e + 2 for s, e in spans):
-                continue  # a cue next to it says what is asked (治疗什么病, 还能吃别的药吗)
+        for _start, _end, attrs in self._form_matches(norm, asks, described=False, cues=[(s, e) for s, e, _g in found]):
             for a in attrs:
                 if a not in asked:
                     asked.add(a)
@@ -252,12 +250,29 @@ class Linker:
         """[start, end) of every attribute cue in normalized text (question wording, never part of a name)."""
         return [(end - length + 1, end + 1) for end, (length, _attrs) in self._cues.iter(norm)]
 
-    def _form_matches(self, norm: str, asks: bytearray | None) -> list[tuple[int, int, tuple[str, ...]]]:
+    def described_asks(self, text: str, mentions: list[Mention]) -> list[str]:
+        """What ``text`` asks through the question forms of symptom descriptions (怎么回事, 是什么病: which
+        diseases and why), except where the form asks about a named disease, drug or test right before it
+        (急性心肌梗死是什么病 asks what that disease is)."""
+        norm = normalize(text)
+        things = [m.end for m in mentions if m.type in _THINGS]
+        matches = self._form_matches(norm, self._asking_clauses(norm), described=True, cues=self.cue_spans(norm))
+        return flatten([a for s, e, a in matches if "病" not in norm[s:e] or not any(s - 2 <= end <= s and not _CLAUSE_END & set(norm[end:s])
+                                                             for end in things)])
+
+    def _form_matches(self, norm: str, asks: bytearray | None, described: bool,
+                      cues: list[tuple[int, int]]) -> list[tuple[int, int, tuple[str, ...]]]:
         """(start, end, attributes) of the first match of every question form (kb_schema.yaml
-        ``question_forms``) in an asking clause; none in a text that asks nothing (an answer being verified)."""
+        ``question_forms``, those for symptom descriptions or the others) in an asking clause and not next
+        to a cue (``cues``: spans), which says what is asked there (治疗什么病, 还能吃别的药吗); none in a text
+        that asks nothing (an answer being verified)."""
         out = []
-        for pattern, attrs in self._forms:
+        for pattern, attrs, only_described in self._forms:
+            if only_described != described:
+                continue
             for m in pattern.finditer(norm):
+                if any(s <= m.end() + 1 and m.start() < e + 2 for s, e in cues):
+                    continue
                 if asks is not None and asks[m.start()]:  # forms read questions only, never statements
                     out.append((m.start(), m.end(), attrs))
                     break

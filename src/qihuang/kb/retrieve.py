@@ -373,6 +373,15 @@ def _indicated_drugs(kb, symptoms: list[str], negated: list[str]) -> list[Fact]:
     return facts
 
 
+def _unanswered(kb, asked: list[tuple[str, ...]], found: list[Fact]) -> list[tuple[str, ...]]:
+    """The cue groups none of ``found`` answers (directly, by two hops, or backwards)."""
+    answered = {f.attribute for f in found} | {kb.schema.inverse.get(f.attribute, "") for f in found
+                                                  if f.via == "reverse"}
+    if any(f.via == "two_hop" for f in found):
+        answered |= {"drugs"}
+    return [g for g in asked if not answered & set(g)]
+
+
 def _two_hop_wanted(asked: list[tuple[str, ...]], found: list[Fact]) -> list[str]:
     """Drug attributes to follow from a disease to its drugs: asked together with drugs, in a cue group
     the disease's own facts left unanswered (不舒服 of a disease is its symptoms, not adverse reactions)."""
@@ -408,7 +417,7 @@ def _described_symptoms(kb, named: list[Mention], rows: dict) -> list[str]:
 
 
 def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_values: int | None,
-            via: str) -> tuple[list[Fact], list[dict]]:
+            via: str) -> tuple[list[Fact], list[dict], list[tuple[str, str]]]:
     look = kb.lookups
     limit = max_values or REVERSE_LIMIT
     negated = list(dict.fromkeys(m.name for m in mentions if getattr(m, "negated", False)))
@@ -417,17 +426,24 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
     symptoms = _described_symptoms(kb, named, rows)
     facts: list[Fact] = []
     answered: set[str] = set()
+    missing: list[tuple[str, str]] = []
     for m in named:
         row = rows[m.name]
         if row is None or m.name in symptoms:
             continue
         if row[1]:
-            found = _direct(kb, row[0], m.name, m.type, asked, max_values, via, m.name if via != "direct" else "")
+            anchor = m.name if via != "direct" else ""
+            found = _direct(kb, row[0], m.name, m.type, asked, max_values, via, anchor)
             hops = _two_hop_wanted(asked, found) if m.type == "disease" else []
             if hops:
                 found += _two_hop(kb, m.name, row[0], hops, max_values)
             if not found and asked:
                 found = _reverse(kb, m.name, m.type, asked, limit)
+            lacking = _unanswered(kb, asked, found) if asked else []
+            if lacking:  # what the KB does not hold: said so, and the entity's other facts stand in
+                missing += [(m.name, g[0]) for g in lacking]
+                if not found:
+                    found = _direct(kb, row[0], m.name, m.type, [], max_values, via, anchor)
         elif m.type == "drug":
             found = _value_drug(kb, m.name, asked, limit, max_values)
         else:
@@ -453,7 +469,7 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
                 asked = [g for g in asked if "drugs" not in g] or ([] if drugs else [(a,) for a in SYMPTOM_DEFAULT])
             if asked or not facts:
                 facts.extend(_symptom_facts(kb, candidates, evidence, asked, max_values))
-    return facts, candidates
+    return facts, candidates, missing
 
 
 def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | None = None) -> LinkResult:
@@ -468,8 +484,13 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         mentions = _history_mentions(kb, history)
         via = "history"
     candidates: list[dict] = []
+    missing: list[tuple[str, str]] = []
+    described = linker.described_asks(text, mentions)  # 怎么回事: which diseases, and why (X是什么病 asks about X)
+    if described:
+        groups += [(a,) for a in described if a not in attributes]
+        attributes, asked = flatten(groups), _asked_groups(groups)
     if mentions:
-        facts, candidates = _lookup(kb, mentions, asked, max_values, via)
+        facts, candidates, missing = _lookup(kb, mentions, asked, max_values, via)
     else:
         facts = kb.lookups.lexical.search(kb, text, asked, max_values)
     if candidates and not groups:  # symptoms described, nothing asked: which diseases, and why
@@ -477,7 +498,7 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         attributes = flatten(groups)
     if facts:
         attributes = _reported(kb, groups, facts, mentions, candidates)
-    return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts)
+    return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts, missing=missing)
 
 
 def _reported(kb, groups: list[tuple[str, ...]], facts: list[Fact], mentions: list[Mention],

@@ -35,8 +35,9 @@ class Schema:
     shared_cues: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # attribute of a subject -> what a triple of it answers about its value (reverse lookups)
     inverse: dict[str, str] = field(default_factory=dict)
-    # ways of asking that ask several attributes at once: (compiled pattern, attributes), see kb_schema.yaml
-    question_forms: tuple[tuple[re.Pattern, tuple[str, ...]], ...] = ()
+    # ways of asking that ask several attributes at once: (compiled pattern, attributes, described), see
+    # kb_schema.yaml; ``described``: only a question describing symptoms asks this way
+    question_forms: tuple[tuple[re.Pattern, tuple[str, ...], bool], ...] = ()
     # what a question marks as a question (a clause without any of these describes, it does not ask)
     asking: re.Pattern | None = None
 
@@ -74,19 +75,21 @@ def _parse_inverse(raw, attributes: dict[str, Attribute]) -> dict[str, str]:
     return dict(raw)
 
 
-def _parse_forms(raw, attributes: dict[str, Attribute]) -> tuple[tuple[re.Pattern, tuple[str, ...]], ...]:
-    """The ``question_forms:`` section: a list of {pattern, attributes}."""
+def _parse_forms(raw, attributes: dict[str, Attribute]) -> tuple[tuple[re.Pattern, tuple[str, ...], bool], ...]:
+    """The ``question_forms:`` section: a list of {pattern, attributes[, described]}."""
     if not isinstance(raw, list):
         raise ConfigError(f"kb_schema.yaml: question_forms: must be a list of {{pattern, attributes}}, got {raw!r}")
     out = []
     for i, item in enumerate(raw):
         where = f"kb_schema.yaml: question_forms[{i}]"
-        if not isinstance(item, dict) or set(item) != {"pattern", "attributes"}:
-            raise ConfigError(f"{where}: expected exactly the keys 'pattern' and 'attributes', got {item!r}")
+        if not isinstance(item, dict) or not {"pattern", "attributes"} <= set(item) <= {"pattern", "attributes", "described"}:
+            raise ConfigError(f"{where}: expected the keys 'pattern', 'attributes' and optionally 'described', got {item!r}")
+        if not isinstance(item.get("described", False), bool):
+            raise ConfigError(f"{where}: described: true or false, got {item['described']!r}")
         attrs = item["attributes"]
         if not isinstance(attrs, list) or not attrs or any(a not in attributes for a in attrs):
             raise ConfigError(f"{where}: attributes: a non-empty list of known attributes, got {attrs!r}")
-        out.append((_regex(item["pattern"], f"{where}: pattern"), tuple(attrs)))
+        out.append((_regex(item["pattern"], f"{where}: pattern"), tuple(attrs), item.get("described", False)))
     return tuple(out)
 
 
