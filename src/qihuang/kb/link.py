@@ -426,10 +426,18 @@ def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, st
                 break
         m = _PARENS.match(name)
         if m:
-            out += [(part.strip(), name, etype) for part in m.groups() if len(part.strip()) >= 2]
+            out += [(part.strip(), name, etype) for part in m.groups() if _names_something(part.strip())]
         if _DASHES.search(name):
             out.append((_DASHES.sub("", name), name, etype))
     return out
+
+
+def _names_something(part: str) -> bool:
+    """A parenthesized part that can stand for the name: two Han characters or two letters, not a number or
+    a grade (多维元素片（29）, HbH病（中间型）: 29 and 中间型 are not the product or the disease)."""
+    han = sum(_is_han(c) for c in part)
+    letters = sum(c.isascii() and c.isalpha() for c in part)
+    return (han >= 2 or letters >= 2) and not part.endswith(("型", "期", "级", "度", "岁"))
 
 
 def _splits(key: str, cands: dict) -> bool:

@@ -427,6 +427,7 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
     facts: list[Fact] = []
     answered: set[str] = set()
     missing: list[tuple[str, str]] = []
+    stand_in: list[tuple[int, Mention, str]] = []
     for m in named:
         row = rows[m.name]
         if row is None or m.name in symptoms:
@@ -440,10 +441,10 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
             if not found and asked:
                 found = _reverse(kb, m.name, m.type, asked, limit)
             lacking = _unanswered(kb, asked, found) if asked else []
-            if lacking:  # what the KB does not hold: said so, and the entity's other facts stand in
+            if lacking:  # what the KB does not hold is said; when nothing else answers, the entity's facts stand in
                 missing += [(m.name, g[0]) for g in lacking]
                 if not found:
-                    found = _direct(kb, row[0], m.name, m.type, [], max_values, via, anchor)
+                    stand_in.append((row[0], m, anchor))
         elif m.type == "drug":
             found = _value_drug(kb, m.name, asked, limit, max_values)
         else:
@@ -451,6 +452,10 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
         if found:
             answered.add(m.name)
         facts.extend(found)
+    if not facts and stand_in:  # nothing answers what is asked: the first such entity's own facts
+        eid, m, anchor = stand_in[0]
+        facts = _direct(kb, eid, m.name, m.type, [], max_values, via, anchor)
+        answered.add(m.name)
     candidates: list[dict] = []
     about = answered | {m.name for m in named if m.name not in symptoms and rows[m.name] and rows[m.name][1]}
     if symptoms and not about:

@@ -159,10 +159,12 @@ def _part_or_person(kb, m: Mention, comp: Composer) -> bool:
     key = normalize(m.surface)
     if key in comp.persons or normalize(m.name) in comp.persons:
         return True
-    if key not in comp.part_forms and normalize(m.name) not in comp.part_forms:
+    if key in comp.part_forms:  # written as a part: only a disease of that name stays (小便 is no herb 人尿)
+        return m.type != "disease"
+    if normalize(m.name) not in comp.part_forms:
         return False
     row = kb.lookups.row(m.name)
-    return not (row and row[1])  # a subject of that name (a disease 扁桃体…) stays
+    return not (row and row[1])  # a subject of that name stays
 
 
 def _typos(kb, text: str, norm: str, mentions: list[Mention]) -> list[Mention]:
