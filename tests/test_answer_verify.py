@@ -85,7 +85,7 @@ def test_abstaining_names_only_the_question_and_defers_to_a_red_flag(kb):
     answerer = Answerer(engine, kb, ungrounded="abstain")
     ans = answerer.answer("今天适合去爬山吗？", history=[["偏头痛吃什么药", "布洛芬"]])
     assert ans.abstained and "偏头痛" not in ans.text and "与这个问题相关的条目" in ans.text
-    red = answerer.answer("我爸突然胸口剧痛，一直冒冷汗")
+    red = answerer.answer("我爸突然倒地，叫不醒")  # names nothing the tiny KB holds
     assert red.triage.level == "emergency" and red.abstained and not red.grounded
     assert red.text == red.triage.message  # the urgent message alone: no "see a doctor if it persists"
     assert engine.prompts == []

@@ -65,10 +65,26 @@ class Grounding:
     entities: list[str]
     attributes: list[str]
     candidates: list[dict] = field(default_factory=list)  # symptom descriptions: candidate diseases, hedged
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (entity, attribute) asked, not in the KB
 
     @property
     def grounded(self) -> bool:
         return bool(self.facts)
+
+    def coverage_note(self, label=None) -> str:
+        """One sentence naming what the question asks that the KB does not hold ("" when it holds all):
+        知识库未收录：跟腱断裂的注意事项（以下为其已收录的其他信息）。 ``label`` maps an attribute key to its
+        Chinese label (default: the shipped schema's)."""
+        if not self.missing:
+            return ""
+        if label is None:
+            from qihuang.kb.schema import load_schema
+
+            label = load_schema().label
+        parts = "、".join(dict.fromkeys(f"{e}的{label(a)}" for e, a in self.missing))
+        shown = {f.entity for f in self.facts}
+        tail = "（以下为其已收录的其他信息）" if any(e in shown for e, _a in self.missing) else ""
+        return f"知识库未收录：{parts}{tail}。"
 
     @classmethod
     def empty(cls) -> Grounding:
@@ -170,4 +186,4 @@ def ground(kb, question: str, limits: GroundingLimits | None = None,
     shown = {f.entity for f in kept if f.via == "symptom"}
     candidates = [c for c in link.candidates if c["disease"] in shown] + \
         [c for c in link.candidates if c["disease"] not in shown]
-    return Grounding(kept, citations_of(kept), used, list(link.attributes), candidates)
+    return Grounding(kept, citations_of(kept), used, list(link.attributes), candidates, list(link.missing))

@@ -2,8 +2,9 @@
 
 Building them from CMeKG takes seconds (a pass over 967k triples, jieba's dictionary, 100k surfaces);
 loading the cached copy takes a fraction of a second, so `qihuang kb link` starts fast. A cache file is
-keyed by the KB's content (its sources, row counts), the linking resources (lexicon.yaml, kb_schema.yaml)
-and :data:`FORMAT`; any change makes a new key, so a stale copy is never used.
+keyed by the KB's content (its sources, row counts), the linking resources (lexicon.yaml, kb_schema.yaml),
+the code that builds them (link.py, noise.py) and :data:`FORMAT`; any change makes a new key, so a stale
+copy is never used.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import pickle
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from qihuang.fileio import atomic_write_bytes
 from qihuang.paths import home, resource
 
-FORMAT = 2  # bump when what is cached changes shape
+FORMAT = 3  # bump when what is cached changes shape (or how it is built)
 
 
 def fingerprint(kb, extra: str = "") -> str:
@@ -28,6 +30,8 @@ def fingerprint(kb, extra: str = "") -> str:
         h.update(repr(kb.conn.execute(f"SELECT count(*), max(rowid) FROM {table}").fetchone()).encode())
     for name in ("lexicon.yaml", "kb_schema.yaml"):
         h.update(resource(name).read_bytes())
+    for module in ("link.py", "noise.py"):  # the code that builds what is cached
+        h.update(Path(__file__).with_name(module).read_bytes())
     return h.hexdigest()[:20]
 
 

@@ -87,6 +87,9 @@ def cmd_link(args) -> int:
             neg = f"; against: {'、'.join(c['negated'])}" if c["negated"] else ""
             print(f"  {c['disease']}  score {c['score']}{'' if c['confident'] else ' (weak)'}  "
                   f"evidence: {'、'.join(c['evidence'])}{neg}")
+    if result.missing:
+        print("not in the KB: " + "; ".join(f"{e} {labels.get(a, a)}" for e, a in result.missing)
+              + " (the entity's other facts follow)")
     if result.abstained:
         print("facts: (none: nothing retrieved)")
     for f in result.facts:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import ahocorasick
 
 from qihuang.kb.normalize import normalize
@@ -30,6 +32,7 @@ def _leftmost_longest(matches: list[tuple[int, int, object]]) -> list[tuple[int,
 # listed in ``Mention.forms`` (for questions only a product answers: 布洛芬的副作用).
 SUBJECT, COLLOQUIAL, ALIAS_SUBJECT, VALUE, STEM, ALIAS_VALUE = 6, 5, 4, 3, 2, 1
 _SEPARATORS = frozenset("、和及与或跟 ")
+_THINGS = frozenset({"disease", "drug", "herb", "formula", "examination"})  # what "X是什么病" may ask about
 _CLAUSE_END = frozenset("，,。.;；!！?？:：\n()（）")
 
 
@@ -39,8 +42,10 @@ class Linker:
     def __init__(self, entities: ahocorasick.Automaton, cues: ahocorasick.Automaton,
                  object_types: dict[str, str] | None = None, yields_to: dict[str, tuple[str, ...]] | None = None,
                  negation: ahocorasick.Automaton | None = None, max_gap: int = 8, intent=None,
-                 drug_affixes: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()), min_stem: int = 3):
+                 drug_affixes: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()), min_stem: int = 3,
+                 forms: tuple = (), asking=None):
         self._entities, self._cues = entities, cues
+        self._forms, self._asking = forms, asking  # multi-attribute question forms; what marks an asking clause
         self._object_types = object_types or {}  # attribute -> type of its values ("examinations" -> examination)
         self._yields_to = yields_to or {}
         self._negation, self._max_gap = negation, max_gap
@@ -80,7 +85,8 @@ class Linker:
         return cls(entities, cues, {k: a.object_type for k, a in attributes.items() if a.object_type},
                    {k: a.yields_to for k, a in attributes.items() if a.yields_to},
                    _negation_automaton(lexicon.negation), lexicon.negation.max_gap, intent or None,
-                   lexicon.drug_forms.affixes(), lexicon.drug_forms.min_stem)
+                   lexicon.drug_forms.affixes(), lexicon.drug_forms.min_stem,
+                   kb.schema.question_forms, kb.schema.asking)
 
     def find_entities(self, text: str) -> list[Mention]:
         """Entity mentions, non-overlapping (longest first), each marked ``negated`` when a negation
@@ -211,22 +217,97 @@ class Linker:
         for m in mentions or ():
             for i in range(m.start, min(m.end, len(norm))):
                 owner[i] = m
+        asks = self._asking_clauses(norm)
         matches = [(end - length + 1, end + 1, attrs) for end, (length, attrs) in self._cues.iter(norm)]
-        groups: list[tuple[str, ...]] = []
+        found: list[tuple[int, int, tuple[str, ...]]] = []
         for start, end, attrs in _leftmost_longest(matches):
+            if asks is not None and not asks[start]:
+                continue  # 我有咳嗽的症状 describes; 有什么症状 asks
             holder = owner[start]
             if holder is not None and all(owner[i] is holder for i in range(start, end)) and \
                     not any(self._object_types.get(a) == holder.type for a in attrs):
                 continue
-            if attrs not in groups:
-                groups.append(attrs)
-        # a group whose primary meaning yields to an attribute another cue asks for is redundant (治疗 next to 药物)
-        return [g for g in groups
-                if not {a for other in groups if other is not g for a in other} & set(self._yields_to.get(g[0], ()))]
+            found.append((start, end, attrs))
+        # a group whose primary meaning yields to an attribute another cue of its clause asks (治疗药物,
+        # 治疗糖尿病的常用药物); in another clause both are asked (怎么治疗啊，可以吃前列康么)
+        clause = _clause_ids(norm)
+        kept = [(s, e, g) for s, e, g in found
+                if not any(o is not g and clause[os_] == clause[s] and
+                           set(o) & set(self._yields_to.get(g[0], ())) for os_, _oe, o in found)]
+        groups: list[tuple[str, ...]] = []
+        for _s, _e, g in kept:
+            if g not in groups:
+                groups.append(g)
+        asked = {a for g in groups for a in g}
+        for _start, _end, attrs in self._form_matches(norm, asks, described=False, cues=[(s, e) for s, e, _g in found]):
+            for a in attrs:
+                if a not in asked:
+                    asked.add(a)
+                    groups.append((a,))
+        return groups
+
+    def cue_spans(self, norm: str) -> list[tuple[int, int]]:
+        """[start, end) of every attribute cue in normalized text (question wording, never part of a name)."""
+        return [(end - length + 1, end + 1) for end, (length, _attrs) in self._cues.iter(norm)]
+
+    def described_asks(self, text: str, mentions: list[Mention]) -> list[str]:
+        """What ``text`` asks through the question forms of symptom descriptions (怎么回事, 是什么病: which
+        diseases and why), except where the form asks about a named disease, drug or test right before it
+        (急性心肌梗死是什么病 asks what that disease is)."""
+        norm = normalize(text)
+        things = [m.end for m in mentions if m.type in _THINGS]
+        matches = self._form_matches(norm, self._asking_clauses(norm), described=True, cues=self.cue_spans(norm))
+        return flatten([a for s, e, a in matches if "病" not in norm[s:e] or not any(s - 2 <= end <= s and not _CLAUSE_END & set(norm[end:s])
+                                                             for end in things)])
+
+    def _form_matches(self, norm: str, asks: bytearray | None, described: bool,
+                      cues: list[tuple[int, int]]) -> list[tuple[int, int, tuple[str, ...]]]:
+        """(start, end, attributes) of the first match of every question form (kb_schema.yaml
+        ``question_forms``, those for symptom descriptions or the others) in an asking clause and not next
+        to a cue (``cues``: spans), which says what is asked there (治疗什么病, 还能吃别的药吗); none in a text
+        that asks nothing (an answer being verified)."""
+        out = []
+        for pattern, attrs, only_described in self._forms:
+            if only_described != described:
+                continue
+            for m in pattern.finditer(norm):
+                if any(s <= m.end() + 1 and m.start() < e + 2 for s, e in cues):
+                    continue
+                if asks is not None and asks[m.start()]:  # forms read questions only, never statements
+                    out.append((m.start(), m.end(), attrs))
+                    break
+        return sorted(out, key=lambda x: x[0])
+
+    def _asking_clauses(self, norm: str) -> bytearray | None:
+        """Per character, whether its clause asks something (the schema's ``asking`` pattern); None when
+        no clause does (a search query such as 糖尿病 饮食 asks as a whole) or no pattern is configured."""
+        if self._asking is None:
+            return None
+        mask = bytearray(len(norm))
+        start = 0
+        any_asks = False
+        for i in range(len(norm) + 1):
+            if i == len(norm) or norm[i] in _CLAUSE_END:
+                end = i + 1 if i < len(norm) and norm[i] in "?？" else i
+                if self._asking.search(norm, start, end):
+                    mask[start:min(end, len(norm))] = b"\1" * (min(end, len(norm)) - start)
+                    any_asks = True
+                start = i + 1
+        return mask if any_asks else None
 
     def detect_attributes(self, text: str, mentions: list[Mention] | None = None) -> list[str]:
         """Every attribute ``text`` may ask about (the groups of :meth:`detect_attribute_groups`, flattened)."""
         return flatten(self.detect_attribute_groups(text, mentions))
+
+
+def _clause_ids(norm: str) -> list[int]:
+    """Per character, the index of its clause (clauses end at punctuation)."""
+    out, k = [], 0
+    for c in norm:
+        out.append(k)
+        if c in _CLAUSE_END:
+            k += 1
+    return out
 
 
 def _is_han(char: str) -> bool:
@@ -276,6 +357,10 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
             offer(name, (SUBJECT,), name, etype, False)
         elif name not in noise:
             offer(name, (VALUE,), name, etype, False)
+    for surface, name, etype in _name_variants(nodes):
+        written = nodes.get(surface)
+        if written is None or (not written[1] and written[0] == etype):
+            offer(surface, (ALIAS_SUBJECT,), name, etype, True)
     for alias, name, etype, is_subject in kb.conn.execute(
             "SELECT a.alias, e.name, e.type, e.is_subject FROM aliases a JOIN entities e ON e.id = a.entity_id"):
         written = nodes.get(alias)
@@ -319,6 +404,40 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
         auto.add_word(key, (len(key), key.isascii(), name, etype, via_alias, tuple(dict.fromkeys(also))[:8], is_value))
     auto.make_automaton()
     return auto
+
+
+_NAME_SUFFIXES = ("综合征", "检查", "症", "病")  # a subject written without them (支气管扩张 -> 支气管扩张症)
+_PARENS = re.compile(r"^(.+?)[(（]([^()（）]+)[)）]$")
+_DASHES = re.compile(r"[-‐‑‒–—―·・•]")
+
+
+def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, str]]:
+    """(surface, subject name, type): shorter ways a subject's name is written: without a suffix the name
+    only adds (支气管扩张 for 支气管扩张症, 新生儿听力筛查 for 新生儿听力筛查检查; a stem of at least 3
+    characters), either part of a name with a parenthesis (抗甲状腺微粒体抗体 and ATMA of
+    抗甲状腺微粒体抗体（ATMA）), and a name with its dashes and middle dots left out."""
+    out = []
+    for name, (etype, is_subject) in nodes.items():
+        if not is_subject:
+            continue
+        for suffix in _NAME_SUFFIXES:
+            if name.endswith(suffix) and len(name) - len(suffix) >= 3:
+                out.append((name[:-len(suffix)], name, etype))
+                break
+        m = _PARENS.match(name)
+        if m:
+            out += [(part.strip(), name, etype) for part in m.groups() if _names_something(part.strip())]
+        if _DASHES.search(name):
+            out.append((_DASHES.sub("", name), name, etype))
+    return out
+
+
+def _names_something(part: str) -> bool:
+    """A parenthesized part that can stand for the name: two Han characters or two letters, not a number or
+    a grade (多维元素片（29）, HbH病（中间型）: 29 and 中间型 are not the product or the disease)."""
+    han = sum(_is_han(c) for c in part)
+    letters = sum(c.isascii() and c.isalpha() for c in part)
+    return (han >= 2 or letters >= 2) and not part.endswith(("型", "期", "级", "度", "岁"))
 
 
 def _splits(key: str, cands: dict) -> bool:

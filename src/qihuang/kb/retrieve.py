@@ -33,11 +33,15 @@ from qihuang.kb import department_rank
 from qihuang.kb.link import flatten
 from qihuang.kb.schema import ALIAS
 from qihuang.kb.types import Fact, LinkResult, Mention
+from qihuang.kb.variants import refine
 
 # attributes of a drug that a question about a disease's drugs may ask for (two hops)
 DRUG_ATTRIBUTES = ("contraindications", "adverse_reactions", "interactions", "dosage", "precautions")
 # what a symptom description asks about its candidate diseases when it names no attribute
 SYMPTOM_DEFAULT = ("department",)
+# what a symptom description that asks nothing in words is taken to ask (the real-question labelling guide's
+# reading of "我头痛还恶心" and of "是什么病/怎么回事"): the diseases it may be, and why
+SYMPTOM_ASKS = ("related_diseases", "cause")
 MAX_CANDIDATES = 8  # candidate diseases reported
 TOP_CANDIDATES = 3  # candidates whose facts are retrieved
 TWO_HOP_DRUGS = 3  # drugs of a disease followed to their own facts
@@ -63,6 +67,7 @@ class Lookups:
         self._names: dict[str, dict[int, str]] = {}
         self._listings: dict[tuple[str, str], dict[str, dict[int, str]]] = {}
         self._lexical = None
+        self._composer = None
         self._type_attributes: dict[str, frozenset[str]] | None = None
 
     def row(self, name: str) -> tuple[int, int, str] | None:
@@ -92,6 +97,15 @@ class Lookups:
             share = load_lexicon().intent.type_min_share
             self._type_attributes = cached(self.kb, f"type-attributes-{share}", lambda: _type_attributes(self.kb, share))
         return self._type_attributes
+
+    @property
+    def composer(self):
+        """Body part + feeling -> symptom names (:mod:`qihuang.kb.variants`)."""
+        if self._composer is None:
+            from qihuang.kb.variants import composer_for
+
+            self._composer = composer_for(self.kb)
+        return self._composer
 
     @property
     def lexical(self):
@@ -323,7 +337,8 @@ def _symptom_facts(kb, candidates: list[dict], evidence: dict[str, dict[str, str
     go and what to check (:data:`WEAK_ATTRIBUTES`), never drugs or treatments."""
     look = kb.lookups
     facts: list[Fact] = []
-    wanted = asked or [(a,) for a in SYMPTOM_DEFAULT]
+    # where to go is part of every answer to a symptom description, whatever else it asks
+    wanted = list(asked) + [(a,) for a in SYMPTOM_DEFAULT if not any(a in g for g in asked)]
     any_confident = any(c["confident"] for c in candidates)
     taken = 0
     for cand in candidates:  # the best candidates that have what is asked (a 科室 for 挂什么科)
@@ -357,6 +372,15 @@ def _indicated_drugs(kb, symptoms: list[str], negated: list[str]) -> list[Fact]:
             break
         facts.extend(Fact(drug, "indications", rel, s, "reverse", "、".join(ev)) for s, rel in ev.items())
     return facts
+
+
+def _unanswered(kb, asked: list[tuple[str, ...]], found: list[Fact]) -> list[tuple[str, ...]]:
+    """The cue groups none of ``found`` answers (directly, by two hops, or backwards)."""
+    answered = {f.attribute for f in found} | {kb.schema.inverse.get(f.attribute, "") for f in found
+                                                  if f.via == "reverse"}
+    if any(f.via == "two_hop" for f in found):
+        answered |= {"drugs"}
+    return [g for g in asked if not answered & set(g)]
 
 
 def _two_hop_wanted(asked: list[tuple[str, ...]], found: list[Fact]) -> list[str]:
@@ -394,7 +418,7 @@ def _described_symptoms(kb, named: list[Mention], rows: dict) -> list[str]:
 
 
 def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_values: int | None,
-            via: str) -> tuple[list[Fact], list[dict]]:
+            via: str) -> tuple[list[Fact], list[dict], list[tuple[str, str]]]:
     look = kb.lookups
     limit = max_values or REVERSE_LIMIT
     negated = list(dict.fromkeys(m.name for m in mentions if getattr(m, "negated", False)))
@@ -403,17 +427,25 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
     symptoms = _described_symptoms(kb, named, rows)
     facts: list[Fact] = []
     answered: set[str] = set()
+    missing: list[tuple[str, str]] = []
+    stand_in: list[tuple[int, Mention, str]] = []
     for m in named:
         row = rows[m.name]
         if row is None or m.name in symptoms:
             continue
         if row[1]:
-            found = _direct(kb, row[0], m.name, m.type, asked, max_values, via, m.name if via != "direct" else "")
+            anchor = m.name if via != "direct" else ""
+            found = _direct(kb, row[0], m.name, m.type, asked, max_values, via, anchor)
             hops = _two_hop_wanted(asked, found) if m.type == "disease" else []
             if hops:
                 found += _two_hop(kb, m.name, row[0], hops, max_values)
             if not found and asked:
                 found = _reverse(kb, m.name, m.type, asked, limit)
+            lacking = _unanswered(kb, asked, found) if asked else []
+            if lacking:  # what the KB does not hold is said; when nothing else answers, the entity's facts stand in
+                missing += [(m.name, g[0]) for g in lacking]
+                if not found:
+                    stand_in.append((row[0], m, anchor))
         elif m.type == "drug":
             found = _value_drug(kb, m.name, asked, limit, max_values)
         else:
@@ -421,6 +453,10 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
         if found:
             answered.add(m.name)
         facts.extend(found)
+    if not facts and stand_in:  # nothing answers what is asked: the first such entity's own facts
+        eid, m, anchor = stand_in[0]
+        facts = _direct(kb, eid, m.name, m.type, [], max_values, via, anchor)
+        answered.add(m.name)
     candidates: list[dict] = []
     about = answered | {m.name for m in named if m.name not in symptoms and rows[m.name] and rows[m.name][1]}
     if symptoms and not about:
@@ -439,13 +475,13 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
                 asked = [g for g in asked if "drugs" not in g] or ([] if drugs else [(a,) for a in SYMPTOM_DEFAULT])
             if asked or not facts:
                 facts.extend(_symptom_facts(kb, candidates, evidence, asked, max_values))
-    return facts, candidates
+    return facts, candidates, missing
 
 
 def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | None = None) -> LinkResult:
     """Entities, asked attributes, facts and (for symptom descriptions) candidate diseases for ``text``."""
     linker = kb.linker
-    mentions = linker.find_entities(text)
+    mentions = refine(kb, text, linker.find_entities(text))
     groups = linker.detect_attribute_groups(text, mentions)
     attributes = flatten(groups)
     asked = _asked_groups(groups)
@@ -454,14 +490,22 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         mentions = _history_mentions(kb, history)
         via = "history"
     candidates: list[dict] = []
+    missing: list[tuple[str, str]] = []
+    described = linker.described_asks(text, mentions)  # 怎么回事: which diseases, and why (X是什么病 asks about X)
+    if described:
+        groups += [(a,) for a in described if a not in attributes]
+        attributes, asked = flatten(groups), _asked_groups(groups)
     if mentions:
-        facts, candidates = _lookup(kb, mentions, asked, max_values, via)
+        facts, candidates, missing = _lookup(kb, mentions, asked, max_values, via)
     else:
         facts = kb.lookups.lexical.search(kb, text, asked, max_values)
+    if candidates and not groups:  # symptoms described, nothing asked: which diseases, and why
+        groups = [(a,) for a in SYMPTOM_ASKS]
+        attributes = flatten(groups)
     if facts:
         attributes = _reported(kb, groups, facts, mentions, candidates)
     facts = department_rank.apply(kb, text, mentions, candidates, groups, facts)  # hospital departments
-    return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts)
+    return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts, missing=missing)
 
 
 def _reported(kb, groups: list[tuple[str, ...]], facts: list[Fact], mentions: list[Mention],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -34,6 +35,11 @@ class Schema:
     shared_cues: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # attribute of a subject -> what a triple of it answers about its value (reverse lookups)
     inverse: dict[str, str] = field(default_factory=dict)
+    # ways of asking that ask several attributes at once: (compiled pattern, attributes, described), see
+    # kb_schema.yaml; ``described``: only a question describing symptoms asks this way
+    question_forms: tuple[tuple[re.Pattern, tuple[str, ...], bool], ...] = ()
+    # what a question marks as a question (a clause without any of these describes, it does not ask)
+    asking: re.Pattern | None = None
 
     def attribute_of(self, relation: str) -> str:
         """Canonical attribute key of a raw relation name ("other" when unmapped)."""
@@ -69,6 +75,33 @@ def _parse_inverse(raw, attributes: dict[str, Attribute]) -> dict[str, str]:
     return dict(raw)
 
 
+def _parse_forms(raw, attributes: dict[str, Attribute]) -> tuple[tuple[re.Pattern, tuple[str, ...], bool], ...]:
+    """The ``question_forms:`` section: a list of {pattern, attributes[, described]}."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"kb_schema.yaml: question_forms: must be a list of {{pattern, attributes}}, got {raw!r}")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"kb_schema.yaml: question_forms[{i}]"
+        if not isinstance(item, dict) or not {"pattern", "attributes"} <= set(item) <= {"pattern", "attributes", "described"}:
+            raise ConfigError(f"{where}: expected the keys 'pattern', 'attributes' and optionally 'described', got {item!r}")
+        if not isinstance(item.get("described", False), bool):
+            raise ConfigError(f"{where}: described: true or false, got {item['described']!r}")
+        attrs = item["attributes"]
+        if not isinstance(attrs, list) or not attrs or any(a not in attributes for a in attrs):
+            raise ConfigError(f"{where}: attributes: a non-empty list of known attributes, got {attrs!r}")
+        out.append((_regex(item["pattern"], f"{where}: pattern"), tuple(attrs), item.get("described", False)))
+    return tuple(out)
+
+
+def _regex(pattern, where: str) -> re.Pattern:
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(f"{where}: a non-empty regular expression, got {pattern!r}")
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where}: bad regular expression {pattern!r}: {exc}") from exc
+
+
 @lru_cache(maxsize=1)
 def load_schema() -> Schema:
     """Parse the shipped schema once."""
@@ -93,7 +126,9 @@ def load_schema() -> Schema:
     inverse = _parse_inverse(raw.get("inverse") or {}, attributes)
     cues = {c for attr in attributes.values() for c in attr.cues} | set(shared)
     stop = frozenset(raw.get("link_stopwords", [])) | cues
-    return Schema(attributes, rel_map, rules, defaults, rank, stop, shared, inverse)
+    forms = _parse_forms(raw.get("question_forms") or [], attributes)
+    asking = _regex(raw["asking"], "kb_schema.yaml: asking") if raw.get("asking") else None
+    return Schema(attributes, rel_map, rules, defaults, rank, stop, shared, inverse, forms, asking)
 
 
 ATTRIBUTES: dict[str, str] = {k: a.label for k, a in load_schema().attributes.items()}

@@ -103,7 +103,9 @@ class LinkResult:
 
     ``candidates`` (symptom descriptions only): ranked candidate diseases, each
     ``{"disease", "score", "evidence": [symptoms], "negated": [symptoms], "confident": bool}``, never a
-    diagnosis. ``abstained``: nothing was retrieved."""
+    diagnosis. ``abstained``: nothing was retrieved. ``missing``: (entity, attribute) pairs the question
+    asks that the KB does not hold; the entity's default facts are retrieved instead, and answers say
+    which part the KB does not cover."""
 
     text: str
     entities: list[Mention]
@@ -111,8 +113,11 @@ class LinkResult:
     facts: list[Fact]
     candidates: list[dict] = field(default_factory=list)
     abstained: bool = False
+    # asked attributes a named entity has no fact for: [(entity, attribute)]; its other facts stand in
+    missing: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"text": self.text, "entities": [m.to_dict() for m in self.entities],
                 "attributes": self.attributes, "facts": [f.to_dict() for f in self.facts],
-                "candidates": self.candidates, "abstained": self.abstained}
+                "candidates": self.candidates, "abstained": self.abstained,
+                "missing": [list(x) for x in self.missing]}

@@ -1,0 +1,216 @@
+"""The linker's second pass: what people write for a KB name that is not the name itself.
+
+:meth:`qihuang.kb.link.Linker.find_entities` finds the KB's own names, aliases and colloquial names in a
+question (exact, fast). Real questions often write neither; :func:`refine` then looks at every mention span
+and the text around it:
+
+- **a body part and a feeling** (``resources/symptom_words.yaml``): 肚子老是胀 -> 腹胀, 小便时有疼痛感 -> 尿痛,
+  眉毛变白 -> 毛发变白, 牙根到耳根部很疼 -> 牙痛 and 耳痛. Candidate names are made from the part's and the
+  feeling's forms and kept only when the KB has a symptom or disease of that name; the mention replaces
+  the mentions inside its span (小腿 and 疼 become 腿痛). A feeling right after a negation (都不疼) makes a
+  negated mention;
+- **parts and persons alone are no entities**: the KB's value nodes that are only a body part's written
+  form (小腿, 皮肤, 龟头) or say who the patient is (新生儿, 孕妇, 年龄) are dropped from a question's
+  mentions (they would retrieve the facts of whatever lists them);
+- **a name written with one error** in the text that no mention covers (复方甲氧那名胶囊 -> 复方甲氧那明胶囊,
+  尼福达 -> 伲福达): the lexical index's one-homophone match (:mod:`qihuang.kb.fuzzy`), over the uncovered
+  windows only, names of at least ``min_typo_length`` characters.
+
+Everything it adds is a KB name; nothing is guessed that the KB does not hold.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from qihuang.errors import ConfigError
+from qihuang.kb.normalize import normalize
+from qihuang.kb.types import Mention
+from qihuang.paths import resource
+
+_CLAUSE_END = frozenset("，,。.;；!！?？:：\n()（）")
+_SYMPTOM_TYPES = ("symptom", "disease")
+MIN_TYPO_LENGTH = 4  # names matched with one homophone in an uncovered window: at least this long
+
+
+class SymptomWords(BaseModel):
+    """``resources/symptom_words.yaml`` (see its header)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_gap: int = Field(8, ge=0)
+    single_char_gap: int = Field(3, ge=0)
+    joiners: tuple[str, ...] = ("",)
+    parts: dict[str, tuple[str, ...]]
+    feelings: dict[str, tuple[str, ...]]
+    persons: tuple[str, ...] = ()
+
+
+@lru_cache(maxsize=1)
+def load_symptom_words() -> SymptomWords:
+    from qihuang.fileio import read_yaml
+
+    path = resource("symptom_words.yaml")
+    data = read_yaml(path, "symptom words")
+    try:
+        words = SymptomWords.model_validate(data)
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {where}") from None
+    empty = [k for k, v in {**words.parts, **words.feelings}.items() if not k.strip() or not v]
+    if empty:
+        raise ConfigError(f"{path}: parts/feelings need a written form and at least one KB form: {empty}")
+    return words
+
+
+def _alternation(words) -> re.Pattern:
+    return re.compile("|".join(re.escape(normalize(w)) for w in sorted(words, key=len, reverse=True)))
+
+
+class Composer:
+    """Body part + feeling -> KB symptom names (see the module doc)."""
+
+    def __init__(self, words: SymptomWords, exists):
+        self.words = words
+        self._exists = exists  # name -> type (symptom/disease) or None
+        self._parts = {normalize(k): v for k, v in words.parts.items()}
+        self._feelings = {normalize(k): v for k, v in words.feelings.items()}
+        self._part_re = _alternation(words.parts)
+        self._feel_re = _alternation(words.feelings)
+        self.part_forms = frozenset(normalize(f) for forms in words.parts.values() for f in forms) | set(self._parts)
+        self.persons = frozenset(normalize(w) for w in words.persons)
+
+    def name_for(self, part: str, feeling: str) -> tuple[str, str] | None:
+        for p in self._parts[part]:
+            for f in self._feelings[feeling]:
+                for j in self.words.joiners:
+                    etype = self._exists(p + j + f)
+                    if etype:
+                        return p + j + f, etype
+        return None
+
+    def compose(self, norm: str, negation: frozenset[str]) -> list[tuple[int, int, str, str, bool]]:
+        """(start, end, name, type, negated) of each part-feeling pair the KB names, in text order."""
+        parts = list(self._part_re.finditer(norm))
+        if not parts or not self._feel_re.search(norm):
+            return []
+        bounds = _word_bounds(norm)
+        out = []
+        for m in parts:
+            s, e = m.span()
+            single = e - s == 1
+            if s not in bounds[0] or e not in bounds[1]:
+                continue  # 手术 is no 手, 口服 no 口
+            gap = self.words.single_char_gap if single else self.words.max_gap
+            limit = e
+            while limit < len(norm) and limit - e <= gap + 4 and norm[limit] not in _CLAUSE_END:
+                limit += 1
+            f = self._feel_re.search(norm, e, limit)
+            if f is None or f.start() - e > gap:
+                continue
+            if single and f.start() not in bounds[0]:
+                continue
+            found = self.name_for(m.group(0), f.group(0))
+            if found:
+                before = norm[e:f.start()]
+                negated = any(before.endswith(c) or before[:-1].endswith(c) for c in negation)  # 都不疼, 不太痛
+                out.append((s, f.end(), found[0], found[1], negated))
+        return out
+
+
+def _word_bounds(norm: str) -> tuple[set[int], set[int]]:
+    """Start and end offsets of jieba's words of ``norm``."""
+    import jieba
+
+    starts, ends, pos = set(), set(), 0
+    for w in jieba.lcut(norm, HMM=False):
+        starts.add(pos)
+        pos += len(w)
+        ends.add(pos)
+    return starts, ends
+
+
+def refine(kb, text: str, mentions: list[Mention]) -> list[Mention]:
+    """``mentions`` of ``text`` with composed symptoms added, parts and persons dropped, and names written
+    with one error found in uncovered text (see the module doc)."""
+    norm = normalize(text)
+    comp = kb.lookups.composer
+    kept = [m for m in mentions if not _part_or_person(kb, m, comp)]
+    from qihuang.kb.lexicon import load_lexicon
+
+    negation = frozenset(load_lexicon().negation.cues)
+    composed = comp.compose(norm, negation)
+    best: dict[str, tuple] = {}
+    for s, e, name, etype, neg in composed:  # one mention per name: a non-negated one when there is one
+        if name not in best or (best[name][4] and not neg):
+            best[name] = (s, e, name, etype, neg)
+    for s, e, name, etype, neg in sorted(best.values()):
+        kept = [m for m in kept if not (s <= m.start and m.end <= e)]
+        if not any(m.start < e and s < m.end for m in kept):
+            kept.append(Mention(name, text[s:e], s, e, etype, True, neg))
+    kept.sort(key=lambda m: m.start)
+    return _typos(kb, text, norm, kept)
+
+
+def _part_or_person(kb, m: Mention, comp: Composer) -> bool:
+    key = normalize(m.surface)
+    if key in comp.persons or normalize(m.name) in comp.persons:
+        return True
+    if key in comp.part_forms:  # written as a part: only a disease of that name stays (小便 is no herb 人尿)
+        return m.type != "disease"
+    if normalize(m.name) not in comp.part_forms:
+        return False
+    row = kb.lookups.row(m.name)
+    return not (row and row[1])  # a subject of that name stays
+
+
+def _typos(kb, text: str, norm: str, mentions: list[Mention]) -> list[Mention]:
+    covered = bytearray(len(norm))
+    for s, e in [(m.start, m.end) for m in mentions] + kb.linker.cue_spans(norm):  # cue words are no names
+        covered[s:e] = b"\1" * (e - s)
+    runs = [(r.start(), r.end()) for r in re.finditer(r"[\u4e00-\u9fffa-z0-9]{%d,}" % MIN_TYPO_LENGTH, norm)]
+    windows = []
+    for s, e in runs:
+        i = s
+        while i < e:
+            if covered[i]:
+                i += 1
+                continue
+            j = i
+            while j < e and not covered[j]:
+                j += 1
+            if j - i >= MIN_TYPO_LENGTH:
+                windows.append((i, j))
+            i = j
+    if not windows:
+        return mentions
+    typos = kb.lookups.lexical.typos
+    out = list(mentions)
+    for s, e in windows:
+        for name, ws, we in typos.find(norm[s:e]):
+            if we - ws < MIN_TYPO_LENGTH:
+                continue
+            row = kb.lookups.row(name)
+            if row is None or any(m.start < s + we and s + ws < m.end for m in out):
+                continue
+            out.append(Mention(name, text[s + ws:s + we], s + ws, s + we, row[2], True))
+    return sorted(out, key=lambda m: m.start) if len(out) != len(mentions) else mentions
+
+
+def composer_for(kb) -> Composer:
+    """The composer of ``kb``: candidate names checked against its symptom and disease nodes."""
+    names: dict[str, str] = {}
+
+    def exists(name: str) -> str | None:
+        if name not in names:
+            row = kb.conn.execute("SELECT type FROM entities WHERE name = ?", (name,)).fetchone()
+            names[name] = row[0] if row and row[0] in _SYMPTOM_TYPES else ""
+        return names[name] or None
+
+    return Composer(load_symptom_words(), exists)
+
+
+__all__ = ["Composer", "SymptomWords", "composer_for", "load_symptom_words", "refine"]

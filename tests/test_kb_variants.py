@@ -1,0 +1,142 @@
+"""The linker's second pass (kb/variants.py), question forms and asking clauses (kb/link.py), and the
+missing-attribute fallback (kb/retrieve.py), on a small KB written for these tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qihuang.answer.grounding import ground
+from qihuang.errors import ConfigError
+from qihuang.kb import KnowledgeBase
+
+ROWS = [
+    {"中心词": "支气管扩张症", "常见症状": ["咳痰", "咯血", "痰中带血"], "药物治疗": ["氨溴索"], "就诊科室": ["呼吸内科"],
+     "病因": ["反复感染"]},
+    {"中心词": "胃肠功能紊乱", "常见症状": ["腹胀", "腹痛", "恶心"], "就诊科室": ["消化内科"], "病因": ["精神压力"]},
+    {"中心词": "尿路感染", "常见症状": ["尿痛", "尿频", "尿急"], "就诊科室": ["泌尿外科"], "药物治疗": ["左氧氟沙星"]},
+    {"中心词": "白发病", "常见症状": ["毛发变白"], "就诊科室": ["皮肤科"], "病因": ["遗传"]},
+    {"中心词": "腰肌劳损", "常见症状": ["腰痛", "腿痛", "小腿", "皮肤"], "就诊科室": ["骨科"]},
+    {"中心词": "龋病", "常见症状": ["牙痛"], "就诊科室": ["口腔科"], "治疗": ["补牙"]},
+    {"中心词": "跟腱断裂", "常见症状": ["足跟疼痛", "行走困难"], "就诊科室": ["骨科"], "手术治疗": ["跟腱修补术"]},
+    {"中心词": "抗甲状腺微粒体抗体（ATMA）", "所属分类": ["免疫学检查"], "相关疾病": ["桥本甲状腺炎"]},
+    {"中心词": "复方甲氧那明胶囊", "适应症": ["支气管哮喘", "咳嗽"], "不良反应": ["口干", "恶心"], "成份": ["盐酸甲氧那明"]},
+]
+
+
+@pytest.fixture
+def kb(tmp_path):
+    src = tmp_path / "variants.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS), encoding="utf-8")
+    kb = KnowledgeBase.create(tmp_path / "kb.sqlite")
+    kb.import_source(src, progress=False)
+    yield kb
+    kb.close()
+
+
+def names(kb, text):
+    return [m.name for m in kb.link(text).entities if not m.negated]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("我爸肚子老是胀，这是什么病？", ["腹胀"]),
+    ("小便时有疼痛感，请问是怎么回事？", ["尿痛"]),
+    ("最近眉毛开始变白了怎么办", ["毛发变白"]),
+    ("跑步以后小腿疼得厉害", ["腿痛"]),
+    ("一直牙根到耳根部很疼", ["牙痛"]),
+])
+def test_a_body_part_and_a_feeling_name_a_kb_symptom(kb, text, expected):
+    assert names(kb, text) == expected
+
+
+def test_what_the_kb_does_not_name_is_not_composed_and_words_inside_other_words_are_no_parts(kb):
+    assert names(kb, "我的手机坏了，很烦") == []  # no KB name 手烦; 手 of 手机 is no part
+    assert names(kb, "做完手术后不是很痛，正常吗") == []  # 手 of 手术 is no hand: no 手痛
+    assert names(kb, "眼睛很痒怎么办") == []  # 眼瘙痒 is no KB name here: nothing is guessed
+
+
+def test_a_negated_feeling_makes_a_negated_mention_and_a_later_one_wins(kb):
+    res = kb.link("我的牙不疼，就是有点酸")
+    assert [(m.name, m.negated) for m in res.entities] == [("牙痛", True)]
+    assert names(kb, "牙都不疼，但是大牙那个位置疼一下疼一下") == ["牙痛"]
+
+
+def test_a_body_part_alone_is_no_entity_of_a_question(kb):
+    assert names(kb, "小腿上的皮肤有点干") == []  # value nodes 小腿 and 皮肤 are parts, not symptoms
+    assert kb.link("小腿上的皮肤有点干").abstained
+
+
+def test_a_subject_written_without_its_suffix_or_parenthesis(kb):
+    assert names(kb, "支气管扩张怎么办") == ["支气管扩张症"]
+    assert names(kb, "抗甲状腺微粒体抗体偏高") == ["抗甲状腺微粒体抗体（ATMA）"]
+    assert names(kb, "ATMA偏高有事吗") == ["抗甲状腺微粒体抗体（ATMA）"]
+
+
+def test_a_name_written_with_one_homophone_is_found_next_to_other_mentions(kb):
+    res = kb.link("咳嗽吃复方甲氧那名胶囊有什么副作用？")
+    assert "复方甲氧那明胶囊" in [m.name for m in res.entities]
+    assert {f.attribute for f in res.facts if f.entity == "复方甲氧那明胶囊"} == {"adverse_reactions"}
+
+
+@pytest.mark.parametrize("text, asked", [
+    ("我最近肚子老是胀，这是怎么回事？", {"related_diseases", "cause"}),  # described symptoms: which, and why
+    ("最近肚子胀得厉害", {"related_diseases", "cause"}),  # a description that asks nothing in words
+    ("尿路感染严重吗？能治好吗", {"prognosis"}),
+    ("支气管扩张症的病因和症状是什么，怎么治疗？", {"cause", "symptoms", "drugs"}),  # no 治疗 facts: its drugs
+])
+def test_question_forms_ask_several_attributes(kb, text, asked):
+    assert set(kb.link(text).attributes) >= asked
+
+
+def test_a_cue_in_a_clause_that_describes_asks_nothing(kb):
+    res = kb.link("我有腹胀的症状，已经两周了，怎么办？")
+    assert "symptoms" not in res.attributes and "treatment" in kb.detect_attributes("我有腹胀的症状，已经两周了，怎么办？")
+    # a search query asks as a whole: its cues count although no clause has a question word
+    assert kb.detect_attributes("尿路感染 症状") == ["symptoms"]
+    # "X是什么病" asks what X is, not which diseases X may be
+    assert not {"related_diseases", "cause"} & set(kb.link("支气管扩张症是什么病").attributes)
+
+
+def test_question_forms_never_read_statements(kb):
+    """Verification detects cues in answers with the same linker: an answer asks nothing, so the question
+    forms (可以吃 -> precautions) stay out of it."""
+    assert kb.detect_attributes("尿路感染可以吃左氧氟沙星。") == []
+
+
+def test_an_asked_attribute_the_kb_lacks_is_said_and_the_entity_s_facts_stand_in(kb):
+    res = kb.link("跟腱断裂有什么注意事项？")
+    assert res.missing == [("跟腱断裂", "precautions")] and not res.abstained
+    assert {f.entity for f in res.facts} == {"跟腱断裂"}
+    note = ground(kb, "跟腱断裂有什么注意事项？").coverage_note()
+    assert note.startswith("知识库未收录：跟腱断裂的注意事项") and "其他信息" in note
+    held = kb.link("跟腱断裂怎么手术？")  # the KB has it: nothing missing
+    assert held.missing == [] and {f.attribute for f in held.facts} == {"surgery"}
+    assert ground(kb, "跟腱断裂怎么手术？").coverage_note() == ""
+
+
+def test_bad_question_forms_name_the_field(monkeypatch):
+    from qihuang.kb import schema
+
+    with pytest.raises(ConfigError, match=r"question_forms\[0\]: attributes"):
+        schema._parse_forms([{"pattern": "怎么办", "attributes": ["no_such_attribute"]}], schema.load_schema().attributes)
+    with pytest.raises(ConfigError, match=r"question_forms\[0\]: pattern: bad regular expression"):
+        schema._parse_forms([{"pattern": "怎么(办", "attributes": ["treatment"]}], schema.load_schema().attributes)
+    with pytest.raises(ConfigError, match=r"question_forms\[0\]: expected"):
+        schema._parse_forms([{"pattern": "x", "attributes": ["treatment"], "typo": 1}], schema.load_schema().attributes)
+
+
+def test_the_shipped_symptom_words_are_valid_and_bad_ones_name_the_field(tmp_path, monkeypatch):
+    from qihuang.kb import variants
+
+    words = variants.load_symptom_words()
+    assert words.parts["肚子"] == ("腹",) and "痛" in words.feelings["疼"]
+    bad = tmp_path / "symptom_words.yaml"
+    bad.write_text("parts: {肚子: [腹]}\nfeelings: {疼: 痛}\n", encoding="utf-8")
+    monkeypatch.setattr(variants, "resource", lambda name: bad)
+    variants.load_symptom_words.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="symptom_words.yaml: feelings"):
+            variants.load_symptom_words()
+    finally:
+        variants.load_symptom_words.cache_clear()
