@@ -33,6 +33,7 @@ from qihuang.kb.departments import ROOT, DepartmentBook, Hospital, Patient, load
 from qihuang.kb.types import Fact, Mention
 
 SYMPTOM_RELATION = "常见就诊科室（按症状）"
+LOOKED_UP = ("symptom", "reverse", "department")  # facts reached from the symptoms themselves
 EVIDENCE_ATTRIBUTES = ("symptoms", "body_part")  # a value listed here says where its diseases are seen
 TOP = 3  # departments named per question
 # departments that say how general or how urgent, not which organ (the KB's 内科 is internal medicine in
@@ -334,7 +335,7 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     # a symptom that another named entity explains is no description: a value of its facts (布洛芬缓释胶囊的
     # 副作用有恶心吗) or one of its own symptoms (过敏性鼻炎老打喷嚏吃什么药)
     others = [n for n in names if n not in symptoms]
-    explained = {f.value for f in facts if f.via != "symptom" and f.entity not in symptoms}
+    explained = {f.value for f in facts if f.via not in LOOKED_UP and f.entity not in symptoms}
     explained |= {f.value for n in others for f in kb.facts(n, ["symptoms"])}
     describes = bool(candidates and real) or any(n not in explained for n in real)
     asked = any("department" in g for g in groups)
