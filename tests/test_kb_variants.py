@@ -21,6 +21,8 @@ ROWS = [
     {"中心词": "龋病", "常见症状": ["牙痛"], "就诊科室": ["口腔科"], "治疗": ["补牙"]},
     {"中心词": "跟腱断裂", "常见症状": ["足跟疼痛", "行走困难"], "就诊科室": ["骨科"], "手术治疗": ["跟腱修补术"]},
     {"中心词": "抗甲状腺微粒体抗体（ATMA）", "所属分类": ["免疫学检查"], "相关疾病": ["桥本甲状腺炎"]},
+    {"中心词": "骨折", "常见症状": ["疼痛", "畸形"], "就诊科室": ["骨科"]},
+    {"中心词": "指骨骨折", "常见症状": ["手指疼痛", "手指畸形"], "就诊科室": ["手外科"]},
     {"中心词": "复方甲氧那明胶囊", "适应症": ["支气管哮喘", "咳嗽"], "不良反应": ["口干", "恶心"], "成份": ["盐酸甲氧那明"]},
 ]
 
@@ -71,6 +73,12 @@ def test_a_subject_written_without_its_suffix_or_parenthesis(kb):
     assert names(kb, "支气管扩张怎么办") == ["支气管扩张症"]
     assert names(kb, "抗甲状腺微粒体抗体偏高") == ["抗甲状腺微粒体抗体（ATMA）"]
     assert names(kb, "ATMA偏高有事吗") == ["抗甲状腺微粒体抗体（ATMA）"]
+
+
+def test_a_generic_head_with_the_modifiers_of_a_longer_name_links_that_name(kb):
+    assert names(kb, "手指骨折了多久能好") == ["指骨骨折"]  # 指骨骨折 adds 指, written before 骨折
+    assert names(kb, "骨折了多久能好") == ["骨折"]
+    assert names(kb, "脚踝骨折，指甲也裂了") == ["骨折"]  # 指 after the head, in another clause: no
 
 
 def test_a_name_written_with_one_homophone_is_found_next_to_other_mentions(kb):

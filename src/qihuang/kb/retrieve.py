@@ -68,6 +68,7 @@ class Lookups:
         self._listings: dict[tuple[str, str], dict[str, dict[int, str]]] = {}
         self._lexical = None
         self._composer = None
+        self._longer: dict[str, list[tuple[str, str, int]]] | None = None
         self._type_attributes: dict[str, frozenset[str]] | None = None
 
     def row(self, name: str) -> tuple[int, int, str] | None:
@@ -97,6 +98,22 @@ class Lookups:
             share = load_lexicon().intent.type_min_share
             self._type_attributes = cached(self.kb, f"type-attributes-{share}", lambda: _type_attributes(self.kb, share))
         return self._type_attributes
+
+    def longer_names(self, name: str) -> list[tuple[str, str, int]]:
+        """Subject diseases and symptoms whose name ends with ``name`` and is longer: (name, type, number of
+        triples), for a generic head written with a specific name's modifiers (kb/variants.py)."""
+        if self._longer is None:
+            subjects = {n: (t, k) for n, t, k in self.kb.conn.execute(
+                "SELECT e.name, e.type, count(t.id) FROM entities e JOIN triples t ON t.subject_id = e.id "
+                "WHERE e.is_subject = 1 AND e.type IN ('disease', 'symptom') GROUP BY e.id")}
+            names = set(r[0] for r in self.kb.conn.execute("SELECT name FROM entities"))
+            index: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+            for n, (t, k) in subjects.items():
+                for cut in range(1, len(n) - 1):
+                    if n[cut:] in names:
+                        index[n[cut:]].append((n, t, k))
+            self._longer = dict(index)
+        return self._longer.get(name, [])
 
     @property
     def composer(self):

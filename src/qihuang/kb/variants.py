@@ -152,7 +152,37 @@ def refine(kb, text: str, mentions: list[Mention]) -> list[Mention]:
         if not any(m.start < e and s < m.end for m in kept):
             kept.append(Mention(name, text[s:e], s, e, etype, True, neg))
     kept.sort(key=lambda m: m.start)
+    kept = [_specific(kb, norm, m) for m in kept]
     return _typos(kb, text, norm, kept)
+
+
+_FILLERS = frozenset("性症病型之的")  # characters a longer name adds without meaning (外伤性癫痫 for 脑外伤癫痫)
+SPECIFIC_WINDOW = 8  # characters before a mention (in its clause) that may hold a longer name's modifiers
+
+
+def _specific(kb, norm: str, m: Mention) -> Mention:
+    """A generic head (骨折, 癫痫) written with modifiers the KB's more specific name has (手指骨折 ->
+    指骨骨折, 脑外伤癫痫 -> 外伤性癫痫): every character the longer name adds (fillers such as 性 aside) is
+    in the clause right before the mention. The longest such name wins, then the one the KB says most about."""
+    if m.negated or m.type not in _SYMPTOM_TYPES:
+        return m
+    longer = kb.lookups.longer_names(m.name)
+    if not longer:
+        return m
+    start = m.start
+    while start > 0 and m.start - start < SPECIFIC_WINDOW and norm[start - 1] not in _CLAUSE_END:
+        start -= 1
+    window = set(norm[start:m.start])  # modifiers come before the head
+    best = None
+    for name, etype, size in longer:
+        extra = set(name[:-len(m.name)]) - _FILLERS - set(m.name)  # 指骨骨折 adds 指 to 骨折
+        if extra and extra <= window:
+            key = (len(extra), size)
+            if best is None or key > best[0]:
+                best = (key, name, etype)
+    if best is None:
+        return m
+    return Mention(best[1], m.surface, m.start, m.end, best[2], True, m.negated, (m.name, *m.forms))
 
 
 def _part_or_person(kb, m: Mention, comp: Composer) -> bool:
