@@ -24,6 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generation_bench import cpu_flags  # noqa: E402  (the SIMD flags that matter for speed figures)
+
 REGRESSION = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "retrieval_dev_link.jsonl"
 TARGETS = {"link_entity_recall": 95.0, "link_fact_precision": 90.0, "link_attr_f1": 90.0, "link_abstain": 90.0,
            "department_hit3": 80.0}
@@ -32,17 +35,6 @@ COLUMNS = (("n", "n"), ("entity recall", "link_entity_recall"), ("fact precision
 COUNTS = {"link_entity_recall": "n_link_entities", "link_abstain": "n_link_abstain",
           "department_hit3": "n_departments"}
 TARGET_ROW = "held / high"
-
-
-def cpu_flags() -> str:
-    """The SIMD flags of this CPU that matter for speed figures (yes/no each)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
-    except OSError:
-        flags = set()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    return " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
 
 
 def scores(kb, path: Path, **options) -> dict:

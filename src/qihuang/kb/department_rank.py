@@ -25,9 +25,10 @@ description (or of a question that asks where to go) first, each as a :class:`Fa
 
 from __future__ import annotations
 
-import math
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from qihuang.kb.departments import ROOT, DepartmentBook, Hospital, Patient, load_book, patient_groups
 from qihuang.kb.types import Fact, Mention
@@ -56,8 +57,7 @@ CUE_MIN_SHARE = 0.5  # ... which are mostly (this share) in one department
 CUE_MIN_LIFT = 3.0  # ... this many times more often than that department overall
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """Why a department is named: the fact's entity and relation, and the question entities behind it."""
 
     entity: str
@@ -92,6 +92,7 @@ class DepartmentIndex:
         self._cues: dict[str, tuple[int, dict[str, float]]] | None = None
         self._own: dict[str, tuple[str, list[tuple[str, str, str]]]] = {}
         self._symptom_of: dict[str, tuple[int, int]] = {}
+        self._symptoms: dict[str, frozenset[str]] = {}
 
     @property
     def of_disease(self) -> dict[int, list[tuple[str, str, str]]]:
@@ -189,6 +190,14 @@ class DepartmentIndex:
             return [(value, 1.0)]
         return [(value, 1.0 - PART_SHARE)] + [(v, PART_SHARE / len(inner)) for v in inner]
 
+    def symptoms_of(self, name: str) -> frozenset[str]:
+        """The symptoms a subject lists (empty for a value-only name)."""
+        if name not in self._symptoms:
+            self._symptoms[name] = frozenset(v for (v,) in self.kb.conn.execute(
+                "SELECT t.value FROM triples t JOIN entities e ON e.id = t.subject_id "
+                "WHERE e.name = ? AND t.attribute = 'symptoms'", (name,)))
+        return self._symptoms[name]
+
     def symptom_of(self, name: str) -> tuple[int, int]:
         """(how many subjects, of any type, list ``name`` as a symptom; how many cite it as a disease: a
         complication, related disease, cause or risk factor)."""
@@ -234,10 +243,12 @@ def _sharpen(dist: dict[str, float], prior: dict[str, float]) -> dict[str, float
 
 
 def _book_key(book: DepartmentBook) -> str:
+    """A key for the cue table: the department data (its fields in a fixed order) and the cue parameters."""
     import hashlib
 
-    params = (EVIDENCE_ATTRIBUTES, SHARPEN, CUE_MIN_SUBJECTS, CUE_MIN_SHARE, CUE_MIN_LIFT)
-    return hashlib.sha256((book.model_dump_json() + repr(params)).encode()).hexdigest()[:12]
+    data = json.dumps(book.model_dump(mode="json"), ensure_ascii=False, sort_keys=True)
+    params = (EVIDENCE_ATTRIBUTES, SHARPEN, CUE_MIN_SUBJECTS, CUE_MIN_SHARE, CUE_MIN_LIFT, sorted(SETTINGS))
+    return hashlib.sha256((data + repr(params)).encode()).hexdigest()[:12]
 
 
 def _kb_relation(relation: str, value: str, department: str) -> str:
@@ -334,10 +345,7 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     real = [n for n in symptoms if n in names and index.symptom_of(n)[0] >= MIN_LISTED]
     # a symptom that another named entity explains is no description: a value of its facts (布洛芬缓释胶囊的
     # 副作用有恶心吗) or one of its own symptoms (过敏性鼻炎老打喷嚏吃什么药)
-    others = [n for n in names if n not in symptoms]
-    explained = {f.value for f in facts if f.via not in LOOKED_UP and f.entity not in symptoms}
-    explained |= {f.value for n in others for f in kb.facts(n, ["symptoms"])}
-    describes = bool(candidates and real) or any(n not in explained for n in real)
+    describes = bool(real) and (bool(candidates) or _unexplained(index, real, names, symptoms, facts))
     asked = any("department" in g for g in groups)
     if not (describes or (asked and facts)):
         return _mapped(index, facts)
@@ -353,6 +361,16 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     rest = [f for f in facts if f.attribute != "department"]
     at = 0 if asked else _answering(kb, rest, groups)
     return rest[:at] + out + rest[at:]
+
+
+def _unexplained(index: DepartmentIndex, real: list[str], names: list[str], symptoms: list[str],
+                 facts: list[Fact]) -> bool:
+    """Whether some described symptom is not explained by another named entity."""
+    explained = {f.value for f in facts if f.via not in LOOKED_UP and f.entity not in symptoms}
+    for n in names:
+        if n not in symptoms:
+            explained |= index.symptoms_of(n)
+    return any(n not in explained for n in real)
 
 
 def _answering(kb, facts: list[Fact], groups: list[tuple[str, ...]]) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from qihuang.config import _format_errors
 from qihuang.errors import ConfigError, InputError
 from qihuang.paths import resource
 
@@ -78,7 +79,7 @@ class DepartmentBook(_Strict):
 
     departments: tuple[Department, ...]
     kb_values: dict[str, tuple[str, ...]] = {}
-    broad_values: frozenset[str] = frozenset()
+    broad_values: tuple[str, ...] = ()
     groups: Groups
     _by_name: dict[str, Department] = PrivateAttr(default_factory=dict)
     _aliases: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -171,15 +172,12 @@ class DepartmentBook(_Strict):
 
 def parse_book(raw: object, path: str | Path = "departments.yaml") -> DepartmentBook:
     """Validate a parsed departments mapping; errors name the file and the field."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return DepartmentBook.model_validate(raw)
+        if isinstance(raw, dict):
+            return DepartmentBook.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{path}: {where + ': ' if where else ''}{msg}") from None
+        raise ConfigError(_format_errors(exc, str(path), "department data")) from None
+    raise ConfigError(f"{path}: expected a mapping of departments, kb_values and groups")
 
 
 @lru_cache(maxsize=1)
