@@ -132,6 +132,14 @@ def test_groups_rerank_and_filter_departments():
         ["心血管内科", "呼吸内科", "老年医学科", "神经内科"]
 
 
+def test_a_diseases_own_childrens_department_yields_only_to_a_known_adult():
+    ranked = [dr.Ranked("儿科", 1.0, named=True), dr.Ranked("神经内科", 0.9, named=True)]
+    names = lambda patient: [r.name for r in dr._by_group(BOOK, ranked, patient)]  # noqa: E731
+    assert names(Patient()) == ["神经内科", "儿科"]  # age unknown: kept, after the others
+    assert names(Patient(age=30.0)) == ["神经内科"]
+    assert names(Patient(frozenset({"child"}), age=5.0))[0] == "儿科"
+
+
 # ---------------------------------------------------------------- a hospital's own list
 
 
@@ -224,7 +232,7 @@ def test_a_named_disease_keeps_its_own_department_and_the_kb_wording(kb, own):
     assert [(f.entity, f.relation, f.value, f.anchor) for f in deps] == [("偏头痛", "就诊科室", "神经内科", "偏头痛")]
     deps = _departments(own.link("房颤挂什么科"))
     assert [(f.entity, f.value) for f in deps] == [("房颤", "心血管内科")]
-    assert deps[0].relation == "就诊科室（CMeKG：心内科）"  # what the KB says stays visible
+    assert deps[0].relation == "就诊科室（知识库：心内科）"  # what the KB says stays visible
     deps = _departments(own.link("骨肉瘤挂什么科"))
     assert [f.value for f in deps] == ["骨科", "肿瘤科"]
 
@@ -232,8 +240,19 @@ def test_a_named_disease_keeps_its_own_department_and_the_kb_wording(kb, own):
 def test_department_facts_outside_a_description_are_mapped_in_place(own):
     res = own.link("甲减")  # an overview: the default attributes, 就诊科室 among them
     deps = _departments(res)
-    assert [(f.value, f.relation, f.via) for f in deps] == [(ROOT, "就诊科室（CMeKG：内科）", "department")]
+    assert [(f.value, f.relation, f.via) for f in deps] == [(ROOT, "就诊科室（知识库：内科）", "department")]
     assert not any(f.value in UMBRELLA for f in res.facts if f.attribute == "department")
+
+
+def test_symptoms_next_to_a_drug_or_a_disease(kb):
+    # one symptom next to the drug the question is about is context; two make a description
+    assert not _departments(kb.link("氯雷他定片吃了以后发热，是副作用吗"))
+    assert _departments(kb.link("氯雷他定片吃了以后发热咳嗽，是副作用吗"))
+    # a symptom the named entity's facts explain is no description
+    assert not _departments(kb.link("布洛芬缓释胶囊的副作用有恶心、皮疹吗？"))
+    # a named disease is the patient's history: its own department counts with the symptom's
+    deps = _departments(kb.link("我有糖尿病，最近总是发热"))
+    assert deps and deps[0].value == "内分泌科" and deps[0].relation == "就诊科室"
 
 
 def test_no_department_when_nothing_is_known_but_a_symptom_gets_the_root_said_as_such(kb, own):

@@ -3,13 +3,15 @@
 Evidence, all read from the KB (its 就诊科室 values mapped to standard departments,
 :meth:`~qihuang.kb.departments.DepartmentBook.map_value`):
 
-- a **named disease** (a subject the question names that has departments of its own: 腰痛, 荨麻疹): its
-  departments;
-- a **described symptom** or body part (头晕, 风团, 外阴): the departments of the diseases whose symptoms
-  or 发病部位 list it, P(department | symptom), sharpened against how common each department is in the
-  KB (儿科 and 骨科 are everywhere) and weighted by how many diseases list it (a value listed once says
-  little);
-- the **candidate diseases** of a symptom description (:meth:`Lookups.candidates`), by their departments.
+- a **named disease** (a subject the question names that has departments of its own: 腰痛, 荨麻疹; a
+  value-only disease borrows those of the disease named by it plus a suffix: 癫痫 -> 癫痫病): its departments;
+- a **described symptom** or body part (头晕, 风团, 外阴; and the shorter values inside it: 皮肤瘙痒 -> 瘙痒):
+  the departments of the diseases whose symptoms or 发病部位 list it, P(department | symptom), sharpened
+  against how common each department is in the KB (儿科 and 骨科 are everywhere) and weighted by how many
+  diseases list it (a value listed once says little);
+- the **candidate diseases** of a symptom description (``Lookups.candidates``), by their departments;
+- the question's **wording**: two-character words that the KB's disease names and symptom / body-part values
+  tie to one department (月经 -> 妇科, 牙齿 -> 口腔科; :attr:`DepartmentIndex.cues`, derived from the KB).
 
 The patient's group (:func:`~qihuang.kb.departments.patient_groups`) then re-ranks: a child goes to 儿科
 first (unless the evidence points to a specialty children are sent to directly, 眼科 or 皮肤科: then 儿科
@@ -17,10 +19,11 @@ comes second), a newborn to 新生儿科, a pregnancy to 产科; 儿科 and its 
 妇科 never for a man, 男科 never for a woman; an elderly patient also gets 老年医学科. When nothing more
 specific is known a symptom description gets 全科医学科, said as such.
 
-:func:`apply` is the hook at the end of :func:`qihuang.kb.retrieve.retrieve`: it maps the KB wording of
-the department facts retrieval found to hospital departments and puts the ranked departments of a symptom
-description (or of a question that asks where to go) first, each as a :class:`Fact` with
-``via="department"`` whose relation says what it rests on.
+:func:`apply` is the hook at the end of :func:`qihuang.kb.retrieve.retrieve`. A symptom description (or a
+question that asks where to go) gets the ranked departments in place of the KB-worded department facts,
+each a :class:`Fact` with ``via="department"`` whose relation says what it rests on (the KB's wording when
+the hospital's differs, 按症状, 按用词, 按人群, 无更具体依据) and whose anchor names the question's entities
+behind it; elsewhere a KB-worded department fact is only renamed.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ CANDIDATE_WEIGHT = 0.25  # the candidate diseases together
 RELIABILITY = 10.0  # a value listed by n diseases weighs n / (n + RELIABILITY)
 SHARPEN = 0.5  # P(d | symptom) / P(d) ** SHARPEN: common departments need more evidence
 MIN_LISTED = 3  # subjects that must list a symptom for it to make a symptom description
+MIN_DESCRIBED = 2  # next to a drug (or other non-disease) the question is about, symptoms that make one
 SYMPTOM_RATIO = 10.0  # a named disease is symptom-like when listed as a symptom this many times as often ...
 AS_DISEASE = ("complications", "related_diseases", "cause", "risk_factors")  # ... as it is cited as a disease
 MIN_SHARE = 0.15  # departments with less than this share of the best one's evidence are not named
@@ -73,10 +77,12 @@ class Ranked:
     score: float = 0.0
     sources: dict[Source, float] = field(default_factory=dict)
     group: str = ""  # the patient group that put it here ("child", "pregnant" ...), else ""
+    named: bool = False  # a named disease's own department (not only symptom evidence)
 
-    def add(self, source: Source, amount: float) -> None:
+    def add(self, source: Source, amount: float, named: bool = False) -> None:
         self.score += amount
         self.sources[source] = self.sources.get(source, 0.0) + amount
+        self.named = self.named or named
 
 
 class DepartmentIndex:
@@ -93,6 +99,7 @@ class DepartmentIndex:
         self._own: dict[str, tuple[str, list[tuple[str, str, str]]]] = {}
         self._symptom_of: dict[str, tuple[int, int]] = {}
         self._symptoms: dict[str, frozenset[str]] = {}
+        self._kinds: dict[str, str | None] = {}
 
     @property
     def of_disease(self) -> dict[int, list[tuple[str, str, str]]]:
@@ -190,6 +197,13 @@ class DepartmentIndex:
             return [(value, 1.0)]
         return [(value, 1.0 - PART_SHARE)] + [(v, PART_SHARE / len(inner)) for v in inner]
 
+    def kind(self, name: str) -> str | None:
+        """The entity type of a KB name (None when unknown)."""
+        if name not in self._kinds:
+            row = self.kb.conn.execute("SELECT type FROM entities WHERE name = ?", (name,)).fetchone()
+            self._kinds[name] = row[0] if row else None
+        return self._kinds[name]
+
     def symptoms_of(self, name: str) -> frozenset[str]:
         """The symptoms a subject lists (empty for a value-only name)."""
         if name not in self._symptoms:
@@ -253,7 +267,7 @@ def _book_key(book: DepartmentBook) -> str:
 
 def _kb_relation(relation: str, value: str, department: str) -> str:
     """The KB relation of a department triple, with the KB's own wording when the hospital's differs."""
-    return relation if value == department else f"{relation}（CMeKG：{value}）"
+    return relation if value == department else f"{relation}（知识库：{value}）"
 
 
 def rank(index: DepartmentIndex, named: list[str], described: list[str], candidates: list[dict],
@@ -263,14 +277,15 @@ def rank(index: DepartmentIndex, named: list[str], described: list[str], candida
     (a name in both is weighed as a symptom, :data:`SYMPTOM_NAMED_WEIGHT`)."""
     scores: dict[str, Ranked] = {}
 
-    def add(d: str, source: Source, amount: float) -> None:
-        scores.setdefault(d, Ranked(d)).add(source, amount)
+    def add(d: str, source: Source, amount: float, named: bool = False) -> None:
+        scores.setdefault(d, Ranked(d)).add(source, amount, named)
 
     for name in named:
         subject, depts = index.own(name)
         weight = SYMPTOM_NAMED_WEIGHT if name in described else NAMED_WEIGHT
         for i, (d, value, rel) in enumerate(depts):
-            add(d, Source(subject, _kb_relation(rel, value, d), (name,)), weight / len(depts) * (1.0 if i == 0 else 0.9))
+            add(d, Source(subject, _kb_relation(rel, value, d), (name,)), weight / len(depts) * (1.0 if i == 0 else 0.9),
+                named=True)
     for value in described:
         source = Source(value, SYMPTOM_RELATION, (value,))
         for part, share in index.parts(value):
@@ -298,16 +313,25 @@ def rank(index: DepartmentIndex, named: list[str], described: list[str], candida
     return _by_group(index.book, ranked, patient)
 
 
-def _by_group(book: DepartmentBook, ranked: list[Ranked], patient: Patient) -> list[Ranked]:
-    """Re-rank for the patient's group (module docstring)."""
-    drop = set()
-    if "child" not in patient:
-        drop.add("child")
+def _excluded(patient: Patient, evidence: bool = True) -> set[str]:
+    """The department families not named for this patient: 妇科 for a man, 男科 for a woman, 儿科 and its kin
+    for an adult. Symptom ``evidence`` (儿科 because many children's diseases list 发热) counts for no one
+    but a child; a disease's own 就诊科室 (百日咳 -> 儿科) only yields to a patient known to be an adult."""
+    adult = (patient.age is not None and "child" not in patient) or bool({"pregnant", "elderly"} & patient.groups)
+    drop = {"child"} if ("child" not in patient if evidence else adult) else set()
     if "male" in patient:
         drop |= {"female", "obstetric"}
     if "female" in patient:
         drop.add("male")
-    out = [r for r in ranked if book.family(r.name) not in drop]
+    return drop
+
+
+def _by_group(book: DepartmentBook, ranked: list[Ranked], patient: Patient) -> list[Ranked]:
+    """Re-rank for the patient's group (module docstring); a child's department that only a named disease
+    gives, for a patient of unknown age, comes after the others."""
+    strict, lenient = _excluded(patient), _excluded(patient, evidence=False)
+    out = [r for r in ranked if book.family(r.name) not in (lenient if r.named else strict)]
+    out.sort(key=lambda r: book.family(r.name) in strict)  # stable: the rest keep their order
     g = book.groups
     for key in ("pregnant", "newborn", "child"):
         if key not in patient:
@@ -345,10 +369,10 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     real = [n for n in symptoms if n in names and index.symptom_of(n)[0] >= MIN_LISTED]
     # a symptom that another named entity explains is no description: a value of its facts (布洛芬缓释胶囊的
     # 副作用有恶心吗) or one of its own symptoms (过敏性鼻炎老打喷嚏吃什么药)
-    describes = bool(real) and (bool(candidates) or _unexplained(index, real, names, symptoms, facts))
+    describes = bool(real) and (bool(candidates) or _describes(index, real, names, symptoms, facts))
     asked = any("department" in g for g in groups)
-    if not (describes or (asked and facts)):
-        return _mapped(index, facts)
+    if not names or not (describes or (asked and facts)):  # (a lexical match names no question entity)
+        return _mapped(index, facts, patient_groups(text, index.book))
     named = [n for n in names if index.own(n)[1]]
     # a named disease is evidence through its own departments; a described symptom (one the candidates
     # rest on, or one the KB treats as a symptom: 腹痛 next to 腰痛) through the diseases that list it
@@ -363,14 +387,18 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     return rest[:at] + out + rest[at:]
 
 
-def _unexplained(index: DepartmentIndex, real: list[str], names: list[str], symptoms: list[str],
-                 facts: list[Fact]) -> bool:
-    """Whether some described symptom is not explained by another named entity."""
-    explained = {f.value for f in facts if f.via not in LOOKED_UP and f.entity not in symptoms}
-    for n in names:
-        if n not in symptoms:
-            explained |= index.symptoms_of(n)
-    return any(n not in explained for n in real)
+def _describes(index: DepartmentIndex, real: list[str], names: list[str], symptoms: list[str],
+               facts: list[Fact]) -> bool:
+    """Whether the described symptoms make a description although retrieval found no candidates. A symptom
+    another named entity explains is no evidence of one: a value of its facts (布洛芬缓释胶囊的副作用有恶心吗)
+    or one of its own symptoms (过敏性鼻炎老打喷嚏吃什么药). A named disease is the patient's history (我腰椎间盘
+    突出，手脚经常麻木); next to a drug or another entity the question is about, one unexplained symptom is
+    context (阿奇霉素片吃了肚子疼，副作用都有啥), :data:`MIN_DESCRIBED` make a description."""
+    others = [f for f in facts if f.via not in LOOKED_UP and f.entity not in symptoms]
+    explained = {f.value for f in others}.union(*(index.symptoms_of(n) for n in names if n not in symptoms))
+    unexplained = [n for n in real if n not in explained]
+    about = any(index.kind(f.entity) != "disease" for f in others)
+    return len(unexplained) >= (MIN_DESCRIBED if about else 1)
 
 
 def _answering(kb, facts: list[Fact], groups: list[tuple[str, ...]]) -> int:
@@ -384,20 +412,24 @@ def _answering(kb, facts: list[Fact], groups: list[tuple[str, ...]]) -> int:
     return n
 
 
-def _mapped(index: DepartmentIndex, facts: list[Fact]) -> list[Fact]:
+def _mapped(index: DepartmentIndex, facts: list[Fact], patient: Patient) -> list[Fact]:
     """Each department fact as the hospital names it: kept as it is when that is the KB's wording, else
-    with the hospital's department (the KB wording in the relation, ``via="department"``)."""
+    with the hospital's department (the KB wording in the relation, ``via="department"``); none of a family
+    the patient's group excludes (小儿神经科 is 神经内科 for a patient known to be an adult)."""
     out: list[Fact] = []
+    drop = _excluded(patient, evidence=False)
     for f in facts:
         if f.attribute != "department":
             out.append(f)
             continue
         for std in index.book.map_value(f.value):
+            if index.book.family(std) in drop:
+                continue
             placed = _place(index, std)
             if placed is None:
                 continue
             name, moved = placed
-            fact = f if name == f.value else Fact(f.entity, f.attribute, f"{f.relation}（CMeKG：{f.value}{moved}）",
+            fact = f if name == f.value else Fact(f.entity, f.attribute, f"{f.relation}（知识库：{f.value}{moved}）",
                                                   name, "department", f.anchor or f.entity)
             if fact not in out:
                 out.append(fact)
