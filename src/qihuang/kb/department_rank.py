@@ -53,6 +53,7 @@ MIN_DESCRIBED = 2  # next to a drug (or other non-disease) the question is about
 SYMPTOM_RATIO = 10.0  # a named disease is symptom-like when listed as a symptom this many times as often ...
 AS_DISEASE = ("complications", "related_diseases", "cause", "risk_factors")  # ... as it is cited as a disease
 MIN_SHARE = 0.15  # departments with less than this share of the best one's evidence are not named
+MIN_PART = 0.01  # a department below this share of one piece of evidence is left out of it (speed)
 PART_SHARE = 0.5  # of a described symptom's weight, what the shorter values inside it carry together
 NEAR_LONGER = 2  # a name without departments borrows those of a disease named by it plus this many characters
 CUE_WEIGHT = 0.5  # a word of the question that the KB's symptom and body-part wording ties to a department
@@ -79,11 +80,6 @@ class Ranked:
     group: str = ""  # the patient group that put it here ("child", "pregnant" ...), else ""
     named: bool = False  # a named disease's own department (not only symptom evidence)
 
-    def add(self, source: Source, amount: float, named: bool = False) -> None:
-        self.score += amount
-        self.sources[source] = self.sources.get(source, 0.0) + amount
-        self.named = self.named or named
-
 
 class DepartmentIndex:
     """Per-KB department evidence (built lazily, dropped with the KB's other caches)."""
@@ -96,8 +92,9 @@ class DepartmentIndex:
         self._prior: dict[str, float] | None = None
         self._listed: dict[str, tuple[int, dict[str, float]]] = {}
         self._cues: dict[str, tuple[int, dict[str, float]]] | None = None
+        self._listings: dict[str, tuple[int, ...]] | None = None
+        self._cited: dict[str, tuple[int, int]] | None = None
         self._own: dict[str, tuple[str, list[tuple[str, str, str]]]] = {}
-        self._symptom_of: dict[str, tuple[int, int]] = {}
         self._symptoms: dict[str, frozenset[str]] = {}
         self._kinds: dict[str, str | None] = {}
 
@@ -129,20 +126,42 @@ class DepartmentIndex:
         """(how many subjects with departments list ``value`` as a symptom or body part, P(department |
         value) sharpened by :data:`SHARPEN` and normalized)."""
         if value not in self._listed:
-            marks = ",".join("?" * len(EVIDENCE_ATTRIBUTES))
-            sids = [r[0] for r in self.kb.conn.execute(
-                f"SELECT DISTINCT subject_id FROM triples WHERE value = ? AND attribute IN ({marks})",
-                (value, *EVIDENCE_ATTRIBUTES))]
+            of = self.of_disease
+            sids = self.listings.get(value, ())
             dist: dict[str, float] = defaultdict(float)
-            n = 0
             for sid in sids:
-                depts = self.of_disease.get(sid)
-                if depts:
-                    n += 1
-                    for d, _v, _r in depts:
-                        dist[d] += 1 / len(depts)
-            self._listed[value] = (n, _sharpen(dist, self.prior))
+                for d, _v, _r in of[sid]:
+                    dist[d] += 1 / len(of[sid])
+            self._listed[value] = (len(sids), _sharpen(dist, self.prior))
         return self._listed[value]
+
+    @property
+    def listings(self) -> dict[str, tuple[int, ...]]:
+        """Value -> the subjects with departments that list it as a symptom or body part (one pass)."""
+        if self._listings is None:
+            of = self.of_disease
+            subjects: dict[str, set[int]] = defaultdict(set)
+            marks = ",".join("?" * len(EVIDENCE_ATTRIBUTES))
+            for sid, value in self.kb.conn.execute(
+                    f"SELECT subject_id, value FROM triples WHERE attribute IN ({marks})", EVIDENCE_ATTRIBUTES):
+                if sid in of:
+                    subjects[value].add(sid)
+            self._listings = {v: tuple(ids) for v, ids in subjects.items()}
+        return self._listings
+
+    @property
+    def cited(self) -> dict[str, tuple[int, int]]:
+        """Value -> (subjects, of any type, that list it as a symptom; subjects that cite it as a disease: a
+        complication, related disease, cause or risk factor), in one pass."""
+        if self._cited is None:
+            kinds = ("symptoms", *AS_DISEASE)
+            seen: dict[str, tuple[set[int], set[int]]] = defaultdict(lambda: (set(), set()))
+            for sid, attribute, value in self.kb.conn.execute(
+                    f"SELECT subject_id, attribute, value FROM triples WHERE attribute IN ({','.join('?' * len(kinds))})",
+                    kinds):
+                seen[value][attribute != "symptoms"].add(sid)
+            self._cited = {v: (len(a), len(b)) for v, (a, b) in seen.items()}
+        return self._cited
 
     @property
     def cues(self) -> dict[str, tuple[int, dict[str, float]]]:
@@ -190,9 +209,10 @@ class DepartmentIndex:
         """``value`` and the shorter values inside it that subjects list as symptoms or body parts
         (皮肤瘙痒 -> 瘙痒, 皮肤), with the share of the value's evidence weight each carries: the KB often
         lists the general wording (瘙痒) where a question uses a specific one."""
+        listings = self.listings
         inner = [v for v in dict.fromkeys(value[i:j] for i in range(len(value))
                                            for j in range(i + 2, len(value) + 1) if j - i < len(value))
-                 if self.listed(v)[0] >= MIN_LISTED]
+                 if len(listings.get(v, ())) >= MIN_LISTED]
         if not inner:
             return [(value, 1.0)]
         return [(value, 1.0 - PART_SHARE)] + [(v, PART_SHARE / len(inner)) for v in inner]
@@ -213,14 +233,8 @@ class DepartmentIndex:
         return self._symptoms[name]
 
     def symptom_of(self, name: str) -> tuple[int, int]:
-        """(how many subjects, of any type, list ``name`` as a symptom; how many cite it as a disease: a
-        complication, related disease, cause or risk factor)."""
-        if name not in self._symptom_of:
-            counts = dict(self.kb.conn.execute(
-                "SELECT attribute, COUNT(DISTINCT subject_id) FROM triples WHERE value = ? GROUP BY attribute",
-                (name,)).fetchall())
-            self._symptom_of[name] = (counts.get("symptoms", 0), sum(counts.get(a, 0) for a in AS_DISEASE))
-        return self._symptom_of[name]
+        """(how many subjects, of any type, list ``name`` as a symptom; how many cite it as a disease)."""
+        return self.cited.get(name, (0, 0))
 
     def symptom_like(self, name: str) -> bool:
         """Whether the KB treats ``name`` as a symptom rather than a disease: listed as a symptom by at least
@@ -238,9 +252,10 @@ class DepartmentIndex:
             row = self.kb.conn.execute("SELECT id, type FROM entities WHERE name = ?", (name,)).fetchone()
             found = (name, of[row[0]]) if row and row[0] in of else ("", [])
             if not found[1] and row and row[1] == "disease" and len(name) >= 2:
-                for sid, other in self.kb.conn.execute(
-                        "SELECT id, name FROM entities WHERE type = 'disease' AND is_subject = 1 AND substr(name, 1, ?) = ? "
-                        "AND length(name) <= ? ORDER BY length(name), id", (len(name), name, len(name) + NEAR_LONGER)):
+                for sid, other in self.kb.conn.execute(  # names starting with ``name`` (a range of the index)
+                        "SELECT id, name FROM entities WHERE name > ? AND name < ? AND type = 'disease' "
+                        "AND is_subject = 1 AND length(name) <= ? ORDER BY length(name), id",
+                        (name, name + chr(0x10FFFF), len(name) + NEAR_LONGER)):
                     if sid in of:
                         found = (other, of[sid])
                         break
@@ -253,7 +268,7 @@ def _sharpen(dist: dict[str, float], prior: dict[str, float]) -> dict[str, float
     left out."""
     sharp = {d: c / max(prior.get(d, 0.0), 1e-4) ** SHARPEN for d, c in dist.items() if d not in SETTINGS}
     total = sum(sharp.values())
-    return {d: c / total for d, c in sharp.items()} if total else {}
+    return {d: c / total for d, c in sharp.items() if c >= MIN_PART * total} if total else {}
 
 
 def _book_key(book: DepartmentBook) -> str:
@@ -261,7 +276,7 @@ def _book_key(book: DepartmentBook) -> str:
     import hashlib
 
     data = json.dumps(book.model_dump(mode="json"), ensure_ascii=False, sort_keys=True)
-    params = (EVIDENCE_ATTRIBUTES, SHARPEN, CUE_MIN_SUBJECTS, CUE_MIN_SHARE, CUE_MIN_LIFT, sorted(SETTINGS))
+    params = (EVIDENCE_ATTRIBUTES, SHARPEN, MIN_PART, CUE_MIN_SUBJECTS, CUE_MIN_SHARE, CUE_MIN_LIFT, sorted(SETTINGS))
     return hashlib.sha256((data + repr(params)).encode()).hexdigest()[:12]
 
 
@@ -275,41 +290,42 @@ def rank(index: DepartmentIndex, named: list[str], described: list[str], candida
     """Departments for a question, best first (see the module docstring); [] when there is no evidence.
     ``named``: question entities with departments of their own; ``described``: the described symptoms
     (a name in both is weighed as a symptom, :data:`SYMPTOM_NAMED_WEIGHT`)."""
-    scores: dict[str, Ranked] = {}
+    scores: dict[str, float] = defaultdict(float)
+    sources: dict[str, dict[Source, float]] = defaultdict(lambda: defaultdict(float))
 
-    def add(d: str, source: Source, amount: float, named: bool = False) -> None:
-        scores.setdefault(d, Ranked(d)).add(source, amount, named)
+    def add(source: Source, dist: dict[str, float], weight: float) -> None:
+        for d, p in dist.items():
+            scores[d] += weight * p
+            sources[d][source] += weight * p
 
+    own = set()
     for name in named:
         subject, depts = index.own(name)
         weight = SYMPTOM_NAMED_WEIGHT if name in described else NAMED_WEIGHT
         for i, (d, value, rel) in enumerate(depts):
-            add(d, Source(subject, _kb_relation(rel, value, d), (name,)), weight / len(depts) * (1.0 if i == 0 else 0.9),
-                named=True)
+            add(Source(subject, _kb_relation(rel, value, d), (name,)), {d: 1.0 if i == 0 else 0.9}, weight / len(depts))
+            own.add(d)
     for value in described:
         source = Source(value, SYMPTOM_RELATION, (value,))
         for part, share in index.parts(value):
             n, dist = index.listed(part)
-            for d, p in dist.items():
-                add(d, source, share * n / (n + RELIABILITY) * p)
+            add(source, dist, share * n / (n + RELIABILITY))
     usable = [c for c in candidates if c.get("confident")] or candidates
     total = sum(c.get("score", 0.0) for c in usable) or 1.0
     for cand in usable:
         subject, depts = index.own(cand["disease"])
         anchors = tuple(cand.get("evidence") or ()) or (cand["disease"],)
         for d, value, rel in depts:
-            add(d, Source(subject, _kb_relation(rel, value, d), anchors),
+            add(Source(subject, _kb_relation(rel, value, d), anchors), {d: 1.0},
                 CANDIDATE_WEIGHT * cand.get("score", 0.0) / total / len(depts))
     cues = index.cues
     for gram in dict.fromkeys(text[i:i + 2] for i in range(len(text) - 1)):
         if gram in cues:
             n, dist = cues[gram]
-            for d, p in dist.items():
-                add(d, Source("", f"“{gram}”", ()), CUE_WEIGHT * n / (n + RELIABILITY) * p)
-    ranked = sorted(scores.values(), key=lambda r: -r.score)
-    if ranked:
-        best = ranked[0].score
-        ranked = [r for r in ranked if r.score >= MIN_SHARE * best]
+            add(Source("", f"“{gram}”", ()), dist, CUE_WEIGHT * n / (n + RELIABILITY))
+    best = max(scores.values(), default=0.0)
+    ranked = [Ranked(d, score, dict(sources[d]), named=d in own) for d, score in
+              sorted(scores.items(), key=lambda kv: -kv[1]) if score >= MIN_SHARE * best and score > 0]
     return _by_group(index.book, ranked, patient)
 
 
