@@ -263,16 +263,17 @@ class Linker:
     def _form_matches(self, norm: str, asks: bytearray | None, described: bool,
                       cues: list[tuple[int, int]]) -> list[tuple[int, int, tuple[str, ...]]]:
         """(start, end, attributes) of the first match of every question form (kb_schema.yaml
-        ``question_forms``, those for symptom descriptions or the others) in an asking clause and not next
-        to a cue (``cues``: spans), which says what is asked there (治疗什么病, 还能吃别的药吗); none in a text
-        that asks nothing (an answer being verified)."""
+        ``question_forms``, those for symptom descriptions or the others) in an asking clause and not right
+        next to a cue (``cues``: spans), which says what is asked there (治疗什么病, 还能吃别的药吗); none in a
+        text that asks nothing (an answer being verified)."""
         out = []
         for pattern, attrs, only_described in self._forms:
             if only_described != described:
                 continue
             for m in pattern.finditer(norm):
-                if any(s <= m.end() + 1 and m.start() < e + 2 for s, e in cues):
-                    continue
+                if any((m.end() <= s <= m.end() + 1) or (m.start() - 1 <= e <= m.start()) or
+                       (s <= m.start() < e) for s, e in cues):
+                    continue  # a cue over its start or right next to it says what is asked (不能吃 of 能不能吃 does not)
                 if asks is not None and asks[m.start()]:  # forms read questions only, never statements
                     out.append((m.start(), m.end(), attrs))
                     break
