@@ -415,8 +415,8 @@ _DASHES = re.compile(r"[-‐‑‒–—―·・•]")
 def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, str]]:
     """(surface, subject name, type): shorter ways a subject's name is written: without a suffix the name
     only adds (支气管扩张 for 支气管扩张症, 新生儿听力筛查 for 新生儿听力筛查检查; a stem of at least 3
-    characters), either part of a name with a parenthesis (抗甲状腺微粒体抗体 and ATMA of
-    抗甲状腺微粒体抗体（ATMA）), and a name with its dashes and middle dots left out."""
+    characters), the part before a parenthesis and a Latin abbreviation inside it (抗甲状腺微粒体抗体 and ATMA
+    of 抗甲状腺微粒体抗体（ATMA）; not 药物治疗 of 胃溃疡合并出血（药物治疗）), and a name with its dashes and middle dots left out."""
     out = []
     for name, (etype, is_subject) in nodes.items():
         if not is_subject:
@@ -427,7 +427,9 @@ def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, st
                 break
         m = _PARENS.match(name)
         if m:
-            out += [(part.strip(), name, etype) for part in m.groups() if _names_something(part.strip())]
+            head, inner = (part.strip() for part in m.groups())
+            out += [(part, name, etype) for part in (head, inner) if _names_something(part)
+                    and (part is head or part.isascii())]  # inside: an abbreviation (ATMA), not a qualifier (药物治疗)
         if _DASHES.search(name):
             out.append((_DASHES.sub("", name), name, etype))
     return out
