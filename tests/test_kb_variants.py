@@ -23,6 +23,8 @@ ROWS = [
     {"中心词": "抗甲状腺微粒体抗体（ATMA）", "所属分类": ["免疫学检查"], "相关疾病": ["桥本甲状腺炎"]},
     {"中心词": "骨折", "常见症状": ["疼痛", "畸形"], "就诊科室": ["骨科"]},
     {"中心词": "指骨骨折", "常见症状": ["手指疼痛", "手指畸形"], "就诊科室": ["手外科"]},
+    {"中心词": "赖氨葡锌颗粒", "适应症": ["锌缺乏"], "不良反应": ["恶心"], "成份": ["赖氨酸", "葡萄糖酸锌"]},
+    {"中心词": "甲状腺功能亢进症", "常见症状": ["心悸", "多汗"], "检查": ["促甲状腺激素", "游离甲状腺素"]},
     {"中心词": "复方甲氧那明胶囊", "适应症": ["支气管哮喘", "咳嗽"], "不良反应": ["口干", "恶心"], "成份": ["盐酸甲氧那明"]},
 ]
 
@@ -73,6 +75,12 @@ def test_a_subject_written_without_its_suffix_or_parenthesis(kb):
     assert names(kb, "支气管扩张怎么办") == ["支气管扩张症"]
     assert names(kb, "抗甲状腺微粒体抗体偏高") == ["抗甲状腺微粒体抗体（ATMA）"]
     assert names(kb, "ATMA偏高有事吗") == ["抗甲状腺微粒体抗体（ATMA）"]
+
+
+def test_a_long_name_written_with_one_character_more_or_less(kb):
+    assert names(kb, "赖氨酸葡锌颗粒的作用？") == ["赖氨葡锌颗粒"]  # one too many; 赖氨酸 alone would be another entity
+    assert names(kb, "孕五个月查促甲状腺素偏高") == ["促甲状腺激素"]  # one left out
+    assert names(kb, "赖氨葡锌颗粒怎么吃") == ["赖氨葡锌颗粒"]  # written exactly: the linker's own
 
 
 def test_a_generic_head_with_the_modifiers_of_a_longer_name_links_that_name(kb):
