@@ -114,6 +114,12 @@ def test_a_cue_in_a_clause_that_describes_asks_nothing(kb):
     assert not {"related_diseases", "cause"} & set(kb.link("支气管扩张症是什么病").attributes)
 
 
+def test_a_story_that_asks_nothing_asks_no_attribute_through_its_cues(kb):
+    story = "最近肚子老是胀，还有恶心的症状，吃了药也没用"
+    assert "symptoms" not in kb.link(story).attributes  # 有…的症状 tells; it does not ask
+    assert "symptoms" in kb.link("最近肚子老是胀，有哪些症状要注意？").attributes
+
+
 def test_question_forms_never_read_statements(kb):
     """Verification detects cues in answers with the same linker: an answer asks nothing, so the question
     forms (可以吃 -> precautions) stay out of it."""

@@ -190,7 +190,8 @@ class Linker:
                 out.add(start)
         return out
 
-    def detect_attribute_groups(self, text: str, mentions: list[Mention] | None = None) -> list[tuple[str, ...]]:
+    def detect_attribute_groups(self, text: str, mentions: list[Mention] | None = None,
+                                question: bool = False) -> list[tuple[str, ...]]:
         """What ``text`` asks about, in text order: one tuple per cue, of alternative attributes
         (most cues name one; a shared cue such as 作用 names several, the first an entity has is meant).
 
@@ -198,11 +199,13 @@ class Linker:
         unless the entity is of the kind the attribute lists (影像学检查 asks for examinations).
         A cue is dropped when its first attribute yields to another one the text asks for (治疗药物: drugs,
         not treatment).
+        ``question``: ``text`` is a user's question (retrieval), not a statement (verification): a story of
+        several clauses with no clause that asks then asks nothing through its cues (出现了…的症状).
         When no cue fires and the text names an entity, the learned detector (kb/intent.py) may answer:
         the attributes it gives at least its threshold probability, as one group of alternatives, most
         probable first. Cues win whenever one fires: they are exact, the detector generalizes.
         """
-        groups = self._cue_groups(text, mentions)
+        groups = self._cue_groups(text, mentions, question)
         if not groups and self.intent is not None and mentions:
             from qihuang.kb.intent import mask_mentions
 
@@ -211,13 +214,15 @@ class Linker:
                 groups = [tuple(a for a, _p in found)]
         return groups
 
-    def _cue_groups(self, text: str, mentions: list[Mention] | None) -> list[tuple[str, ...]]:
+    def _cue_groups(self, text: str, mentions: list[Mention] | None, question: bool = False) -> list[tuple[str, ...]]:
         norm = normalize(text)
         owner: list[Mention | None] = [None] * len(norm)
         for m in mentions or ():
             for i in range(m.start, min(m.end, len(norm))):
                 owner[i] = m
         asks = self._asking_clauses(norm)
+        if asks is None and question and _clause_ids(norm.rstrip("".join(_CLAUSE_END)))[-1:] > [0]:
+            asks = bytearray(len(norm))  # a story of several clauses that asks nothing: no cue asks either
         matches = [(end - length + 1, end + 1, attrs) for end, (length, attrs) in self._cues.iter(norm)]
         found: list[tuple[int, int, tuple[str, ...]]] = []
         for start, end, attrs in _leftmost_longest(matches):

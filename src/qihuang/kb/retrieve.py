@@ -518,7 +518,7 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
     """Entities, asked attributes, facts and (for symptom descriptions) candidate diseases for ``text``."""
     linker = kb.linker
     mentions = refine(kb, text, linker.find_entities(text))
-    groups = linker.detect_attribute_groups(text, mentions)
+    groups = linker.detect_attribute_groups(text, mentions, question=True)
     attributes = flatten(groups)
     asked = _asked_groups(groups)
     via = "direct"
