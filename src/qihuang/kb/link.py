@@ -205,7 +205,9 @@ class Linker:
         the attributes it gives at least its threshold probability, as one group of alternatives, most
         probable first. Cues win whenever one fires: they are exact, the detector generalizes.
         """
-        groups = self._cue_groups(text, mentions, question)
+        if question and self._tells_only(normalize(text)):
+            return []  # a story of several clauses that asks nothing: no cue or detector asks either
+        groups = self._cue_groups(text, mentions)
         if not groups and self.intent is not None and mentions:
             from qihuang.kb.intent import mask_mentions
 
@@ -214,15 +216,18 @@ class Linker:
                 groups = [tuple(a for a, _p in found)]
         return groups
 
-    def _cue_groups(self, text: str, mentions: list[Mention] | None, question: bool = False) -> list[tuple[str, ...]]:
+    def _tells_only(self, norm: str) -> bool:
+        """Several clauses, none of which asks (a story told, no question put)."""
+        return self._asking is not None and self._asking_clauses(norm) is None and \
+            _clause_ids(norm.rstrip("".join(_CLAUSE_END)))[-1:] > [0]
+
+    def _cue_groups(self, text: str, mentions: list[Mention] | None) -> list[tuple[str, ...]]:
         norm = normalize(text)
         owner: list[Mention | None] = [None] * len(norm)
         for m in mentions or ():
             for i in range(m.start, min(m.end, len(norm))):
                 owner[i] = m
         asks = self._asking_clauses(norm)
-        if asks is None and question and _clause_ids(norm.rstrip("".join(_CLAUSE_END)))[-1:] > [0]:
-            asks = bytearray(len(norm))  # a story of several clauses that asks nothing: no cue asks either
         matches = [(end - length + 1, end + 1, attrs) for end, (length, attrs) in self._cues.iter(norm)]
         found: list[tuple[int, int, tuple[str, ...]]] = []
         for start, end, attrs in _leftmost_longest(matches):
