@@ -23,6 +23,8 @@ ROWS = [
     {"中心词": "抗甲状腺微粒体抗体（ATMA）", "所属分类": ["免疫学检查"], "相关疾病": ["桥本甲状腺炎"]},
     {"中心词": "骨折", "常见症状": ["疼痛", "畸形"], "就诊科室": ["骨科"]},
     {"中心词": "指骨骨折", "常见症状": ["手指疼痛", "手指畸形"], "就诊科室": ["手外科"]},
+    {"中心词": "赖氨葡锌颗粒", "适应症": ["锌缺乏"], "不良反应": ["恶心"], "成份": ["赖氨酸", "葡萄糖酸锌"]},
+    {"中心词": "甲状腺功能亢进症", "常见症状": ["心悸", "多汗"], "检查": ["促甲状腺激素", "游离甲状腺素"]},
     {"中心词": "复方甲氧那明胶囊", "适应症": ["支气管哮喘", "咳嗽"], "不良反应": ["口干", "恶心"], "成份": ["盐酸甲氧那明"]},
 ]
 
@@ -75,6 +77,12 @@ def test_a_subject_written_without_its_suffix_or_parenthesis(kb):
     assert names(kb, "ATMA偏高有事吗") == ["抗甲状腺微粒体抗体（ATMA）"]
 
 
+def test_a_long_name_written_with_one_character_more_or_less(kb):
+    assert names(kb, "赖氨酸葡锌颗粒的作用？") == ["赖氨葡锌颗粒"]  # one too many; 赖氨酸 alone would be another entity
+    assert names(kb, "孕五个月查促甲状腺素偏高") == ["促甲状腺激素"]  # one left out
+    assert names(kb, "赖氨葡锌颗粒怎么吃") == ["赖氨葡锌颗粒"]  # written exactly: the linker's own
+
+
 def test_a_generic_head_with_the_modifiers_of_a_longer_name_links_that_name(kb):
     assert names(kb, "手指骨折了多久能好") == ["指骨骨折"]  # 指骨骨折 adds 指, written before 骨折
     assert names(kb, "骨折了多久能好") == ["骨折"]
@@ -104,6 +112,12 @@ def test_a_cue_in_a_clause_that_describes_asks_nothing(kb):
     assert kb.detect_attributes("尿路感染 症状") == ["symptoms"]
     # "X是什么病" asks what X is, not which diseases X may be
     assert not {"related_diseases", "cause"} & set(kb.link("支气管扩张症是什么病").attributes)
+
+
+def test_a_story_that_asks_nothing_asks_no_attribute_through_its_cues(kb):
+    story = "最近肚子老是胀，还有恶心的症状，吃了药也没用"
+    assert "symptoms" not in kb.link(story).attributes  # 有…的症状 tells; it does not ask
+    assert "symptoms" in kb.link("最近肚子老是胀，有哪些症状要注意？").attributes
 
 
 def test_question_forms_never_read_statements(kb):

@@ -190,7 +190,8 @@ class Linker:
                 out.add(start)
         return out
 
-    def detect_attribute_groups(self, text: str, mentions: list[Mention] | None = None) -> list[tuple[str, ...]]:
+    def detect_attribute_groups(self, text: str, mentions: list[Mention] | None = None,
+                                question: bool = False) -> list[tuple[str, ...]]:
         """What ``text`` asks about, in text order: one tuple per cue, of alternative attributes
         (most cues name one; a shared cue such as 作用 names several, the first an entity has is meant).
 
@@ -198,10 +199,14 @@ class Linker:
         unless the entity is of the kind the attribute lists (影像学检查 asks for examinations).
         A cue is dropped when its first attribute yields to another one the text asks for (治疗药物: drugs,
         not treatment).
+        ``question``: ``text`` is a user's question (retrieval), not a statement (verification): a story of
+        several clauses with no clause that asks then asks nothing through its cues (出现了…的症状).
         When no cue fires and the text names an entity, the learned detector (kb/intent.py) may answer:
         the attributes it gives at least its threshold probability, as one group of alternatives, most
         probable first. Cues win whenever one fires: they are exact, the detector generalizes.
         """
+        if question and self._tells_only(normalize(text)):
+            return []  # a story of several clauses that asks nothing: no cue or detector asks either
         groups = self._cue_groups(text, mentions)
         if not groups and self.intent is not None and mentions:
             from qihuang.kb.intent import mask_mentions
@@ -210,6 +215,11 @@ class Linker:
             if found:
                 groups = [tuple(a for a, _p in found)]
         return groups
+
+    def _tells_only(self, norm: str) -> bool:
+        """Several clauses, none of which asks (a story told, no question put)."""
+        return self._asking is not None and self._asking_clauses(norm) is None and \
+            _clause_ids(norm.rstrip("".join(_CLAUSE_END)))[-1:] > [0]
 
     def _cue_groups(self, text: str, mentions: list[Mention] | None) -> list[tuple[str, ...]]:
         norm = normalize(text)
@@ -263,16 +273,17 @@ class Linker:
     def _form_matches(self, norm: str, asks: bytearray | None, described: bool,
                       cues: list[tuple[int, int]]) -> list[tuple[int, int, tuple[str, ...]]]:
         """(start, end, attributes) of the first match of every question form (kb_schema.yaml
-        ``question_forms``, those for symptom descriptions or the others) in an asking clause and not next
-        to a cue (``cues``: spans), which says what is asked there (治疗什么病, 还能吃别的药吗); none in a text
-        that asks nothing (an answer being verified)."""
+        ``question_forms``, those for symptom descriptions or the others) in an asking clause and not right
+        next to a cue (``cues``: spans), which says what is asked there (治疗什么病, 还能吃别的药吗); none in a
+        text that asks nothing (an answer being verified)."""
         out = []
         for pattern, attrs, only_described in self._forms:
             if only_described != described:
                 continue
             for m in pattern.finditer(norm):
-                if any(s <= m.end() + 1 and m.start() < e + 2 for s, e in cues):
-                    continue
+                if any((m.end() <= s <= m.end() + 1) or (m.start() - 1 <= e <= m.start()) or
+                       (s <= m.start() < e) for s, e in cues):
+                    continue  # a cue over its start or right next to it says what is asked (不能吃 of 能不能吃 does not)
                 if asks is not None and asks[m.start()]:  # forms read questions only, never statements
                     out.append((m.start(), m.end(), attrs))
                     break
@@ -414,8 +425,8 @@ _DASHES = re.compile(r"[-‐‑‒–—―·・•]")
 def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, str]]:
     """(surface, subject name, type): shorter ways a subject's name is written: without a suffix the name
     only adds (支气管扩张 for 支气管扩张症, 新生儿听力筛查 for 新生儿听力筛查检查; a stem of at least 3
-    characters), either part of a name with a parenthesis (抗甲状腺微粒体抗体 and ATMA of
-    抗甲状腺微粒体抗体（ATMA）), and a name with its dashes and middle dots left out."""
+    characters), the part before a parenthesis and a Latin abbreviation inside it (抗甲状腺微粒体抗体 and ATMA
+    of 抗甲状腺微粒体抗体（ATMA）; not 药物治疗 of 胃溃疡合并出血（药物治疗）), and a name with its dashes and middle dots left out."""
     out = []
     for name, (etype, is_subject) in nodes.items():
         if not is_subject:
@@ -426,7 +437,9 @@ def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, st
                 break
         m = _PARENS.match(name)
         if m:
-            out += [(part.strip(), name, etype) for part in m.groups() if _names_something(part.strip())]
+            head, inner = (part.strip() for part in m.groups())
+            out += [(part, name, etype) for part in (head, inner) if _names_something(part)
+                    and (part is head or part.isascii())]  # inside: an abbreviation (ATMA), not a qualifier (药物治疗)
         if _DASHES.search(name):
             out.append((_DASHES.sub("", name), name, etype))
     return out

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import re
 from collections import defaultdict
 from itertools import combinations
 
@@ -50,6 +51,7 @@ MIN_EVIDENCE = 2  # matched symptoms a candidate needs to be "confident"
 WEAK_ATTRIBUTES = frozenset({"department", "examinations"})  # all a weak candidate may contribute
 TOP_DRUGS = 5  # drugs indicated for described symptoms
 MAX_DESCRIBED = 8  # described symptoms scored (the first ones)
+_LISTING = re.compile(r"[、，,；;和及与伴或]")  # a name with these lists several things
 # share of the KB's diseases that must list a named subject as a symptom for it to count as a described
 # symptom (CMeKG: 3 of 6,292; 胸痛 is listed by 396, 疱疹 by 8, 过敏性鼻炎 by 2)
 SYMPTOM_LISTING_SHARE = 0.0004
@@ -68,6 +70,7 @@ class Lookups:
         self._listings: dict[tuple[str, str], dict[str, dict[int, str]]] = {}
         self._lexical = None
         self._composer = None
+        self._edits = None
         self._longer: dict[str, list[tuple[str, str, int]]] | None = None
         self._type_attributes: dict[str, frozenset[str]] | None = None
 
@@ -114,6 +117,23 @@ class Lookups:
                         index[n[cut:]].append((n, t, k))
             self._longer = dict(index)
         return self._longer.get(name, [])
+
+    @property
+    def edits(self):
+        """Long names written with one character more or less (:class:`qihuang.kb.variants.EditIndex`):
+        subjects, and drugs and examinations only named as values; none that lists several things."""
+        if self._edits is None:
+            from qihuang.kb.normalize import normalize
+            from qihuang.kb.variants import EditIndex
+
+            names: dict[str, tuple[str, bool]] = {}
+            for name, is_subject in self.kb.conn.execute(  # value-only symptoms are often phrases (胸闷、气急)
+                    "SELECT name, is_subject FROM entities WHERE type != 'other' AND (is_subject = 1 OR "
+                    "type IN ('drug', 'examination')) ORDER BY is_subject DESC, id"):
+                if not _LISTING.search(name):
+                    names.setdefault(normalize(name), (name, bool(is_subject)))
+            self._edits = EditIndex(names)
+        return self._edits
 
     @property
     def composer(self):
@@ -499,7 +519,7 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
     """Entities, asked attributes, facts and (for symptom descriptions) candidate diseases for ``text``."""
     linker = kb.linker
     mentions = refine(kb, text, linker.find_entities(text))
-    groups = linker.detect_attribute_groups(text, mentions)
+    groups = linker.detect_attribute_groups(text, mentions, question=True)
     attributes = flatten(groups)
     asked = _asked_groups(groups)
     via = "direct"

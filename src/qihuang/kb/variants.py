@@ -14,7 +14,10 @@ and the text around it:
   mentions (they would retrieve the facts of whatever lists them);
 - **a name written with one error** in the text that no mention covers (复方甲氧那名胶囊 -> 复方甲氧那明胶囊,
   尼福达 -> 伲福达): the lexical index's one-homophone match (:mod:`qihuang.kb.fuzzy`), over the uncovered
-  windows only, names of at least ``min_typo_length`` characters.
+  windows only, names of at least ``MIN_TYPO_LENGTH`` characters; and a long name (≥ ``MIN_EDIT_LENGTH``)
+  written with one character left out or one too many (促甲状腺素, 赖氨酸葡锌颗粒), replacing the shorter
+  mentions it covers;
+- **a generic head with a longer name's modifiers** (手指骨折 -> 指骨骨折, :func:`_specific`).
 
 Everything it adds is a KB name; nothing is guessed that the KB does not hold.
 """
@@ -153,7 +156,7 @@ def refine(kb, text: str, mentions: list[Mention]) -> list[Mention]:
             kept.append(Mention(name, text[s:e], s, e, etype, True, neg))
     kept.sort(key=lambda m: m.start)
     kept = [_specific(kb, norm, m) for m in kept]
-    return _typos(kb, text, norm, kept)
+    return _edits(kb, text, norm, _typos(kb, text, norm, kept))
 
 
 _FILLERS = frozenset("性症病型之的")  # characters a longer name adds without meaning (外伤性癫痫 for 脑外伤癫痫)
@@ -195,6 +198,73 @@ def _part_or_person(kb, m: Mention, comp: Composer) -> bool:
         return False
     row = kb.lookups.row(m.name)
     return not (row and row[1])  # a subject of that name stays
+
+
+MIN_EDIT_LENGTH = 5  # names matched with one character more or less than written: at least this long
+MAX_EDIT_LENGTH = 16
+
+
+class EditIndex:
+    """Names of at least :data:`MIN_EDIT_LENGTH` characters written with one character left out
+    (促甲状腺素 for 促甲状腺激素) or one too many (赖氨酸葡锌颗粒 for 赖氨葡锌颗粒)."""
+
+    def __init__(self, names: dict[str, tuple[str, bool]]):
+        self._names = names  # normalized name -> (name, is_subject)
+        self._omitted: dict[str, list[str]] = {}  # a name with one character left out -> names
+        for key in names:
+            if MIN_EDIT_LENGTH <= len(key) <= MAX_EDIT_LENGTH:
+                for i in range(len(key)):
+                    self._omitted.setdefault(key[:i] + key[i + 1:], []).append(key)
+
+    def find(self, norm: str, start: int, end: int, blocked: bytearray | None = None,
+             inside: list[int] | None = None) -> list[tuple[int, int, str]]:
+        """(start, end, name) of windows within [start, end) one edit away from a name, longest first.
+        ``blocked``: positions no window may cover (cue words); ``inside``: per position, the index of the
+        mention it belongs to, or -1 (a window neither starts nor ends inside a mention, nor lies in one)."""
+        out = []
+        for n in range(min(end - start, MAX_EDIT_LENGTH + 1), MIN_EDIT_LENGTH - 2, -1):
+            for s in range(start, end - n + 1):
+                if blocked is not None and any(blocked[s:s + n]):
+                    continue
+                if inside is not None:
+                    first, last = inside[s], inside[s + n - 1]
+                    if (first >= 0 and s > 0 and inside[s - 1] == first) or \
+                            (last >= 0 and s + n < len(inside) and inside[s + n] == last) or (first >= 0 and first == last):
+                        continue
+                window = norm[s:s + n]
+                if window in self._names:
+                    continue  # an exact name is the linker's
+                hits = [k for k in self._omitted.get(window, ()) if k[0] == window[0]]  # one left out
+                if n - 1 >= MIN_EDIT_LENGTH:
+                    hits += [k for i in range(1, n - 1) for k in [window[:i] + window[i + 1:]]
+                             if k in self._names]  # one too many (not the first or last character)
+                for key in hits:
+                    out.append((s, s + n, self._names[key][0]))
+        return out
+
+
+def _edits(kb, text: str, norm: str, mentions: list[Mention]) -> list[Mention]:
+    """Names written with one character more or less (:class:`EditIndex`); such a window replaces the
+    shorter mentions inside it (甲状腺素 of 促甲状腺素, 赖氨酸 and 锌颗粒 of 赖氨酸葡锌颗粒)."""
+    out = list(mentions)
+    blocked = bytearray(len(norm))
+    for s, e in kb.linker.cue_spans(norm):
+        blocked[s:e] = b"\1" * (e - s)
+    owner = [-1] * len(norm)
+    for i, m in enumerate(mentions):
+        owner[m.start:m.end] = [i] * (m.end - m.start)
+    for r in re.finditer(r"[\u4e00-\u9fffa-z0-9]{%d,}" % (MIN_EDIT_LENGTH - 1), norm):
+        for s, e, name in kb.lookups.edits.find(norm, r.start(), r.end(), blocked, owner):
+            covered = [m for m in out if s <= m.start and m.end <= e]
+            if any(m.start < e and s < m.end for m in out if m not in covered):
+                continue
+            if any(m.end - m.start >= e - s - 1 for m in covered):
+                continue  # a mention nearly as long is the better reading
+            row = kb.lookups.row(name)
+            if row is None:
+                continue
+            out = [m for m in out if m not in covered] + [Mention(name, text[s:e], s, e, row[2], True)]
+    return sorted(out, key=lambda m: m.start) if out != mentions else mentions
 
 
 def _typos(kb, text: str, norm: str, mentions: list[Mention]) -> list[Mention]:
