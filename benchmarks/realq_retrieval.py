@@ -49,7 +49,7 @@ def _cell(s: dict, key: str) -> str:
     value = s.get(key)
     if key == "n":
         return str(value)
-    text = "-" if value is None else f"{value:.1f}"
+    text = "-" if value is None else f"{value:.2f}"  # the task rounds to 2 decimals: no second rounding
     return f"{text} ({s[COUNTS[key]]})" if key in COUNTS else text
 
 

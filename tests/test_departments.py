@@ -190,6 +190,10 @@ OWN = [
     {"中心词": "慢性疲劳", "常见症状": ["倦怠", "乏力"]},
     {"中心词": "某综合征", "常见症状": ["倦怠", "嗜睡"]},
     {"中心词": "另一综合征", "常见症状": ["倦怠"]},
+    # 心肌: once a symptom, mostly a body part
+    {"中心词": "病毒性心肌炎", "常见症状": ["心肌", "心悸"], "发病部位": ["心肌"], "就诊科室": ["心内科"]},
+    {"中心词": "心肌病", "常见症状": ["气短"], "发病部位": ["心肌"], "就诊科室": ["心内科"]},
+    {"中心词": "心肌缺血", "常见症状": ["胸闷"], "发病部位": ["心肌"], "就诊科室": ["心内科"]},
 ]
 
 
@@ -258,6 +262,12 @@ def test_symptoms_next_to_a_drug_or_a_disease(kb):
 def test_no_department_when_nothing_is_known_but_a_symptom_gets_the_root_said_as_such(kb, own):
     assert kb.link("今天天气怎么样").facts == []
     assert not _departments(kb.link("布洛芬缓释胶囊的不良反应"))
+    res = own.link("心肌劳损是什么症状")  # a body part the KB lists once as a symptom describes nothing:
+    assert [m.name for m in res.entities] == ["心肌"]  # only retrieval's own candidate facts, renamed
+    assert all(f.entity in {c["disease"] for c in res.candidates} and f.relation.startswith("就诊科室（知识库")
+               for f in _departments(res))
+    index = own.departments
+    assert not index.described("心肌") and index.described("心悸") and index.described("倦怠")
     deps = _departments(own.link("最近总是倦怠"))  # listed by three subjects, none with a department
     assert [(f.value, f.relation) for f in deps] == [(ROOT, "就诊科室（无更具体依据）")]
     assert deps[0].anchor == "倦怠"

@@ -52,6 +52,7 @@ MIN_LISTED = 3  # subjects that must list a symptom for it to make a symptom des
 MIN_DESCRIBED = 2  # next to a drug (or other non-disease) the question is about, symptoms that make one
 SYMPTOM_RATIO = 10.0  # a named disease is symptom-like when listed as a symptom this many times as often ...
 AS_DISEASE = ("complications", "related_diseases", "cause", "risk_factors")  # ... as it is cited as a disease
+AS_OTHER = ("body_part", "susceptible_population")  # a value listed mostly here is no symptom (心肌, 新生儿)
 MIN_SHARE = 0.15  # departments with less than this share of the best one's evidence are not named
 MIN_PART = 0.01  # a department below this share of one piece of evidence is left out of it (speed)
 PART_SHARE = 0.5  # of a described symptom's weight, what the shorter values inside it carry together
@@ -93,7 +94,7 @@ class DepartmentIndex:
         self._listed: dict[str, tuple[int, dict[str, float]]] = {}
         self._cues: dict[str, tuple[int, dict[str, float]]] | None = None
         self._listings: dict[str, tuple[int, ...]] | None = None
-        self._cited: dict[str, tuple[int, int]] | None = None
+        self._cited: dict[str, tuple[int, int, int]] | None = None
         self._own: dict[str, tuple[str, list[tuple[str, str, str]]]] = {}
         self._symptoms: dict[str, frozenset[str]] = {}
         self._kinds: dict[str, str | None] = {}
@@ -150,17 +151,17 @@ class DepartmentIndex:
         return self._listings
 
     @property
-    def cited(self) -> dict[str, tuple[int, int]]:
-        """Value -> (subjects, of any type, that list it as a symptom; subjects that cite it as a disease: a
-        complication, related disease, cause or risk factor), in one pass."""
+    def cited(self) -> dict[str, tuple[int, int, int]]:
+        """Value -> how many subjects (of any type) list it as a symptom, cite it as a disease (a
+        complication, related disease, cause or risk factor), and as a body part or population: one pass."""
         if self._cited is None:
-            kinds = ("symptoms", *AS_DISEASE)
-            seen: dict[str, tuple[set[int], set[int]]] = defaultdict(lambda: (set(), set()))
+            role = {"symptoms": 0, **{a: 1 for a in AS_DISEASE}, **{a: 2 for a in AS_OTHER}}
+            seen: dict[str, tuple[set[int], set[int], set[int]]] = defaultdict(lambda: (set(), set(), set()))
             for sid, attribute, value in self.kb.conn.execute(
-                    f"SELECT subject_id, attribute, value FROM triples WHERE attribute IN ({','.join('?' * len(kinds))})",
-                    kinds):
-                seen[value][attribute != "symptoms"].add(sid)
-            self._cited = {v: (len(a), len(b)) for v, (a, b) in seen.items()}
+                    f"SELECT subject_id, attribute, value FROM triples WHERE attribute IN ({','.join('?' * len(role))})",
+                    tuple(role)):
+                seen[value][role[attribute]].add(sid)
+            self._cited = {v: (len(a), len(b), len(c)) for v, (a, b, c) in seen.items()}
         return self._cited
 
     @property
@@ -232,15 +233,22 @@ class DepartmentIndex:
                 "WHERE e.name = ? AND t.attribute = 'symptoms'", (name,)))
         return self._symptoms[name]
 
-    def symptom_of(self, name: str) -> tuple[int, int]:
-        """(how many subjects, of any type, list ``name`` as a symptom; how many cite it as a disease)."""
-        return self.cited.get(name, (0, 0))
+    def symptom_of(self, name: str) -> tuple[int, int, int]:
+        """(subjects that list ``name`` as a symptom, that cite it as a disease, as a body part or population)."""
+        return self.cited.get(name, (0, 0, 0))
+
+    def described(self, name: str) -> bool:
+        """Whether ``name`` can make a symptom description: the KB lists it as a symptom of at least
+        :data:`MIN_LISTED` subjects, or of some and more often as a symptom than as a body part or a
+        population (龟头或阴茎部疼痛 is a symptom; 心肌 and 新生儿, typed symptoms too, are a body part and a population)."""
+        as_symptom, _as_disease, as_other = self.symptom_of(name)
+        return as_symptom >= MIN_LISTED or as_symptom > as_other
 
     def symptom_like(self, name: str) -> bool:
         """Whether the KB treats ``name`` as a symptom rather than a disease: listed as a symptom by at least
         :data:`MIN_LISTED` subjects and :data:`SYMPTOM_RATIO` times as often as it is cited as a disease
         (腰痛, 腹泻, 胸痛 are CMeKG diseases that other diseases list as symptoms; 糖尿病 and 肺炎 are not)."""
-        as_symptom, as_disease = self.symptom_of(name)
+        as_symptom, as_disease, _other = self.symptom_of(name)
         return as_symptom >= MIN_LISTED and as_symptom >= SYMPTOM_RATIO * as_disease
 
     def own(self, name: str) -> tuple[str, list[tuple[str, str, str]]]:
@@ -382,7 +390,7 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     names = list(dict.fromkeys(m.name for m in live))
     symptoms = [m.name for m in live if m.type == "symptom" or index.symptom_like(m.name)]
     symptoms += [s for c in candidates for s in c.get("evidence") or [] if s not in symptoms]
-    real = [n for n in symptoms if n in names and index.symptom_of(n)[0] >= MIN_LISTED]
+    real = [n for n in symptoms if n in names and index.described(n)]
     # a symptom that another named entity explains is no description: a value of its facts (布洛芬缓释胶囊的
     # 副作用有恶心吗) or one of its own symptoms (过敏性鼻炎老打喷嚏吃什么药)
     describes = bool(real) and (bool(candidates) or _describes(index, real, names, symptoms, facts))
