@@ -148,7 +148,7 @@ def test_generate_method_goes_through_the_answerer(tmp_path):
     right = sum(extract_choice(replies[q], dict(zip("ABCD", ["甲", "乙", "丙", "丁"], strict=True))) == g
                 for q, g in ITEMS)
     assert res["scores"]["accuracy"] == 100 * right / len(ITEMS) == 60.0
-    assert res["scores"]["unparsed_rate"] == 20.0
+    assert res["scores"]["unparsed_rate"] == 20.0 and res["scores"]["n_unparsed"] == 1
     assert all(b["grounded"] is False for b in answerer.batches)
     assert not engine.loglik_calls
 

@@ -62,6 +62,10 @@ class TrainConfig(BaseModel):
     max_samples: int | None = Field(None, gt=0, description="use at most this many training examples")
     val_size: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out as dev when the "
                             "dataset has no dev split")
+    mix: list[str] = Field([], description="general data mixed into training, FILE_OR_NAME:RATIO (a file, "
+                           "directory or NAME as for dataset, read by the same stage): adds RATIO x the number of "
+                           "training examples drawn from it, seeded (repeated if it has fewer); several allowed "
+                           "(repeat --mix or separate with commas), e.g. --mix alpaca_zh.json:0.3")
     # how to train
     finetuning: Literal["lora", "full", "qlora"] = Field("lora", description="LoRA adapter, full "
                                                          "fine-tuning, or 4-bit QLoRA (CUDA only)")
@@ -107,10 +111,17 @@ class TrainConfig(BaseModel):
     logging_steps: int = Field(5, gt=0, description="log train loss every N steps")
     eval_batch_size: int | None = Field(None, gt=0, description="dev batch size (default: batch_size)")
 
-    @field_validator("lora_target", mode="before")
+    @field_validator("lora_target", "mix", mode="before")
     @classmethod
-    def _split_targets(cls, value: Any) -> Any:
+    def _split_lists(cls, value: Any) -> Any:
         return split_list(value)
+
+    @field_validator("mix")
+    @classmethod
+    def _check_mix(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_mix(item)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -145,6 +156,18 @@ class TrainConfig(BaseModel):
         from qihuang.fileio import atomic_write_text
 
         return atomic_write_text(path, self.to_yaml())
+
+
+def parse_mix(item: str) -> tuple[str, float]:
+    """``"general.jsonl:0.3"`` -> ``("general.jsonl", 0.3)`` (a ``--mix`` entry; ValueError says what is wrong)."""
+    name, sep, ratio = str(item).rpartition(":")
+    try:
+        value = float(ratio)
+    except ValueError:
+        value = float("nan")
+    if not sep or not name.strip() or not 0 < value <= 100:
+        raise ValueError(f"{item!r} is not FILE_OR_NAME:RATIO with 0 < RATIO <= 100")
+    return name.strip(), value
 
 
 def _format_errors(exc: ValidationError, source: str | None, what: str = "training config",

@@ -14,7 +14,7 @@ _SHORT_HELP = "train a model (sft | pt | rm | dpo) on a dataset; writes adapter/
 
 
 def register(subparsers) -> None:
-    from qihuang.config import TrainConfig, add_options
+    from qihuang.config import TrainConfig, add_options, split_list
     from qihuang.train.aliases import aliases
 
     parser = subparsers.add_parser(
@@ -26,7 +26,9 @@ def register(subparsers) -> None:
     for alias, target in table.options.items():
         if alias != target:
             extra.setdefault(target, []).append(f"--{alias}")
-    add_options(parser, TrainConfig, defaults=False, extra_flags=extra, underscores=True)
+    add_options(parser, TrainConfig, defaults=False, extra_flags=extra, underscores=True, exclude=("mix",))
+    parser.add_argument("--mix", dest="mix", action="extend", type=split_list, metavar="FILE_OR_NAME:RATIO",
+                        help=TrainConfig.model_fields["mix"].description)  # repeatable: each --mix adds sources
     for name, (target, value) in table.flags.items():
         parser.add_argument(f"--{name}", dest=f"lf_{name}", action=BoolOption,
                             help=f"LLaMA-Factory: true sets {target} to {value}")

@@ -98,6 +98,7 @@ def _run(config: TrainConfig, callbacks: list[Callback] | None, progress: bool) 
     from qihuang.train.checkpoint import checkpoints
     from qihuang.train.distributed import full_state_dict, make_accelerator, prepare_for_sharding
     from qihuang.train.loop import Loop
+    from qihuang.train.mix import mix_in
 
     stage = stage_module(config.stage)
     if config.finetuning == "qlora":
@@ -108,13 +109,15 @@ def _run(config: TrainConfig, callbacks: list[Callback] | None, progress: bool) 
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     template = get_template(config.template)
     data: StageData = stage.prepare_data(config, tokenizer, template)
+    mixed = mix_in(data, config, stage, tokenizer, template) if config.mix else []
     model = getattr(stage, "load_model", prepare_model)(config, tokenizer)
     objective = getattr(stage, "build_objective", build_objective)(model, config, tokenizer)
     prepare_for_sharding(accelerator, objective, config.batch_size, config.max_grad_norm)
     cbs = ([ProgressCallback(config.stage)] if progress else []) + list(callbacks or [])
     loop = Loop(config, objective, data, accelerator, out, cbs)
     state = loop.train(resume=config.resume and bool(checkpoints(out / "checkpoints")))
-    metrics = {**_metrics(config, state, data, objective), "num_processes": accelerator.num_processes}
+    metrics = {**_metrics(config, state, data, objective), "num_processes": accelerator.num_processes,
+               **({"mix": mixed} if mixed else {})}
     state_dict = full_state_dict(accelerator, loop.objective)  # sharded weights gathered (all ranks)
     if accelerator.is_main_process:
         _write_output(out, config, accelerator.unwrap_model(loop.objective).model, tokenizer, template,

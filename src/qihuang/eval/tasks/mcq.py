@@ -1,4 +1,6 @@
-"""``mcq``: Chinese multiple-choice medical exams (CMExam, CMMLU, C-Eval, MedQA-MCMLE, generic).
+"""``mcq``: Chinese multiple-choice medical exams in their published shapes (CMExam, CMB-Exam, MMedBench,
+MedQA-MCMLE, MedMCQA, CNMLE-style ``opa``..``ope``, CMMLU, C-Eval, generic JSON lines; see
+``resources/eval_shapes.yaml``).
 
 Two scoring methods:
 
@@ -9,7 +11,8 @@ Two scoring methods:
   this mode, since one letter cannot express them.
 * ``generate``: the question is answered through the Answerer (as ``qihuang infer`` would) and
   the letter(s) are extracted from the reply (:func:`qihuang.eval.metrics.extract_choice`);
-  an item is correct when the extracted set equals the gold set.
+  an item is correct when the extracted set equals the gold set; a reply no letter can be read
+  from is counted as unparsed (``unparsed_rate``, ``n_unparsed``), never guessed.
 
 Few-shot (``shots=K``): K solved examples from ``fewshot_data`` (a dev file or directory) or,
 without it, from the same data excluding the item itself; examples of the same subject first.
@@ -22,6 +25,7 @@ from typing import Any
 
 from qihuang.eval.base import Dataset, Example, RunContext, Skipped, Task, TaskOption, base_row
 from qihuang.eval.metrics import extract_choice, pct
+from qihuang.eval.select import SELECT_OPTIONS, SHAPE_OPTION, group_by_subject, select
 from qihuang.eval.tasks.mcq_formats import load_exam
 
 INSTRUCTION = "以下是医学考试中的{kind}选择题，请选出正确答案，只需给出选项字母。"
@@ -35,6 +39,29 @@ def question_block(ex: Example, *, with_instruction: bool = True) -> str:
     lines += [f"{letter}. {text}" for letter, text in ex.fields["options"].items()]
     lines.append("答案：")
     return "\n".join(lines)
+
+
+def choice_loglik(engine: Any, contexts: list[str], choices: list[list[str]]) -> list[list[float]]:
+    """For each context, the engine's log-likelihood of each of its choices as the continuation (one call)."""
+    requests = [(c, choice) for c, options in zip(contexts, choices, strict=True) for choice in options]
+    scores = list(engine.loglikelihood(requests))
+    if len(scores) != len(requests):
+        raise RuntimeError(f"engine.loglikelihood returned {len(scores)} scores for {len(requests)} requests")
+    out, i = [], 0
+    for options in choices:
+        out.append([float(x) for x in scores[i:i + len(options)]])
+        i += len(options)
+    return out
+
+
+def choice_scores(rows: list[dict], method: str) -> dict[str, Any]:
+    """n and accuracy of graded rows (``correct``, ``pred``); with ``generate``, the replies no answer could
+    be read from (``pred`` None), counted wrong: ``n_unparsed`` and ``unparsed_rate``."""
+    scores: dict[str, Any] = {"n": len(rows), "accuracy": pct(r["correct"] for r in rows)}
+    if method == "generate":
+        scores["unparsed_rate"] = pct(r["pred"] is None for r in rows)
+        scores["n_unparsed"] = sum(r["pred"] is None for r in rows)
+    return scores
 
 
 class MCQTask(Task):
@@ -53,6 +80,10 @@ class MCQTask(Task):
                                                "else the file name for CMMLU/C-Eval)"),
         TaskOption("prompt_format", str, "template", "loglik context: the model's prompt template or plain text",
                    ("template", "plain")),
+        SHAPE_OPTION,
+        TaskOption("answers", str, None, "file of {id, answer} records joined to the questions by id (CMB-test "
+                                         "keeps its answers apart)"),
+        *SELECT_OPTIONS,
     )
 
     def __init__(self, **options: Any):
@@ -64,7 +95,7 @@ class MCQTask(Task):
         self._pool: list[Example] = []
 
     def load(self, path: Path) -> Dataset:
-        data = load_exam(path, self.config["subject_field"])
+        data = self._load(path, self.config["answers"])
         if self.config["method"] == "loglik":
             keep = []
             for ex in data.examples:
@@ -74,13 +105,17 @@ class MCQTask(Task):
                 else:
                     keep.append(ex)
             data.examples = keep
-        return data
+        return select(data, self.config)  # sampled after the unscorable items are left out
+
+    def _load(self, path: Path, answers: str | None = None) -> Dataset:
+        return load_exam(path, self.config["subject_field"], self.config["shape"],
+                         Path(answers) if answers else None)
 
     def prepare(self, dataset: Dataset, ctx: RunContext) -> None:
         if not self.config["shots"]:
             return
         if self.config["fewshot_data"]:
-            self._pool = load_exam(Path(self.config["fewshot_data"]), self.config["subject_field"]).examples
+            self._pool = self._load(Path(self.config["fewshot_data"])).examples
         else:
             self._pool = list(dataset.examples)
 
@@ -125,15 +160,11 @@ class MCQTask(Task):
     def _predict_loglik(self, batch: list[Example], ctx: RunContext) -> list[dict]:
         engine = ctx.engine
         contexts = [self.context(ex, engine) for ex in batch]
-        requests = [(c, letter) for c, ex in zip(contexts, batch, strict=True) for letter in ex.fields["options"]]
-        scores = list(engine.loglikelihood(requests))
-        if len(scores) != len(requests):
-            raise RuntimeError(f"engine.loglikelihood returned {len(scores)} scores for {len(requests)} requests")
-        rows, i = [], 0
-        for ex in batch:
+        rows = []
+        for ex, scores in zip(batch, choice_loglik(engine, contexts, [list(ex.fields["options"]) for ex in batch]),
+                              strict=True):
             letters = list(ex.fields["options"])
-            ll = dict(zip(letters, scores[i:i + len(letters)], strict=True))
-            i += len(letters)
+            ll = dict(zip(letters, scores, strict=True))
             picked = max(letters, key=lambda k: ll[k])
             row = base_row(ex, question_block(ex), picked)
             row["loglik"] = {k: round(float(v), 4) for k, v in ll.items()}
@@ -150,14 +181,9 @@ class MCQTask(Task):
         return self._grade(example, extract_choice(prediction, example.fields["options"]))
 
     def aggregate(self, rows: list[dict]) -> dict:
-        by_subject: dict[str, list[dict]] = {}
-        for r in rows:
-            by_subject.setdefault(r.get("subject") or "all", []).append(r)
-        scores: dict[str, Any] = {"n": len(rows), "accuracy": pct(r["correct"] for r in rows)}
-        if self.config["method"] == "generate":
-            scores["unparsed_rate"] = pct(r["pred"] is None for r in rows)
+        scores = choice_scores(rows, self.config["method"])
         per_subject = {s: {"n": len(v), "accuracy": pct(r["correct"] for r in v)}
-                       for s, v in sorted(by_subject.items())}
+                       for s, v in group_by_subject(rows).items()}
         if len(per_subject) > 1:
             scores["accuracy_macro"] = round(sum(v["accuracy"] for v in per_subject.values()) / len(per_subject), 2)
         return {"scores": scores, "details": {"by_subject": per_subject, "method": self.config["method"],

@@ -1,17 +1,12 @@
-"""Multiple-choice exam files in their common shapes, parsed into :class:`Example` objects.
+"""Multiple-choice exam files in their published shapes, parsed into :class:`Example` objects.
 
-Recognised row shapes (detected per row from its keys):
+Which keys hold the question, the options and the answer is data: the ``mcq`` shapes of
+``resources/eval_shapes.yaml`` (CMExam, CMB-Exam, MMedBench, MedQA-MCMLE, MedMCQA, CNMLE-style
+``opa``..``ope``, CMMLU, C-Eval, a generic JSON lines shape). Each file's shape is detected from its
+records (or named: ``shape``); a record that does not fit is skipped and reported with the field.
 
-* CMExam CSV: ``Question``, ``Options`` ("A xxx\\nB yyy..."), ``Answer`` (one or more letters),
-  ``Explanation``.
-* CMMLU / C-Eval CSV: ``Question``/``question``, option columns ``A``..``D`` (up to ``H``),
-  ``Answer``/``answer``; the subject is the file name (``_val``/``_dev``/``_test`` stripped).
-* MedQA-MCMLE JSON lines: ``question``, ``options`` {letter: text}, ``answer_idx`` (letter).
-* Generic JSON lines: ``question``, ``options`` (list or {letter: text}), ``answer`` (letter(s),
-  0-based index, or the text of an option); optional ``subject``, ``explanation``, ``id``.
-
-Example ``fields``: ``options`` (letter -> text), ``answer`` (sorted letters, e.g. "B" or
-"AC"), ``explanation``.
+Example ``fields``: ``options`` (letter -> text), ``answer`` (sorted letters, e.g. "B" or "AC"),
+``explanation``.
 """
 
 from __future__ import annotations
@@ -20,8 +15,10 @@ import re
 import unicodedata
 from pathlib import Path
 
+from qihuang.errors import InputError
 from qihuang.eval.base import Dataset, Example, Skipped
-from qihuang.eval.dataio import data_files, first, iter_rows
+from qihuang.eval.dataio import iter_rows
+from qihuang.eval.shapes import Shape, field_value, shaped_files, subject_value, text_value
 
 LETTERS = "ABCDEFGH"
 _OPTION_LINE = re.compile(r"^\s*([A-Ha-h])\s*(?:[.\s、:：．)）]|$)\s*(.*)$")
@@ -42,7 +39,7 @@ def _letters(value: object) -> str:
     return unicodedata.normalize("NFKC", _clean(value)).upper()
 
 
-def parse_options_text(text: str) -> dict[str, str]:
+def parse_options_text(text: str, key: str = "Options") -> dict[str, str]:
     """Options written as "A xxx\\nB yyy" (or on one line "A. xxx B. yyy") -> {letter: text}."""
     lines = [ln for ln in _clean(text).splitlines() if ln.strip()]
     lines = [_fold_leading_letter(ln) for ln in lines]
@@ -53,7 +50,7 @@ def parse_options_text(text: str) -> dict[str, str]:
         m = _OPTION_LINE.match(ln)
         if m is None:
             if not options:
-                raise RowError(f"field 'Options': line {ln!r} does not start with an option letter")
+                raise RowError(f"field {key!r}: line {ln!r} does not start with an option letter")
             last = next(reversed(options))
             options[last] = f"{options[last]} {ln.strip()}".strip()
             continue
@@ -66,46 +63,74 @@ def _fold_leading_letter(line: str) -> str:
     return unicodedata.normalize("NFKC", stripped[:1]) + stripped[1:] if stripped else line
 
 
-def _options_of(row: dict) -> dict[str, str]:
-    raw = first(row, "options", "Options")
-    if raw is None:
-        options = {k: _clean(row[k]) for k in LETTERS if _clean(row.get(k))}
+def _options_of(row: dict, shape: Shape) -> dict[str, str]:
+    spec = shape.options
+    if spec.columns:
+        options = {LETTERS[i]: _clean(row.get(c)) for i, c in enumerate(spec.columns[:len(LETTERS)])
+                   if _clean(row.get(c))}
         if not options:
-            raise RowError("no options: expected 'Options'/'options' or columns A, B, C, D")
+            raise RowError(f"no options: columns {', '.join(spec.columns)} are empty")
         return options
+    raw = row.get(spec.key)
+    if raw is None or raw == "":
+        raise RowError(f"field {spec.key!r}: missing or empty options")
     if isinstance(raw, str):
-        return parse_options_text(raw)
+        return parse_options_text(raw, spec.key)
     if isinstance(raw, dict):
         options = {_letters(k): _clean(v) for k, v in sorted(raw.items(), key=lambda kv: _letters(kv[0]))}
         bad = [k for k in options if k not in LETTERS]
         if bad:
-            raise RowError(f"field 'options': keys {bad} are not option letters")
+            raise RowError(f"field {spec.key!r}: keys {bad} are not option letters")
         return options
     if isinstance(raw, list):
         if len(raw) > len(LETTERS):
-            raise RowError(f"field 'options': more than {len(LETTERS)} options")
+            raise RowError(f"field {spec.key!r}: more than {len(LETTERS)} options")
         return {LETTERS[i]: _clean(v) for i, v in enumerate(raw)}
-    raise RowError("field 'options': expected text, a list or an object")
+    raise RowError(f"field {spec.key!r}: expected text, a list or an object")
 
 
-def _answer_of(row: dict, options: dict[str, str]) -> str:
-    raw = first(row, "answer_idx", "Answer", "answer", "label")
+def _answer_key(row: dict, shape: Shape) -> str:
+    return next((k for k in shape.answer if row.get(k) not in (None, "")), shape.answer[0])
+
+
+def _answer_of(row: dict, options: dict[str, str], shape: Shape) -> str:
+    key = _answer_key(row, shape)
+    raw = field_value(row, shape.answer)
     if raw is None:
-        raise RowError("field 'answer': missing or empty")
+        raise RowError(f"field {key!r}: missing or empty answer")
     if isinstance(raw, bool):
-        raise RowError(f"field 'answer': {raw!r} is not an option")
-    if isinstance(raw, int):
-        if not 0 <= raw < len(options):
-            raise RowError(f"field 'answer': index {raw} out of range")
-        return list(options)[raw]
+        raise RowError(f"field {key!r}: {raw!r} is not an option")
+    form = shape.answer_form
+    if form in ("index0", "index1") or (form == "auto" and isinstance(raw, int)):
+        return _by_index(raw, options, key, base=1 if form == "index1" else 0)
     text = _clean(raw)
-    for letter, opt in options.items():  # the answer given as the option's text
-        if text == opt and len(text) > 1:
-            return letter
+    if form == "column":
+        columns = [c.lower() for c in shape.options.columns]
+        if text.lower() not in columns:
+            raise RowError(f"field {key!r}: {text!r} names none of the option columns {', '.join(columns)}")
+        letter = LETTERS[columns.index(text.lower())]
+        if letter not in options:
+            raise RowError(f"field {key!r}: column {text!r} is empty")
+        return letter
+    if form == "auto":
+        for letter, opt in options.items():  # the answer given as the option's text
+            if text == opt and len(text) > 1:
+                return letter
     letters = re.sub(r"[\s,，、;；/.。和及与]+", "", _letters(text))
     if not letters or any(c not in options for c in letters) or len(set(letters)) != len(letters):
-        raise RowError(f"field 'answer': {text!r} is not among the options {''.join(options)}")
+        raise RowError(f"field {key!r}: answer {text!r} is not among the options {''.join(options)}")
     return "".join(sorted(letters))
+
+
+def _by_index(raw: object, options: dict[str, str], key: str, base: int) -> str:
+    try:
+        index = int(str(raw).strip()) - base
+    except ValueError:
+        raise RowError(f"field {key!r}: {raw!r} is not an option number") from None
+    if not 0 <= index < len(options):
+        first, last = base, len(options) - 1 + base
+        raise RowError(f"field {key!r}: option number {raw!r} is outside {first}..{last}")
+    return list(options)[index]
 
 
 def subject_from_file(path: Path) -> str:
@@ -113,44 +138,61 @@ def subject_from_file(path: Path) -> str:
     return _SUBJECT_SUFFIX.sub("", path.stem)
 
 
-def parse_row(row: dict, *, file: Path, line: int, file_subject: str | None,
+def parse_row(row: dict, shape: Shape, *, file: Path, line: int, file_subject: str | None,
               subject_field: str | None = None, key: str | None = None) -> Example:
-    """One exam row -> Example (``key``: its id when the row has none, default ``name:line``);
+    """One exam row of ``shape`` -> Example (``key``: its id when the row has none, default ``name:line``);
     raises :class:`RowError` naming the bad field."""
-    question = _clean(first(row, "question", "Question"))
+    question = text_value(row, shape.question)
     if not question:
-        raise RowError("field 'question': missing or empty")
-    options = _options_of(row)
+        raise RowError(f"field {shape.question[0]!r}: missing or empty question")
+    options = _options_of(row, shape)
     if len(options) < 2:
         raise RowError("fewer than two options")
     if any(not v for v in options.values()):
         raise RowError("an option is empty")
-    answer = _answer_of(row, options)
-    lettered_columns = "A" in row and "B" in row
-    subject = _clean(row.get(subject_field)) if subject_field else _clean(first(row, "subject", "Subject"))
-    if not subject and (lettered_columns or file_subject):
+    answer = _answer_of(row, options, shape)
+    subject = subject_value(row, (subject_field,) if subject_field else shape.subject)
+    if not subject and (shape.subject_from_file or file_subject):
         subject = file_subject or subject_from_file(file)
     return Example(
-        id=_clean(first(row, "id", "ID")) or key or f"{file.name}:{line}", question=question, subject=subject or None,
+        id=text_value(row, shape.id) or key or f"{file.name}:{line}", question=question, subject=subject or None,
         source=str(file), line=line,
-        fields={"options": options, "answer": answer, "explanation": _clean(first(row, "explanation", "Explanation"))},
-    )
+        fields={"options": options, "answer": answer, "explanation": text_value(row, shape.explanation)})
 
 
-def load_exam(path: Path, subject_field: str | None = None) -> Dataset:
-    """All exam rows of a file or a directory of files; malformed rows are skipped and reported."""
-    path = Path(path)
-    files = data_files(path)
+def read_answers(path: Path) -> dict[str, object]:
+    """An answer file (CMB-test keeps its answers apart): records with ``id`` and ``answer`` -> {id: answer}."""
+    answers: dict[str, object] = {}
+    for item in iter_rows(Path(path)):
+        if item.error:
+            raise InputError(item.error, path=str(path), line=item.line)
+        if "id" not in item.row or "answer" not in item.row:
+            raise InputError("an answer record needs 'id' and 'answer'", path=str(path), line=item.line)
+        answers[str(item.row["id"])] = item.row["answer"]
+    return answers
+
+
+def load_exam(path: Path, subject_field: str | None = None, shape: str | None = None,
+              answers: Path | None = None) -> Dataset:
+    """All exam rows of a file or a directory of files; malformed rows are skipped and reported.
+    ``shape`` names the record shape (default: detected per file); ``answers`` is a file of
+    ``{id, answer}`` records joined to the questions by id."""
+    given = read_answers(answers) if answers else {}
+    files = list(shaped_files(path, "mcq", shape))
     examples, skipped = [], []
     seen: set[str] = set()
-    for file in files:
+    for file, file_shape, rows in files:
         file_subject = subject_from_file(file) if len(files) > 1 else None
-        for line, row, error, key in iter_rows(file):
+        for line, row, error, key in rows:
             try:
                 if error:
                     raise RowError(error)
-                ex = parse_row(row, file=file, line=line, file_subject=file_subject, subject_field=subject_field,
-                               key=key)
+                if given:
+                    row = _with_answer(row, given, file_shape)
+                ex = parse_row(row, file_shape, file=file, line=line, file_subject=file_subject,
+                               subject_field=subject_field, key=key)
+                if len(files) > 1 and ex.id != key:  # ids restart in every file of a directory (C-Eval)
+                    ex.id = f"{file.stem}/{ex.id}"
             except RowError as exc:
                 skipped.append(Skipped(str(file), line, str(exc)))
                 continue
@@ -159,3 +201,10 @@ def load_exam(path: Path, subject_field: str | None = None) -> Dataset:
             seen.add(ex.id)
             examples.append(ex)
     return Dataset(examples, skipped)
+
+
+def _with_answer(row: dict, given: dict[str, object], shape: Shape) -> dict:
+    rid = str(row.get("id", ""))
+    if rid not in given:
+        raise RowError(f"field 'id': {rid!r} is not in the answer file")
+    return {**row, shape.answer[0]: given[rid]}
