@@ -45,6 +45,32 @@ def scores(kb, path: Path, **options) -> dict:
         return run("retrieval", path, out_dir=Path(tmp), kb=kb, batch_size=64, progress=False, **options)["scores"]
 
 
+def ranking_alone(kb, path: Path, split: str) -> tuple[int, int]:
+    """(hits, questions) of department hit@3 when the gold entities stand for what the linker found: how
+    well the departments are ranked, whatever the linking (``department_rank.rank`` and the task's
+    ``same_department``; gold names with departments of their own count as named, the others as described)."""
+    import json
+
+    from qihuang.eval.tasks.retrieval import parse_record, same_department
+    from qihuang.kb.department_rank import rank
+    from qihuang.kb.departments import patient_groups
+
+    index = kb.departments
+    hits = n = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line) if line.strip() else None
+        if not row or row.get("split") != split or not row.get("department_gold"):
+            continue
+        gold = parse_record(row)
+        named = [e for e in gold["entities"] if index.own(e)[1]]
+        described = [e for e in gold["entities"] if e not in named or index.described(e)]
+        ranked = [r.name for r in rank(index, named, described, [], patient_groups(gold["question"]),
+                                       gold["question"])][:3]
+        n += 1
+        hits += any(same_department(d, g) for d in ranked for g in gold["department_gold"])
+    return hits, n
+
+
 def _cell(s: dict, key: str) -> str:
     value = s.get(key)
     if key == "n":
@@ -82,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             for split in ("tune", "held") for conf in ("high", "all")}
     rows["regression (team's)"] = scores(kb, args.regression)
     print(table(rows))
+    for split in ("tune", "held"):
+        hits, n = ranking_alone(kb, args.questions, split)
+        print(f"  department hit@3 with the gold entities in place of the linked ones ({split}, all): "
+              f"{100 * hits / max(n, 1):.2f} % of {n}")
     print("load average after: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     misses = missed(rows[TARGET_ROW])
     for line in misses:
