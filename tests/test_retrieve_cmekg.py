@@ -58,9 +58,9 @@ def _check_symptom_answer(res: dict, negated: str) -> None:
     assert all(negated not in c["evidence"] for c in res["candidates"])
     assert any(c["confident"] for c in res["candidates"])
     facts = res["facts"]
-    assert {f["via"] for f in facts} == {"symptom"}
+    assert {f["via"] for f in facts} == {"symptom", "department"}  # candidates' evidence; hospital departments
     assert any(f["attribute"] == "department" for f in facts)
-    assert not any(f["value"] == negated for f in facts)
+    assert not any(f["value"] == negated or negated in f["anchor"].split("、") for f in facts)
 
 
 def test_symptom_description_gives_hedged_candidates_with_departments(cmekg_db, capsys, monkeypatch):
