@@ -28,6 +28,8 @@ behind it; elsewhere a KB-worded department fact is only renamed.
 
 from __future__ import annotations
 
+import re
+
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,6 +37,10 @@ from typing import NamedTuple
 
 from qihuang.kb.departments import ROOT, DepartmentBook, Hospital, Patient, load_book, patient_groups
 from qihuang.kb.types import Fact, Mention
+
+# someone's own complaint: a person, an age or a when (data-building questions about a disease have none)
+_PATIENT = re.compile(r"我|本人|自己|孩子|宝宝|小孩|儿子|女儿|老公|老婆|爸|妈|爷爷|奶奶|姥|家人|朋友|同事|岁|个月大|"
+                      r"最近|这几天|这两天|一直|老是|总是|经常|有时|突然|今天|昨天|前几天|[天周月年]了")
 
 SYMPTOM_RELATION = "常见就诊科室（按症状）"
 LOOKED_UP = ("symptom", "reverse", "department")  # facts reached from the symptoms themselves
@@ -391,6 +397,11 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     symptoms = [m.name for m in live if m.type == "symptom" or index.symptom_like(m.name)]
     symptoms += [s for c in candidates for s in c.get("evidence") or [] if s not in symptoms]
     real = [n for n in symptoms if n in names and index.described(n)]
+    # a named disease whose own facts answer what is asked is the question's topic (不稳定性心绞痛怎么治疗),
+    # not a symptom someone describes, unless the question speaks of a patient (我腰痛怎么办)
+    topic = {f.entity for f in facts if f.via == "direct" and any(f.attribute in g for g in groups)}
+    if topic and not _PATIENT.search(text):
+        real = [n for n in real if n not in topic]
     # a symptom that another named entity explains is no description: a value of its facts (布洛芬缓释胶囊的
     # 副作用有恶心吗) or one of its own symptoms (过敏性鼻炎老打喷嚏吃什么药)
     describes = bool(real) and (bool(candidates) or _describes(index, real, names, symptoms, facts))

@@ -34,6 +34,7 @@ SUBJECT, COLLOQUIAL, ALIAS_SUBJECT, VALUE, STEM, ALIAS_VALUE = 6, 5, 4, 3, 2, 1
 _SEPARATORS = frozenset("、和及与或跟 ")
 _THINGS = frozenset({"disease", "drug", "herb", "formula", "examination"})  # what "X是什么病" may ask about
 _CLAUSE_END = frozenset("，,。.;；!！?？:：\n()（）")
+_SENTENCE_PARTS = re.compile(r"[，,。.;；!！?？\n]+")  # the clauses of a story (a parenthesis is inside one)
 
 
 class Linker:
@@ -219,7 +220,7 @@ class Linker:
     def _tells_only(self, norm: str) -> bool:
         """Several clauses, none of which asks (a story told, no question put)."""
         return self._asking is not None and self._asking_clauses(norm) is None and \
-            _clause_ids(norm.rstrip("".join(_CLAUSE_END)))[-1:] > [0]
+            len([c for c in _SENTENCE_PARTS.split(norm) if c.strip()]) > 1
 
     def _cue_groups(self, text: str, mentions: list[Mention] | None) -> list[tuple[str, ...]]:
         norm = normalize(text)
