@@ -1,27 +1,29 @@
-"""A learned backstop for red-flag triage: character n-grams + logistic regression.
+"""A learned backstop for red-flag triage: character n-grams + logistic regression, calibrated to the
+share of red flags that real questions have.
 
 Hand-written patterns catch the wording they were written for and miss new wording (see
-``benchmarks/triage/README.md``), so triage also asks a small classifier trained on qihuang's own
-labelled questions (``resources/triage_examples.jsonl``: the parts of the triage question set that
-were tuned on; the current held-out part is never in it). It fires when the probability of a red
-flag reaches the threshold in ``red_flags.yaml`` (``model.threshold``, chosen by cross-validation on
-the training questions alone, see ``benchmarks/triage_model_cv.py``); it tells a red flag from none,
-not which kind, so its level is ``emergency`` (over-triage is the safe error for a backstop). Negated clauses are removed first and general questions are skipped, as
-for the rules. Trained once per process on first use (well under a second); refusals stay rule-only.
+``benchmarks/triage/README.md``), so triage also asks a small classifier. It is trained on
+``resources/triage_examples.jsonl``: the parts of qihuang's own triage question sets that were tuned on
+(never a held-out part) and ordinary questions written for it in many styles (chronic complaints, baby
+care, cosmetic, pregnancy food, drug and cost questions) — most real questions are not emergencies, and a
+model trained on half red flags sees one in every symptom word. Examples are weighted so that red flags
+make up ``red_share`` of the weight (``model.red_share`` in ``red_flags.yaml``), so its probability is
+calibrated to that base rate. It reads what the question says now (``Reading.current_text``: negated
+clauses and past or long-standing stretches removed), in training as in use. Trained once per process on
+first use (about a second); refusals stay rule-only.
 """
 
 from __future__ import annotations
 
 import json
-import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from qihuang.errors import ConfigError
 from qihuang.paths import resource
 
-_NEGATED_CLAUSE = re.compile(r"^(也|并|都|还)?(没有|没|无|未|否认|并无|不是|已经不|不再)")
-_CLAUSE = re.compile(r"[^,，。.;；!！?？\n]+")
+LABELS = ("none", "urgent", "emergency")
 
 
 def read_examples(path: str | Path | None = None) -> tuple[list[str], list[str]]:
@@ -37,34 +39,62 @@ def read_examples(path: str | Path | None = None) -> tuple[list[str], list[str]]
             labels.append(row["label"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}:{i}: expected {{'question', 'label'[, 'history']}}: {exc}") from None
-        if labels[-1] not in ("none", "urgent", "emergency"):
+        if labels[-1] not in LABELS:
             raise ConfigError(f"{path}:{i}: field 'label' must be none, urgent or emergency")
     return texts, labels
 
 
-def strip_negated(text: str) -> str:
-    """``text`` without the clauses that open with a negation ("没有胸痛，只是咳嗽" -> "只是咳嗽")."""
-    return "，".join(c for c in _CLAUSE.findall(text) if not _NEGATED_CLAUSE.match(c.strip()))
+def weights(labels: list[str], red_share: float) -> list[float]:
+    """Per-example weights that give red flags (``urgent``/``emergency``) ``red_share`` of the total."""
+    n_red = sum(label != "none" for label in labels)
+    n_none = len(labels) - n_red
+    if not n_red or not n_none:
+        raise ConfigError("the triage examples need both red flags and 'none' questions")
+    w_red, w_none = red_share / n_red, (1 - red_share) / n_none
+    scale = len(labels)
+    return [scale * (w_red if label != "none" else w_none) for label in labels]
 
 
-def build(texts: list[str], labels: list[str], c: float = 4.0):
-    """A fitted scikit-learn pipeline (char 1-3 grams, TF-IDF, class-balanced logistic regression),
-    red flag (``urgent``/``emergency`` labels) vs ``none``."""
+@dataclass
+class TriageModel:
+    """Character 1-3-gram TF-IDF and two logistic regressions on it: red flag (``urgent`` or
+    ``emergency``) vs ``none``, and ``emergency`` vs the rest (so a question like a dog bite, a red flag but
+    an urgent one, can score high on the first and low on the second)."""
+
+    vectorizer: object
+    red: object
+    emergency: object
+
+    def probabilities(self, text: str) -> tuple[float, float]:
+        """(P(red flag), P(emergency)) for prepared ``text`` (``Reading.current_text``)."""
+        x = self.vectorizer.transform([text])
+        return (float(self.red.predict_proba(x)[0][list(self.red.classes_).index(True)]),
+                float(self.emergency.predict_proba(x)[0][list(self.emergency.classes_).index(True)]))
+
+
+def build(texts: list[str], labels: list[str], c: float = 16.0, red_share: float = 0.1) -> TriageModel:
+    """The fitted model on already prepared texts, weighted so red flags carry ``red_share``."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
 
-    model = make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=1),
-                          LogisticRegression(C=c, class_weight="balanced", solver="liblinear", random_state=0))
-    return model.fit([strip_negated(t) for t in texts], [label != "none" for label in labels])
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
+    x = vectorizer.fit_transform(texts)
+    w = weights(labels, red_share)
+    fit = lambda y: LogisticRegression(C=c, solver="liblinear", random_state=0).fit(x, y, sample_weight=w)  # noqa: E731
+    return TriageModel(vectorizer, fit([label != "none" for label in labels]),
+                       fit([label == "emergency" for label in labels]))
+
+
+def prepared_examples(path: str | Path | None = None) -> tuple[list[str], list[str]]:
+    """The training examples as the backstop reads them (current text only); empty ones dropped."""
+    from qihuang.answer.triage import read
+
+    pairs = [(read(text).current_text(), label) for text, label in zip(*read_examples(path))]
+    pairs = [(t, label) for t, label in pairs if t.strip()]
+    return [t for t, _ in pairs], [label for _, label in pairs]
 
 
 @lru_cache(maxsize=2)
-def default_model(path: str | None = None, c: float = 4.0):
+def default_model(c: float = 16.0, red_share: float = 0.1):
     """The model trained on the packaged examples (cached per process)."""
-    return build(*read_examples(path), c=c)
-
-
-def red_flag_probability(model, text: str) -> float:
-    """P(red flag) for normalized ``text``."""
-    return float(model.predict_proba([strip_negated(text)])[0][list(model.classes_).index(True)])
+    return build(*prepared_examples(), c=c, red_share=red_share)
