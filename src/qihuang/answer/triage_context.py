@@ -19,7 +19,7 @@ the kind of the cue that opens it. A past cue covers its own clause; a past cue 
 comes before it ("十年前被蛇咬过，当时住了院"); a duration ("两年了",
 "持续了三个月") covers its clause and the untagged stretches before it in the sentence (a duration follows
 what it measures); an onward duration ("长期", "三年来", "从小") its clause and the untagged stretches
-after it; a recurrence ("经常", "总是") its clause, unless a present cue comes before it in the sentence
+after it; a recurrence ("经常", "总是", "偶尔") too, unless a present cue comes before it in the sentence
 ("这两天有点糊涂，总是答非所问" recurs within the current episode). A match directly followed by the experiential 过 ("惊厥过一次") is past unless a present cue
 opens its stretch.
 """
@@ -142,7 +142,8 @@ class Reading:
         if not kinds:
             return False
         kind = self.stretches[bisect.bisect_right(self._starts, start) - 1][2]
-        if kind in kinds:
+        last = self.stretches[bisect.bisect_right(self._starts, max(start, end - 1)) - 1][2]
+        if kind in kinds and last in kinds:  # "糖尿病十年了，今天一直吐": a match that reaches now is current
             return True
         exp = self.time.experienced
         return exp is not None and kind != "present" and bool(exp.match(self.text, end))
@@ -223,7 +224,7 @@ def _stretches(text: str, clauses: list[int], sentences: list[int], time: TimeCu
 
 # how far each kind of cue reaches: its clause, plus stretches before (-1) or after (+1) it in the sentence
 _REACH = {"past": ("past", ()), "healed": ("past", (-1,)), "chronic": ("chronic", (-1,)),
-          "chronic_onward": ("chronic", (1,)), "recurrent": ("chronic", ())}
+          "chronic_onward": ("chronic", (1,)), "recurrent": ("chronic", (1,))}
 
 
 def _sentence_stretches(text, s0, s1, clause_starts, time):

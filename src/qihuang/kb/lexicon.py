@@ -107,7 +107,7 @@ class Negation(_Strict):
         return _scope(self, answer).negates(head)
 
     def opens(self, clause: str, answer: bool = False) -> bool:
-        """Whether ``clause`` opens with a cue (after 也/并/都/还), so the whole clause is negated."""
+        """Whether ``clause`` opens with a cue (after 也/并/都/还/既), so the whole clause is negated."""
         return _scope(self, answer).opens(clause)
 
 
@@ -126,7 +126,7 @@ class _Scope:
         self.listed = re.compile(f"(?:{alt(after)}){{0,2}}{item}" if after else item)
         self.other = re.compile(alt(neg.not_negating)) if neg.not_negating else None
         self.breaks = re.compile(alt(neg.breaks)) if neg.breaks else None
-        self.opener = re.compile(f"^(?:也|并|都|还)?(?:{alt(cues)})")
+        self.opener = re.compile(f"^(?:也|并|都|还|既)?(?:{alt(cues)})")
 
     def _shadowed(self, text: str, start: int, own_end: int | None = None) -> bool:
         """Whether a not-negating word covers the cue at ``start`` (one that starts with the cue and
