@@ -123,3 +123,14 @@ def test_shipped_model_section():
     assert backstop is not None and 0 < backstop.urgent <= backstop.emergency <= 1
     assert 0 < backstop.red_share < 0.5  # calibrated to a realistic share of red flags
     assert resource("triage_examples.jsonl").is_file()
+
+
+def test_fast_scoring_matches_scikit_learn():
+    from qihuang.answer.triage_model import default_model
+
+    model = default_model()
+    for text in ("我姥姥今天一直迷瞪着，喊了也只哼两声", "宝宝出生十几天  喝奶多少合适", "x", ""):
+        x = model.vectorizer.transform([text])
+        expected = (model.red.predict_proba(x)[0][list(model.red.classes_).index(True)],
+                    model.emergency.predict_proba(x)[0][list(model.emergency.classes_).index(True)])
+        assert model.probabilities(text) == pytest.approx(expected, abs=1e-9)

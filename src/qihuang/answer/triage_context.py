@@ -128,13 +128,14 @@ class Reading:
         """Whether a negation cue scopes over the match starting at ``start``."""
         return self.negation is not None and self.negation.negates(self.text[self._clause_start(start):start])
 
-    def prevented(self, start: int) -> bool:
-        """Whether a prevention word governs the match starting at ``start`` ("怎么防溺水")."""
+    def prevented(self, start: int, end: int | None = None) -> bool:
+        """Whether a prevention word governs the match ``start:end``: before it in its clause ("怎么防溺水"),
+        or inside it ("热水器，怎么预防煤气中毒")."""
         ctx = self.context
         if ctx is None or ctx.prevention is None:
             return False
         head = self.text[max(self._clause_start(start), start - 10):start]
-        return bool(ctx.prevention.search(head))
+        return bool(ctx.prevention.search(head)) or (end is not None and bool(ctx.prevention.search(self.text, start, end)))
 
     def stale(self, start: int, end: int, time_class: str) -> bool:
         """Whether the match ``start:end`` is past (or, for a complaint, long-standing)."""
@@ -143,14 +144,14 @@ class Reading:
             return False
         kind = self.stretches[bisect.bisect_right(self._starts, start) - 1][2]
         last = self.stretches[bisect.bisect_right(self._starts, max(start, end - 1)) - 1][2]
-        if kind in kinds and last in kinds:  # "糖尿病十年了，今天一直吐": a match that reaches now is current
+        if kind in kinds and last != "present":  # "糖尿病十年了，今天一直吐": a match reaching now is current
             return True
         exp = self.time.experienced
         return exp is not None and kind != "present" and bool(exp.match(self.text, end))
 
     def counts(self, start: int, end: int, time_class: str = "complaint") -> bool:
         """Whether a match counts at all (not negated, prevented or stale)."""
-        return not (self.negated(start) or self.prevented(start) or self.stale(start, end, time_class))
+        return not (self.negated(start) or self.prevented(start, end) or self.stale(start, end, time_class))
 
     def general(self, pos: int, hypothetical: bool = True) -> bool:
         """Whether the sentence at ``pos`` asks about a condition in general: it has a knowledge cue and no
@@ -253,6 +254,9 @@ def _sentence_stretches(text, s0, s1, clause_starts, time):
         last = len(kinds) - 1 - kinds[::-1].index("resolved")
         for i in range(kinds.index("recent_past"), last + 1):
             tags[i] = tags[i] or "past"
+    for i in range(1, len(tags)):  # "今天一直吐，呼吸又深又快": what follows a present cue is current too
+        if tags[i] is None and tags[i - 1] == "present":
+            tags[i] = "present"
     return [(a, b, tags[i]) for i, (a, b, _k, _c) in enumerate(segs)]
 
 

@@ -16,6 +16,8 @@ first use (about a second); refusals stay rule-only.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -55,21 +57,49 @@ def weights(labels: list[str], red_share: float) -> list[float]:
     return [scale * (w_red if label != "none" else w_none) for label in labels]
 
 
+_SPACES = re.compile(r"\s\s+")
+
+
 @dataclass
 class TriageModel:
     """Character 1-3-gram TF-IDF and two logistic regressions on it: red flag (``urgent`` or
     ``emergency``) vs ``none``, and ``emergency`` vs the rest (so a question like a dog bite, a red flag but
-    an urgent one, can score high on the first and low on the second)."""
+    an urgent one, can score high on the first and low on the second).
+
+    Scoring one question is done here from the fitted weights (the same arithmetic as scikit-learn's
+    ``transform`` and ``predict_proba``, a test checks it), about a hundred times faster for one short text."""
 
     vectorizer: object
     red: object
     emergency: object
 
+    def __post_init__(self):
+        idf = self.vectorizer.idf_
+        red, em = self.red.coef_[0], self.emergency.coef_[0]
+        self._terms = {t: (idf[i], red[i], em[i]) for t, i in self.vectorizer.vocabulary_.items()}
+        self._bias = (float(self.red.intercept_[0]), float(self.emergency.intercept_[0]))
+        self._sign = (1.0 if self.red.classes_[1] else -1.0, 1.0 if self.emergency.classes_[1] else -1.0)
+        lo, hi = self.vectorizer.ngram_range
+        self._sizes = range(lo, hi + 1)
+
     def probabilities(self, text: str) -> tuple[float, float]:
         """(P(red flag), P(emergency)) for prepared ``text`` (``Reading.current_text``)."""
-        x = self.vectorizer.transform([text])
-        return (float(self.red.predict_proba(x)[0][list(self.red.classes_).index(True)]),
-                float(self.emergency.predict_proba(x)[0][list(self.emergency.classes_).index(True)]))
+        text = _SPACES.sub(" ", text)
+        counts: dict[str, int] = {}
+        for n in self._sizes:
+            for i in range(len(text) - n + 1):
+                gram = text[i:i + n]
+                if gram in self._terms:
+                    counts[gram] = counts.get(gram, 0) + 1
+        values = [(1.0 + math.log(c)) * self._terms[g][0] for g, c in counts.items()]
+        norm = math.sqrt(sum(v * v for v in values)) or 1.0
+        red = sum(v * self._terms[g][1] for v, g in zip(values, counts)) / norm + self._bias[0]
+        em = sum(v * self._terms[g][2] for v, g in zip(values, counts)) / norm + self._bias[1]
+        return _sigmoid(self._sign[0] * red), _sigmoid(self._sign[1] * em)
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
 def build(texts: list[str], labels: list[str], c: float = 16.0, red_share: float = 0.1) -> TriageModel:
