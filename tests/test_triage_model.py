@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qihuang.answer.triage import BACKSTOP, load_rules, read, triage
+from qihuang.answer.triage import BACKSTOP, LEARNED_SELF_HARM, load_rules, read, triage
 from qihuang.answer.triage_model import read_examples, weights
 from qihuang.errors import ConfigError
 from qihuang.paths import resource
@@ -72,10 +72,11 @@ def test_weights_give_red_flags_their_share():
 
 
 def test_training_file_is_mostly_ordinary_questions_and_never_a_held_out_part():
-    texts, labels = read_examples()
-    counts = Counter(labels)
+    examples = read_examples()
+    counts = Counter(examples.labels)
     assert set(counts) == {"none", "urgent", "emergency"} and counts["none"] > counts["urgent"] + counts["emergency"]
-    last_turns = {t.splitlines()[-1] for t in texts}
+    assert 50 <= sum(examples.self_harm) < counts["emergency"]  # the suicidal-intent head has its own examples
+    last_turns = {t.splitlines()[-1] for t in examples.texts}
     for name, held in (("questions.jsonl", "heldout"), ("context.jsonl", "heldout")):
         rows = [json.loads(x) for x in (SETS / name).read_text(encoding="utf-8").splitlines() if x.strip()]
         held_out = {r["question"] for r in rows if r["split"] == held}
@@ -92,17 +93,26 @@ def test_a_rule_file_without_a_model_section_has_no_backstop(tmp_path):
     assert triage(UNKNOWN_WORDING, load_rules(path)).level == "none"
 
 
-@pytest.mark.parametrize("model, message", [
-    ({"urgent": 1.5, "emergency": 0.9, "c": 1, "red_share": 0.1, "label": "l", "advice": "a"}, "at most 1"),
-    ({"urgent": 0.5, "emergency": 0.9, "c": 0, "red_share": 0.1, "label": "l", "advice": "a"}, "field 'c'"),
-    ({"urgent": 0.5, "emergency": 0.9, "c": 1, "red_share": 2, "label": "l", "advice": "a"}, "field 'red_share'"),
-    ({"urgent": 0.5, "emergency": 0.9, "c": 1, "red_share": 0.1, "advice": "a"}, "field 'label'"),
-    ({"urgent": 0.5, "c": 1, "red_share": 0.1, "label": "l", "advice": "a"}, "field 'emergency'"),
-    ({"threshold": 0.5, "urgent": 0.5, "emergency": 0.9, "c": 1, "red_share": 0.1, "label": "l", "advice": "a"},
-     "unknown field"),
-    ("0.5", "expected a mapping"),
+_MODEL = {"urgent": 0.5, "emergency": 0.9, "self_harm": 0.1, "c": 1, "red_share": 0.1, "label": "l", "advice": "a",
+          "self_harm_label": "s", "self_harm_advice": "crisis"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"urgent": 1.5}, "at most 1"), ({"c": 0}, "field 'c'"), ({"red_share": 2}, "field 'red_share'"),
+    ({"self_harm": True}, "field 'self_harm'"), ({"label": None}, "field 'label'"),
+    ({"self_harm_advice": ""}, "field 'self_harm_advice'"), ({"emergency": None}, "field 'emergency'"),
+    ({"threshold": 0.5}, "unknown field"),
 ])
-def test_bad_model_section_names_the_field(tmp_path, model, message):
+def test_bad_model_section_names_the_field(tmp_path, change, message):
+    model = {k: v for k, v in {**_MODEL, **change}.items() if v is not None}
+    _check_model(tmp_path, model, message)
+
+
+def test_a_model_section_that_is_not_a_mapping(tmp_path):
+    _check_model(tmp_path, "0.5", "expected a mapping")
+
+
+def _check_model(tmp_path, model, message):
     path = tmp_path / "flags.yaml"
     rule = {"id": "x", "level": "urgent", "label": "l", "advice": "a", "any": ["痒"]}
     data = {"levels": LEVELS, "rules": [rule], "model": model}
@@ -118,9 +128,24 @@ def test_bad_training_file_names_the_line(tmp_path):
         read_examples(path)
 
 
+def test_the_suicidal_intent_head_carries_the_crisis_advice(tmp_path):
+    text = "这日子过不下去了，我把自己关在房间里，把那些药片都摆在了桌上"  # no rule pattern needed
+    loose = load_rules(_rules_with_model(tmp_path, self_harm=0.001, urgent=1.0))
+    t = triage(text, loose)
+    assert t.level == "emergency" and LEARNED_SELF_HARM in t.matched
+    assert "12356" in t.message and "120" in t.message
+    strict = load_rules(_rules_with_model(tmp_path, self_harm=1.0, urgent=1.0))
+    assert LEARNED_SELF_HARM not in triage(text, strict).matched
+
+
+def test_a_baby_care_question_is_not_read_as_suicidal():
+    # a recurrence (每次) is context the backstop keeps: stripping it once left "我的宝宝已经15天了"
+    assert triage("我的宝宝已经十五天了，我每次给他喂九十毫升的奶，这个量正常吗").level == "none"
+
+
 def test_shipped_model_section():
     backstop = load_rules().backstop
-    assert backstop is not None and 0 < backstop.urgent <= backstop.emergency <= 1
+    assert backstop is not None and 0 < backstop.urgent <= backstop.emergency <= 1 and 0 < backstop.self_harm < 1
     assert 0 < backstop.red_share < 0.5  # calibrated to a realistic share of red flags
     assert resource("triage_examples.jsonl").is_file()
 

@@ -23,11 +23,13 @@ starts a new stretch), and in a sentence that describes someone rather than asks
 - **Known misspellings** (``typos`` in the file: homophones such as 农要 → 农药, variant characters
   such as 睪 → 睾) are corrected before matching.
 - **A learned backstop** (``answer/triage_model.py``) catches wording no pattern knows: it is asked
-  only when no rule fired. It reads the
+  only when no rule fired (its suicidal-intent head also under an urgent rule). It reads the
   question's current text (negated clauses and past or long-standing stretches removed), is calibrated
   to a realistic share of red flags, and raises ``urgent`` from the file's ``model.urgent`` probability
   and ``emergency`` only when its second model's P(emergency) also reaches ``model.emergency`` (very
-  high): alone it cannot put an emergency banner on an ordinary question.
+  high): alone it cannot put an emergency banner on an ordinary question. Its suicidal-intent head
+  raises ``emergency`` with the crisis advice from ``model.self_harm``: there a false alarm is acceptable,
+  a miss is not.
 - **Earlier turns count.** ``triage(text, history=[...])`` reads the earlier user turns with the
   current one (each turn its own sentences), so a red flag told two turns ago still leads the answer.
 """
@@ -53,6 +55,8 @@ LEVELS = ("none", "urgent", "emergency", "refuse")
 _SEVERITY = {name: i for i, name in enumerate(LEVELS)}
 BACKSTOP = "learned_backstop"
 """Rule id of the learned backstop in ``Triage.matched``."""
+LEARNED_SELF_HARM = "learned_self_harm"
+"""Rule id of the learned suicidal-intent detector in ``Triage.matched``."""
 
 
 @dataclass
@@ -93,19 +97,27 @@ class Rule:
 
 @dataclass(frozen=True)
 class Backstop:
-    """The ``model`` section: the learned backstop's two thresholds (it raises ``urgent`` from P(red flag)
-    >= ``urgent``, ``emergency`` only when also P(emergency) >= ``emergency``), the regularization ``c``, the
-    share of red flags ``red_share`` it is calibrated to, and the label and advice it shows."""
+    """The ``model`` section: the learned backstop's thresholds (it raises ``urgent`` from P(red flag)
+    >= ``urgent``, ``emergency`` only when also P(emergency) >= ``emergency``; suicidal intent, with the
+    crisis advice, from P(self-harm) >= ``self_harm``), the regularization ``c``, the share of red flags
+    ``red_share`` it is calibrated to, and the labels and advice it shows."""
 
     urgent: float
     emergency: float
+    self_harm: float
     c: float
     red_share: float
     label: str
     advice: str
+    self_harm_label: str
+    self_harm_advice: str
 
     def rule(self, level: str) -> Rule:
         return Rule(BACKSTOP, level, self.label, self.advice, (), source="triage_model")
+
+    def self_harm_rule(self) -> Rule:
+        return Rule(LEARNED_SELF_HARM, "emergency", self.self_harm_label, self.self_harm_advice, (),
+                    source="triage_model", time="timeless")
 
 
 @dataclass(frozen=True)
@@ -169,28 +181,30 @@ def _parse_typos(raw, path: Path) -> dict[str, str]:
     return {normalize(k): normalize(v) for k, v in raw.items()}
 
 
+_MODEL_NUMBERS = ("urgent", "emergency", "self_harm", "c", "red_share")
+_MODEL_TEXTS = ("label", "advice", "self_harm_label", "self_harm_advice")
+
+
 def _parse_model(raw, path: Path) -> Backstop | None:
     """The ``model`` section (see :class:`Backstop`)."""
     if raw is None:
         return None
     where = f"{path}: model"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with urgent, emergency, c, red_share, label, advice")
-    unknown = set(raw) - {"urgent", "emergency", "c", "red_share", "label", "advice"}
+        raise ConfigError(f"{where}: expected a mapping with {list(_MODEL_NUMBERS + _MODEL_TEXTS)}")
+    unknown = set(raw) - set(_MODEL_NUMBERS + _MODEL_TEXTS)
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
-    for key in ("label", "advice"):
+    for key in _MODEL_TEXTS:
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ConfigError(f"{where}: field {key!r} is required (a string)")
-    for key in ("urgent", "emergency", "c", "red_share"):
+    for key in _MODEL_NUMBERS:
         value = raw.get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{where}: field {key!r} must be a positive number")
-    for key in ("urgent", "emergency", "red_share"):
-        if raw[key] > 1:
+        if key != "c" and value > 1:
             raise ConfigError(f"{where}: field {key!r} must be at most 1")
-    return Backstop(float(raw["urgent"]), float(raw["emergency"]), float(raw["c"]), float(raw["red_share"]),
-                    raw["label"], raw["advice"])
+    return Backstop(*(float(raw[k]) for k in _MODEL_NUMBERS), *(raw[k] for k in _MODEL_TEXTS))
 
 
 def load_rules(path: str | Path | None = None) -> RuleSet:
@@ -242,9 +256,9 @@ def _fires(rule: Rule, t: Reading) -> bool:
     return not all(t.general(p, hypothetical=not rule.in_hypothetical) for p in positions)
 
 
-def backstop_probabilities(t: Reading, rules: RuleSet) -> tuple[float, float] | None:
-    """(P(red flag), P(emergency)) of the learned backstop for what ``t`` says now; None when it is not
-    asked (no ``model`` section, only general sentences, nothing current left)."""
+def backstop_probabilities(t: Reading, rules: RuleSet) -> tuple[float, float, float] | None:
+    """(P(red flag), P(emergency), P(suicidal intent)) of the learned backstop for what ``t`` says now;
+    None when it is not asked (no ``model`` section, only general sentences, nothing current left)."""
     if rules.backstop is None or t.all_general():
         return None
     current = t.current_text()
@@ -252,16 +266,22 @@ def backstop_probabilities(t: Reading, rules: RuleSet) -> tuple[float, float] | 
         return None
     from qihuang.answer.triage_model import default_model
 
-    return default_model(rules.backstop.c, rules.backstop.red_share).probabilities(current)
+    model = default_model(rules.backstop.c, rules.backstop.red_share)
+    return (*model.probabilities(current), model.self_harm_probability(current))
 
 
-def _backstop(t: Reading, rules: RuleSet) -> Rule | None:
-    """The learned backstop's rule: ``emergency`` when both probabilities reach their thresholds,
-    ``urgent`` when only P(red flag) does, else None."""
+def _learned(t: Reading, rules: RuleSet, gap: bool) -> list[Rule]:
+    """The learned rules that fire: suicidal intent (always asked below an emergency rule: a miss is the
+    worst error there), and, only where no rule fired (``gap``), the backstop at ``emergency`` when both
+    P(red flag) and P(emergency) reach their thresholds, at ``urgent`` when only P(red flag) does."""
     probs = backstop_probabilities(t, rules)
-    if probs is None or probs[0] < rules.backstop.urgent:
-        return None
-    return rules.backstop.rule("emergency" if probs[1] >= rules.backstop.emergency else "urgent")
+    if probs is None:
+        return []
+    red, emergency, self_harm = probs
+    out = [rules.backstop.self_harm_rule()] if self_harm >= rules.backstop.self_harm else []
+    if gap and red >= rules.backstop.urgent:
+        out.append(rules.backstop.rule("emergency" if emergency >= rules.backstop.emergency else "urgent"))
+    return out
 
 
 def _message(level: str, fired: list[Rule], rules: RuleSet) -> str:
@@ -290,9 +310,8 @@ def triage(text: str, rules: RuleSet | None = None, history: list[str] | None = 
     rules = rules or default_rules()
     t = read(text, rules, history)
     fired = [r for r in rules.rules if _fires(r, t)]
-    if not fired:  # the backstop fills gaps; it never overrides a rule's own level
-        backstop = _backstop(t, rules)
-        fired += [backstop] if backstop is not None else []
+    if not any(r.level in ("emergency", "refuse") for r in fired):  # the backstop never lowers a rule
+        fired += _learned(t, rules, gap=not fired)
     if not fired:
         return Triage()
     level = max((r.level for r in fired), key=_SEVERITY.__getitem__)

@@ -40,7 +40,7 @@ TIME_CLASSES = ("complaint", "event", "timeless")
 poisoning) only when past, a ``timeless`` one (suicidal intent, refusals) never."""
 
 _TIME_KINDS = ("present", "past", "recent_past", "resolved", "healed", "chronic", "chronic_onward", "recurrent")
-_STALE_FOR = {"complaint": ("past", "chronic"), "event": ("past",), "timeless": ()}
+_STALE_FOR = {"complaint": ("past", "chronic", "recurrent"), "event": ("past",), "timeless": ()}
 
 
 def compile_pattern(pattern, where: str) -> re.Pattern:
@@ -174,8 +174,9 @@ class Reading:
         return all(self.general(p) for p in self.sentences if p < len(self.text))
 
     def current_text(self) -> str:
-        """The text without its stale stretches and its clauses that open with a negation, after at most
-        three anchors ("我爸今天没有发烧"): what the learned backstop reads."""
+        """The text without its past and long-standing stretches (a recurrence, "每次喂100ml", is kept: it
+        is context, not a duration) and its clauses that open with a negation, after at most three anchors
+        ("我爸今天没有发烧"): what the learned backstop reads."""
         keep = "".join(self.text[s:e] for s, e, kind in self.stretches if kind not in ("past", "chronic"))
         return "，".join(p for p in CLAUSE_BREAK.split(keep) if p.strip() and not self._negated_clause(p.strip()))
 
@@ -225,7 +226,7 @@ def _stretches(text: str, clauses: list[int], sentences: list[int], time: TimeCu
 
 # how far each kind of cue reaches: its clause, plus stretches before (-1) or after (+1) it in the sentence
 _REACH = {"past": ("past", ()), "healed": ("past", (-1,)), "chronic": ("chronic", (-1,)),
-          "chronic_onward": ("chronic", (1,)), "recurrent": ("chronic", (1,))}
+          "chronic_onward": ("chronic", (1,)), "recurrent": ("recurrent", (1,))}
 
 
 def _sentence_stretches(text, s0, s1, clause_starts, time):
@@ -271,7 +272,7 @@ def _spread_in_clause(segs, tags, i, stale):
     for step in (-1, 1):
         j = i + step
         while 0 <= j < len(segs) and segs[j][3] == segs[i][3] and segs[j][2] is None:
-            tags[j] = tags[j] or stale
+            tags[j] = _stronger(tags[j], stale)
             j += step
 
 
@@ -279,5 +280,10 @@ def _spread(segs, tags, i, step, stale):
     """Stretches before (step -1) or after (+1) ``i`` in the sentence take its tag, up to a present cue."""
     j = i + step
     while 0 <= j < len(segs) and tags[j] != "present":
-        tags[j] = tags[j] or stale
+        tags[j] = _stronger(tags[j], stale)
         j += step
+
+
+def _stronger(tag: str | None, stale: str) -> str:
+    """A duration or a past event outweighs a recurrence ("老觉得堵得慌，这样有两三年了")."""
+    return stale if tag is None or (tag == "recurrent" and stale != "recurrent") else tag
