@@ -1,7 +1,7 @@
 """Choose the triage backstop's thresholds: out of fold on its training questions, and on real questions.
 
     PYTHONPATH=src python benchmarks/triage_model_cv.py [--realq ../shared/realq/questions.jsonl]
-        [--c 16] [--red-share 0.1] [--max-urgent 3.0] [--max-emergency 0.25] [--max-self-harm 1.0]
+        [--c 16] [--red-share 0.1] [--max-urgent 3.0] [--max-emergency 0.25] [--max-self-harm 0.5]
 
 The backstop (``answer/triage_model.py``) is trained on ``resources/triage_examples.jsonl`` (never a
 held-out part). Its three probabilities, P(red flag), P(emergency) and P(suicidal intent), are taken out of
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--red-share", type=float, default=0.1)
     ap.add_argument("--max-urgent", type=float, default=3.0, help="percent of benign questions at or above")
     ap.add_argument("--max-emergency", type=float, default=0.25, help="percent of benign questions at or above")
-    ap.add_argument("--max-self-harm", type=float, default=1.0, help="percent of benign questions at or above")
+    ap.add_argument("--max-self-harm", type=float, default=0.5, help="percent of benign questions at or above")
     args = ap.parse_args(argv)
     ex = prepared_examples()
     lab, sh = np.array(ex.labels), np.array(ex.self_harm)

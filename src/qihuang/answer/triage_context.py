@@ -14,7 +14,8 @@ with linking and verification), the rest from the ``context`` and ``time`` secti
 - in a sentence that describes someone, not a **general question** (see ``general``).
 
 Time is read in stretches: a sentence is cut at its clause breaks and at every time cue, each stretch takes
-the kind of the cue that opens it. A past cue covers its own clause; a past cue of the last weeks
+the kind of the cue that opens it. A past cue covers its own clause, and the clauses after it up to a present cue when the sentence has
+one ("以前吃芒果过敏过，嘴巴肿了，现在还能吃吗"); a past cue of the last weeks
 ("上个月", "前几天", "当时") only when the sentence also says it resolved ("早就好了") or a past stretch
 comes before it ("十年前被蛇咬过，当时住了院"); a duration ("两年了",
 "持续了三个月") covers its clause and the untagged stretches before it in the sentence (a duration follows
@@ -246,6 +247,11 @@ def _sentence_stretches(text, s0, s1, clause_starts, time):
             _spread_in_clause(segs, tags, i, stale)
             for step in steps:
                 _spread(segs, tags, i, step, stale)
+    for i, tag in enumerate(list(tags)):  # "以前吃芒果过敏过，嘴巴肿了，现在还能吃吗": past until the present cue
+        later = [k for k in range(i + 1, len(tags)) if kinds[k] == "present"]
+        if tag == "past" and later:
+            for j in range(i + 1, later[0]):
+                tags[j] = _stronger(tags[j], "past")
     for i, kind in enumerate(kinds):  # "十年前被蛇咬过，当时住了院": 当时 goes on with the past
         if kind == "recent_past" and tags[i] is None and _after_past(tags, i):
             tags[i] = "past"
