@@ -1,6 +1,7 @@
 """Triage figures: hand-written sets per split and category, real questions per split; exits 1 on a missed target.
 
-    PYTHONPATH=src python benchmarks/triage_eval.py [--data FILE ...] [--split S] [--realq ../shared/realq/questions.jsonl]
+    PYTHONPATH=src python benchmarks/triage_eval.py [--data FILE ...] [--split S]
+        [--realq ../shared/realq/questions.jsonl] [--realq-split tune|held|all]
 
 Hand-written sets (default ``benchmarks/triage/questions.jsonl`` and ``context.jsonl``): recall of red flags
 and false-alarm rate (anything raised on a ``none`` question) per split and, where rows have a
@@ -54,7 +55,8 @@ def _hand_written(path: Path, failed: list[str], split: str | None) -> list:
     agg = task.aggregate(task.predict(examples, RunContext()))
     print(f"\n== {path.name}: {len(examples)} questions")
     by_split = agg["details"]["by_split"] or {"all": agg["scores"]}
-    print(f"{'split':10s} {'red flags':>9s} {'missed':>6s} {'recall%':>8s} {'benign':>6s} {'alarms':>6s} {'alarm%':>7s}")
+    print(f"{'split':10s} {'red flags':>9s} {'missed':>6s} {'recall%':>8s} {'benign':>6s} {'alarms':>6s} "
+          f"{'alarm%':>7s}")
     for name, s in [*by_split.items(), ("all", agg["scores"])]:
         print(f"{name:10s} {s['n_red_flags']:9d} {s['missed']:6d} {s['recall'] or 0:8.2f} {s['n_benign']:6d} "
               f"{s['false_alarms']:6d} {s['false_alarm_rate'] or 0:7.2f}")

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                   "emergency": (_share(p[lab == "none", 1], t), _share(rp[gold != "emergency", 1], t)),
                   "self_harm": (_share(p[~sh, 2], t), _share(rp[:, 2], t))}
         print(f"  {t:.2f}    | {benign['urgent'][0]:6.2f} {_share(p[lab != 'none', 0], t):6.2f} "
-              f"{benign['urgent'][1]:6.2f}      | {benign['emergency'][0]:6.2f} {_share(p[lab == 'urgent', 1], t):6.2f} "
+              f"{benign['urgent'][1]:6.2f}      | {benign['emergency'][0]:6.2f} "
+              f"{_share(p[lab == 'urgent', 1], t):6.2f} "
               f"{_share(p[lab == 'emergency', 1], t):6.2f}    {benign['emergency'][1]:6.2f}          | "
               f"{benign['self_harm'][0]:6.2f} {_share(p[sh, 2], t):6.2f} {benign['self_harm'][1]:6.2f}")
         for key, (oof, real) in benign.items():

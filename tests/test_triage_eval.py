@@ -89,7 +89,8 @@ def test_triage_eval_reports_categories_and_emergency_precision(tmp_path):
 def test_triage_benchmark_prints_real_question_figures_and_fails_on_a_missed_target(tmp_path, capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("triage_eval", Path(__file__).parents[1] / "benchmarks" / "triage_eval.py")
+    script = Path(__file__).parents[1] / "benchmarks" / "triage_eval.py"
+    spec = importlib.util.spec_from_file_location("triage_eval", script)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     sets = _write(tmp_path / "q.jsonl", [{"question": "我爸刚才被蛇咬了", "label": "emergency", "split": "heldout"},

@@ -163,9 +163,11 @@ def test_fast_scoring_matches_scikit_learn():
 
 
 def test_training_rows_taken_from_a_question_set_match_it():
-    sets = {name: {json.loads(x)["question"]: json.loads(x) for x in (SETS / name).read_text(encoding="utf-8").splitlines()
-                   if x.strip()} for name in ("questions.jsonl", "context.jsonl")}
-    rows = [json.loads(x) for x in resource("triage_examples.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    def lines(path):
+        return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+    sets = {name: {r["question"]: r for r in lines(SETS / name)} for name in ("questions.jsonl", "context.jsonl")}
+    rows = lines(resource("triage_examples.jsonl"))
     for row in rows:
         where, _, split = row["source"].partition(" ")
         if where.startswith("triage/"):

@@ -13,16 +13,20 @@ with linking and verification), the rest from the ``context`` and ``time`` secti
   current stretch again ("高血压十年了，今天突然一边手脚没劲");
 - in a sentence that describes someone, not a **general question** (see ``general``).
 
-Time is read in stretches: a sentence is cut at its clause breaks and at every time cue, each stretch takes
-the kind of the cue that opens it. A past cue covers its own clause, and the clauses after it up to a present cue when the sentence has
-one ("以前吃芒果过敏过，嘴巴肿了，现在还能吃吗"); a past cue of the last weeks
-("上个月", "前几天", "当时") only when the sentence also says it resolved ("早就好了") or a past stretch
-comes before it ("十年前被蛇咬过，当时住了院"); a duration ("两年了",
-"持续了三个月") covers its clause and the untagged stretches before it in the sentence (a duration follows
-what it measures); an onward duration ("长期", "三年来", "从小") its clause and the untagged stretches
-after it; a recurrence ("经常", "总是", "偶尔") too, unless a present cue comes before it in the sentence
-("这两天有点糊涂，总是答非所问" recurs within the current episode). A match directly followed by the experiential 过 ("惊厥过一次") is past unless a present cue
-opens its stretch.
+Time is read in stretches: a sentence is cut at its clause breaks and at every time cue, each stretch
+takes the kind of the cue that opens it.
+
+- A past cue covers its own clause, and the clauses after it up to a present cue when the sentence has one
+  ("以前吃芒果过敏过，嘴巴肿了，现在还能吃吗"). A past cue of the last weeks ("上个月", "前几天", "当时")
+  counts only when the sentence also says it resolved ("早就好了") or a past stretch comes before it
+  ("十年前被蛇咬过，当时住了院"); a healing cue ("打完了全程疫苗", "再没犯过") reaches back to the start.
+- A duration ("两年了", "持续了三个月") covers its clause and the untagged stretches before it in the
+  sentence (a duration follows what it measures); an onward duration ("长期", "三年来", "从小") its clause
+  and the untagged stretches after it; a recurrence ("经常", "总是", "偶尔") too, unless a present cue comes
+  before it in the sentence ("这两天有点糊涂，总是答非所问" recurs within the current episode).
+- A present cue opens a current stretch, and what follows it in the sentence stays current. A match that
+  reaches a current stretch is current ("糖尿病十年了，今天一直吐"); a match directly followed by the
+  experiential 过 ("惊厥过一次") is past unless a present cue opens its stretch.
 """
 
 from __future__ import annotations
@@ -100,7 +104,8 @@ def parse_time(raw, path) -> TimeCues:
         raise ConfigError(f"{where}: expected a mapping of cue kinds to regular expressions")
     unknown = set(raw) - {*_TIME_KINDS, "age", "experienced"}
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; expected {[*_TIME_KINDS, 'age', 'experienced']}")
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; "
+                          f"expected {[*_TIME_KINDS, 'age', 'experienced']}")
     patterns = {k: compile_pattern(raw[k], f"{where}.{k}") for k in _TIME_KINDS if raw.get(k)}
     opt = {k: compile_pattern(raw[k], f"{where}.{k}") for k in ("age", "experienced") if raw.get(k)}
     return TimeCues(patterns, **opt)
@@ -136,7 +141,8 @@ class Reading:
         if ctx is None or ctx.prevention is None:
             return False
         head = self.text[max(self._clause_start(start), start - 10):start]
-        return bool(ctx.prevention.search(head)) or (end is not None and bool(ctx.prevention.search(self.text, start, end)))
+        inside = end is not None and ctx.prevention.search(self.text, start, end) is not None
+        return bool(ctx.prevention.search(head)) or inside
 
     def stale(self, start: int, end: int, time_class: str) -> bool:
         """Whether the match ``start:end`` is past (or, for a complaint, long-standing)."""
@@ -214,7 +220,8 @@ def _events(sentence: str, offset: int, time: TimeCues) -> list[tuple[int, int, 
     return out
 
 
-def _stretches(text: str, clauses: list[int], sentences: list[int], time: TimeCues) -> list[tuple[int, int, str | None]]:
+def _stretches(text: str, clauses: list[int], sentences: list[int],
+               time: TimeCues) -> list[tuple[int, int, str | None]]:
     """(start, end, kind) covering ``text``: kind ``past``/``chronic`` for stale stretches, ``present``
     for current ones opened by a present cue, None otherwise."""
     out: list[tuple[int, int, str | None]] = []
