@@ -71,3 +71,38 @@ def test_triage_eval_custom_rule_file(tmp_path):
                                          {"question": "胸口痛", "label": "urgent"}])
     res = run("triage", data, out_dir=tmp_path / "out", progress=False, rules=str(rules))
     assert res["scores"]["missed"] == 1 and res["details"]["by_presentation"]["unspecified"]["recall"] == 50.0
+
+
+def test_triage_eval_reports_categories_and_emergency_precision(tmp_path):
+    data = _write(tmp_path / "q.jsonl", [
+        {"question": "我爸刚才被蛇咬了", "label": "emergency", "category": "acute"},
+        {"question": "五年前被蛇咬过，现在还怕蛇", "label": "none", "category": "past_event"},
+        {"question": "我胸口痛", "label": "urgent", "category": "acute"},
+        {"question": "胸口疼得厉害，一直出冷汗", "label": "urgent", "category": "acute"},  # over-triaged
+    ])
+    res = run("triage", data, out_dir=tmp_path / "out", progress=False)
+    cats = res["details"]["by_category"]
+    assert cats["past_event"]["false_alarms"] == 0 and cats["acute"]["missed"] == 0
+    assert res["details"]["emergency"] == {"raised": 2, "labelled": 1, "both": 1, "precision": 50.0, "recall": 100.0}
+
+
+def test_triage_benchmark_prints_real_question_figures_and_fails_on_a_missed_target(tmp_path, capsys):
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "benchmarks" / "triage_eval.py"
+    spec = importlib.util.spec_from_file_location("triage_eval", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sets = _write(tmp_path / "q.jsonl", [{"question": "我爸刚才被蛇咬了", "label": "emergency", "split": "heldout"},
+                                         {"question": "孩子两岁时抽过一次，后来没再犯", "label": "none",
+                                          "split": "heldout", "category": "past_event"}])
+    real = _write(tmp_path / "real.jsonl", [
+        {"text": "我的宝宝出生十五天，一顿吃多少毫升奶合适", "split": "tune", "triage_gold": "none"},
+        {"text": "我爸刚才突然倒地，没有呼吸了", "split": "held", "triage_gold": "emergency"}])
+    assert bench.main(["--data", str(sets), "--realq", str(real)]) == 0
+    out = capsys.readouterr().out
+    assert "false emergencies 0/1" in out and "emergencies caught 1/1" in out and "backstop" in out
+    missed = _write(tmp_path / "real2.jsonl", [{"text": "宝宝出生十五天，一顿吃多少奶", "split": "held",
+                                                "triage_gold": "emergency"}])
+    assert bench.main(["--data", str(sets), "--realq", str(missed)]) == 1
+    assert "MISSED TARGET" in capsys.readouterr().out

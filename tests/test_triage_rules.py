@@ -14,6 +14,7 @@ import yaml
 from qihuang.answer.triage import load_rules, triage
 from qihuang.errors import ConfigError
 from qihuang.eval.tasks.triage import caught
+from qihuang.kb.lexicon import load_lexicon
 from qihuang.kb.normalize import normalize
 from qihuang.paths import resource
 
@@ -114,7 +115,8 @@ def test_shipped_rule_file_names_its_taxonomy_and_every_rule_its_source():
     assert "CEDIS" in data["source"]
     rules = load_rules()
     assert all(r.source for r in rules.rules)
-    assert rules.context is not None and rules.negation is not None
+    assert rules.context is not None and rules.negation is not None and rules.time.patterns
+    assert rules.negation is load_lexicon().negation  # the one negation lexicon, shared with linking
 
 
 def _write(tmp_path, **extra) -> Path:
@@ -131,13 +133,30 @@ def _write(tmp_path, **extra) -> Path:
     ({"context": {"general": "(", "anchors": "我"}}, "context.general: bad regular expression"),
     ({"context": {"general": "x", "anchors": "我", "typo": "y"}}, "unknown field"),
     ({"context": ["x"]}, "expected a mapping"),
-    ({"negation": "("}, "negation: bad regular expression"),
+    ({"context": {"general": "x", "anchors": "我", "prevention": "("}}, "context.prevention: bad regular expression"),
+    ({"negation": "没有"}, "field 'negation' is no longer read"),  # one lexicon: resources/lexicon.yaml
+    ({"time": {"past": "("}}, "time.past: bad regular expression"),
+    ({"time": {"ago": "前"}}, "unknown field"),
+    ({"time": "前"}, "expected a mapping"),
 ])
-def test_bad_context_or_negation_names_the_field(tmp_path, extra, message):
+def test_bad_context_negation_or_time_names_the_field(tmp_path, extra, message):
     path = _write(tmp_path, **extra)
     with pytest.raises(ConfigError, match=re.escape(message)) as info:
         load_rules(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("always", "yes", "field 'always'"), ("time", "forever", "field 'time' must be one of"),
+    ("in_hypothetical", 1, "field 'in_hypothetical'"),
+])
+def test_bad_rule_fields_name_the_rule(tmp_path, key, value, message):
+    path = tmp_path / "flags.yaml"
+    levels = {"urgent": "u {labels}", "emergency": "e {labels}", "refuse": "r {labels}"}
+    rule = {"id": "itch", "level": "urgent", "label": "l", "advice": "a", "any": ["痒"], key: value}
+    path.write_text(yaml.safe_dump({"levels": levels, "rules": [rule]}, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"rule 'itch': {message}"):
+        load_rules(path)
 
 
 def test_bad_rule_flag_types_name_the_rule(tmp_path):

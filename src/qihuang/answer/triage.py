@@ -11,37 +11,41 @@ model says:
 - ``refuse``: a clearly harmful request (lethal dosing, harming someone, suicide methods,
   making illicit drugs): nothing is generated, the message is the whole answer.
 
-How a match is read (the file's ``negation`` and ``context`` sections hold the cue words):
+How a question is read (``answer/triage_context.py``): a match counts only when it is not negated (the
+one negation lexicon, ``resources/lexicon.yaml``, shared with linking and verification: "没有胸痛、出汗",
+"不胸闷不出汗也不喘"), not governed by a prevention word ("怎么教孩子防溺水"), current (not "五年前被狗咬过",
+"上个月…早就好了"; for a complaint also not "气喘，已经持续了近两年" unless a present cue such as 今天/突然
+starts a new stretch), and in a sentence that describes someone rather than asks in general ("被蛇咬了应该
+怎么急救" is general, "我爸刚才被蛇咬了" an emergency). Each rule says how it reads time (``time``:
+``complaint``, ``event`` or ``timeless`` — suicidal intent is never discounted). Refusals, and rules marked
+``always``, ignore the general-question test.
 
-- **Negation has a scope.** A match is negated only when a negation cue stands right before it in
-  the same clause, or before a list that ends with it ("没有胸痛和出汗": both negated). A clause
-  ends at punctuation, so "没有力气，说话不清" still fires on 说话不清.
-- **General questions are not red flags.** A match counts only when its sentence describes
-  someone: a sentence with a knowledge cue ("有什么症状", "早期表现", "怎么急救", "什么原因") and
-  no anchor (a person: 我/我爸/孩子/患者/他…; a time: 刚才/现在/突然/2小时…), or any hypothetical
-  or preventive sentence ("如果/万一…", "怎么预防/防止…"), is a general question. "被蛇咬了应该怎么急救" is general,
-  "我爸刚才被蛇咬了" is an emergency; "胸口疼得厉害怎么办" (no subject, no knowledge cue) fires,
-  because patients often drop the subject. Refusals, and rules marked ``always``, ignore this.
 - **Known misspellings** (``typos`` in the file: homophones such as 农要 → 农药, variant characters
   such as 睪 → 睾) are corrected before matching.
-- **A learned backstop** (``answer/triage_model.py``) catches wording no pattern knows: when no
-  red-flag rule fired, a classifier trained on qihuang's own labelled questions may still raise
-  ``emergency`` (rule id ``learned_backstop``), with the threshold of the file's ``model``.
+- **A learned backstop** (``answer/triage_model.py``) catches wording no pattern knows: it is asked
+  only when no rule fired (its suicidal-intent head also under an urgent rule). It reads the
+  question's current text (negated clauses and past or long-standing stretches removed), is calibrated
+  to a realistic share of red flags, and raises ``urgent`` from the file's ``model.urgent`` probability
+  and ``emergency`` only when its second model's P(emergency) also reaches ``model.emergency`` (very
+  high): alone it cannot put an emergency banner on an ordinary question. Its suicidal-intent head
+  raises ``emergency`` with the crisis advice from ``model.self_harm``: there a false alarm is acceptable,
+  a miss is not.
 - **Earlier turns count.** ``triage(text, history=[...])`` reads the earlier user turns with the
   current one (each turn its own sentences), so a red flag told two turns ago still leads the answer.
 """
 
 from __future__ import annotations
 
-import bisect
 import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-
+from qihuang.answer.triage_context import (TIME_CLASSES, Context, Reading, TimeCues, compile_pattern,
+                                           default_negation, parse_context, parse_time)
 from qihuang.errors import ConfigError
 from qihuang.fileio import read_yaml
+from qihuang.kb.lexicon import Negation
 from qihuang.kb.normalize import normalize
 from qihuang.paths import resource
 
@@ -49,9 +53,10 @@ LEVELS = ("none", "urgent", "emergency", "refuse")
 """Triage levels, least to most severe."""
 
 _SEVERITY = {name: i for i, name in enumerate(LEVELS)}
-_CLAUSE_BREAK = re.compile(r"[，。,.;；!！?？\n：:]")
-_SENTENCE_BREAK = re.compile(r"[。.;；!！?？\n]")
-_LIST_JOINERS = r"(?:、|和|或者|或|及|以及|与|跟|/|也)"
+BACKSTOP = "learned_backstop"
+"""Rule id of the learned backstop in ``Triage.matched``."""
+LEARNED_SELF_HARM = "learned_self_harm"
+"""Rule id of the learned suicidal-intent detector in ``Triage.matched``."""
 
 
 @dataclass
@@ -73,9 +78,10 @@ class Triage:
 
 @dataclass(frozen=True)
 class Rule:
-    """One red flag: every group needs a (non-negated) match; ``unless`` vetoes the rule.
+    """One red flag: every group needs a counted match; ``unless`` vetoes the rule.
 
-    ``always``: fire even in a general question (refusals always do)."""
+    ``always``: fire even in a general question (refusals always do); ``in_hypothetical``: fire even in a
+    hypothetical sentence ("如果我消失了…"). ``time``: how the rule reads time (``triage_context.TIME_CLASSES``)."""
 
     id: str
     level: str
@@ -85,32 +91,48 @@ class Rule:
     unless: tuple[re.Pattern, ...] = ()
     source: str = ""
     always: bool = False
+    time: str = "complaint"
+    in_hypothetical: bool = False
 
 
 @dataclass(frozen=True)
-class Context:
-    """Cues that tell a general question from a person describing what is happening."""
+class Backstop:
+    """The ``model`` section: the learned backstop's thresholds (it raises ``urgent`` from P(red flag)
+    >= ``urgent``, ``emergency`` only when also P(emergency) >= ``emergency``; suicidal intent, with the
+    crisis advice, from P(self-harm) >= ``self_harm``), the regularization ``c``, the share of red flags
+    ``red_share`` it is calibrated to, and the labels and advice it shows."""
 
-    general: re.Pattern
-    anchors: re.Pattern
-    always_general: re.Pattern | None = None
-    meta: re.Pattern | None = None
+    urgent: float
+    emergency: float
+    self_harm: float
+    c: float
+    red_share: float
+    label: str
+    advice: str
+    self_harm_label: str
+    self_harm_advice: str
+
+    def rule(self, level: str) -> Rule:
+        return Rule(BACKSTOP, level, self.label, self.advice, (), source="triage_model")
+
+    def self_harm_rule(self) -> Rule:
+        return Rule(LEARNED_SELF_HARM, "emergency", self.self_harm_label, self.self_harm_advice, (),
+                    source="triage_model", time="timeless")
 
 
 @dataclass(frozen=True)
 class RuleSet:
-    """The parsed rule file. ``negation`` matches a negation cue (with its list) ending a clause prefix."""
+    """The parsed rule file (negation comes from the shared lexicon)."""
 
     rules: tuple[Rule, ...]
     messages: dict[str, str]
-    negation: re.Pattern | None
+    negation: Negation | None
     context: Context | None = None
     source: str = ""
     typos: dict[str, str] = field(default_factory=dict)
     typo_pattern: re.Pattern | None = None
-    backstop: Rule | None = None
-    threshold: float = 1.0
-    model_c: float = 1.0
+    backstop: Backstop | None = None
+    time: TimeCues = field(default_factory=TimeCues)
 
     def fix_typos(self, text: str) -> str:
         """``text`` with the file's known misspellings (homophones, variant characters) corrected."""
@@ -118,14 +140,9 @@ class RuleSet:
             return text
         return self.typo_pattern.sub(lambda m: self.typos[m.group(0)], text)
 
-
-def _compile(pattern, where: str) -> re.Pattern:
-    if not isinstance(pattern, str) or not pattern:
-        raise ConfigError(f"{where}: a pattern must be a non-empty string, got {pattern!r}")
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"{where}: bad regular expression {pattern!r}: {exc}") from exc
+    def read(self, text: str) -> Reading:
+        """``text`` (normalized, typos fixed) ready to be asked about matches."""
+        return Reading(text, self.context, self.time, self.negation)
 
 
 def _parse_rule(raw: dict, index: int, path: Path) -> Rule:
@@ -143,37 +160,16 @@ def _parse_rule(raw: dict, index: int, path: Path) -> Rule:
     raw_groups = [raw["any"]] if "any" in raw else raw["all"]
     if not isinstance(raw_groups, list) or not all(isinstance(g, list) and g for g in raw_groups):
         raise ConfigError(f"{where}: 'any' must be a list of patterns, 'all' a list of non-empty lists")
-    for key, kind in (("source", str), ("always", bool)):
+    for key, kind in (("source", str), ("always", bool), ("time", str), ("in_hypothetical", bool)):
         if key in raw and not isinstance(raw[key], kind):
             raise ConfigError(f"{where}: field {key!r} must be a {kind.__name__}")
-    groups = tuple(tuple(_compile(p, where) for p in g) for g in raw_groups)
-    unless = tuple(_compile(p, where) for p in raw.get("unless") or [])
+    time = raw.get("time", "timeless" if raw["level"] == "refuse" else "complaint")
+    if time not in TIME_CLASSES:
+        raise ConfigError(f"{where}: field 'time' must be one of {TIME_CLASSES}, got {time!r}")
+    groups = tuple(tuple(compile_pattern(p, where) for p in g) for g in raw_groups)
+    unless = tuple(compile_pattern(p, where) for p in raw.get("unless") or [])
     return Rule(raw["id"], raw["level"], raw["label"], raw["advice"], groups, unless,
-                raw.get("source", ""), raw.get("always", False))
-
-
-def _parse_negation(raw, path: Path) -> re.Pattern | None:
-    if not raw:
-        return None
-    cue = _compile(raw, f"{path}: negation").pattern
-    # a cue, optionally followed by list items it also covers ("没有胸痛、出汗或"), then the match
-    return re.compile(f"(?:{cue})(?:[^，。,.;；!！?？\\n]{{1,8}}?{_LIST_JOINERS})*$")
-
-
-def _parse_context(raw, path: Path) -> Context | None:
-    if raw is None:
-        return None
-    where = f"{path}: context"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with 'general' and 'anchors'")
-    for key in ("general", "anchors"):
-        if key not in raw:
-            raise ConfigError(f"{where}: field {key!r} is required (a regular expression)")
-    unknown = set(raw) - {"general", "anchors", "always_general", "meta"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
-    opt = {k: _compile(raw[k], f"{where}.{k}") for k in ("always_general", "meta") if raw.get(k)}
-    return Context(_compile(raw["general"], f"{where}.general"), _compile(raw["anchors"], f"{where}.anchors"), **opt)
+                raw.get("source", ""), raw.get("always", False), time, raw.get("in_hypothetical", False))
 
 
 def _parse_typos(raw, path: Path) -> dict[str, str]:
@@ -185,23 +181,30 @@ def _parse_typos(raw, path: Path) -> dict[str, str]:
     return {normalize(k): normalize(v) for k, v in raw.items()}
 
 
-def _parse_model(raw, path: Path) -> tuple[Rule | None, float, float]:
-    """The ``model`` section: the learned backstop's threshold, C, label and advice."""
+_MODEL_NUMBERS = ("urgent", "emergency", "self_harm", "c", "red_share")
+_MODEL_TEXTS = ("label", "advice", "self_harm_label", "self_harm_advice")
+
+
+def _parse_model(raw, path: Path) -> Backstop | None:
+    """The ``model`` section (see :class:`Backstop`)."""
     if raw is None:
-        return None, 1.0, 1.0
+        return None
     where = f"{path}: model"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with threshold, c, label, advice")
-    for key in ("label", "advice"):
+        raise ConfigError(f"{where}: expected a mapping with {list(_MODEL_NUMBERS + _MODEL_TEXTS)}")
+    unknown = set(raw) - set(_MODEL_NUMBERS + _MODEL_TEXTS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
+    for key in _MODEL_TEXTS:
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ConfigError(f"{where}: field {key!r} is required (a string)")
-    for key in ("threshold", "c"):
-        if not isinstance(raw.get(key), (int, float)) or isinstance(raw.get(key), bool) or raw[key] <= 0:
+    for key in _MODEL_NUMBERS:
+        value = raw.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{where}: field {key!r} must be a positive number")
-    if raw["threshold"] > 1:
-        raise ConfigError(f"{where}: field 'threshold' must be at most 1")
-    rule = Rule("learned_backstop", "emergency", raw["label"], raw["advice"], (), source="triage_model")
-    return rule, float(raw["threshold"]), float(raw["c"])
+        if key != "c" and value > 1:
+            raise ConfigError(f"{where}: field {key!r} must be at most 1")
+    return Backstop(*(float(raw[k]) for k in _MODEL_NUMBERS), *(raw[k] for k in _MODEL_TEXTS))
 
 
 def load_rules(path: str | Path | None = None) -> RuleSet:
@@ -210,20 +213,23 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
     data = read_yaml(path, "red-flag rules")
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         raise ConfigError(f"{path}: expected a mapping with a 'rules' list")
+    if "negation" in data:
+        raise ConfigError(f"{path}: field 'negation' is no longer read: negation cues live in the 'negation' "
+                          "section of resources/lexicon.yaml (one lexicon for linking, verification and triage)")
     messages = data.get("levels") or {}
     missing = [lv for lv in LEVELS[1:] if not isinstance(messages.get(lv), str)]
     if missing:
         raise ConfigError(f"{path}: field 'levels' needs a message for {missing}")
     rules = tuple(_parse_rule(r, i, path) for i, r in enumerate(data["rules"]))
     ids = [r.id for r in rules]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    dupes = sorted({i for i in ids if ids.count(i) > 1} | ({BACKSTOP} & set(ids)))
     if dupes:
-        raise ConfigError(f"{path}: duplicate rule ids {dupes}")
+        raise ConfigError(f"{path}: duplicate or reserved rule ids {dupes}")
     typos = _parse_typos(data.get("typos"), path)
     typo_pattern = re.compile("|".join(map(re.escape, sorted(typos, key=len, reverse=True)))) if typos else None
-    return RuleSet(rules, messages, _parse_negation(data.get("negation"), path),
-                   _parse_context(data.get("context"), path), str(data.get("source", "")), typos, typo_pattern,
-                   *_parse_model(data.get("model"), path))
+    return RuleSet(rules, messages, default_negation(), parse_context(data.get("context"), path),
+                   str(data.get("source", "")), typos, typo_pattern, _parse_model(data.get("model"), path),
+                   parse_time(data.get("time"), path))
 
 
 @lru_cache(maxsize=4)
@@ -231,65 +237,51 @@ def _default_rules(path: str | None) -> RuleSet:
     return load_rules(path)
 
 
-class _Text:
-    """Normalized text with its clause and sentence boundaries (for negation and context)."""
-
-    def __init__(self, text: str, rules: RuleSet):
-        self.text, self.rules = text, rules
-        self.clauses = [0] + [m.end() for m in _CLAUSE_BREAK.finditer(text)]
-        self.sentences = [0] + [m.end() for m in _SENTENCE_BREAK.finditer(text)]
-        self._general: dict[int, bool] = {}
-
-    def negated(self, start: int) -> bool:
-        if self.rules.negation is None:
-            return False
-        clause = self.clauses[bisect.bisect_right(self.clauses, start) - 1]
-        return bool(self.rules.negation.search(self.text, clause, start))
-
-    def general(self, pos: int) -> bool:
-        """Whether the sentence at ``pos`` asks about a condition in general (see the module doc)."""
-        ctx = self.rules.context
-        if ctx is None:
-            return False
-        i = bisect.bisect_right(self.sentences, pos) - 1
-        if i not in self._general:
-            end = self.sentences[i + 1] if i + 1 < len(self.sentences) else len(self.text)
-            sent = self.text[self.sentences[i]:end]
-            if ctx.always_general is not None and ctx.always_general.search(sent):
-                self._general[i] = True
-            else:
-                bare = ctx.meta.sub(" ", sent) if ctx.meta is not None else sent
-                self._general[i] = bool(ctx.general.search(sent)) and not ctx.anchors.search(bare)
-        return self._general[i]
+def default_rules() -> RuleSet:
+    """The packaged rule file, parsed once."""
+    return _default_rules(None)
 
 
-def _hits(t: _Text, group: tuple[re.Pattern, ...]) -> list[int]:
-    return [m.start() for p in group for m in p.finditer(t.text) if not t.negated(m.start())]
-
-
-def _fires(rule: Rule, t: _Text) -> bool:
+def _fires(rule: Rule, t: Reading) -> bool:
     if any(p.search(t.text) for p in rule.unless):
         return False
     positions: list[int] = []
     for group in rule.groups:
-        hits = _hits(t, group)
+        hits = [m.start() for p in group for m in p.finditer(t.text) if t.counts(m.start(), m.end(), rule.time)]
         if not hits:
             return False
         positions += hits
     if rule.level == "refuse" or rule.always:
         return True
-    return not all(t.general(p) for p in positions)
+    return not all(t.general(p, hypothetical=not rule.in_hypothetical) for p in positions)
 
 
-def _backstop(t: _Text, rules: RuleSet) -> Rule | None:
-    """The learned backstop's rule (at its predicted level) when it fires on a non-general text."""
-    if rules.backstop is None or all(t.general(p) for p in t.sentences if p < len(t.text)):
+def backstop_probabilities(t: Reading, rules: RuleSet) -> tuple[float, float, float] | None:
+    """(P(red flag), P(emergency), P(suicidal intent)) of the learned backstop for what ``t`` says now;
+    None when it is not asked (no ``model`` section, only general sentences, nothing current left)."""
+    if rules.backstop is None or t.all_general():
         return None
-    from qihuang.answer.triage_model import default_model, red_flag_probability
-
-    if red_flag_probability(default_model(None, rules.model_c), t.text) < rules.threshold:
+    current = t.current_text()
+    if not current.strip():
         return None
-    return rules.backstop
+    from qihuang.answer.triage_model import default_model
+
+    model = default_model(rules.backstop.c, rules.backstop.red_share)
+    return (*model.probabilities(current), model.self_harm_probability(current))
+
+
+def _learned(t: Reading, rules: RuleSet, gap: bool) -> list[Rule]:
+    """The learned rules that fire: suicidal intent (always asked below an emergency rule: a miss is the
+    worst error there), and, only where no rule fired (``gap``), the backstop at ``emergency`` when both
+    P(red flag) and P(emergency) reach their thresholds, at ``urgent`` when only P(red flag) does."""
+    probs = backstop_probabilities(t, rules)
+    if probs is None:
+        return []
+    red, emergency, self_harm = probs
+    out = [rules.backstop.self_harm_rule()] if self_harm >= rules.backstop.self_harm else []
+    if gap and red >= rules.backstop.urgent:
+        out.append(rules.backstop.rule("emergency" if emergency >= rules.backstop.emergency else "urgent"))
+    return out
 
 
 def _message(level: str, fired: list[Rule], rules: RuleSet) -> str:
@@ -303,18 +295,23 @@ def _message(level: str, fired: list[Rule], rules: RuleSet) -> str:
     return "\n".join([head, *dict.fromkeys(advice)])
 
 
+def read(text: str, rules: RuleSet | None = None, history: list[str] | None = None) -> Reading:
+    """The question (with its earlier user turns, each its own sentences) as triage reads it."""
+    rules = rules or default_rules()
+    turns = [t for t in (history or []) if isinstance(t, str) and t.strip()] + [text or ""]
+    return rules.read(rules.fix_typos("\n".join(normalize(x) for x in turns)))
+
+
 def triage(text: str, rules: RuleSet | None = None, history: list[str] | None = None) -> Triage:
-    """Check ``text`` against the red-flag rules; the most severe level wins.
+    """Check ``text`` against the red-flag rules and the learned backstop; the most severe level wins.
 
     ``history``: the earlier *user* turns of the conversation, oldest first; a red flag in any of
     them still counts (each turn is read as its own sentences, negation never crosses turns)."""
-    rules = rules or _default_rules(None)
-    turns = [t for t in (history or []) if isinstance(t, str) and t.strip()] + [text or ""]
-    t = _Text(rules.fix_typos("\n".join(normalize(x) for x in turns)), rules)
+    rules = rules or default_rules()
+    t = read(text, rules, history)
     fired = [r for r in rules.rules if _fires(r, t)]
-    if not any(r.level != "refuse" for r in fired):
-        backstop = _backstop(t, rules)
-        fired += [backstop] if backstop is not None else []
+    if not any(r.level in ("emergency", "refuse") for r in fired):  # the backstop never lowers a rule
+        fired += _learned(t, rules, gap=not fired)
     if not fired:
         return Triage()
     level = max((r.level for r in fired), key=_SEVERITY.__getitem__)
@@ -324,8 +321,8 @@ def triage(text: str, rules: RuleSet | None = None, history: list[str] | None = 
 def warm(rules: RuleSet | None = None) -> None:
     """Compile the rules and train the learned backstop now (a server calls this at start-up, so the
     first question does not wait for it)."""
-    rules = rules or _default_rules(None)
+    rules = rules or default_rules()
     if rules.backstop is not None:
         from qihuang.answer.triage_model import default_model
 
-        default_model(None, rules.model_c)
+        default_model(rules.backstop.c, rules.backstop.red_share)

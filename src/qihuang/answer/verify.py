@@ -48,6 +48,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 
 from qihuang.answer.verify_config import VerifyConfig, load_config, parse_config  # noqa: F401  (re-exported)
+from qihuang.kb.lexicon import load_lexicon
 from qihuang.kb.normalize import normalize
 
 STATUSES = ("supported", "wrong_attribute", "unsupported", "negated")
@@ -300,7 +301,7 @@ class _Checker:
         u = self.units[self.unit_of(start)]
         head = self.text[u.start:start]
         head = head[max(head.rfind(ch) for ch in "，,：:、") + 1:] if head else head
-        return bool(self.config.negation.search(normalize(head)))
+        return load_lexicon().negation.negates(normalize(head), answer=True)  # the one negation lexicon
 
     def subject(self, pos: int) -> str | None:
         """The nearest cited entity named before ``pos`` in its sentence or list item (else in the
