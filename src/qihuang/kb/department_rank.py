@@ -407,6 +407,8 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     describes = bool(real) and (bool(candidates) or _describes(index, real, names, symptoms, facts))
     asked = any("department" in g for g in groups)
     if not names or not (describes or (asked and facts)):  # (a lexical match names no question entity)
+        if not any(f.attribute == "department" for f in facts):
+            return facts
         return _mapped(index, facts, patient_groups(text, index.book))
     named = [n for n in names if index.own(n)[1]]
     # a named disease is evidence through its own departments; a described symptom (one the candidates

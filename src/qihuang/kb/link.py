@@ -47,6 +47,8 @@ class Linker:
                  forms: tuple = (), asking=None):
         self._entities, self._cues = entities, cues
         self._forms, self._asking = forms, asking  # multi-attribute question forms; what marks an asking clause
+        self._asked_for: tuple[str, bytearray | None] = ("", None)  # the last text's asking clauses
+        self._forms_for: tuple[str, list] = ("\0", [])  # the last text's question-form spans
         self._object_types = object_types or {}  # attribute -> type of its values ("examinations" -> examination)
         self._yields_to = yields_to or {}
         self._negation, self._max_gap = negation, max_gap
@@ -278,19 +280,41 @@ class Linker:
         next to a cue (``cues``: spans), which says what is asked there (治疗什么病, 还能吃别的药吗); none in a
         text that asks nothing (an answer being verified)."""
         out = []
-        for pattern, attrs, only_described in self._forms:
+        for (_pattern, attrs, only_described), found in zip(self._forms, self._all_forms(norm)):
             if only_described != described:
                 continue
-            for m in pattern.finditer(norm):
-                if any((m.end() <= s <= m.end() + 1) or (m.start() - 1 <= e <= m.start()) or
-                       (s <= m.start() < e) for s, e in cues):
+            for start, end in found:
+                if any((end <= s <= end + 1) or (start - 1 <= e <= start) or (s <= start < e) for s, e in cues):
                     continue  # a cue over its start or right next to it says what is asked (不能吃 of 能不能吃 does not)
-                if asks is not None and asks[m.start()]:  # forms read questions only, never statements
-                    out.append((m.start(), m.end(), attrs))
+                if asks is not None and asks[start]:  # forms read questions only, never statements
+                    out.append((start, end, attrs))
                     break
         return sorted(out, key=lambda x: x[0])
 
+    def _all_forms(self, norm: str) -> list[list[tuple[int, int]]]:
+        """Per question form, the spans it matches in ``norm`` (remembered for the last text)."""
+        if norm != self._forms_for[0]:
+            self._forms_for = (norm, [[m.span() for m in p.finditer(norm)] for p, _a, _d in self._forms])
+        return self._forms_for[1]
+
+    def question_spans(self, norm: str) -> list[tuple[int, int]]:
+        """[start, end) of the question wording of normalized text: cues, question forms and asking words
+        (never part of a name; the second pass does not look for misspelt names there)."""
+        spans = self.cue_spans(norm)
+        for found in self._all_forms(norm):
+            spans += found
+        if self._asking is not None:
+            spans += [m.span() for m in self._asking.finditer(norm)]
+        return spans
+
     def _asking_clauses(self, norm: str) -> bytearray | None:
+        if norm == self._asked_for[0]:
+            return self._asked_for[1]
+        mask = self._asking_mask(norm)
+        self._asked_for = (norm, mask)
+        return mask
+
+    def _asking_mask(self, norm: str) -> bytearray | None:
         """Per character, whether its clause asks something (the schema's ``asking`` pattern); None when
         no clause does (a search query such as 糖尿病 饮食 asks as a whole) or no pattern is configured."""
         if self._asking is None:

@@ -29,8 +29,19 @@ def norm_char(ch: str) -> str:
 
 
 def normalize(text: str) -> str:
-    """Normalized text of the same length as ``text``."""
-    return "".join([norm_char(c) for c in text])
+    """Normalized text of the same length as ``text`` (the last few thousand texts are remembered: one
+    question is normalized by several steps of retrieval)."""
+    out = _RECENT.get(text)
+    if out is None:
+        out = "".join([norm_char(c) for c in text])
+        if len(_RECENT) >= _RECENT_MAX:
+            _RECENT.clear()
+        _RECENT[text] = out
+    return out
+
+
+_RECENT: dict[str, str] = {}
+_RECENT_MAX = 4096
 
 
 _PUNCT_CATEGORIES = ("P", "S", "Z")

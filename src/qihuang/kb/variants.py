@@ -35,6 +35,11 @@ from qihuang.kb.types import Mention
 from qihuang.paths import resource
 
 _CLAUSE_END = frozenset("，,。.;；!！?？:：\n()（）")
+_SEPARATORS = frozenset("、和及与或跟的了吗呢")
+
+
+def _is_han(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff"
 _SYMPTOM_TYPES = ("symptom", "disease")
 MIN_TYPO_LENGTH = 4  # names matched with one homophone in an uncovered window: at least this long
 
@@ -156,7 +161,8 @@ def refine(kb, text: str, mentions: list[Mention]) -> list[Mention]:
             kept.append(Mention(name, text[s:e], s, e, etype, True, neg))
     kept.sort(key=lambda m: m.start)
     kept = [_specific(kb, norm, m) for m in kept]
-    return _edits(kb, text, norm, _typos(kb, text, norm, kept))
+    asked = kb.linker.question_spans(norm)  # question wording: never part of a misspelt name
+    return _edits(kb, text, norm, _typos(kb, text, norm, kept, asked), asked)
 
 
 _FILLERS = frozenset("性症病型之的")  # characters a longer name adds without meaning (外伤性癫痫 for 脑外伤癫痫)
@@ -217,15 +223,18 @@ class EditIndex:
                     self._omitted.setdefault(key[:i] + key[i + 1:], []).append(key)
 
     def find(self, norm: str, start: int, end: int, blocked: bytearray | None = None,
-             inside: list[int] | None = None) -> list[tuple[int, int, str]]:
+             inside: list[int] | None = None, loose: list[int] | None = None) -> list[tuple[int, int, str]]:
         """(start, end, name) of windows within [start, end) one edit away from a name, longest first.
         ``blocked``: positions no window may cover (cue words); ``inside``: per position, the index of the
-        mention it belongs to, or -1 (a window neither starts nor ends inside a mention, nor lies in one)."""
+        mention it belongs to, or -1 (a window neither starts nor ends inside a mention, nor lies in one);
+        ``loose``: prefix counts of the characters no mention covers (a window needs one)."""
         out = []
         for n in range(min(end - start, MAX_EDIT_LENGTH + 1), MIN_EDIT_LENGTH - 2, -1):
             for s in range(start, end - n + 1):
                 if blocked is not None and any(blocked[s:s + n]):
                     continue
+                if loose is not None and loose[s + n] == loose[s]:
+                    continue  # all of it is names already: nothing written wrong in it
                 if inside is not None:
                     first, last = inside[s], inside[s + n - 1]
                     if (first >= 0 and s > 0 and inside[s - 1] == first) or \
@@ -243,18 +252,27 @@ class EditIndex:
         return out
 
 
-def _edits(kb, text: str, norm: str, mentions: list[Mention]) -> list[Mention]:
+def _edits(kb, text: str, norm: str, mentions: list[Mention], asked: list[tuple[int, int]]) -> list[Mention]:
     """Names written with one character more or less (:class:`EditIndex`); such a window replaces the
     shorter mentions inside it (甲状腺素 of 促甲状腺素, 赖氨酸 and 锌颗粒 of 赖氨酸葡锌颗粒)."""
     out = list(mentions)
     blocked = bytearray(len(norm))
-    for s, e in kb.linker.cue_spans(norm):
+    for s, e in asked:
         blocked[s:e] = b"\1" * (e - s)
     owner = [-1] * len(norm)
     for i, m in enumerate(mentions):
         owner[m.start:m.end] = [i] * (m.end - m.start)
-    for r in re.finditer(r"[\u4e00-\u9fffa-z0-9]{%d,}" % (MIN_EDIT_LENGTH - 1), norm):
-        for s, e, name in kb.lookups.edits.find(norm, r.start(), r.end(), blocked, owner):
+    covered = bytearray(blocked)
+    for m in mentions:
+        covered[m.start:m.end] = b"\1" * (m.end - m.start)
+    if not any(not c and _is_han(ch) and ch not in _SEPARATORS for ch, c in zip(norm, covered)):
+        return mentions  # every word is a name or question wording: nothing written wrong to look for
+    free = "".join(" " if b else c for c, b in zip(norm, blocked))  # question words are never inside a window
+    loose = [0]
+    for c in covered:
+        loose.append(loose[-1] + (not c))
+    for r in re.finditer(r"[\u4e00-\u9fffa-z0-9]{%d,}" % (MIN_EDIT_LENGTH - 1), free):
+        for s, e, name in kb.lookups.edits.find(norm, r.start(), r.end(), None, owner, loose):
             covered = [m for m in out if s <= m.start and m.end <= e]
             if any(m.start < e and s < m.end for m in out if m not in covered):
                 continue
@@ -267,9 +285,9 @@ def _edits(kb, text: str, norm: str, mentions: list[Mention]) -> list[Mention]:
     return sorted(out, key=lambda m: m.start) if out != mentions else mentions
 
 
-def _typos(kb, text: str, norm: str, mentions: list[Mention]) -> list[Mention]:
+def _typos(kb, text: str, norm: str, mentions: list[Mention], asked: list[tuple[int, int]]) -> list[Mention]:
     covered = bytearray(len(norm))
-    for s, e in [(m.start, m.end) for m in mentions] + kb.linker.cue_spans(norm):  # cue words are no names
+    for s, e in [(m.start, m.end) for m in mentions] + asked:  # question words are no names
         covered[s:e] = b"\1" * (e - s)
     runs = [(r.start(), r.end()) for r in re.finditer(r"[\u4e00-\u9fffa-z0-9]{%d,}" % MIN_TYPO_LENGTH, norm)]
     windows = []
