@@ -63,11 +63,11 @@ def test_infer_resumes_after_an_interruption(tmp_path, kb):
     calls = {"n": 0}
 
     class Crashing(FakeEngine):
-        def generate(self, prompts, params=None):
+        def generate(self, prompts, params=None, cancels=None):
             calls["n"] += 1
             if calls["n"] == 2:
                 raise KeyboardInterrupt
-            return super().generate(prompts, params)
+            return super().generate(prompts, params, cancels)
 
     with pytest.raises(KeyboardInterrupt):
         run_infer(src, out, Answerer(Crashing(), kb), batch_size=2, progress=False)

@@ -14,7 +14,8 @@ from answer_fakes import FakeEngine, ServerThread
 from kb_fixture import make_tiny_kb
 
 from qihuang.answer.answerer import Answerer
-from qihuang.answer.engine import GenerationParams, load_engine
+from qihuang.engines.base import GenerationParams
+from qihuang.engines.load import load_engine
 from qihuang.serve.app import ServeSettings, create_app
 
 KEY = "k-15"
@@ -206,7 +207,7 @@ def test_usage_and_length_come_from_tokens(served, tiny_engine, stream):
     url, _ = served
     client = _client(url)
     messages = [{"role": "user", "content": "What are the symptoms of migraine?"}]
-    prompt = Answerer(tiny_engine, None).plan(messages[0]["content"], grounded=False).prompt
+    prompt = Answerer(tiny_engine, None).plan(messages[0]["content"], grounded=False).prompt.text
     import torch
 
     enc = tiny_engine.tokenizer(prompt, return_tensors="pt")
@@ -231,13 +232,13 @@ def test_usage_and_length_come_from_tokens(served, tiny_engine, stream):
 # ---- 4. context ----------------------------------------------------------------------------
 def test_long_history_drops_old_turns_keeping_system_and_question(tiny_engine, kb):
     seen: list[str] = []
-    original = tiny_engine.generate_results
+    original = tiny_engine.generate
 
     def recording(prompts, params=None, cancels=None):
-        seen.extend(prompts)
+        seen.extend(p.text for p in prompts)
         return original(prompts, params, cancels)
 
-    tiny_engine.generate_results = recording
+    tiny_engine.generate = recording
     try:
         app = create_app(Answerer(tiny_engine, kb), ServeSettings(model_name=MODEL, max_tokens_limit=16))
         old = [{"role": r, "content": ("旧的问题" if r == "user" else "旧的回答") + "头痛" * 200}
@@ -247,7 +248,7 @@ def test_long_history_drops_old_turns_keeping_system_and_question(tiny_engine, k
         with ServerThread(app) as url:
             resp = _client(url, "x").chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
     finally:
-        del tiny_engine.generate_results
+        del tiny_engine.generate
     info = resp.model_extra["qihuang"]
     assert 0 < info["dropped_turns"] < len(old) and info["citations"][0]["entity"] == "高血压"
     assert resp.usage.prompt_tokens <= tiny_engine.context_length - 8
@@ -328,9 +329,9 @@ class _BatchRecorder(FakeEngine):
         super().__init__(**kw)
         self.batches: list[int] = []
 
-    def generate(self, prompts, params=None):
+    def generate(self, prompts, params=None, cancels=None):
         self.batches.append(len(prompts))
-        return super().generate(prompts, params)
+        return super().generate(prompts, params, cancels)
 
 
 def test_concurrent_requests_are_batched(kb):

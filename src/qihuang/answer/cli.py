@@ -80,7 +80,7 @@ def cmd_infer(args) -> int:
 def cmd_chat(args) -> int:
     from qihuang.answer.chat import run_chat
 
-    return run_chat(build_answerer(args), sys.stdin, sys.stdout, history_turns=args.history_turns)
+    return run_chat(build_answerer(args), sys.stdin, sys.stdout)
 
 
 def cmd_export(args) -> int:
@@ -114,8 +114,8 @@ def register(sub) -> None:
     p = sub.add_parser("chat", help="interactive multi-turn chat with streaming (/reset, /exit)",
                        description="Chat in the terminal: answers stream as they are generated, with citations and "
                                    "red-flag triage. /reset clears the conversation, /exit quits. Works with piped "
-                                   "input (one question per line).")
-    p.add_argument("--history-turns", type=int, default=3, help="previous turns kept in the prompt (default: 3)")
+                                   "input (one question per line). Earlier turns are kept as far as the model's "
+                                   "context allows (oldest dropped first).")
     add_answer_args(p)
     p.set_defaults(func=cmd_chat)
 

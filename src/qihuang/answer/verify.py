@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from qihuang.answer.verify_config import VerifyConfig, load_config, parse_config  # noqa: F401  (re-exported)
 from qihuang.kb.normalize import normalize
+from qihuang.segment import word_boundaries
 
 STATUSES = ("supported", "wrong_attribute", "unsupported", "negated")
 BAD = ("wrong_attribute", "unsupported")
@@ -180,8 +181,6 @@ class _Checker:
     """Verification of one text (state shared by the steps)."""
 
     def __init__(self, kb, text: str, facts, question_attributes, exclude, min_support, config, context=()):
-        from qihuang.eval.metrics import word_boundaries
-
         self.kb, self.text, self.config = kb, text, config
         self.linker = kb.linker
         self.mentions = kb.find_entities(text)
@@ -344,11 +343,13 @@ class _Checker:
         for value in values:
             if len(value) < 2 or value in self.exclude:
                 continue
-            for hit in re.finditer(re.escape(value), norm_text):
-                s, e = hit.start(), hit.end()
+            s = norm_text.find(value)
+            while s >= 0:  # non-overlapping occurrences, left to right (no regex compiled per value)
+                e = s + len(value)
                 if not any(taken[s:e]) and (len(value) >= LONG_VALUE or s in self.cuts and e in self.cuts):
                     taken[s:e] = b"\1" * (e - s)
                     spans.append((s, e, value))
+                s = norm_text.find(value, e)
         return spans
 
     def _unit_span(self, pos: int) -> tuple[int, int]:
@@ -443,10 +444,15 @@ def verify(kb, text: str, facts, question_attributes: list[str] | None = None, *
         return Verification([], checked=kb is not None)
     facts = list(facts or [])
     if context is None:
-        context = [f for e in dict.fromkeys(f.entity for f in facts) for f in kb.facts(e)] if facts else []
+        context = context_facts(kb, facts)
     checker = _Checker(kb, text, facts, question_attributes, exclude or set(), min_support,
                        config or load_config(), context)
     return Verification(checker.run())
+
+
+def context_facts(kb, facts) -> list:
+    """All KB facts of the entities ``facts`` cite (what :func:`verify` checks wrong attributes against)."""
+    return [f for e in dict.fromkeys(f.entity for f in facts) for f in kb.facts(e)] if facts else []
 
 
 def question_names(kb, texts: list[str]) -> set[str]:
