@@ -124,7 +124,9 @@ def test_abandoned_plain_request_is_cancelled(slow_engine):
 
 
 def test_health_reports_running_and_queued_work(kb):
-    app = create_app(Answerer(FakeEngine(delay=0.6), kb), ServeSettings(model_name=MODEL, max_batch=1, max_queue=3))
+    answerer = Answerer(FakeEngine(delay=0.6), kb)
+    answerer.warm()  # as `qihuang serve` does at start-up: planning at admission does not wait for the linker
+    app = create_app(answerer, ServeSettings(model_name=MODEL, max_batch=1, max_queue=3))
     with ServerThread(app) as url:
         threads = [threading.Thread(target=_post, args=(url, {"messages": HI}, {})) for _ in range(3)]
         for t in threads:
@@ -355,17 +357,17 @@ def test_retry_after_follows_the_queue():
     from qihuang.serve.batcher import Busy, Job, Scheduler
 
     class Idle:
-        def answer_batch(self, questions, *a, **kw):
-            return list(questions)
+        def answer_plans(self, plans, params, cancels):
+            return list(plans)
 
     waits = []
     for max_queue in (0, 4):
         sched = Scheduler(Idle(), max_batch=2, max_queue=max_queue)
         sched.batch_seconds = 3.0
         for i in range(sched.capacity):
-            sched.admit(Job(f"q{i}", [], None, None, GenerationParams()))
+            sched.admit(Job(f"q{i}", GenerationParams()))
         with pytest.raises(Busy) as busy:
-            sched.admit(Job("late", [], None, None, GenerationParams()))
+            sched.admit(Job("late", GenerationParams()))
         waits.append(busy.value.retry_after)
         sched.close()
     assert waits == [3, 9]  # one batch ahead (2 admitted) vs three (6 admitted), 2 per batch, 3 s each
@@ -380,17 +382,17 @@ def test_admitted_requests_are_served_in_arrival_order():
     gate = threading.Event()
 
     class Recorder:
-        def answer_batch(self, questions, *a, **kw):
+        def answer_plans(self, plans, params, cancels):
             gate.wait(5)
-            order.extend(questions)
-            return list(questions)
+            order.extend(plans)
+            return list(plans)
 
     async def main():
         sched = Scheduler(Recorder(), max_batch=2, max_queue=8, max_wait=0)
         greedy, sampled = GenerationParams(), GenerationParams(temperature=0.7)
         futures = []
         for i in range(6):
-            job = sched.admit(Job(f"q{i}", [], None, None, greedy if i % 3 else sampled))
+            job = sched.admit(Job(f"q{i}", greedy if i % 3 else sampled))  # a plan stands in as its name
             futures.append(sched.submit(job))
             await asyncio.sleep(0.01)
         gate.set()

@@ -35,7 +35,7 @@ from qihuang.answer import policy as pol
 from qihuang.answer.grounding import Citation, Grounding, GroundingLimits, citations_of, ground
 from qihuang.answer.plan import AnswerPlan, History, LinkedTexts, fit_prompt, history_messages
 from qihuang.answer.triage import Triage, triage
-from qihuang.answer.verify import Verification, context_facts, load_config, verify
+from qihuang.answer.verify import Verification, evidence_of, load_config, verify
 from qihuang.data.formats import with_flat_turns
 from qihuang.engines.base import Engine, GenerationParams, GenerationResult
 from qihuang.engines.streaming import clean_text
@@ -166,14 +166,14 @@ class Answerer:
 
     # ---- verification and policy --------------------------------------------------------
     def check(self, plan: AnswerPlan, model_text: str) -> Verification:
-        """Verify ``model_text`` against the facts of the plan's prompt (the cited entities' other facts
-        are fetched once per plan)."""
+        """Verify ``model_text`` against the facts of the plan's prompt (their evidence — with the cited
+        entities' other facts — is fetched and indexed once per plan)."""
         if not plan.checked:
             return Verification(checked=False, policy=self.on_unsupported)
-        if plan.context is None:
-            plan.context = context_facts(self.kb, plan.grounding.facts)
+        if plan.evidence is None:
+            plan.evidence = evidence_of(self.kb, plan.grounding.facts)
         v = verify(self.kb, model_text, plan.grounding.facts, plan.grounding.attributes, exclude=plan.names,
-                   min_support=self.min_support, context=plan.context)
+                   min_support=self.min_support, evidence=plan.evidence)
         v.policy = self.on_unsupported
         return v
 

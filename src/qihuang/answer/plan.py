@@ -3,8 +3,8 @@
 An :class:`AnswerPlan` holds the triage, what retrieval linked (``link``) and the grounding it gave
 (facts, citations), the KB names of the question and of the earlier user turns (not claims when
 verifying), the rendered prompt with its token ids (:class:`~qihuang.engines.base.Prompt`, fitted to
-the context window), the notice or abstention, and — fetched at the first verification — the cited
-entities' other facts. :meth:`qihuang.answer.answerer.Answerer.plan` makes it; the API's admission,
+the context window), the notice or abstention, and — built at the first verification — the indexed
+evidence its answers are checked against (the facts and the cited entities' other facts). :meth:`qihuang.answer.answerer.Answerer.plan` makes it; the API's admission,
 its batching scheduler, generation, verification and streaming verification read it, none remakes
 it: one ``kb.link`` of the question per request, each earlier turn linked at most once
 (:class:`LinkedTexts`), one tokenization of the prompt (more only when old turns must be dropped).
@@ -61,7 +61,7 @@ class AnswerPlan:
     checked: bool = False  # grounding was attempted: verify the model text
     abstained: bool = False  # no facts and --ungrounded abstain: the model is not called
     dropped_turns: int = 0  # earlier messages left out of the prompt to fit the context window
-    context: list | None = None  # the cited entities' other KB facts (verification), fetched once
+    evidence: Any = None  # what verification checks against (verify.Evidence), built at the first check
 
     @property
     def emergency(self) -> bool:
