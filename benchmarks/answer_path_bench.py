@@ -212,8 +212,8 @@ def main() -> int:
         for p in PATHS:
             for side in (("before", "after") if r % 2 == 0 else ("after", "before")):
                 got[side, p].append(run_side(sides[side], p))
-        print(f"  round {r + 1}: " + "; ".join(f"{p} {got['before', p][-1]['first']:.1f} -> {got['after', p][-1]['first']:.1f}"
-                                            for p in PATHS) + f" ms/request (load {os.getloadavg()[0]:.2f})", flush=True)
+        rows = (f"{p} {got['before', p][-1]['first']:.1f} -> {got['after', p][-1]['first']:.1f}" for p in PATHS)
+        print(f"  round {r + 1}: " + "; ".join(rows) + f" ms/request (load {os.getloadavg()[0]:.2f})", flush=True)
     print(f"{'path':>7} {'before_ms':>10} {'after_ms':>9} {'ratio':>6}   caches warm (a second pass): before, after, ratio")
     ratios = {}
     for p in PATHS:

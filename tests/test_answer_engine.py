@@ -275,3 +275,16 @@ def test_int8_weights_stay_close_to_the_float_model(tiny_llama):
     assert quant.generate([PROMPTS[0]], GenerationParams(max_new_tokens=4))[0].text
     with pytest.raises(ConfigError, match="quantize"):
         load_engine(str(tiny_llama), quantize="int4")
+
+
+def test_padded_decoders_batch_prompts_of_similar_lengths(engine):
+    rows = {0: [1] * 470, 1: [1] * 50, 2: [1] * 52, 3: [1] * 246, 4: [1] * 240, 5: [1] * 54}
+    groups = engine._groups(list(rows), rows)
+    assert groups == [[1, 2, 5], [4, 3], [0]]  # shortest first; a 470-token prompt does not pad the others
+    assert all(len(g) <= engine.batch_size for g in groups)
+    unpadded = type("Unpadded", (), {"pads": False})()
+    original, engine.decoder = engine.decoder, unpadded
+    try:
+        assert engine._groups(list(rows), rows) == [[0, 1, 2, 3], [4, 5]]  # in order, batch_size at a time
+    finally:
+        engine.decoder = original

@@ -9,7 +9,8 @@ from answer_fakes import FakeEngine, make_tiny_adapter
 from kb_fixture import make_tiny_kb
 
 from qihuang.answer.answerer import Answerer
-from qihuang.answer.infer import question_of, run_infer
+from qihuang.answer.infer import run_infer
+from qihuang.records import question_of
 from qihuang.cli import main
 from qihuang.errors import InputError
 

@@ -9,7 +9,8 @@ import pytest
 
 from qihuang.engines.load import BACKENDS
 from qihuang.cli import build_parser, main
-from qihuang.config import DTYPES, TrainConfig, options_from_args
+from qihuang.config import DTYPES, TrainConfig
+from qihuang.flags import options_from_args
 from qihuang.errors import ConfigError
 from qihuang.options import (AnswerOptions, BuildOptions, EvalOptions, GenerationOptions, ModelOptions,
                              QuickstartOptions)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qihuang.answer.infer import question_of
+from qihuang.records import question_of
 from qihuang.cli import main
 from qihuang.config import TrainConfig, build_config
 from qihuang.data.formats import to_conversation

@@ -15,7 +15,7 @@ from qihuang.errors import ConfigError
 
 def add_answer_args(p: argparse.ArgumentParser) -> None:
     """The model, generation and answering options (infer, chat, serve, webui)."""
-    from qihuang.config import add_options
+    from qihuang.flags import add_options
     from qihuang.options import AnswerOptions, GenerationOptions, ModelOptions
 
     add_options(p, ModelOptions, GenerationOptions, AnswerOptions)
@@ -42,7 +42,7 @@ def open_kb(path: str | None, grounded: bool | None):
 
 def build_answerer(args, engine=None):
     """An :class:`Answerer` from parsed CLI options (loads the model unless ``engine`` is given)."""
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
     from qihuang.options import AnswerOptions, GenerationOptions, ModelOptions
 
     return make_answerer(options_from_args(ModelOptions, args), options_from_args(GenerationOptions, args),
@@ -84,7 +84,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
     from qihuang.models.export import export_merged
     from qihuang.options import ExportOptions
 
@@ -97,7 +97,7 @@ def cmd_export(args) -> int:
 
 
 def register(sub) -> None:
-    from qihuang.config import add_options
+    from qihuang.flags import add_options
     from qihuang.options import ExportOptions
 
     p = sub.add_parser("infer", help="batch answers for a JSON/JSONL file (alpaca / HuaTuo infer.json)",

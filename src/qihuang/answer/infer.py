@@ -25,18 +25,6 @@ from qihuang.errors import InputError
 from qihuang.fileio import atomic_write_text
 
 
-def question_of(record: dict, path: str, line: int) -> dict:
-    """``{"question", "history", "system", "reference", "instruction", "input"}`` of a record, read by
-    :func:`qihuang.records.to_prompt` (as evaluation reads it); errors name path, line and field."""
-    from qihuang.records import canonical_fields, to_prompt
-
-    prompt = to_prompt(record, path, line)
-    record = canonical_fields(record)  # Med-ChatGLM context/target
-    return {"question": prompt.question, "history": prompt.history, "system": prompt.system,
-            "reference": prompt.reference, "instruction": record.get("instruction", prompt.question),
-            "input": record.get("input", "")}
-
-
 def _read_done(path: Path) -> tuple[list[str], set[int]]:
     """Valid lines of a previous (partial) output and the input record numbers they cover
     (``record``; outputs written before it existed have only ``line``)."""
@@ -94,7 +82,7 @@ def run_infer(input_path: str | Path, output_path: str | Path, answerer, batch_s
     """Answer every record of ``input_path`` into ``output_path`` (JSON lines); returns counts."""
     from tqdm import tqdm
 
-    from qihuang.records import read_numbered
+    from qihuang.records import question_of, read_numbered
 
     src, out = Path(input_path), Path(output_path)
     if src.resolve() == out.resolve():

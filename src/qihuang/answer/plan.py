@@ -4,7 +4,8 @@ An :class:`AnswerPlan` holds the triage, what retrieval linked (``link``) and th
 (facts, citations), the KB names of the question and of the earlier user turns (not claims when
 verifying), the rendered prompt with its token ids (:class:`~qihuang.engines.base.Prompt`, fitted to
 the context window), the notice or abstention, and — built at the first verification — the indexed
-evidence its answers are checked against (the facts and the cited entities' other facts). :meth:`qihuang.answer.answerer.Answerer.plan` makes it; the API's admission,
+evidence its answers are checked against (the facts and the cited entities' other facts).
+:meth:`qihuang.answer.answerer.Answerer.plan` makes it; the API's admission,
 its batching scheduler, generation, verification and streaming verification read it, none remakes
 it: one ``kb.link`` of the question per request, each earlier turn linked at most once
 (:class:`LinkedTexts`), one tokenization of the prompt (more only when old turns must be dropped).

@@ -56,6 +56,7 @@ class Decoder(Protocol):
     """Turns a :class:`DecodeJob` into :class:`Decoded` ids (called under the engine's model lock)."""
 
     name: str
+    pads: bool  # whether it decodes left-padded batches (the engine then batches prompts of similar lengths)
 
     def run(self, model, job: DecodeJob) -> Decoded: ...
 

@@ -25,6 +25,8 @@ from qihuang.engines.decoding import Decoded, DecodeJob, Decoder
 from qihuang.engines.streaming import Finish, Sink, StopScanner, clean_text, cut_at_stop, stream_generation
 from qihuang.models.load import context_length
 
+PAD_WASTE = 1.25  # a padded decoding run may hold at most this many tokens per real prompt token
+
 
 # ---- transformers' generate as a decoder --------------------------------------------------------
 def _cancel_criteria(cancelled):
@@ -88,6 +90,7 @@ class GenerateDecoder:
     """transformers' ``model.generate`` as a decoder (the default on a GPU)."""
 
     name = "generate"
+    pads = True  # decodes left-padded batches
 
     def _config(self, model, params: GenerationParams, pad_id: int):
         from transformers import GenerationConfig
@@ -269,13 +272,30 @@ class HFEngine:
         todo = [i for i, ev in enumerate(cancels) if not is_cancelled(ev)]
         for i in set(range(len(prompts))) - set(todo):
             results[i] = cancelled_result()
-        rows = self._rows([prompts[i] for i in todo], params.max_new_tokens)
-        for b in range(0, len(todo), self.batch_size):
-            idx = todo[b:b + self.batch_size]
-            chunk = rows[b:b + self.batch_size]
-            for i, r in zip(idx, self._generate_chunk(chunk, params, [cancels[i] for i in idx])):
+        rows = dict(zip(todo, self._rows([prompts[i] for i in todo], params.max_new_tokens)))
+        for idx in self._groups(todo, rows):
+            for i, r in zip(idx, self._generate_chunk([rows[i] for i in idx], params, [cancels[i] for i in idx])):
                 results[i] = r
         return results
+
+    def _groups(self, todo: list[int], rows: dict[int, list[int]]) -> list[list[int]]:
+        """Decoding runs of at most ``batch_size`` prompts. A decoder that pads (left-padded batches)
+        gets prompts of similar lengths together, shortest first, a run closed before padding would add
+        more than :data:`PAD_WASTE` of its real tokens: a prompt of 470 tokens batched with ones of 50
+        made every row cost 470 tokens of prefill."""
+        if not self.decoder.pads:
+            return [todo[b:b + self.batch_size] for b in range(0, len(todo), self.batch_size)]
+        groups: list[list[int]] = []
+        real = 0
+        for i in sorted(todo, key=lambda i: len(rows[i])):
+            n = len(rows[i])  # the longest so far: the run's width
+            if groups and len(groups[-1]) < self.batch_size and n * (len(groups[-1]) + 1) <= PAD_WASTE * (real + n):
+                groups[-1].append(i)
+                real += n
+            else:
+                groups.append([i])
+                real = n
+        return groups
 
     def _generate_chunk(self, rows: list[list[int]], params: GenerationParams, cancels: list) -> list[GenerationResult]:
         stops = self._stops(params)

@@ -108,6 +108,7 @@ class LeanDecoder:
     (1 on a busy machine), else that many torch threads."""
 
     name = "lean"
+    pads = True  # decodes left-padded batches
 
     def __init__(self, threads: int | None = None):
         self.threads = threads

@@ -201,6 +201,7 @@ class LlamaCppDecoder:
     sequences. ``threads``: None = :func:`decode_threads` decides per run."""
 
     name = "llamacpp"
+    pads = False  # every prompt is its own sequence: no padding, any lengths batch well
 
     def __init__(self, gguf: str | os.PathLike, n_ctx: int, n_seq: int = 8, weights: str = "",
                  threads: int | None = None):
