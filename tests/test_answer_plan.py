@@ -167,14 +167,16 @@ def test_old_turns_are_dropped_to_fit_and_reported(kb, counts):
         Answerer(FakeEngine(context_length=80), kb).plan(FIRST + "头痛" * 60, history, max_new_tokens=64)
 
 
-def test_chat_reports_dropped_turns(kb):
+def test_chat_reports_dropped_turns_and_goes_on_after_a_question_too_long(kb):
     from qihuang.answer.chat import run_chat
 
     answerer = Answerer(FakeEngine(context_length=700), kb)
-    lines = "".join(f"{FIRST}{'头晕' * 60}\n" for _ in range(4))
+    lines = "".join(f"{FIRST}{'头晕' * 60}\n" for _ in range(4)) + "头痛" * 400 + "\n" + FIRST + "\n"
     out = io.StringIO()
     run_chat(answerer, io.StringIO(lines), out, interactive=False)
-    assert "未放入模型的上下文" in out.getvalue()
+    text = out.getvalue()
+    assert "未放入模型的上下文" in text and "无法回答" in text and "context_length" not in text
+    assert text.count("岐黄> ") == 6 and "max_tokens=" in text  # the long question is refused with the limits
 
 
 # ---- streaming verification ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from qihuang import DISCLAIMER
+from qihuang.errors import QihuangError
 
 HELP = "命令：/reset 清空对话  /exit 退出  /help 帮助"
 BANNER = f"岐黄 qihuang chat — 输入问题后回车。{HELP}\n※ {DISCLAIMER}"
@@ -66,6 +67,9 @@ def _answer_turn(answerer, question: str, history: list[list[str]], stdout: Text
                 answer = item
     except KeyboardInterrupt:
         stdout.write("\n（已中断）\n")
+        return None
+    except QihuangError as exc:  # e.g. a question longer than the model's context: say so, keep chatting
+        stdout.write(f"\n（无法回答：{exc}）\n")
         return None
     if "".join(shown).strip() != answer.text.strip():  # the policy changed what was streamed
         stdout.write("\n（核对后的回答）\n" + answer.text)

@@ -51,30 +51,25 @@ def _result_row(number: int, item: dict, answer) -> dict:
     row = {"record": number, "line": item["line"], "instruction": item["instruction"], "input": item["input"],
            "output": item["reference"], "prediction": answer.text, "grounded": answer.grounded,
            "citations": [c.to_dict() for c in answer.citations], "triage": answer.triage.to_dict(),
-           "refused": answer.refused, "abstained": getattr(answer, "abstained", False),
-           "verification": _verification(answer), "disclaimer": answer.disclaimer}
-    if getattr(answer, "draft", None):
+           "refused": answer.refused, "abstained": answer.abstained,
+           "verification": answer.verification.to_dict(), "disclaimer": answer.disclaimer}
+    if answer.draft:
         row["draft"] = answer.draft
     if item.get("id") is not None:
         row["id"] = item["id"]
     return row
 
 
-def _verification(answer) -> dict | None:
-    v = getattr(answer, "verification", None)
-    return v.to_dict() if v is not None else None
-
-
 def count_answer(counts: dict, answer) -> None:
     """Add one answer to the summary counts."""
-    v = getattr(answer, "verification", None)
+    v = answer.verification
     counts["red_flags"] += answer.triage.is_red_flag
     counts["refused"] += answer.refused
-    counts["abstained"] += bool(getattr(answer, "abstained", False))
+    counts["abstained"] += answer.abstained
     counts["grounded"] += answer.grounded
-    counts["flagged"] += bool(v is not None and not v.ok)
-    counts["dropped"] += bool(v is not None and v.dropped)
-    counts["regenerated"] += bool(v is not None and v.attempts > 1)
+    counts["flagged"] += not v.ok
+    counts["dropped"] += bool(v.dropped)
+    counts["regenerated"] += v.attempts > 1
 
 
 def run_infer(input_path: str | Path, output_path: str | Path, answerer, batch_size: int = 8,

@@ -50,7 +50,7 @@ def is_embedded_default(model_name: str | None) -> bool:
 
 def default_ungrounded(engine) -> str:
     """``abstain`` for the embedded default model, ``answer`` for a user's model."""
-    return "abstain" if is_embedded_default(getattr(engine, "model_name", None)) else "answer"
+    return "abstain" if is_embedded_default(engine.model_name) else "answer"
 
 
 def abstain_message(names: list[str], config: VerifyConfig | None = None) -> str:

@@ -48,8 +48,7 @@ def citations_markdown(answer) -> str:
 def marked_html(answer) -> str:
     """``answer.text`` HTML-escaped, with its unsupported and wrong-attribute spans in ``<mark>``."""
     text = answer.text
-    v = getattr(answer, "verification", None)
-    bad = sorted(v.bad, key=lambda c: c.start) if v is not None else []
+    bad = sorted(answer.verification.bad, key=lambda c: c.start)
     out, pos = [], 0
     for c in bad:
         if c.start < pos or c.end > len(text):
