@@ -98,7 +98,8 @@ def train(stage: str, model: str, dataset: Path, out: Path, steps: int, lr: floa
 def evaluate(kb, adapter: Path, test: Path, out: Path, args) -> dict:
     import qihuang.eval as ev
     from qihuang.answer.answerer import Answerer
-    from qihuang.answer.engine import GenerationParams, load_engine
+    from qihuang.engines.base import GenerationParams
+    from qihuang.engines.load import load_engine
 
     if (out / "results.json").is_file():
         return json.loads((out / "results.json").read_text(encoding="utf-8"))

@@ -43,31 +43,31 @@ def cpu_flags() -> str:
 
 
 def load(dtype: str, decoder: str):
-    from qihuang.answer.engine import load_engine
+    from qihuang.engines.load import load_engine
 
     return load_engine("default", dtype=dtype, decoder=decoder, batch_size=1, backend="hf")
 
 
 def default_engine():
     """What ``load_engine("default")`` gives (backend "auto"), and a one-line description of it."""
-    from qihuang.answer.engine import load_engine
+    from qihuang.engines.load import load_engine
 
     engine = load_engine("default", batch_size=4)
-    if getattr(engine, "decoder", "") == "llamacpp":
-        return engine, f"llama.cpp engine, {engine.weights} weights"
-    return engine, f"{type(engine).__name__} ({next(engine.model.parameters()).dtype})"
+    if engine.decoder.name == "llamacpp":
+        return engine, f"llama.cpp engine, {engine.decoder.weights} weights"
+    return engine, f"{engine.decoder.name} decoder ({next(engine.model.parameters()).dtype})"
 
 
 def cpp_engine(gguf_type: str):
     """qihuang's llama.cpp engine on the default model exported as ``gguf_type`` (f32, q8_0)."""
-    from qihuang.answer.engine import load_engine
+    from qihuang.engines.load import load_engine
 
     return load_engine("default", batch_size=4, backend="llamacpp", gguf_type=gguf_type)
 
 
 def int8_engine(dtype: str):
     """The lean engine with int8 weight-only linear layers computing in ``dtype``."""
-    from qihuang.answer.engine import load_engine
+    from qihuang.engines.load import load_engine
 
     return load_engine("default", dtype=dtype, decoder="lean", batch_size=1, quantize="int8")
 
@@ -76,33 +76,40 @@ def lean_ids(engine, prompt: str | list[str], tokens: int, ends: bool = True) ->
     """Greedy new ids of the first prompt (all prompts decoded as one batch)."""
     import torch
 
-    from qihuang.answer.engine import GenerationParams
-    from qihuang.answer.lean import decode
+    from qihuang.engines.base import GenerationParams
+    from qihuang.engines.lean import decode
 
-    enc = engine._encode(prompt if isinstance(prompt, list) else [prompt], tokens)
+    job = batch_job(engine, prompt, tokens)
     with torch.inference_mode():
-        done = decode(engine.model, enc["input_ids"], enc["attention_mask"], GenerationParams(max_new_tokens=tokens),
-                      engine._terminators() if ends else set(), engine.tokenizer.pad_token_id)
+        done = decode(engine.model, job.input_ids, job.attention_mask, GenerationParams(max_new_tokens=tokens),
+                      job.terminators if ends else set(), job.pad_id)
     return done.ids[0]
+
+
+def batch_job(engine, prompt: str | list[str], tokens: int):
+    """The engine's left-padded batch of the prompts (its own encoding and context cut)."""
+    from qihuang.engines.base import GenerationParams
+
+    prompts = prompt if isinstance(prompt, list) else [prompt]
+    return engine._job(engine._rows(prompts, tokens), GenerationParams(max_new_tokens=tokens), [], [])
 
 
 def cpp_ids(engine, prompt: str | list[str], tokens: int, ends: bool = True) -> list[int]:
     """Greedy new ids of the first prompt from qihuang's llama.cpp engine (all prompts as one batch)."""
-    from qihuang.answer.engine import GenerationParams
-    from qihuang.answer.llamacpp import cores, decode_rows
-    from qihuang.answer.lean import decode_threads
+    from qihuang.engines.base import GenerationParams
+    from qihuang.engines.decoding import cores, decode_threads
+    from qihuang.engines.llamacpp import decode_rows
 
-    enc = engine._encode(prompt if isinstance(prompt, list) else [prompt], tokens)
-    rows = [ids[m.bool()].tolist() for ids, m in zip(enc["input_ids"], enc["attention_mask"])]
-    threads = engine.threads or decode_threads(cores())
-    done = decode_rows(engine.runner, rows, GenerationParams(max_new_tokens=tokens),
-                       engine._terminators() if ends else set(), threads)
+    job = batch_job(engine, prompt, tokens)
+    threads = engine.decoder.threads or decode_threads(cores())
+    done = decode_rows(engine.decoder.runner, job.rows, GenerationParams(max_new_tokens=tokens),
+                       job.terminators if ends else set(), threads)
     return done.ids[0]
 
 
 def engine_ids(engine, prompt: str | list[str], tokens: int, ends: bool = True) -> list[int]:
     """Greedy new ids of the first prompt from a lean or llama.cpp engine."""
-    if getattr(engine, "decoder", "") == "llamacpp":
+    if engine.decoder.name == "llamacpp":
         return cpp_ids(engine, prompt, tokens, ends)
     return lean_ids(engine, prompt, tokens, ends)
 
@@ -111,16 +118,18 @@ def generate_ids(engine, prompt: str | list[str], tokens: int, force: bool = Fal
     """Greedy new ids of the first prompt from ``generate`` (all prompts as one batch)."""
     import torch
 
-    from qihuang.answer.engine import GenerationParams
+    from qihuang.engines.base import GenerationParams
 
-    enc = engine._encode(prompt if isinstance(prompt, list) else [prompt], tokens)
-    cfg = engine._gen_config(GenerationParams(max_new_tokens=tokens))
+    from qihuang.engines.hf import GenerateDecoder
+
+    job = batch_job(engine, prompt, tokens)
+    cfg = GenerateDecoder()._config(engine.model, GenerationParams(max_new_tokens=tokens), job.pad_id)
     if force:
         cfg.min_new_tokens = tokens
     with torch.inference_mode():
-        out = engine.model.generate(**enc, generation_config=cfg)
-    new = out[0, enc["input_ids"].shape[1]:].tolist()
-    ends = engine._terminators()
+        out = engine.model.generate(input_ids=job.input_ids, attention_mask=job.attention_mask, generation_config=cfg)
+    new = out[0, job.input_ids.shape[1]:].tolist()
+    ends = job.terminators
     return new if force else new[: next((i for i, t in enumerate(new) if t in ends), len(new))]
 
 
@@ -204,7 +213,7 @@ def _timer(name: str, engine, prompts: str | list[str], tokens: int, threads: in
         return lambda: rows * len(generate_ids(engine, prompts, tokens, force=True))
 
     def run() -> int:
-        engine.threads = threads  # the llama.cpp engine's count (the lean arms follow torch's, set per arm)
+        engine.decoder.threads = threads  # the decoder's count (None/0: its policy; the lean arms follow torch's)
         return rows * len(engine_ids(engine, prompts, tokens, ends=False))
 
     return run
@@ -257,7 +266,7 @@ def measure(arms: dict, repeats: int) -> dict[str, list[float]]:
 
 def verdict(med: dict[str, float], threads: list[int], what: str) -> int:
     """Print qihuang's default path against the other engines; the exit status (1 on MISSED)."""
-    from qihuang.answer.lean import decode_threads
+    from qihuang.engines.decoding import decode_threads
 
     picked = decode_threads(max(threads))  # what the engine's thread policy picks under this load
     best_t = picked if picked in threads else max(threads, key=lambda t: med[f"qihuang default t{t}"])

@@ -5,7 +5,7 @@ long) through each checker one token at a time, on the default model's tokenizer
 mean microseconds per token, side by side in one run:
 
 - lean stop check: before, decode the last ``4 * len(longest stop) + 8`` tokens at every step; after,
-  :class:`qihuang.answer.streaming.StopScanner` (decodes a window of 1-2 tokens, searches the new text);
+  :class:`qihuang.engines.streaming.StopScanner` (decodes a window of 1-2 tokens, searches the new text);
 - stream text: before, decode the whole continuation at every step (lean ``stream``; transformers'
   ``TextIteratorStreamer`` does the same); after, :class:`IncrementalDetokenizer`;
 - transformers backend, batch of 4: before, ``batch_decode`` of every row's whole continuation at every
@@ -51,7 +51,7 @@ def main() -> int:
     import torch
     from transformers import StopStringCriteria
 
-    from qihuang.answer.streaming import IncrementalDetokenizer, StopScanner
+    from qihuang.engines.streaming import IncrementalDetokenizer, StopScanner
     from qihuang.models.load import load_tokenizer
 
     tok = load_tokenizer(args.model)

@@ -112,7 +112,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from qihuang.answer.answerer import Answerer
-    from qihuang.answer.engine import GenerationParams, load_engine
+    from qihuang.engines.base import GenerationParams
+    from qihuang.engines.load import load_engine
     from qihuang.answer.policy import DEFAULT_POLICY
     from qihuang.eval import run
     from qihuang.kb import KnowledgeBase

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Sequence
 
-from qihuang.answer.engine import GenerationParams, cut_at_stop
 from qihuang.data.prompts import KNOWLEDGE_HEADER, get_template
+from qihuang.engines.base import GenerationParams, GenerationResult, Prompt, cancelled_result, is_cancelled
+from qihuang.engines.streaming import cut_at_stop
 
 
 class CharTokenizer:
@@ -25,7 +26,11 @@ class CharTokenizer:
     pad_token_id = 0
     chat_template = None
 
+    def __init__(self):
+        self.calls = 0  # texts tokenized (the counting tests read it)
+
     def __call__(self, text, add_special_tokens=True, **kwargs):
+        self.calls += 1
         return {"input_ids": [ord(c) for c in text]}
 
 
@@ -39,36 +44,54 @@ def knowledge_reply(prompt: str) -> str:
 
 
 class FakeEngine:
-    """Implements the Engine protocol with scripted replies; records every prompt it gets."""
+    """Keeps the Engine contract with scripted replies (one token per character); records every prompt
+    it gets. ``context_length`` is settable (tests of context fitting)."""
 
     def __init__(self, reply: Callable[[str], str] = knowledge_reply, template: str = "med_template",
-                 delay: float = 0.0, model_name: str = "fake-model"):
+                 delay: float = 0.0, model_name: str = "fake-model", context_length: int = 32768):
         self.tokenizer = CharTokenizer()
         self.template = get_template(template)
         self.model_name = model_name
         self.reply = reply
         self.delay = delay
+        self.context_length = context_length
         self.prompts: list[str] = []
         self.lock = threading.Lock()
 
-    def _one(self, prompt: str, params: GenerationParams) -> str:
-        with self.lock:
-            self.prompts.append(prompt)
-        text = cut_at_stop(self.reply(prompt), [*params.stop, *self.template.stop])[0]
-        return text[: params.max_new_tokens]
+    def encode(self, text: str) -> Prompt:
+        return Prompt(text, tuple(self.tokenizer(text)["input_ids"]))
 
-    def generate(self, prompts: list[str], params: GenerationParams | None = None) -> list[str]:
+    def count_tokens(self, text: str) -> int:
+        return self.encode(text).tokens
+
+    def _one(self, prompt: str | Prompt, params: GenerationParams) -> GenerationResult:
+        prompt = prompt if isinstance(prompt, Prompt) else self.encode(prompt)
+        with self.lock:
+            self.prompts.append(prompt.text)
+        text = cut_at_stop(self.reply(prompt.text), [*params.stop, *self.template.stop])[0]
+        cut = text[: params.max_new_tokens]
+        return GenerationResult(cut, prompt.tokens, len(cut), "length" if len(text) > len(cut) else "stop")
+
+    def generate(self, prompts: Sequence[str | Prompt], params: GenerationParams | None = None,
+                 cancels=None) -> list[GenerationResult]:
         params = params or GenerationParams()
+        cancels = list(cancels) if cancels is not None else [None] * len(prompts)
         if self.delay:
             time.sleep(self.delay)
-        return [self._one(p, params) for p in prompts]
+        return [cancelled_result() if is_cancelled(ev) else self._one(p, params) for p, ev in zip(prompts, cancels)]
 
-    def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]:
-        text = self._one(prompt, params or GenerationParams())
-        for i in range(0, len(text), 3):
+    def stream(self, prompt: str | Prompt, params: GenerationParams | None = None,
+               cancel=None) -> Generator[str, None, GenerationResult]:
+        if is_cancelled(cancel):
+            return cancelled_result()
+        result = self._one(prompt, params or GenerationParams())
+        for i in range(0, len(result.text), 3):
             if self.delay:
                 time.sleep(self.delay / 10)
-            yield text[i : i + 3]
+            if is_cancelled(cancel):
+                return GenerationResult(result.text[:i], result.prompt_tokens, i, "cancelled")
+            yield result.text[i : i + 3]
+        return result
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
         return [-float(len(cont)) for _, cont in requests]

@@ -2,8 +2,9 @@
 
 ``ScriptedEngine(replies=..., choices=...)``:
 
-* ``generate(prompts, params)`` answers each prompt from ``replies``: a callable ``prompt -> str``,
-  or a dict whose first key found in the prompt picks the reply (``default`` otherwise);
+* ``generate(prompts, params)`` answers each prompt from ``replies`` (one ``GenerationResult`` each):
+  a callable ``prompt -> str``, or a dict whose first key found in the prompt picks the reply
+  (``default`` otherwise);
 * ``loglikelihood(requests)`` gives 0.0 to the continuation ``choices(context)`` picks (a callable,
   or a dict keyed by a substring of the context as above) and -5.0 to every other one.
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qihuang import DISCLAIMER
+from qihuang.engines.base import GenerationResult, Prompt
 
 
 def _pick(script: Callable[[str], str] | dict[str, str] | None, text: str, default: str | None) -> str | None:
@@ -49,7 +51,9 @@ class FakeTemplate:
 
 
 class ScriptedEngine:
-    """An Engine whose generations and log-likelihoods come from a script."""
+    """An Engine whose generations and log-likelihoods come from a script (one token per character)."""
+
+    context_length = 32768
 
     def __init__(self, replies: Callable[[str], str] | dict[str, str] | None = None,
                  choices: Callable[[str], str] | dict[str, str] | None = None, *,
@@ -61,12 +65,25 @@ class ScriptedEngine:
         self.generate_calls: list[list[str]] = []
         self.loglik_calls: list[list[tuple[str, str]]] = []
 
-    def generate(self, prompts: list[str], params: Any = None) -> list[str]:
-        self.generate_calls.append(list(prompts))
-        return [_pick(self.replies, p, self.default) for p in prompts]
+    def encode(self, text: str) -> Prompt:
+        return Prompt(text, tuple(map(ord, text)))
 
-    def stream(self, prompt: str, params: Any = None):
-        yield from self.generate([prompt], params)[0]
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    def generate(self, prompts: list[str | Prompt], params: Any = None, cancels=None) -> list[GenerationResult]:
+        texts = [p.text if isinstance(p, Prompt) else p for p in prompts]
+        self.generate_calls.append(texts)
+        return [GenerationResult(_pick(self.replies, t, self.default), len(t), 0) for t in texts]
+
+    def texts(self, prompts: list[str], params: Any = None) -> list[str]:
+        """Only the texts of :meth:`generate`."""
+        return [r.text for r in self.generate(prompts, params)]
+
+    def stream(self, prompt: str | Prompt, params: Any = None, cancel=None):
+        result = self.generate([prompt], params)[0]
+        yield from result.text
+        return result
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
         self.loglik_calls.append(list(requests))
@@ -113,5 +130,5 @@ class FakeAnswerer:
         for i, q in enumerate(questions):
             hist = (histories or [None] * len(questions))[i] or []
             prompts.append("\n".join([*(f"{a}\n{b}" for a, b in hist), q]))
-        texts = self.engine.generate(prompts, self.params)
+        texts = self.engine.texts(prompts, self.params)
         return [FakeAnswer(q, t, grounded=use and self.kb is not None) for q, t in zip(questions, texts, strict=True)]

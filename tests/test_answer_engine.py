@@ -7,11 +7,18 @@ import threading
 import pytest
 from streams import drain
 
-from qihuang.answer.engine import (Engine, GenerationParams, HFEngine, _hold_back_stops, choose_dtype, clean_text,
-                                   cut_at_stop, load_engine)
+from qihuang.engines.base import Engine, GenerationParams
+from qihuang.engines.hf import HFEngine
+from qihuang.engines.load import load_engine
+from qihuang.engines.streaming import clean_text, cut_at_stop, hold_back_stops
 from qihuang.errors import ConfigError
+from qihuang.models.load import choose_dtype
 
 PROMPTS = ["偏头痛的症状", "感冒应该吃什么药？请详细回答。", "What are the symptoms of migraine?"]
+
+
+def texts(engine, prompts, params):
+    return [r.text for r in engine.generate(prompts, params)]
 
 
 @pytest.fixture(scope="module")
@@ -26,31 +33,31 @@ def test_engine_satisfies_protocol(engine):
 
 def test_batched_equals_one_by_one(engine):
     params = GenerationParams(max_new_tokens=12)
-    batched = engine.generate(PROMPTS, params)
-    single = [engine.generate([p], params)[0] for p in PROMPTS]
+    batched = texts(engine, PROMPTS, params)
+    single = [texts(engine, [p], params)[0] for p in PROMPTS]
     assert batched == single
     assert all(isinstance(t, str) and t for t in batched)
 
 
 def test_stream_gives_the_same_text(engine):
     params = GenerationParams(max_new_tokens=12)
-    assert clean_text("".join(engine.stream(PROMPTS[0], params))) == engine.generate([PROMPTS[0]], params)[0]
+    assert clean_text("".join(engine.stream(PROMPTS[0], params))) == texts(engine, [PROMPTS[0]], params)[0]
 
 
 def test_stop_string_cuts_generation(engine):
     params = GenerationParams(max_new_tokens=16)
-    full = engine.generate([PROMPTS[1]], params)[0]
+    full = texts(engine, [PROMPTS[1]], params)[0]
     assert len(full) >= 4
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     expected = full[: full.find(stop)].strip()
     stopped = GenerationParams(max_new_tokens=16, stop=[stop])
-    assert engine.generate([PROMPTS[1]], stopped)[0] == expected
+    assert texts(engine, [PROMPTS[1]], stopped)[0] == expected
     assert "".join(engine.stream(PROMPTS[1], stopped)).strip() == expected
 
 
 def test_sampling_is_reproducible_with_a_seed(engine):
     params = GenerationParams(max_new_tokens=10, temperature=1.5, top_p=0.9, top_k=50, seed=7)
-    assert engine.generate([PROMPTS[0]], params) == engine.generate([PROMPTS[0]], params)
+    assert texts(engine, [PROMPTS[0]], params) == texts(engine, [PROMPTS[0]], params)
 
 
 def test_loglikelihood_matches_a_manual_forward(engine):
@@ -73,8 +80,8 @@ def test_hold_back_never_leaks_a_partial_stop():
     import threading
 
     pieces = ["答案", "是##", "#问", "题后面"]
-    assert "".join(_hold_back_stops(pieces, ["###问题"], threading.Event())) == "答案是"
-    assert "".join(_hold_back_stops(["ab", "c"], [], threading.Event())) == "abc"
+    assert "".join(hold_back_stops(pieces, ["###问题"], threading.Event())) == "答案是"
+    assert "".join(hold_back_stops(["ab", "c"], [], threading.Event())) == "abc"
     assert cut_at_stop("abc", ["x"]) == ("abc", False)
 
 
@@ -146,32 +153,32 @@ def _manual_new_tokens(engine, prompt: str, n: int) -> list[int]:
 
 @pytest.mark.parametrize("n", [4, 16])
 def test_results_count_generated_tokens_and_say_length(engine, n):
-    results = engine.generate_results(PROMPTS, GenerationParams(max_new_tokens=n))
+    results = engine.generate(PROMPTS, GenerationParams(max_new_tokens=n))
     for prompt, result in zip(PROMPTS, results):
         new = _manual_new_tokens(engine, prompt, n)
         assert result.completion_tokens == len(new)
         assert result.prompt_tokens == len(engine.tokenizer(prompt)["input_ids"])
         assert result.finish_reason == ("length" if len(new) == n else "stop")
     assert any(r.finish_reason == "length" for r in results)
-    assert [r.text for r in results] == engine.generate(PROMPTS, GenerationParams(max_new_tokens=n))
+    assert [r.text for r in results] == texts(engine, PROMPTS, GenerationParams(max_new_tokens=n))
 
 
 def test_stream_returns_the_same_result(engine):
     params = GenerationParams(max_new_tokens=12)
     pieces, result = drain(engine.stream(PROMPTS[0], params))
-    assert result == engine.generate_results([PROMPTS[0]], params)[0]
+    assert result == engine.generate([PROMPTS[0]], params)[0]
     assert clean_text("".join(pieces)) == result.text
 
 
 def test_cancel_stops_within_one_step(engine):
     params = GenerationParams(max_new_tokens=60)
     ev = _CountingEvent(after=3)
-    done, live = engine.generate_results(PROMPTS[:2], params, cancels=[ev, None])
+    done, live = engine.generate(PROMPTS[:2], params, cancels=[ev, None])
     assert done.finish_reason == "cancelled" and done.completion_tokens <= 4
     assert live.finish_reason != "cancelled"
     preset = threading.Event()
     preset.set()
-    assert engine.generate_results([PROMPTS[0]], params, cancels=[preset])[0].completion_tokens == 0
+    assert engine.generate([PROMPTS[0]], params, cancels=[preset])[0].completion_tokens == 0
     stream = engine.stream(PROMPTS[0], params, cancel=_CountingEvent(after=3))
     with pytest.raises(StopIteration) as end:
         while True:
@@ -186,7 +193,7 @@ def test_sampler_breaking_params_are_refused_or_greedy(engine):
         GenerationParams(seed=2**70)
     tiny_t = GenerationParams(max_new_tokens=6, temperature=1e-300, seed=1)
     assert tiny_t.greedy
-    assert engine.generate([PROMPTS[0]], tiny_t) == engine.generate([PROMPTS[0]], GenerationParams(max_new_tokens=6))
+    assert texts(engine, [PROMPTS[0]], tiny_t) == texts(engine, [PROMPTS[0]], GenerationParams(max_new_tokens=6))
 
 
 def test_context_length_rule():
@@ -194,7 +201,7 @@ def test_context_length_rule():
 
     from transformers import BloomConfig, GPT2Config
 
-    from qihuang.answer.engine import context_length
+    from qihuang.models.load import context_length
 
     huge = SimpleNamespace(model_max_length=int(1e30))
     assert context_length(BloomConfig(), huge) == 2048  # no position limit, sentinel tokenizer length
@@ -205,25 +212,23 @@ def test_context_length_rule():
 
 # ---- the lean decoder (default on CPU) against transformers' generate -----------------------
 def test_cpu_default_is_the_lean_decoder_and_matches_generate(engine, tiny_llama):
-    from qihuang.answer.lean import LeanEngine
-
     reference = load_engine(str(tiny_llama), template="med_template", dtype="float32", decoder="generate")
-    assert isinstance(engine, LeanEngine) and not isinstance(reference, LeanEngine)
+    assert engine.decoder.name == "lean" and reference.decoder.name == "generate"
     for n in (4, 16):
         params = GenerationParams(max_new_tokens=n)
-        assert engine.generate_results(PROMPTS, params) == reference.generate_results(PROMPTS, params)
+        assert engine.generate(PROMPTS, params) == reference.generate(PROMPTS, params)
     stopped = GenerationParams(max_new_tokens=16, stop=["a"])
-    assert engine.generate(PROMPTS, stopped) == reference.generate(PROMPTS, stopped)
+    assert texts(engine, PROMPTS, stopped) == texts(reference, PROMPTS, stopped)
     with pytest.raises(ConfigError, match="decoder"):
         load_engine(str(tiny_llama), decoder="fast")
 
 
 def test_stop_strings_go_to_transformers_and_both_decoders_stop_at_the_same_token(engine, tiny_llama):
     reference = load_engine(str(tiny_llama), template="med_template", dtype="float32", decoder="generate")
-    full = reference.generate([PROMPTS[1]], GenerationParams(max_new_tokens=16))[0]
+    full = texts(reference, [PROMPTS[1]], GenerationParams(max_new_tokens=16))[0]
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     params = GenerationParams(max_new_tokens=16, stop=[stop])
-    ours, theirs = engine.generate_results(PROMPTS, params), reference.generate_results(PROMPTS, params)
+    ours, theirs = engine.generate(PROMPTS, params), reference.generate(PROMPTS, params)
     assert ours == theirs and theirs[1].text == full[: full.find(stop)].strip()
     assert theirs[1].completion_tokens < 16  # generation ended at the stop, not at the token limit
     pieces, result = drain(reference.stream(PROMPTS[1], params))
@@ -233,7 +238,7 @@ def test_stop_strings_go_to_transformers_and_both_decoders_stop_at_the_same_toke
 def test_transformers_stop_matcher_sees_only_the_continuation(engine):
     import torch
 
-    from qihuang.answer.engine import _stop_criteria
+    from qihuang.engines.hf import _stop_criteria
 
     tok = engine.tokenizer
     prompt = tok("感冒吃什么药。", add_special_tokens=False)["input_ids"]
@@ -248,12 +253,12 @@ def test_transformers_stop_matcher_sees_only_the_continuation(engine):
 
 
 def test_decode_threads_drop_to_one_on_a_busy_machine():
-    from qihuang.answer.lean import decode_threads
+    from qihuang.engines.decoding import decode_threads
 
-    assert decode_threads(2, load=0.3, cores=2) == 2
-    assert decode_threads(2, load=2.4, cores=2) == 2  # our own decoding alone keeps both cores
-    assert decode_threads(2, load=5.0, cores=2) == 1
-    assert decode_threads(8, load=3.0, cores=16) == 8
+    assert decode_threads(2, load=0.3, n_cores=2) == 2
+    assert decode_threads(2, load=2.4, n_cores=2) == 2  # our own decoding alone keeps both cores
+    assert decode_threads(2, load=5.0, n_cores=2) == 1
+    assert decode_threads(8, load=3.0, n_cores=16) == 8
 
 
 def test_int8_weights_stay_close_to_the_float_model(tiny_llama):
@@ -267,6 +272,19 @@ def test_int8_weights_stay_close_to_the_float_model(tiny_llama):
         a = plain.model(**enc).logits.float()
         b = quant.model(**enc).logits.float()
     assert (a - b).abs().max() < 0.1 * a.abs().max()
-    assert quant.generate([PROMPTS[0]], GenerationParams(max_new_tokens=4))[0]
+    assert quant.generate([PROMPTS[0]], GenerationParams(max_new_tokens=4))[0].text
     with pytest.raises(ConfigError, match="quantize"):
         load_engine(str(tiny_llama), quantize="int4")
+
+
+def test_padded_decoders_batch_prompts_of_similar_lengths(engine):
+    rows = {0: [1] * 470, 1: [1] * 50, 2: [1] * 52, 3: [1] * 246, 4: [1] * 240, 5: [1] * 54}
+    groups = engine._groups(list(rows), rows)
+    assert groups == [[1, 2, 5], [4, 3], [0]]  # shortest first; a 470-token prompt does not pad the others
+    assert all(len(g) <= engine.batch_size for g in groups)
+    unpadded = type("Unpadded", (), {"pads": False})()
+    original, engine.decoder = engine.decoder, unpadded
+    try:
+        assert engine._groups(list(rows), rows) == [[0, 1, 2, 3], [4, 5]]  # in order, batch_size at a time
+    finally:
+        engine.decoder = original

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.integration
 
 def test_default_model_answers_grounded_with_citations(default_model, tmp_path):
     from qihuang.answer.answerer import Answerer
-    from qihuang.answer.engine import GenerationParams, load_engine
+    from qihuang.engines.base import GenerationParams
+    from qihuang.engines.load import load_engine
 
     kb = make_tiny_kb(tmp_path / "kb.sqlite")
     answerer = Answerer(load_engine(default_model), kb, params=GenerationParams(max_new_tokens=16))

@@ -138,3 +138,14 @@ def test_triage_sees_earlier_user_turns(kb, monkeypatch):
     monkeypatch.setattr(answerer_mod, "triage", with_history)
     Answerer(FakeEngine(), kb).answer("那现在怎么办", history=[["刚才胸口剧痛", "请就医"]])
     assert seen["history"] == ["刚才胸口剧痛"]
+
+
+def test_an_asked_attribute_the_kb_lacks_is_said_in_front_of_the_answer(kb):
+    """感冒 has no 并发症 in the tiny KB: the answer says so in one sentence, its other facts stand in, and
+    the model text after it is what is verified."""
+    engine = FakeEngine(reply=lambda p: "感冒常见症状有鼻塞和咳嗽。")
+    ans = Answerer(engine, kb).answer("感冒有什么并发症？")
+    assert ans.text.startswith("知识库未收录：感冒的并发症") and ans.text.endswith("感冒常见症状有鼻塞和咳嗽。")
+    assert ans.grounded and ans.model_text == "感冒常见症状有鼻塞和咳嗽。"
+    held = Answerer(FakeEngine(reply=lambda p: "常见症状有鼻塞。"), kb).answer("感冒有什么症状？")
+    assert "知识库未收录" not in held.text

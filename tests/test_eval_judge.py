@@ -127,7 +127,7 @@ def test_judge_needs_endpoint_and_model(monkeypatch):
 
 
 def test_cli_judges_an_earlier_runs_predictions_without_loading_a_model(tmp_path, monkeypatch, capsys):
-    import qihuang.answer.engine as engine_mod
+    import qihuang.engines.load as engine_mod
     from qihuang.cli import main
 
     monkeypatch.setattr(engine_mod, "load_engine", lambda **kw: pytest.fail("no model should be loaded"))

@@ -145,7 +145,7 @@ def test_kb_facts_beyond_the_reference_are_not_hallucinations(tmp_path, kb):
 
 def test_hallucination_ignores_names_found_across_word_boundaries(kb):
     from qihuang.eval.base import Example, RunContext
-    from qihuang.eval.metrics import word_boundaries
+    from qihuang.segment import word_boundaries
     from qihuang.eval.tasks.kbqa import KBQATask
 
     assert {2, 4} <= word_boundaries("具体检查")  # 具体/检查: no boundary inside 体检

@@ -43,7 +43,7 @@ def test_cli_kbqa_grounded_vs_plain_with_a_tiny_model(tiny_llama, tmp_path, caps
 
 
 def test_mcq_loglik_uses_the_engine_scores(tiny_llama, tmp_path):
-    from qihuang.answer.engine import load_engine
+    from qihuang.engines.load import load_engine
 
     engine = load_engine(str(tiny_llama))
     res = ev.run("mcq", FIX / "basic_medicine_val.csv", engine=engine, out_dir=tmp_path / "run", progress=False)
@@ -60,7 +60,8 @@ def test_mcq_loglik_uses_the_engine_scores(tiny_llama, tmp_path):
 @pytest.mark.integration
 def test_kbqa_default_model_grounded_and_plain_compare(default_model, tmp_path):
     from qihuang.answer.answerer import Answerer
-    from qihuang.answer.engine import GenerationParams, load_engine
+    from qihuang.engines.base import GenerationParams
+    from qihuang.engines.load import load_engine
 
     kb = make_tiny_kb(tmp_path / "kb.sqlite")
     engine = load_engine(default_model)

@@ -187,7 +187,7 @@ def test_cli_compare(tmp_path, capsys):
 
 
 def test_cli_eval_mcq_loglik(tmp_path, monkeypatch, capsys):
-    import qihuang.answer.engine as engine_mod
+    import qihuang.engines.load as engine_mod
 
     loaded = []
 

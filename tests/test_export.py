@@ -47,7 +47,7 @@ def test_export_round_trip(tiny_llama, adapter, tmp_path, capsys):
 
 
 def test_exported_dir_keeps_the_template(adapter, tmp_path):
-    from qihuang.answer.engine import load_engine
+    from qihuang.engines.load import load_engine
 
     out = tmp_path / "merged"
     assert main(["export", "--adapter", str(adapter), "--out", str(out)]) == 0

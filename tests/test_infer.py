@@ -9,7 +9,8 @@ from answer_fakes import FakeEngine, make_tiny_adapter
 from kb_fixture import make_tiny_kb
 
 from qihuang.answer.answerer import Answerer
-from qihuang.answer.infer import question_of, run_infer
+from qihuang.answer.infer import run_infer
+from qihuang.records import question_of
 from qihuang.cli import main
 from qihuang.errors import InputError
 
@@ -63,11 +64,11 @@ def test_infer_resumes_after_an_interruption(tmp_path, kb):
     calls = {"n": 0}
 
     class Crashing(FakeEngine):
-        def generate(self, prompts, params=None):
+        def generate(self, prompts, params=None, cancels=None):
             calls["n"] += 1
             if calls["n"] == 2:
                 raise KeyboardInterrupt
-            return super().generate(prompts, params)
+            return super().generate(prompts, params, cancels)
 
     with pytest.raises(KeyboardInterrupt):
         run_infer(src, out, Answerer(Crashing(), kb), batch_size=2, progress=False)

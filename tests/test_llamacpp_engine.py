@@ -8,7 +8,9 @@ import threading
 import pytest
 from streams import drain
 
-from qihuang.answer.engine import GenerationParams, clean_text, load_engine
+from qihuang.engines.base import GenerationParams
+from qihuang.engines.load import load_engine
+from qihuang.engines.streaming import clean_text
 from qihuang.errors import ConfigError
 
 PROMPTS = ["偏头痛的症状", "感冒应该吃什么药？请详细回答。", "What are the symptoms of migraine?",
@@ -17,32 +19,28 @@ PROMPTS = ["偏头痛的症状", "感冒应该吃什么药？请详细回答。"
 
 # ---- backend choice (no llama_cpp needed) ----------------------------------------------------
 def test_auto_falls_back_to_lean_without_llama_cpp(tiny_llama, monkeypatch):
-    from qihuang.answer import llamacpp
-    from qihuang.answer.lean import LeanEngine
+    from qihuang.engines import llamacpp
 
     monkeypatch.setattr(llamacpp, "available", lambda: False)
     engine = load_engine(str(tiny_llama), template="med_template", dtype="float32")
-    assert type(engine) is LeanEngine
+    assert engine.decoder.name == "lean"
     with pytest.raises(ConfigError, match="make install-llamacpp"):
         load_engine(str(tiny_llama), backend="llamacpp")
 
 
 def test_auto_falls_back_for_a_model_llama_cpp_cannot_take(tiny_qwen2, monkeypatch, caplog):
-    from qihuang.answer import llamacpp
-    from qihuang.answer.lean import LeanEngine
+    from qihuang.engines import llamacpp
 
     monkeypatch.setattr(llamacpp, "available", lambda: True)
     with caplog.at_level("WARNING"):
         engine = load_engine(str(tiny_qwen2), dtype="float32")
-    assert type(engine) is LeanEngine
+    assert engine.decoder.name == "lean"
     assert "qwen2" in caplog.text and "transformers backend" in caplog.text
 
 
 def test_explicit_choices_keep_the_transformers_path(tiny_llama):
-    from qihuang.answer.lean import LeanEngine
-
-    assert type(load_engine(str(tiny_llama), backend="hf")) is LeanEngine
-    assert type(load_engine(str(tiny_llama), decoder="lean")) is LeanEngine
+    assert load_engine(str(tiny_llama), backend="hf").decoder.name == "lean"
+    assert load_engine(str(tiny_llama), decoder="lean").decoder.name == "lean"
     with pytest.raises(ConfigError, match="backend"):
         load_engine(str(tiny_llama), backend="ggml")
 
@@ -64,25 +62,25 @@ def engines(tiny_llama, tmp_path_factory):
 
 
 def test_greedy_ids_equal_the_lean_loop_at_f32(engines):
-    from qihuang.answer.lean import LeanEngine, decode
-    from qihuang.answer.llamacpp import decode_rows
+    from qihuang.engines.lean import decode
+    from qihuang.engines.llamacpp import decode_rows
 
     cpp, lean = engines
-    assert isinstance(cpp, LeanEngine) and cpp.decoder == "llamacpp" and cpp.weights == "F32"
+    assert cpp.decoder.name == "llamacpp" and cpp.decoder.weights == "F32"
     params = GenerationParams(max_new_tokens=32)
     for prompt in PROMPTS:
-        enc = lean._encode([prompt], 32)
-        ref = decode(lean.model, enc["input_ids"], enc["attention_mask"], params, set(), lean.tokenizer.pad_token_id)
-        got = decode_rows(cpp.runner, [enc["input_ids"][0].tolist()], params, set(), threads=1)
+        job = lean._job(lean._rows([prompt], 32), params, [], [])
+        ref = decode(lean.model, job.input_ids, job.attention_mask, params, set(), job.pad_id)
+        got = decode_rows(cpp.decoder.runner, job.rows, params, set(), threads=1)
         assert got.ids[0] == ref.ids[0] and len(ref.ids[0]) == 32
-    assert cpp.generate_results(PROMPTS, params) == lean.generate_results(PROMPTS, params)
+    assert cpp.generate(PROMPTS, params) == lean.generate(PROMPTS, params)
 
 
 def test_batch_equals_one_by_one(engines):
     cpp, _ = engines
     params = GenerationParams(max_new_tokens=16)
-    batched = cpp.generate_results(PROMPTS, params)
-    assert batched == [cpp.generate_results([p], params)[0] for p in PROMPTS]
+    batched = cpp.generate(PROMPTS, params)
+    assert batched == [cpp.generate([p], params)[0] for p in PROMPTS]
     assert all(r.completion_tokens == 16 and r.finish_reason == "length" for r in batched)
 
 
@@ -90,19 +88,19 @@ def test_stream_gives_the_generated_text(engines):
     cpp, _ = engines
     params = GenerationParams(max_new_tokens=12)
     pieces, result = drain(cpp.stream(PROMPTS[2], params))
-    expected = cpp.generate_results([PROMPTS[2]], params)[0]
+    expected = cpp.generate([PROMPTS[2]], params)[0]
     assert len(pieces) > 1 and clean_text("".join(pieces)) == expected.text == result.text
     assert result == expected
 
 
 def test_stop_strings_cut_like_the_lean_loop(engines):
     cpp, lean = engines
-    full = cpp.generate([PROMPTS[1]], GenerationParams(max_new_tokens=16))[0]
+    full = cpp.generate([PROMPTS[1]], GenerationParams(max_new_tokens=16))[0].text
     stop = full[len(full) // 2: len(full) // 2 + 2]
     params = GenerationParams(max_new_tokens=16, stop=[stop])
-    got = cpp.generate_results([PROMPTS[1]], params)[0]
+    got = cpp.generate([PROMPTS[1]], params)[0]
     assert got.text == full[: full.find(stop)].strip() and got.finish_reason == "stop"
-    assert got == lean.generate_results([PROMPTS[1]], params)[0]
+    assert got == lean.generate([PROMPTS[1]], params)[0]
     assert "".join(cpp.stream(PROMPTS[1], params)).strip() == got.text
 
 
@@ -112,7 +110,7 @@ def test_cancellation_ends_rows_at_the_next_step(engines):
     done = threading.Event()
     done.set()
     live = threading.Event()
-    out = cpp.generate_results(PROMPTS[:2], params, cancels=[done, live])
+    out = cpp.generate(PROMPTS[:2], params, cancels=[done, live])
     assert out[0].finish_reason == "cancelled" and out[0].completion_tokens == 0
     assert out[1].finish_reason == "length" and out[1].completion_tokens == 24
     cancel = threading.Event()
@@ -136,13 +134,13 @@ def test_sampling_is_reproducible_with_a_seed(engines):
 
 
 def test_batches_larger_than_the_context_run_in_groups(engines):
-    from qihuang.answer.llamacpp import _groups
+    from qihuang.engines.llamacpp import _groups
 
     assert _groups([10, 10, 10], n_ctx=25, n_seq=8) == [[0, 1], [2]]
     assert _groups([5, 5, 5], n_ctx=100, n_seq=2) == [[0, 1], [2]]
     cpp, _ = engines
     params = GenerationParams(max_new_tokens=8)
-    assert cpp.generate_results(PROMPTS * 2, params) == cpp.generate_results(PROMPTS, params) * 2
+    assert cpp.generate(PROMPTS * 2, params) == cpp.generate(PROMPTS, params) * 2
 
 
 def test_a_merged_lora_adapter_runs_with_the_same_ids(tiny_llama, tmp_path, monkeypatch):
@@ -166,7 +164,7 @@ def test_a_merged_lora_adapter_runs_with_the_same_ids(tiny_llama, tmp_path, monk
     lean = load_engine(str(tiny_llama), adapter=str(adapter), template="med_template", dtype="float32", backend="hf")
     base = load_engine(str(tiny_llama), template="med_template", dtype="float32", backend="hf")
     params = GenerationParams(max_new_tokens=24)
-    got = cpp.generate_results(PROMPTS, params)
-    assert got == lean.generate_results(PROMPTS, params)
-    assert got != base.generate_results(PROMPTS, params)  # the adapter is in the weights llama.cpp runs
+    got = cpp.generate(PROMPTS, params)
+    assert got == lean.generate(PROMPTS, params)
+    assert got != base.generate(PROMPTS, params)  # the adapter is in the weights llama.cpp runs
     cpp.close()

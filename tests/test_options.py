@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from qihuang.answer.engine import BACKENDS
+from qihuang.engines.load import BACKENDS
 from qihuang.cli import build_parser, main
-from qihuang.config import DTYPES, TrainConfig, options_from_args
+from qihuang.config import DTYPES, TrainConfig
+from qihuang.flags import options_from_args
 from qihuang.errors import ConfigError
 from qihuang.options import (AnswerOptions, BuildOptions, EvalOptions, GenerationOptions, ModelOptions,
                              QuickstartOptions)
@@ -133,7 +134,7 @@ def test_generation_options_make_engine_params():
 
 
 def test_model_options_pass_engine_to_load_engine(monkeypatch):
-    import qihuang.answer.engine as engine_mod
+    import qihuang.engines.load as engine_mod
 
     seen = {}
     monkeypatch.setattr(engine_mod, "load_engine", lambda **kw: seen.update(kw) or "engine")

@@ -93,7 +93,7 @@ def test_shape_errors_name_file_line_and_field(tmp_path, layout):
 @pytest.mark.parametrize("user,bot", [(u, b) for u in ROLES if ROLES[u] == "user" for b in ROLES
                                       if ROLES[b] == "assistant"])
 def test_every_role_name_is_read_alike_by_training_openqa_infer_and_pairs(tmp_path, user, bot):
-    from qihuang.answer.infer import question_of
+    from qihuang.records import question_of
     from qihuang.data.pairwise import to_pair
     from qihuang.eval.tasks.openqa import load_qa
 

@@ -11,7 +11,7 @@ from answer_fakes import FakeEngine
 from kb_fixture import make_tiny_kb
 
 from qihuang.answer.answerer import Answerer
-from qihuang.answer.infer import question_of
+from qihuang.records import question_of
 from qihuang.data.formats import to_conversation, with_flat_turns
 from qihuang.eval.tasks.openqa import qa_record
 

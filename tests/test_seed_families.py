@@ -11,7 +11,8 @@ from kb_fixture import make_tiny_kb
 from tiny_models import ARCHS, build_tiny_model
 
 from qihuang.answer.answerer import Answerer
-from qihuang.answer.engine import GenerationParams, load_engine
+from qihuang.engines.base import GenerationParams
+from qihuang.engines.load import load_engine
 from qihuang.cli import main
 from qihuang.models.load import DEFAULT_CONTEXT, context_length
 

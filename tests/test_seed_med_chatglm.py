@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qihuang.answer.infer import question_of
+from qihuang.records import question_of
 from qihuang.cli import main
 from qihuang.config import TrainConfig, build_config
 from qihuang.data.formats import to_conversation
@@ -83,7 +83,7 @@ def test_trust_remote_code_reaches_transformers(tiny_llama, monkeypatch):
 
 @pytest.mark.parametrize("flag", [[], ["--trust-remote-code"]])
 def test_trust_remote_code_reaches_the_engine_from_every_answering_command(monkeypatch, flag):
-    import qihuang.answer.engine as engine_mod
+    import qihuang.engines.load as engine_mod
     from qihuang.answer.cli import build_answerer
     from qihuang.cli import build_parser
 

@@ -132,7 +132,8 @@ def test_full_queue_is_503(kb):
 
 
 def test_tiny_model_served_stream_and_plain(tiny_llama, kb):
-    from qihuang.answer.engine import GenerationParams, load_engine
+    from qihuang.engines.base import GenerationParams
+    from qihuang.engines.load import load_engine
 
     engine = load_engine(str(tiny_llama), template="med_template", dtype="float32")
     app = create_app(Answerer(engine, kb, params=GenerationParams(max_new_tokens=8)), ServeSettings(model_name=MODEL))

@@ -14,7 +14,8 @@ from answer_fakes import FakeEngine, ServerThread
 from kb_fixture import make_tiny_kb
 
 from qihuang.answer.answerer import Answerer
-from qihuang.answer.engine import GenerationParams, load_engine
+from qihuang.engines.base import GenerationParams
+from qihuang.engines.load import load_engine
 from qihuang.serve.app import ServeSettings, create_app
 
 KEY = "k-15"
@@ -123,7 +124,9 @@ def test_abandoned_plain_request_is_cancelled(slow_engine):
 
 
 def test_health_reports_running_and_queued_work(kb):
-    app = create_app(Answerer(FakeEngine(delay=0.6), kb), ServeSettings(model_name=MODEL, max_batch=1, max_queue=3))
+    answerer = Answerer(FakeEngine(delay=0.6), kb)
+    answerer.warm()  # as `qihuang serve` does at start-up: planning at admission does not wait for the linker
+    app = create_app(answerer, ServeSettings(model_name=MODEL, max_batch=1, max_queue=3))
     with ServerThread(app) as url:
         threads = [threading.Thread(target=_post, args=(url, {"messages": HI}, {})) for _ in range(3)]
         for t in threads:
@@ -206,7 +209,7 @@ def test_usage_and_length_come_from_tokens(served, tiny_engine, stream):
     url, _ = served
     client = _client(url)
     messages = [{"role": "user", "content": "What are the symptoms of migraine?"}]
-    prompt = Answerer(tiny_engine, None).plan(messages[0]["content"], grounded=False).prompt
+    prompt = Answerer(tiny_engine, None).plan(messages[0]["content"], grounded=False).prompt.text
     import torch
 
     enc = tiny_engine.tokenizer(prompt, return_tensors="pt")
@@ -231,13 +234,13 @@ def test_usage_and_length_come_from_tokens(served, tiny_engine, stream):
 # ---- 4. context ----------------------------------------------------------------------------
 def test_long_history_drops_old_turns_keeping_system_and_question(tiny_engine, kb):
     seen: list[str] = []
-    original = tiny_engine.generate_results
+    original = tiny_engine.generate
 
     def recording(prompts, params=None, cancels=None):
-        seen.extend(prompts)
+        seen.extend(p.text for p in prompts)
         return original(prompts, params, cancels)
 
-    tiny_engine.generate_results = recording
+    tiny_engine.generate = recording
     try:
         app = create_app(Answerer(tiny_engine, kb), ServeSettings(model_name=MODEL, max_tokens_limit=16))
         old = [{"role": r, "content": ("旧的问题" if r == "user" else "旧的回答") + "头痛" * 200}
@@ -247,7 +250,7 @@ def test_long_history_drops_old_turns_keeping_system_and_question(tiny_engine, k
         with ServerThread(app) as url:
             resp = _client(url, "x").chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
     finally:
-        del tiny_engine.generate_results
+        del tiny_engine.generate
     info = resp.model_extra["qihuang"]
     assert 0 < info["dropped_turns"] < len(old) and info["citations"][0]["entity"] == "高血压"
     assert resp.usage.prompt_tokens <= tiny_engine.context_length - 8
@@ -328,9 +331,9 @@ class _BatchRecorder(FakeEngine):
         super().__init__(**kw)
         self.batches: list[int] = []
 
-    def generate(self, prompts, params=None):
+    def generate(self, prompts, params=None, cancels=None):
         self.batches.append(len(prompts))
-        return super().generate(prompts, params)
+        return super().generate(prompts, params, cancels)
 
 
 def test_concurrent_requests_are_batched(kb):
@@ -354,17 +357,17 @@ def test_retry_after_follows_the_queue():
     from qihuang.serve.batcher import Busy, Job, Scheduler
 
     class Idle:
-        def answer_batch(self, questions, *a, **kw):
-            return list(questions)
+        def answer_plans(self, plans, params, cancels):
+            return list(plans)
 
     waits = []
     for max_queue in (0, 4):
         sched = Scheduler(Idle(), max_batch=2, max_queue=max_queue)
         sched.batch_seconds = 3.0
         for i in range(sched.capacity):
-            sched.admit(Job(f"q{i}", [], None, None, GenerationParams()))
+            sched.admit(Job(f"q{i}", GenerationParams()))
         with pytest.raises(Busy) as busy:
-            sched.admit(Job("late", [], None, None, GenerationParams()))
+            sched.admit(Job("late", GenerationParams()))
         waits.append(busy.value.retry_after)
         sched.close()
     assert waits == [3, 9]  # one batch ahead (2 admitted) vs three (6 admitted), 2 per batch, 3 s each
@@ -379,17 +382,17 @@ def test_admitted_requests_are_served_in_arrival_order():
     gate = threading.Event()
 
     class Recorder:
-        def answer_batch(self, questions, *a, **kw):
+        def answer_plans(self, plans, params, cancels):
             gate.wait(5)
-            order.extend(questions)
-            return list(questions)
+            order.extend(plans)
+            return list(plans)
 
     async def main():
         sched = Scheduler(Recorder(), max_batch=2, max_queue=8, max_wait=0)
         greedy, sampled = GenerationParams(), GenerationParams(temperature=0.7)
         futures = []
         for i in range(6):
-            job = sched.admit(Job(f"q{i}", [], None, None, greedy if i % 3 else sampled))
+            job = sched.admit(Job(f"q{i}", greedy if i % 3 else sampled))  # a plan stands in as its name
             futures.append(sched.submit(job))
             await asyncio.sleep(0.01)
         gate.set()

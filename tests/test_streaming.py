@@ -1,4 +1,4 @@
-"""The shared streaming helper (answer/streaming.py): incremental detokenization and stop checks equal
+"""The shared streaming helper (engines/streaming.py): incremental detokenization and stop checks equal
 their whole-text versions; streams hold back stops, cancel, close their producer and report usage."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from streams import drain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qihuang.answer.streaming import (Finish, IncrementalDetokenizer, StopScanner, cut_at_stop, hold_back_stops,
+from qihuang.engines.streaming import (Finish, IncrementalDetokenizer, StopScanner, cut_at_stop, hold_back_stops,
                                       stream_generation)
 
 

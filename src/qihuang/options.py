@@ -23,9 +23,10 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from qihuang.answer.engine import BACKENDS
+from qihuang.engines.load import BACKENDS
 from qihuang.answer.policy import DEFAULT_POLICY, POLICIES, UNGROUNDED
-from qihuang.config import Cli, Dtype, _format_errors, split_list
+from qihuang.config import Cli, Dtype, split_list
+from qihuang.flags import format_errors
 from qihuang.errors import ConfigError
 
 ENGINES = tuple(dict.fromkeys(("auto", *BACKENDS)))  # "auto" lets load_engine pick the backend
@@ -56,7 +57,7 @@ class Options(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(_format_errors(exc, None, f"{cls.cli_title or cls.__name__} options")) from None
+            raise ConfigError(format_errors(exc, None, f"{cls.cli_title or cls.__name__} options")) from None
 
 
 # ---- fields shared by several groups (one definition each) ------------------------------------
@@ -100,7 +101,7 @@ class ModelOptions(Options):
 
     def load_engine(self, batch_size: int = 8) -> Any:
         """Load the engine these options describe (sets torch's thread count first when ``threads``)."""
-        from qihuang.answer.engine import load_engine
+        from qihuang.engines.load import load_engine
 
         if self.threads > 0:
             import torch
@@ -124,7 +125,7 @@ class GenerationOptions(Options):
 
     def params(self) -> Any:
         """The engine's :class:`GenerationParams`."""
-        from qihuang.answer.engine import GenerationParams
+        from qihuang.engines.base import GenerationParams
 
         return GenerationParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                 top_p=self.top_p, top_k=self.top_k, repetition_penalty=self.repetition_penalty)

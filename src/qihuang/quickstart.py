@@ -96,7 +96,8 @@ def _train(cfg: QuickstartOptions, data_dir: Path, adapter_dir: Path) -> dict:
 
 def _evaluate(cfg: QuickstartOptions, name: str, db: str, data_dir: Path, adapter: str | None, out: Path) -> dict:
     from qihuang.answer.answerer import Answerer
-    from qihuang.answer.engine import GenerationParams, load_engine
+    from qihuang.engines.base import GenerationParams
+    from qihuang.engines.load import load_engine
     from qihuang.eval import run
     from qihuang.kb import KnowledgeBase
 

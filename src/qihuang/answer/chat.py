@@ -1,7 +1,9 @@
 """``qihuang chat``: a multi-turn terminal chat that streams answers, shows citations and triage.
 
 Commands: ``/reset`` clears the conversation, ``/exit`` (or ``/quit``, or end of input) quits,
-``/help`` lists them. With piped input, each line is one question and no prompt is printed.
+``/help`` lists them. With piped input, each line is one question and no prompt is printed. The
+conversation is fitted into the model's context window by the Answerer (oldest turns dropped first,
+said under the answer), as the API and the web UI do.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from qihuang import DISCLAIMER
+from qihuang.errors import QihuangError
 
 HELP = "命令：/reset 清空对话  /exit 退出  /help 帮助"
 BANNER = f"岐黄 qihuang chat — 输入问题后回车。{HELP}\n※ {DISCLAIMER}"
@@ -25,9 +28,7 @@ def _read(stdin: TextIO, stdout: TextIO, interactive: bool) -> str | None:
 def warning_line(answer) -> str | None:
     """A warning when the answer keeps claims its citations do not support (None otherwise),
     or a note of what the policy removed."""
-    v = getattr(answer, "verification", None)
-    if v is None:
-        return None
+    v = answer.verification
     if not v.ok:
         from qihuang.answer.verify import load_config
 
@@ -39,14 +40,14 @@ def warning_line(answer) -> str | None:
 
 
 def _footer(answer) -> list[str]:
-    lines = []
+    lines = [f"（对话较长：最早的 {answer.dropped_turns} 条消息未放入模型的上下文）"] if answer.dropped_turns else []
     warning = warning_line(answer)
     if warning:
         lines.append(warning)
     if answer.citations:
         lines.append("引用的知识：")
         lines += [f"  [{i}] {c.text()}" for i, c in enumerate(answer.citations, 1)]
-    elif not answer.refused and not getattr(answer, "abstained", False):
+    elif not answer.refused and not answer.abstained:
         lines.append("（知识库中没有找到相关条目：此回答未经知识库核对）")
     lines.append(f"※ {answer.disclaimer}")
     return lines
@@ -67,6 +68,9 @@ def _answer_turn(answerer, question: str, history: list[list[str]], stdout: Text
     except KeyboardInterrupt:
         stdout.write("\n（已中断）\n")
         return None
+    except QihuangError as exc:  # e.g. a question longer than the model's context: say so, keep chatting
+        stdout.write(f"\n（无法回答：{exc}）\n")
+        return None
     if "".join(shown).strip() != answer.text.strip():  # the policy changed what was streamed
         stdout.write("\n（核对后的回答）\n" + answer.text)
     stdout.write("\n" + "\n".join(_footer(answer)) + "\n")
@@ -74,9 +78,9 @@ def _answer_turn(answerer, question: str, history: list[list[str]], stdout: Text
     return answer
 
 
-def run_chat(answerer, stdin: TextIO, stdout: TextIO, history_turns: int = 3,
-             interactive: bool | None = None) -> int:
-    """Run the chat loop until ``/exit`` or end of input; returns the exit code."""
+def run_chat(answerer, stdin: TextIO, stdout: TextIO, interactive: bool | None = None) -> int:
+    """Run the chat loop until ``/exit`` or end of input; returns the exit code. The whole conversation
+    goes to the Answerer, which fits it into the model's context window (oldest turns dropped first)."""
     interactive = stdin.isatty() if interactive is None else interactive
     stdout.write(BANNER + "\n")
     history: list[list[str]] = []
@@ -96,7 +100,7 @@ def run_chat(answerer, stdin: TextIO, stdout: TextIO, history_turns: int = 3,
         if question.startswith("/"):
             stdout.write(("" if question == "/help" else f"未知命令 {question}。") + HELP + "\n")
             continue
-        answer = _answer_turn(answerer, question, history[-history_turns:] if history_turns else [], stdout)
+        answer = _answer_turn(answerer, question, history, stdout)
         if answer is not None and not answer.refused:
             history.append([answer.question, answer.model_text or answer.text])
     stdout.write("再见。\n")

@@ -15,7 +15,7 @@ from qihuang.errors import ConfigError
 
 def add_answer_args(p: argparse.ArgumentParser) -> None:
     """The model, generation and answering options (infer, chat, serve, webui)."""
-    from qihuang.config import add_options
+    from qihuang.flags import add_options
     from qihuang.options import AnswerOptions, GenerationOptions, ModelOptions
 
     add_options(p, ModelOptions, GenerationOptions, AnswerOptions)
@@ -42,7 +42,7 @@ def open_kb(path: str | None, grounded: bool | None):
 
 def build_answerer(args, engine=None):
     """An :class:`Answerer` from parsed CLI options (loads the model unless ``engine`` is given)."""
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
     from qihuang.options import AnswerOptions, GenerationOptions, ModelOptions
 
     return make_answerer(options_from_args(ModelOptions, args), options_from_args(GenerationOptions, args),
@@ -81,11 +81,11 @@ def cmd_infer(args) -> int:
 def cmd_chat(args) -> int:
     from qihuang.answer.chat import run_chat
 
-    return run_chat(build_answerer(args), sys.stdin, sys.stdout, history_turns=args.history_turns)
+    return run_chat(build_answerer(args), sys.stdin, sys.stdout)
 
 
 def cmd_export(args) -> int:
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
     from qihuang.models.export import export_merged
     from qihuang.options import ExportOptions
 
@@ -98,7 +98,7 @@ def cmd_export(args) -> int:
 
 
 def register(sub) -> None:
-    from qihuang.config import add_options
+    from qihuang.flags import add_options
     from qihuang.options import ExportOptions
 
     p = sub.add_parser("infer", help="batch answers for a JSON/JSONL file (alpaca / HuaTuo infer.json)",
@@ -115,8 +115,8 @@ def register(sub) -> None:
     p = sub.add_parser("chat", help="interactive multi-turn chat with streaming (/reset, /exit)",
                        description="Chat in the terminal: answers stream as they are generated, with citations and "
                                    "red-flag triage. /reset clears the conversation, /exit quits. Works with piped "
-                                   "input (one question per line).")
-    p.add_argument("--history-turns", type=int, default=3, help="previous turns kept in the prompt (default: 3)")
+                                   "input (one question per line). Earlier turns are kept as far as the model's "
+                                   "context allows (oldest dropped first).")
     add_answer_args(p)
     p.set_defaults(func=cmd_chat)
 

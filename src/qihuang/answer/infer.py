@@ -25,18 +25,6 @@ from qihuang.errors import InputError
 from qihuang.fileio import atomic_write_text
 
 
-def question_of(record: dict, path: str, line: int) -> dict:
-    """``{"question", "history", "system", "reference", "instruction", "input"}`` of a record, read by
-    :func:`qihuang.records.to_prompt` (as evaluation reads it); errors name path, line and field."""
-    from qihuang.records import canonical_fields, to_prompt
-
-    prompt = to_prompt(record, path, line)
-    record = canonical_fields(record)  # Med-ChatGLM context/target
-    return {"question": prompt.question, "history": prompt.history, "system": prompt.system,
-            "reference": prompt.reference, "instruction": record.get("instruction", prompt.question),
-            "input": record.get("input", "")}
-
-
 def _read_done(path: Path) -> tuple[list[str], set[int]]:
     """Valid lines of a previous (partial) output and the input record numbers they cover
     (``record``; outputs written before it existed have only ``line``)."""
@@ -63,30 +51,25 @@ def _result_row(number: int, item: dict, answer) -> dict:
     row = {"record": number, "line": item["line"], "instruction": item["instruction"], "input": item["input"],
            "output": item["reference"], "prediction": answer.text, "grounded": answer.grounded,
            "citations": [c.to_dict() for c in answer.citations], "triage": answer.triage.to_dict(),
-           "refused": answer.refused, "abstained": getattr(answer, "abstained", False),
-           "verification": _verification(answer), "disclaimer": answer.disclaimer}
-    if getattr(answer, "draft", None):
+           "refused": answer.refused, "abstained": answer.abstained,
+           "verification": answer.verification.to_dict(), "disclaimer": answer.disclaimer}
+    if answer.draft:
         row["draft"] = answer.draft
     if item.get("id") is not None:
         row["id"] = item["id"]
     return row
 
 
-def _verification(answer) -> dict | None:
-    v = getattr(answer, "verification", None)
-    return v.to_dict() if v is not None else None
-
-
 def count_answer(counts: dict, answer) -> None:
     """Add one answer to the summary counts."""
-    v = getattr(answer, "verification", None)
+    v = answer.verification
     counts["red_flags"] += answer.triage.is_red_flag
     counts["refused"] += answer.refused
-    counts["abstained"] += bool(getattr(answer, "abstained", False))
+    counts["abstained"] += answer.abstained
     counts["grounded"] += answer.grounded
-    counts["flagged"] += bool(v is not None and not v.ok)
-    counts["dropped"] += bool(v is not None and v.dropped)
-    counts["regenerated"] += bool(v is not None and v.attempts > 1)
+    counts["flagged"] += not v.ok
+    counts["dropped"] += bool(v.dropped)
+    counts["regenerated"] += v.attempts > 1
 
 
 def run_infer(input_path: str | Path, output_path: str | Path, answerer, batch_size: int = 8,
@@ -94,7 +77,7 @@ def run_infer(input_path: str | Path, output_path: str | Path, answerer, batch_s
     """Answer every record of ``input_path`` into ``output_path`` (JSON lines); returns counts."""
     from tqdm import tqdm
 
-    from qihuang.records import read_numbered
+    from qihuang.records import question_of, read_numbered
 
     src, out = Path(input_path), Path(output_path)
     if src.resolve() == out.resolve():

@@ -50,7 +50,7 @@ def is_embedded_default(model_name: str | None) -> bool:
 
 def default_ungrounded(engine) -> str:
     """``abstain`` for the embedded default model, ``answer`` for a user's model."""
-    return "abstain" if is_embedded_default(getattr(engine, "model_name", None)) else "answer"
+    return "abstain" if is_embedded_default(engine.model_name) else "answer"
 
 
 def abstain_message(names: list[str], config: VerifyConfig | None = None) -> str:
@@ -75,11 +75,13 @@ def _item_span(text: str, claim: Claim, unit: Unit) -> tuple[int, int]:
 
 
 def drop_claims(text: str, bad: list[Claim], claims: list[Claim], config: VerifyConfig | None = None,
-                whole_units: bool = False) -> tuple[str, list[str]]:
+                whole_units: bool = False, tidy: bool = True) -> tuple[str, list[str]]:
     """``text`` without the sentences/list items (or enumerated items) carrying ``bad`` claims.
 
     An item alone is cut when its sentence keeps a claim that is not bad (and ``whole_units`` is
-    off); a lead-in line whose items all went goes too. Returns the new text and what was cut."""
+    off); a lead-in line whose items all went goes too. Returns the new text (``tidy``: runs of blank
+    lines the cuts left closed up and the ends stripped; else the text around the cuts as it was)
+    and what was cut."""
     if not bad:
         return text, []
     units = split_units(text, config)
@@ -101,10 +103,10 @@ def drop_claims(text: str, bad: list[Claim], claims: list[Claim], config: Verify
         items = [j for j, v in enumerate(units) if v.item and v.lead == i]
         if items and all(j in gone_units for j in items):
             cuts.append((u.start, u.end))
-    return _apply_cuts(text, cuts)
+    return _apply_cuts(text, cuts, tidy)
 
 
-def _apply_cuts(text: str, cuts: list[tuple[int, int]]) -> tuple[str, list[str]]:
+def _apply_cuts(text: str, cuts: list[tuple[int, int]], tidy: bool = True) -> tuple[str, list[str]]:
     merged: list[list[int]] = []
     for s, e in sorted(cuts):
         if merged and s <= merged[-1][1]:
@@ -117,7 +119,7 @@ def _apply_cuts(text: str, cuts: list[tuple[int, int]]) -> tuple[str, list[str]]
         removed.append(text[s:e].strip())
         pos = e
     out.append(text[pos:])
-    new = re.sub(r"\n{3,}", "\n\n", "".join(out)).strip()
+    new = re.sub(r"\n{3,}", "\n\n", "".join(out)).strip() if tidy else "".join(out)
     return new, [r for r in removed if r]
 
 

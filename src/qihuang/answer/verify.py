@@ -46,10 +46,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 
 from qihuang.answer.verify_config import VerifyConfig, load_config, parse_config  # noqa: F401  (re-exported)
 from qihuang.kb.lexicon import load_lexicon
 from qihuang.kb.normalize import normalize
+from qihuang.segment import word_boundaries
 
 STATUSES = ("supported", "wrong_attribute", "unsupported", "negated")
 BAD = ("wrong_attribute", "unsupported")
@@ -160,15 +162,21 @@ def split_units(text: str, config: VerifyConfig | None = None) -> list[Unit]:
 # ---------------------------------------------------------------- verification
 
 
+@lru_cache(maxsize=1 << 16)
+def _value_forms(value: str, fillers: tuple[str, ...], prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    """A fact value normalized, and without a trailing filler (过敏性肺炎等 -> 过敏性肺炎) or a leading one
+    (用于吐血 -> 吐血). Cached: the same KB values come back in request after request."""
+    value = normalize(value.strip())
+    forms = [value] + [value[: -len(x)] for x in fillers if value.endswith(x) and len(value) - len(x) >= 2][:1]
+    forms += [value[len(x):] for x in prefixes if value.startswith(x) and len(value) - len(x) >= 2][:1]
+    return tuple(forms)
+
+
 def _fact_index(facts, fillers: tuple[str, ...] = (), prefixes: tuple[str, ...] = ()) -> dict[str, dict[str, set[str]]]:
-    """normalized value (and the value without a trailing filler, 过敏性肺炎等 -> 过敏性肺炎, or a leading
-    one, 用于吐血 -> 吐血) -> entity -> attributes."""
+    """normalized value (and its forms, :func:`_value_forms`) -> entity -> attributes."""
     index: dict[str, dict[str, set[str]]] = {}
     for f in facts:
-        value = normalize(f.value.strip())
-        forms = [value] + [value[: -len(x)] for x in fillers if value.endswith(x) and len(value) - len(x) >= 2][:1]
-        forms += [value[len(x):] for x in prefixes if value.startswith(x) and len(value) - len(x) >= 2][:1]
-        for form in forms:
+        for form in _value_forms(f.value, tuple(fillers), tuple(prefixes)):
             index.setdefault(form, {}).setdefault(f.entity, set()).add(f.attribute)
     return index
 
@@ -177,21 +185,44 @@ def _shift(mentions, start: int, end: int) -> list:
     return [replace(m, start=m.start - start, end=m.end - start) for m in mentions if m.start >= start and m.end <= end]
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What a text is verified against, indexed once (an answer plan keeps it for all its checks):
+    ``index``: normalized value -> cited entity -> attributes of the facts in the prompt; ``context``:
+    the same for the cited entities' other KB facts (naming one of those under the wrong attribute is
+    wrong_attribute); ``values``: both indexes' values, longest first."""
+
+    index: dict[str, dict[str, set[str]]]
+    context: dict[str, dict[str, set[str]]]
+    entities: frozenset[str]
+    values: tuple[str, ...]
+    index_values: tuple[str, ...]  # ``index``'s alone, longest first
+
+
+def evidence_of(kb, facts, context=None, config: VerifyConfig | None = None) -> Evidence:
+    """The :class:`Evidence` of ``facts`` (``context``: the cited entities' other facts, default looked up)."""
+    config = config or load_config()
+    facts = list(facts or [])
+    if context is None:
+        context = context_facts(kb, facts)
+    entities = frozenset(f.entity for f in facts)
+    index = _fact_index(facts, config.value_fillers, config.value_prefixes)
+    other = _fact_index([f for f in context if f.entity in entities and f.attribute != "alias"],
+                        config.value_fillers, config.value_prefixes)
+    return Evidence(index, other, entities, tuple(sorted({*index, *other}, key=len, reverse=True)),
+                    tuple(sorted(index, key=len, reverse=True)))
+
+
 class _Checker:
     """Verification of one text (state shared by the steps)."""
 
-    def __init__(self, kb, text: str, facts, question_attributes, exclude, min_support, config, context=()):
-        from qihuang.eval.metrics import word_boundaries
-
+    def __init__(self, kb, text: str, evidence: Evidence, question_attributes, exclude, min_support, config):
         self.kb, self.text, self.config = kb, text, config
         self.linker = kb.linker
         self.mentions = kb.find_entities(text)
         self.cuts = word_boundaries(text)
-        self.index = _fact_index(facts, config.value_fillers, config.value_prefixes)
-        self.fact_entities = {f.entity for f in facts}
-        # other KB values of the cited entities: naming one under the wrong attribute is wrong_attribute
-        self.context = _fact_index([f for f in context if f.entity in self.fact_entities and f.attribute != "alias"],
-                                   config.value_fillers, config.value_prefixes)
+        self.index, self.context, self.fact_entities = evidence.index, evidence.context, evidence.entities
+        self._all_values, self._index_values = evidence.values, evidence.index_values
         known = getattr(getattr(kb, "schema", None), "attributes", None)
         self.question_attributes = [a for a in question_attributes or [] if a != "alias" and (not known or a in known)]
         self.exclude = set(exclude) | self.fact_entities
@@ -272,7 +303,7 @@ class _Checker:
             for i in range(max(m.start, start), min(m.end, end)):
                 chars[i - start] = ""
         rest = normalize("".join(chars))
-        for value in sorted(self.index, key=len, reverse=True):
+        for value in self._index_values:
             if len(value) >= 2:
                 rest = rest.replace(value, "")
         return rest
@@ -283,8 +314,11 @@ class _Checker:
         for m in self.mentions:
             if start <= m.start and m.end <= end:
                 rest = rest.replace(self.text[m.start:m.end], "")
-        for value in self.index:
-            rest = normalize(rest).replace(value, "") if len(value) >= 2 else rest
+        values = [v for v in self.index if len(v) >= 2]
+        if values:  # normalize() is idempotent: once is enough
+            rest = normalize(rest)
+            for value in values:
+                rest = rest.replace(value, "")
         return len(re.findall(r"\w", rest)) <= BARE_CHARS
 
     def _widen(self, groups) -> list[str]:
@@ -339,17 +373,19 @@ class _Checker:
     def _value_spans(self) -> list[tuple[int, int, str]]:
         """Occurrences of the facts' values (longest first, on word boundaries, not overlapping)."""
         norm_text = normalize(self.text)
-        values = sorted({*self.index, *self.context}, key=len, reverse=True)
+        values = self._all_values
         taken = bytearray(len(self.text))
         spans = []
         for value in values:
             if len(value) < 2 or value in self.exclude:
                 continue
-            for hit in re.finditer(re.escape(value), norm_text):
-                s, e = hit.start(), hit.end()
+            s = norm_text.find(value)
+            while s >= 0:  # non-overlapping occurrences, left to right (no regex compiled per value)
+                e = s + len(value)
                 if not any(taken[s:e]) and (len(value) >= LONG_VALUE or s in self.cuts and e in self.cuts):
                     taken[s:e] = b"\1" * (e - s)
                     spans.append((s, e, value))
+                s = norm_text.find(value, e)
         return spans
 
     def _unit_span(self, pos: int) -> tuple[int, int]:
@@ -431,7 +467,8 @@ class _Checker:
 
 
 def verify(kb, text: str, facts, question_attributes: list[str] | None = None, *, exclude: set[str] | None = None,
-           min_support: int = 3, context=None, config: VerifyConfig | None = None) -> Verification:
+           min_support: int = 3, context=None, config: VerifyConfig | None = None,
+           evidence: Evidence | None = None) -> Verification:
     """Check every KB entity or value ``text`` names against ``facts`` (see the module doc).
 
     ``question_attributes`` are the attributes the question asks about (the fallback of the
@@ -439,15 +476,19 @@ def verify(kb, text: str, facts, question_attributes: list[str] | None = None, *
     cited entities are always excluded); ``min_support``: names the KB has only as a value in fewer
     triples than this are noise (1 counts every name); ``context``: the cited entities' other KB facts
     (default: looked up), so that naming one of their values under a wrong attribute is caught even when
-    that attribute was not in the prompt (such a value is never ``supported``: it was not cited)."""
+    that attribute was not in the prompt (such a value is never ``supported``: it was not cited);
+    ``evidence``: ``facts`` and ``context`` already indexed (:func:`evidence_of`), for many texts checked
+    against the same facts."""
     if kb is None or not (text or "").strip():
         return Verification([], checked=kb is not None)
-    facts = list(facts or [])
-    if context is None:
-        context = [f for e in dict.fromkeys(f.entity for f in facts) for f in kb.facts(e)] if facts else []
-    checker = _Checker(kb, text, facts, question_attributes, exclude or set(), min_support,
-                       config or load_config(), context)
-    return Verification(checker.run())
+    config = config or load_config()
+    evidence = evidence or evidence_of(kb, facts, context, config)
+    return Verification(_Checker(kb, text, evidence, question_attributes, exclude or set(), min_support, config).run())
+
+
+def context_facts(kb, facts) -> list:
+    """All KB facts of the entities ``facts`` cite (what :func:`verify` checks wrong attributes against)."""
+    return [f for e in dict.fromkeys(f.entity for f in facts) for f in kb.facts(e)] if facts else []
 
 
 def question_names(kb, texts: list[str]) -> set[str]:

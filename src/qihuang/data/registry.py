@@ -65,11 +65,11 @@ def _resolve_one(name: str, dataset_dir: Path) -> DatasetSpec:
         return _from_dir(dataset_dir / name)
     info_path = dataset_dir / INFO_FILE
     if info_path.is_file():
-        info = _read_info(info_path)
+        info = read_info(info_path)
         if name in info:
             dev = next((f"{name}_{s}" for s in _DEV_SUFFIXES if f"{name}_{s}" in info), None)
-            return DatasetSpec(name, [_source(info, name, dataset_dir, info_path)],
-                               [_source(info, dev, dataset_dir, info_path)] if dev else [])
+            return DatasetSpec(name, [data_source(info, name, dataset_dir, info_path)],
+                               [data_source(info, dev, dataset_dir, info_path)] if dev else [])
     raise ConfigError(f"field 'dataset': {name!r} is not a directory, a file, or a dataset registered "
                       f"in {dataset_dir} (sub-directory or {INFO_FILE} entry)")
 
@@ -85,18 +85,19 @@ def _from_dir(directory: Path) -> DatasetSpec:
     info_path = directory / INFO_FILE
     if not info_path.is_file():
         raise ConfigError(f"field 'dataset': {directory} has neither train.jsonl nor {INFO_FILE}")
-    info = _read_info(info_path)
+    info = read_info(info_path)
     keys = sorted(info, key=lambda k: info[k].get("formatting", "alpaca") != "alpaca")  # alpaca entries first
     train_key = next((k for k in keys if k == "train" or k.endswith("_train")), None)
     if train_key is None:
         raise ConfigError(f"{info_path}: no entry named 'train' or '*_train'")
     stem = train_key.removesuffix("train")
     dev_key = next((f"{stem}{s}" for s in _DEV_SUFFIXES if f"{stem}{s}" in info), None)
-    return DatasetSpec(str(directory), [_source(info, train_key, directory, info_path)],
-                       [_source(info, dev_key, directory, info_path)] if dev_key else [])
+    return DatasetSpec(str(directory), [data_source(info, train_key, directory, info_path)],
+                       [data_source(info, dev_key, directory, info_path)] if dev_key else [])
 
 
-def _read_info(path: Path) -> dict:
+def read_info(path: Path) -> dict:
+    """A ``dataset_info.json`` as its mapping of entries (errors name the file and line)."""
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -106,7 +107,8 @@ def _read_info(path: Path) -> dict:
     return info
 
 
-def _source(info: dict, key: str, base: Path, info_path: Path) -> DataSource:
+def data_source(info: dict, key: str, base: Path, info_path: Path) -> DataSource:
+    """Entry ``key`` of a ``dataset_info.json`` (read from ``info_path``, files relative to ``base``), checked."""
     entry = info[key]
     if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
         raise InputError(f"entry {key!r} needs a string 'file_name'", path=str(info_path), field=key)

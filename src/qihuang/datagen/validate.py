@@ -121,7 +121,7 @@ def _normalise(record, path: str, line: int, mode: str, target: Target) -> dict:
     if target.source is not None and isinstance(record, dict):
         record = remap(record, target.source)
     if mode == "infer":
-        from qihuang.answer.infer import question_of
+        from qihuang.records import question_of
 
         item = question_of(record, path, line) if isinstance(record, dict) else to_conversation(record, path, line)
         turns = [m for q, a in item["history"] for m in ({"role": "user", "content": q},
@@ -192,9 +192,9 @@ def targets(path: str | Path) -> list[Target]:
 
 
 def _info_targets(path: Path, info: Path) -> list[Target]:
-    from qihuang.data.registry import _read_info, _source
+    from qihuang.data.registry import data_source, read_info
 
-    entries = _read_info(info)
+    entries = read_info(info)
     bad = [k for k, e in entries.items() if not isinstance(e, dict) or not isinstance(e.get("file_name"), str)]
     if bad:
         raise InputError(f"not a dataset_info.json mapping of entries with file_name (entry {bad[0]!r})",
@@ -202,7 +202,7 @@ def _info_targets(path: Path, info: Path) -> list[Target]:
     missing = [e["file_name"] for e in entries.values() if not (path / e["file_name"]).is_file()]
     if missing:
         raise InputError(f"files listed but missing: {', '.join(missing)}", path=str(info))
-    return [Target(path / e["file_name"], _source(entries, key, path, info), bool(e.get("ranking")))
+    return [Target(path / e["file_name"], data_source(entries, key, path, info), bool(e.get("ranking")))
             for key, e in entries.items()]
 
 

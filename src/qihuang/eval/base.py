@@ -214,7 +214,7 @@ class RunContext:
     def engine(self) -> Any:
         """The generation engine (from the Answerer, the loader, or as given)."""
         if self._engine is None and self._answerer is not None:
-            self._engine = getattr(self._answerer, "engine", None)
+            self._engine = self._answerer.engine
         if self._engine is None and self._engine_loader is not None:
             self._engine = self._engine_loader()
         if self._engine is None:
@@ -241,11 +241,10 @@ class RunContext:
 
     def model_info(self) -> dict:
         """Model name/template as far as the engine tells (no loading)."""
-        eng = self._engine or getattr(self._answerer, "engine", None)
+        eng = self._engine if self._engine is not None else (self._answerer.engine if self._answerer else None)
         if eng is None:
             return {}
-        template = getattr(eng, "template", None)
-        return {"name": getattr(eng, "model_name", None), "template": getattr(template, "name", None)}
+        return {"name": eng.model_name, "template": eng.template.name}
 
 
 def _default_answerer(engine: Any, kb: Any, grounded: bool | None) -> Any:

@@ -1,11 +1,11 @@
-"""Text metrics for evaluation: value matching, BLEU-4, ROUGE-1/2/L (jieba), length statistics.
+"""Text metrics for evaluation: value matching, BLEU-4, ROUGE-1/2/L (jieba, :mod:`qihuang.segment`), length
+statistics.
 
 Scores that are rates are reported in percent (0-100), like BLEU.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import unicodedata
 import statistics
@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from qihuang.kb.normalize import normalize_loose
+from qihuang.segment import segment
 
 BLEU_TOKENIZERS = ("jieba", "zh")
 
@@ -39,30 +40,6 @@ def pct(values: Iterable[float | int | bool | None]) -> float | None:
     """Mean as a percentage, rounded to 2 decimals."""
     m = mean(values)
     return None if m is None else round(100.0 * m, 2)
-
-
-# ---------------------------------------------------------------- segmentation
-
-
-@lru_cache(maxsize=1)
-def _jieba():
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    return jieba
-
-
-def segment(text: str) -> list[str]:
-    """jieba tokens of ``text`` without whitespace tokens."""
-    return [t for t in _jieba().lcut(text or "") if t.strip()]
-
-
-def word_boundaries(text: str) -> set[int]:
-    """Offsets in ``text`` where a jieba word starts or ends."""
-    cuts = {0, len(text)}
-    for _word, start, end in _jieba().tokenize(text):
-        cuts.update((start, end))
-    return cuts
 
 
 # ---------------------------------------------------------------- BLEU / ROUGE

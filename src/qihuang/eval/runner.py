@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qihuang import __version__
+from qihuang.engines.base import Engine
 from qihuang.errors import ConfigError, InputError
 from qihuang.eval.base import Example, RunContext, Task, make_task
 from qihuang.eval.dataio import sha256_of
@@ -41,8 +42,8 @@ def run(task: str | Task | type[Task], data: str | Path, answerer_or_engine: Any
 
     Give an ``answerer`` (used for generation, so evaluation answers as the CLI/API do), an
     ``engine`` (an Answerer is built from it and ``kb`` when a task needs one; MCQ log-likelihood
-    uses it directly), or both; a third positional argument is taken as an Answerer when it has
-    ``answer_batch``, else as an Engine. ``options`` (:class:`qihuang.options.EvalOptions`: limit,
+    uses it directly), or both; a third positional argument is taken as an Engine when it keeps the
+    :class:`~qihuang.engines.base.Engine` contract, else as an Answerer. ``options`` (:class:`qihuang.options.EvalOptions`: limit,
     batch_size, grounded, resume, progress, label) may also be given, or overridden, as keyword
     arguments; ``grounded`` overrides the Answerer's grounding (None: its default). The other
     keyword arguments are the task's options (see ``qihuang eval --help``).
@@ -53,10 +54,10 @@ def run(task: str | Task | type[Task], data: str | Path, answerer_or_engine: Any
     opts = EvalOptions.of(options, **{k: kwargs.pop(k) for k in list(kwargs) if k in EvalOptions.model_fields})
     task_options = kwargs
     if answerer_or_engine is not None:
-        if hasattr(answerer_or_engine, "answer_batch"):
-            answerer = answerer_or_engine
-        else:
+        if isinstance(answerer_or_engine, Engine):
             engine = answerer_or_engine
+        else:
+            answerer = answerer_or_engine
     if out_dir is None:
         raise ConfigError("run() needs out_dir (where results.json and predictions.jsonl go)")
     limit, grounded, batch_size = opts.limit, opts.grounded, opts.batch_size

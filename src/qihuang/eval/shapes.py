@@ -132,12 +132,12 @@ M = TypeVar("M", bound=BaseModel)
 
 def validated(model: type[M], raw: object, where: str, what: str) -> M:
     """``raw`` (parsed YAML) as ``model``; ConfigError naming the file and the fields otherwise."""
-    from qihuang.config import _format_errors  # the one formatter of validation errors
+    from qihuang.flags import format_errors  # the one formatter of validation errors
 
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, where, what)) from None
+        raise ConfigError(format_errors(exc, where, what)) from None
 
 
 def read_resource(name: str) -> tuple[object, str]:

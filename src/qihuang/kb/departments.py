@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from qihuang.config import _format_errors
+from qihuang.flags import format_errors
 from qihuang.errors import ConfigError, InputError
 from qihuang.paths import resource
 
@@ -176,7 +176,7 @@ def parse_book(raw: object, path: str | Path = "departments.yaml") -> Department
         if isinstance(raw, dict):
             return DepartmentBook.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, str(path), "department data")) from None
+        raise ConfigError(format_errors(exc, str(path), "department data")) from None
     raise ConfigError(f"{path}: expected a mapping of departments, kb_values and groups")
 
 

@@ -288,3 +288,14 @@ def _reference(record: dict) -> str | None:
         if value is not None and value != "" and (not isinstance(value, str) or value.strip()):
             return str(value)
     return None
+
+
+def question_of(record: dict, path=None, line: int | None = None) -> dict:
+    """``{"question", "history", "system", "reference", "instruction", "input"}`` of a record, read by
+    :func:`to_prompt` (as evaluation reads it), for batch inference and its validation; errors name
+    path, line and field."""
+    prompt = to_prompt(record, path, line)
+    record = canonical_fields(record)  # Med-ChatGLM context/target
+    return {"question": prompt.question, "history": prompt.history, "system": prompt.system,
+            "reference": prompt.reference, "instruction": record.get("instruction", prompt.question),
+            "input": record.get("input", "")}

@@ -10,8 +10,10 @@ Order of checks on a completion: the Bearer key (401, before the body is read), 
 :mod:`qihuang.serve.protocol`), unsupported fields (400), the model id (404 ``model_not_found``),
 ``max_tokens`` (400), admission (503 with ``Retry-After`` from the queue), the context window (400
 ``context_length_exceeded`` once old turns are dropped). Every error is OpenAI's
-``{"error": {"message", "type", "param", "code"}}``. Non-streamed requests are batched by
-:class:`~qihuang.serve.batcher.Scheduler`; a client that disconnects has its generation stopped.
+``{"error": {"message", "type", "param", "code"}}``. An admitted request is planned once
+(:meth:`~qihuang.answer.answerer.Answerer.plan`: triage, grounding, the prompt fitted to the context
+window); non-streamed plans are batched by :class:`~qihuang.serve.batcher.Scheduler`, streamed ones
+generated at once; a client that disconnects has its generation stopped.
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qihuang import __version__
-from qihuang.answer.engine import GenerationParams
+from qihuang.answer.plan import ContextTooLong
+from qihuang.engines.base import GenerationParams
 from qihuang.errors import QihuangError
 from qihuang.serve import protocol as P
 from qihuang.serve.batcher import Busy, Job, Scheduler
-from qihuang.serve.context import ContextTooLong, fit_history
 
 
 @dataclass
@@ -209,8 +211,7 @@ def _start_stream(scheduler: Scheduler, answerer, job: Job) -> asyncio.Queue:
 
     def work() -> None:
         try:
-            for item in answerer.stream(job.question, history=job.history, system=job.system,
-                                        grounded=job.grounded, params=job.params, cancel=job.cancel):
+            for item in answerer.stream_plan(job.plan, job.params, job.cancel):
                 put(item)
         except BaseException as exc:  # noqa: BLE001 - reported in the stream
             put(exc)
@@ -222,8 +223,8 @@ def _start_stream(scheduler: Scheduler, answerer, job: Job) -> asyncio.Queue:
     return queue
 
 
-async def _stream_events(request: Request, queue: asyncio.Queue, job: Job, model: str, include_usage: bool,
-                         dropped: int) -> AsyncIterator[str]:
+async def _stream_events(request: Request, queue: asyncio.Queue, job: Job, model: str,
+                         include_usage: bool) -> AsyncIterator[str]:
     """SSE lines of one streamed answer; a disconnect cancels its generation."""
     head = {"id": P._id(), "created": int(time.time()), "model": model}
     try:
@@ -245,7 +246,7 @@ async def _stream_events(request: Request, queue: asyncio.Queue, job: Job, model
                     yield _sse(P.ChatCompletionChunk(**head, choices=[P.ChunkChoice(delta=P.Delta(content=item))]))
                 continue
             last = P.ChunkChoice(delta=P.Delta(), finish_reason=P.finish_reason(item))
-            yield _sse(P.ChatCompletionChunk(**head, choices=[last], qihuang=P.info_of(item, dropped)))
+            yield _sse(P.ChatCompletionChunk(**head, choices=[last], qihuang=P.info_of(item)))
             if include_usage:
                 yield _sse(P.ChatCompletionChunk(**head, choices=[], usage=P.usage_of(item)))
         yield "data: [DONE]\n\n"
@@ -268,24 +269,28 @@ async def _wait_or_gone(future: asyncio.Future, request: Request, scheduler: Sch
             scheduler.cancel(job)
 
 
-async def _admit_and_fit(scheduler: Scheduler, answerer, job: Job):
-    """Count ``job`` in (503 when full), then fit its history into the context (400 when it cannot)."""
+async def _admit_and_plan(scheduler: Scheduler, answerer, job: Job, question: str, history: list[dict],
+                          system: str | None, grounded: bool | None) -> Job:
+    """Count ``job`` in (503 when full), then make its plan: the history fitted into the context (400
+    when even the question alone does not fit)."""
     try:
         scheduler.admit(job)
     except Busy as busy:
         raise ApiError(503, str(busy), type="server_busy", code="queue_full",
                        headers={"Retry-After": str(busy.retry_after)}) from busy
     try:
-        fitted = await run_in_threadpool(fit_history, answerer, job.question, job.history, job.system,
-                                         job.grounded, job.params.max_new_tokens)
+        job.plan = await run_in_threadpool(answerer.plan, question, history, system, grounded,
+                                           job.params.max_new_tokens)
     except ContextTooLong as exc:
         scheduler.release(job)
         raise ApiError(400, str(exc), code="context_length_exceeded", param="messages") from exc
+    except QihuangError as exc:
+        scheduler.release(job)
+        raise ApiError(400, str(exc)) from exc
     except BaseException:
         scheduler.release(job)
         raise
-    job.history = fitted.history
-    return fitted
+    return job
 
 
 def key_checker(api_key: str | None):
@@ -396,12 +401,12 @@ def create_app(answerer, settings: ServeSettings | None = None) -> FastAPI:
         _check_fields(body, settings)
         question, history, system = _conversation(body, settings)
         params = _params(body, answerer.params, settings)
-        job = Job(question, history, system, body.grounded, params, stream=body.stream)
-        fitted = await _admit_and_fit(scheduler, answerer, job)
+        job = await _admit_and_plan(scheduler, answerer, Job(None, params, stream=body.stream), question, history,
+                                    system, body.grounded)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = _stream_events(request, _start_stream(scheduler, answerer, job), job, settings.model_name,
-                                    include_usage, fitted.dropped_turns)
+                                    include_usage)
             return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(job.cancel.set),
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
@@ -412,6 +417,6 @@ def create_app(answerer, settings: ServeSettings | None = None) -> FastAPI:
             return Response(status_code=499)  # the client is gone; nobody reads this
         choice = P.Choice(message=P.AssistantMessage(content=answer.text), finish_reason=P.finish_reason(answer))
         return P.ChatCompletion(model=settings.model_name, choices=[choice], usage=P.usage_of(answer),
-                                qihuang=P.info_of(answer, fitted.dropped_turns))
+                                qihuang=P.info_of(answer))
 
     return app

@@ -2,11 +2,12 @@
 
 :class:`Scheduler` owns the count of work in the server (queued + generating, streams included),
 refuses beyond its capacity with a ``Retry-After`` estimated from the queue, and runs one worker
-thread that turns queued non-streamed requests into batched ``Answerer.answer_batch`` calls:
+thread that turns queued non-streamed requests into batched ``Answerer.answer_plans`` calls (each
+request's plan was made once, when it was admitted):
 
 - the oldest queued request starts a batch; the worker waits up to ``max_wait`` seconds for more,
-  then takes up to ``max_batch`` requests that can share one generation (same sampling parameters
-  and grounding), oldest first, so every admitted request is served in arrival order (FIFO);
+  then takes up to ``max_batch`` requests that can share one generation (same sampling parameters),
+  oldest first, so every admitted request is served in arrival order (FIFO);
 - a cancelled request (its client went away) leaves the queue at once and frees its slot; one
   already generating stops at the next decoding step (the engine checks its cancel event);
 - streamed requests are generated one at a time in their own thread (the engine streams one
@@ -34,12 +35,10 @@ class Busy(Exception):
 
 @dataclass(eq=False)  # a job is itself: queue membership is by identity
 class Job:
-    """One admitted request; its future resolves to an Answer (or an exception)."""
+    """One admitted request: its answer plan (made once, at admission) and sampling parameters; its
+    future resolves to an Answer (or an exception)."""
 
-    question: str
-    history: list[dict]
-    system: str | None
-    grounded: bool | None
+    plan: Any  # AnswerPlan
     params: Any  # GenerationParams
     stream: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -49,7 +48,8 @@ class Job:
     released: bool = False
 
     def key(self) -> tuple:
-        return (self.params.key(), self.grounded)
+        """Jobs with equal keys share one batched generation (their plans are already made)."""
+        return self.params.key()
 
     def resolve(self, value: Any) -> None:
         """Hand ``value`` (an Answer or an exception) to the waiting request, from any thread."""
@@ -189,10 +189,7 @@ class Scheduler:
             job.resolve(answer)
 
     def _answer(self, batch: list[Job]) -> list:
-        first = batch[0]
-        return self.answerer.answer_batch([j.question for j in batch], [j.history for j in batch],
-                                          grounded=first.grounded, params=first.params,
-                                          systems=[j.system for j in batch], cancels=[j.cancel for j in batch])
+        return self.answerer.answer_plans([j.plan for j in batch], batch[0].params, [j.cancel for j in batch])
 
 
 def raise_into(job: Job, answer) -> None:

@@ -22,7 +22,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from qihuang.answer.cli import build_answerer
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
     from qihuang.options import ServeOptions
     from qihuang.serve.app import ServeSettings, create_app
 
@@ -42,7 +42,7 @@ def cmd_serve(args) -> int:
 
 def cmd_webui(args) -> int:
     from qihuang.answer.cli import build_answerer
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
     from qihuang.options import WebuiOptions
     from qihuang.serve.webui import build_webui, launch
 
@@ -53,7 +53,7 @@ def cmd_webui(args) -> int:
 
 def register(sub) -> None:
     from qihuang.answer.cli import add_answer_args
-    from qihuang.config import add_options
+    from qihuang.flags import add_options
     from qihuang.options import ServeOptions, WebuiOptions
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, /health)",

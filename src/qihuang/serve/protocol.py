@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from qihuang.answer.engine import MAX_SEED, REPETITION_PENALTY_RANGE
+from qihuang.engines.base import MAX_SEED, REPETITION_PENALTY_RANGE
 
 # field -> the values that mean "not used" (anything else is refused with 400)
 UNSUPPORTED: dict[str, tuple] = {
@@ -213,14 +213,12 @@ def finish_reason(answer) -> Literal["stop", "length", "content_filter"]:
     return "length" if answer.finish_reason == "length" else "stop"
 
 
-def info_of(answer, dropped_turns: int = 0) -> QihuangInfo:
-    verification = getattr(answer, "verification", None)
-    if verification is not None and hasattr(verification, "to_dict"):
-        verification = verification.to_dict()
+def info_of(answer) -> QihuangInfo:
+    """The ``qihuang`` field of an :class:`~qihuang.answer.answerer.Answer`."""
     return QihuangInfo(grounded=answer.grounded, citations=[c.to_dict() for c in answer.citations],
                        triage=answer.triage.to_dict(), disclaimer=answer.disclaimer, refused=answer.refused,
-                       verification=verification, abstained=bool(getattr(answer, "abstained", False)),
-                       dropped_turns=dropped_turns)
+                       verification=answer.verification.to_dict(), abstained=answer.abstained,
+                       dropped_turns=answer.dropped_turns)
 
 
 def usage_of(answer) -> Usage:

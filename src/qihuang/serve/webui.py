@@ -48,8 +48,7 @@ def citations_markdown(answer) -> str:
 def marked_html(answer) -> str:
     """``answer.text`` HTML-escaped, with its unsupported and wrong-attribute spans in ``<mark>``."""
     text = answer.text
-    v = getattr(answer, "verification", None)
-    bad = sorted(v.bad, key=lambda c: c.start) if v is not None else []
+    bad = sorted(answer.verification.bad, key=lambda c: c.start)
     out, pos = [], 0
     for c in bad:
         if c.start < pos or c.end > len(text):
@@ -63,10 +62,16 @@ def marked_html(answer) -> str:
     return "".join(out)
 
 
+def dropped_note(answer) -> str:
+    """A note when earlier turns were left out of the prompt to fit the model's context window."""
+    n = answer.dropped_turns
+    return f"（对话较长：最早的 {n} 条消息未放入模型的上下文）" if n else ""
+
+
 def verification_markdown(answer) -> str:
     """One line on what verification found (empty when all is supported and nothing was cut)."""
-    v = getattr(answer, "verification", None)
-    if v is None or not v.checked:
+    v = answer.verification
+    if not v.checked:
         return ""
     if not v.ok:
         from qihuang.answer.verify import load_config
@@ -85,7 +90,7 @@ def respond(answerer, message: str, chat: list[dict], history: list[list[str]], 
         return
     chat = [*chat, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
     text, answer = "", None
-    for item in answerer.stream(message, history=history[-3:], grounded=grounded):
+    for item in answerer.stream(message, history=history, grounded=grounded):  # fitted to the context window
         if isinstance(item, str):
             text += item
             chat[-1] = {"role": "assistant", "content": text}
@@ -95,7 +100,10 @@ def respond(answerer, message: str, chat: list[dict], history: list[list[str]], 
     chat[-1] = {"role": "assistant", "content": marked_html(answer)}
     if not answer.refused:  # an abstained turn stays too: a red flag in it still counts later
         history = [*history, [answer.question, answer.model_text or answer.text]]
-    yield "", chat, history, banner_html(answer.triage), citations_markdown(answer) + verification_markdown(answer)
+    notes = citations_markdown(answer) + verification_markdown(answer)
+    if dropped_note(answer):
+        notes += "\n\n" + dropped_note(answer)
+    yield "", chat, history, banner_html(answer.triage), notes
 
 
 def build_webui(answerer, title: str = "岐黄 qihuang"):

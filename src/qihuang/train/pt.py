@@ -12,7 +12,7 @@ from pathlib import Path
 from qihuang.config import TrainConfig
 from qihuang.data.collate import pack_sequences, pad_batch
 from qihuang.data.formats import read_texts
-from qihuang.data.registry import INFO_FILE, _read_info
+from qihuang.data.registry import INFO_FILE, read_info
 from qihuang.errors import ConfigError, InputError
 from qihuang.train.loop import StageData
 
@@ -57,7 +57,7 @@ def text_sources(dataset: str, dataset_dir: str | Path | None = None) -> list[Te
 
 def _dir_sources(directory: Path) -> list[TextSource]:
     if (directory / INFO_FILE).is_file():
-        info = _read_info(directory / INFO_FILE)
+        info = read_info(directory / INFO_FILE)
         return [_entry_source(info, key, directory) for key in info]
     return [TextSource(p) for p in sorted(directory.rglob("*"))
             if p.suffix in TEXT_SUFFIXES and p.is_file() and p.name not in _BOOKKEEPING]
@@ -65,7 +65,7 @@ def _dir_sources(directory: Path) -> list[TextSource]:
 
 def _named_sources(name: str, base: Path) -> list[TextSource]:
     info_path = base / INFO_FILE
-    info = _read_info(info_path) if info_path.is_file() else {}
+    info = read_info(info_path) if info_path.is_file() else {}
     if name not in info:
         raise ConfigError(f"field 'dataset': {name!r} is not a text file, a directory, or a dataset registered "
                           f"in {base} (sub-directory or {INFO_FILE} entry); set dataset_dir to look elsewhere")

@@ -2,7 +2,7 @@
 
 A backend supplies only a *producer*; :func:`stream_generation` gives it streaming, hold-back of
 partial stop strings, cancellation and the final
-:class:`~qihuang.answer.engine.GenerationResult`::
+:class:`~qihuang.engines.base.GenerationResult`::
 
     def produce(sink: Sink) -> Finish | None | Iterator[int | str]:
         for token_id in my_model_tokens(prompt):   # a generator: yield ids (or text pieces)
@@ -42,6 +42,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from qihuang.engines.base import GenerationResult
 
 Decode = Callable[[Sequence[int]], str]
 _END = object()
@@ -217,8 +219,6 @@ def _complete_pieces(items: queue.SimpleQueue) -> Iterator[str]:
 def stream_generation(produce: Callable[[Sink], Any], *, stops: list[str], prompt_tokens: int,
                       max_new_tokens: int, cancel: threading.Event | None = None, decode: Decode | None = None):
     """Stream what ``produce`` generates (see the module doc); returns the GenerationResult."""
-    from qihuang.answer.engine import GenerationResult
-
     if cancel is not None and cancel.is_set():
         return GenerationResult("", prompt_tokens, 0, "cancelled")
     halt = threading.Event()  # a stop string was shown, or the consumer went away

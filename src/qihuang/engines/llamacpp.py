@@ -1,17 +1,17 @@
 """llama.cpp as the forward pass of qihuang's decode loop (the fast default CPU path).
 
-:class:`LlamaCppEngine` is the :class:`~qihuang.answer.lean.LeanEngine` — same tokenizer, templates,
-stop strings, streaming, cancellation, usage counts and finish reasons — whose token ids are fed to
-llama.cpp (``llama-cpp-python``'s low-level API, ``make install-llamacpp``) instead of the
-transformers model: :func:`decode_rows` prefills the prompts, then decodes one token per live row
-per step, every prompt its own sequence in one multi-sequence batch, reading the last logits of
-each row and picking the next id itself (``argmax``, or transformers' own logits processors and
-``torch.multinomial`` when sampling, as the lean loop does). ``loglikelihood`` (multiple-choice
-scoring) still runs on the transformers model, which the engine keeps.
+:class:`LlamaCppDecoder` is a decoder of :class:`~qihuang.engines.hf.HFEngine` — so the engine keeps its
+tokenizer, templates, stop strings, streaming, cancellation, usage counts and finish reasons — that
+feeds the token ids to llama.cpp (``llama-cpp-python``'s low-level API, ``make install-llamacpp``):
+:func:`decode_rows` prefills the prompts, then decodes one token per live row per step, every prompt
+its own sequence in one multi-sequence batch, reading the last logits of each row and picking the
+next id itself (``argmax``, or transformers' own logits processors and ``torch.multinomial`` when
+sampling, as the lean loop does). ``loglikelihood`` (multiple-choice scoring) still runs on the
+transformers model, which the engine keeps.
 
 Weights: the default model, untuned, runs its shipped GGUF as it is (Q4_1: the very values the
 transformers model holds dequantized in fp32); a merged LoRA adapter is written once as a GGUF by
-:mod:`qihuang.models.gguf_export` (Q8_0 unless asked otherwise). :attr:`LlamaCppEngine.weights`
+:mod:`qihuang.models.gguf_export` (Q8_0 unless asked otherwise). :attr:`LlamaCppDecoder.weights`
 says which.
 """
 
@@ -23,8 +23,8 @@ import os
 import threading
 from collections.abc import Callable
 
-from qihuang.answer.engine import GenerationParams
-from qihuang.answer.lean import Decoded, LeanEngine, _processors, accept_token, decode_threads
+from qihuang.engines.base import GenerationParams
+from qihuang.engines.decoding import Decoded, DecodeJob, accept_token, cores, decode_threads, logits_processors
 from qihuang.errors import ConfigError
 
 _init_lock = threading.Lock()
@@ -53,10 +53,6 @@ def _lib():
             llama_cpp.llama_backend_init()
             _initialised = True
     return llama_cpp
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class LlamaCppModel:
@@ -161,10 +157,10 @@ def decode_rows(runner: LlamaCppModel, rows: list[list[int]], params: Generation
                 threads: int, stop_hit: Callable[[int, list[int]], bool] | None = None,
                 cancelled: Callable[[int], bool] | None = None,
                 on_step: Callable[[list[list[int]]], bool] | None = None) -> Decoded:
-    """:func:`qihuang.answer.lean.decode` with llama.cpp as the model: up to
+    """:func:`qihuang.engines.lean.decode` with llama.cpp as the model: up to
     ``params.max_new_tokens`` new ids for each prompt in ``rows`` (unpadded ids), same callbacks."""
     runner.reset(threads)
-    procs = _processors(params)
+    procs = logits_processors(params)
     out: list[list[int]] = [[] for _ in rows]
     live = [True] * len(rows)
     flags = {k: [False] * len(rows) for k in ("stopped", "ended", "cancelled")}
@@ -199,48 +195,39 @@ def _groups(lengths: list[int], n_ctx: int, n_seq: int) -> list[list[int]]:
     return groups
 
 
-class LlamaCppEngine(LeanEngine):
-    """:class:`LeanEngine` whose forward pass and token choice run in llama.cpp (see the module doc).
-    ``hf_model`` stays for ``loglikelihood`` and the model's config; ``gguf`` is the file llama.cpp runs
-    and ``weights`` its weight types (e.g. ``"Q4_1"``, ``"Q8_0"``, ``"F32"``)."""
+class LlamaCppDecoder:
+    """Decodes in llama.cpp (see the module doc): ``gguf`` is the file it runs, ``weights`` its weight
+    types (e.g. ``"Q4_1"``, ``"Q8_0"``, ``"F32"``); one context of ``n_ctx`` cells for up to ``n_seq``
+    sequences. ``threads``: None = :func:`decode_threads` decides per run."""
 
-    decoder = "llamacpp"
+    name = "llamacpp"
+    pads = False  # every prompt is its own sequence: no padding, any lengths batch well
 
-    def __init__(self, hf_model, tokenizer, template, gguf: str | os.PathLike, model_name: str = "model",
-                 batch_size: int = 8, weights: str = "", n_ctx: int | None = None):
-        super().__init__(hf_model, tokenizer, template, model_name=model_name, batch_size=batch_size)
-        self.gguf, self.weights = str(gguf), weights
-        self.runner = LlamaCppModel(gguf, n_ctx or self.context_length, n_seq=batch_size)
+    def __init__(self, gguf: str | os.PathLike, n_ctx: int, n_seq: int = 8, weights: str = "",
+                 threads: int | None = None):
+        self.gguf, self.weights, self.threads = str(gguf), weights, threads
+        self.runner = LlamaCppModel(gguf, n_ctx, n_seq=n_seq)
 
-    def _run(self, enc, params: GenerationParams, stops: list[str], cancels: list, on_step=None) -> Decoded:
-        import torch
-
-        rows = [ids[mask.bool()].tolist() for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
-        ends = self._terminators()
-        stop_hit = self._stop_check(stops)
+    def run(self, model, job: DecodeJob) -> Decoded:
+        """``model`` (the transformers one) is not used: llama.cpp holds the weights."""
+        rows, params = job.rows, job.params
         lengths = [len(r) + params.max_new_tokens for r in rows]
-        parts = []
-        with self._lock:
-            if params.seed is not None and not params.greedy:
-                torch.manual_seed(params.seed)
-            threads = self.threads or decode_threads(cores())
-            for group in _groups(lengths, self.runner.n_ctx, self.runner.n_seq):
-                def cancelled(r: int, group=group) -> bool:
-                    ev = cancels[group[r]] if len(cancels) > group[r] else None
-                    return ev is not None and ev.is_set()
+        threads = self.threads or decode_threads(cores())
+        merged = Decoded.empty(len(rows))
+        for group in _groups(lengths, self.runner.n_ctx, self.runner.n_seq):
+            def cancelled(r: int, group=group) -> bool:
+                return job.cancelled(group[r])
 
-                hit = None if stop_hit is None else (lambda r, ids, group=group: stop_hit(group[r], ids))
-                parts.append((group, decode_rows(self.runner, [rows[i] for i in group], params, ends, threads,
-                                                 hit, cancelled, on_step)))
-        merged = Decoded([[] for _ in rows], [False] * len(rows), [False] * len(rows), [False] * len(rows))
-        for group, done in parts:
+            hit = None if job.stop_hit is None else (lambda r, ids, group=group: job.stop_hit(group[r], ids))
+            done = decode_rows(self.runner, [rows[i] for i in group], params, job.terminators, threads,
+                               hit, cancelled, job.on_step)
             for k, i in enumerate(group):
                 merged.ids[i], merged.stopped[i] = done.ids[k], done.stopped[k]
                 merged.ended[i], merged.cancelled[i] = done.ended[k], done.cancelled[k]
         return merged
 
     def close(self) -> None:
-        """Free llama.cpp's memory now (it is freed anyway when the engine is collected)."""
+        """Free llama.cpp's memory now (it is freed anyway when the decoder is collected)."""
         self.runner.close()
 
 

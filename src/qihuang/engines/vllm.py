@@ -1,20 +1,23 @@
 """Optional vLLM backend (``--engine vllm``) for GPU serving and batch inference at scale.
 
-Same :class:`~qihuang.answer.engine.Engine` interface as the transformers backend. Give it a
-merged model directory (``qihuang export``) or a base model plus a LoRA adapter (served with
-vLLM's LoRA support). Needs ``pip install vllm`` on a CUDA machine; it is documented but not
-exercised by the CPU test suite. ``stream`` returns the whole answer as one piece (the offline
-``vllm.LLM`` API does not stream); ``qihuang serve --engine vllm`` still speaks SSE. Token counts
-and finish reasons come from vLLM's outputs; ``cancel``/``cancels`` are accepted but a batch already
-handed to ``vllm.LLM.generate`` runs to its end (requests cancelled before it starts are skipped).
+Same :class:`~qihuang.engines.base.Engine` contract as the transformers backend. Give it a merged
+model directory (``qihuang export``) or a base model plus a LoRA adapter (served with vLLM's LoRA
+support). Needs ``pip install vllm`` on a CUDA machine; it is documented but not exercised by the
+CPU test suite. An encoded :class:`~qihuang.engines.base.Prompt` goes to vLLM as its token ids.
+``stream`` returns the whole answer as one piece (the offline ``vllm.LLM`` API does not stream);
+``qihuang serve --engine vllm`` still speaks SSE. Token counts and finish reasons come from vLLM's
+outputs; a batch already handed to ``vllm.LLM.generate`` runs to its end (requests cancelled
+before it starts are skipped).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 
-from qihuang.answer.engine import GenerationParams, GenerationResult, clean_text
+from qihuang.engines.base import (Cancel, GenerationParams, GenerationResult, Prompt, PromptLike, cancelled_result,
+                                  is_cancelled)
+from qihuang.engines.streaming import clean_text
 from qihuang.errors import ConfigError
 
 
@@ -72,17 +75,22 @@ class VLLMEngine:
         """vLLM's ``max_model_len`` for the loaded model."""
         return int(self.llm.llm_engine.model_config.max_model_len)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text)["input_ids"])
+    def encode(self, text: str) -> Prompt:
+        return Prompt(text, tuple(self.tokenizer(text)["input_ids"]))
 
-    def generate_results(self, prompts: list[str], params: GenerationParams | None = None,
-                         cancels=None) -> list[GenerationResult]:
+    def count_tokens(self, text: str) -> int:
+        return self.encode(text).tokens
+
+    def generate(self, prompts: Sequence[PromptLike], params: GenerationParams | None = None,
+                 cancels: Sequence[Cancel | None] | None = None) -> list[GenerationResult]:
         """One result per prompt with vLLM's own token counts and finish reason."""
         cancels = list(cancels) if cancels is not None else [None] * len(prompts)
-        todo = [i for i, ev in enumerate(cancels) if ev is None or not ev.is_set()]
-        results = [GenerationResult("", 0, 0, "cancelled") for _ in prompts]
+        todo = [i for i, ev in enumerate(cancels) if not is_cancelled(ev)]
+        results = [cancelled_result() for _ in prompts]
         if todo:
-            outs = self.llm.generate([prompts[i] for i in todo], self._sampling(params or GenerationParams()),
+            inputs = [{"prompt_token_ids": list(p.ids)} if isinstance(p, Prompt) else p
+                      for p in (prompts[i] for i in todo)]
+            outs = self.llm.generate(inputs, self._sampling(params or GenerationParams()),
                                      lora_request=self.lora_request, use_tqdm=False)
             for i, o in zip(todo, outs):
                 gen = o.outputs[0]
@@ -90,12 +98,10 @@ class VLLMEngine:
                                               "length" if gen.finish_reason == "length" else "stop")
         return results
 
-    def generate(self, prompts: list[str], params: GenerationParams | None = None) -> list[str]:
-        return [r.text for r in self.generate_results(prompts, params)]
-
-    def stream(self, prompt: str, params: GenerationParams | None = None, cancel=None) -> Iterator[str]:
+    def stream(self, prompt: PromptLike, params: GenerationParams | None = None,
+               cancel: Cancel | None = None) -> Generator[str, None, GenerationResult]:
         """The whole answer as one piece; returns its GenerationResult."""
-        result = self.generate_results([prompt], params, [cancel])[0]
+        result = self.generate([prompt], params, [cancel])[0]
         if result.text:
             yield result.text
         return result
@@ -104,9 +110,9 @@ class VLLMEngine:
         tok = self.tokenizer
         prompts, lengths = [], []
         for ctx, cont in requests:
-            ids = tok(ctx)["input_ids"] + tok(cont, add_special_tokens=False)["input_ids"]
-            prompts.append({"prompt_token_ids": ids})
-            lengths.append(len(tok(cont, add_special_tokens=False)["input_ids"]))
+            cont_ids = tok(cont, add_special_tokens=False)["input_ids"]
+            prompts.append({"prompt_token_ids": tok(ctx)["input_ids"] + cont_ids})
+            lengths.append(len(cont_ids))
         sampling = self._sampling(GenerationParams(max_new_tokens=1), prompt_logprobs=0)
         outs = self.llm.generate(prompts, sampling, lora_request=self.lora_request, use_tqdm=False)
         scores = []
