@@ -62,3 +62,18 @@ def read_yaml(path: str | os.PathLike, what: str) -> Any:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
+
+
+def compile_pattern(pattern: Any, where: str) -> "re.Pattern":
+    """A regular expression of a resource file compiled; a clear error naming ``where`` (file and field)
+    when it is not a valid non-empty pattern (red-flag rules, question forms)."""
+    import re
+
+    from qihuang.errors import ConfigError
+
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(f"{where}: a pattern must be a non-empty string, got {pattern!r}")
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where}: bad regular expression {pattern!r}: {exc}") from exc

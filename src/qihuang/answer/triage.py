@@ -41,10 +41,10 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from qihuang.answer.triage_context import (TIME_CLASSES, Context, Reading, TimeCues, compile_pattern,
+from qihuang.answer.triage_context import (TIME_CLASSES, Context, Reading, TimeCues,
                                            default_negation, parse_context, parse_time)
 from qihuang.errors import ConfigError
-from qihuang.fileio import read_yaml
+from qihuang.fileio import compile_pattern, read_yaml
 from qihuang.kb.lexicon import Negation
 from qihuang.kb.normalize import normalize
 from qihuang.paths import resource

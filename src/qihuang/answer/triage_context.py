@@ -36,6 +36,7 @@ import re
 from dataclasses import dataclass, field
 
 from qihuang.errors import ConfigError
+from qihuang.fileio import compile_pattern
 from qihuang.kb.lexicon import Negation, load_lexicon
 
 CLAUSE_BREAK = re.compile(r"[，。,.;；!！?？\n：:]")
@@ -48,14 +49,6 @@ _TIME_KINDS = ("present", "past", "recent_past", "resolved", "healed", "chronic"
 _STALE_FOR = {"complaint": ("past", "chronic", "recurrent"), "event": ("past",), "timeless": ()}
 
 
-def compile_pattern(pattern, where: str) -> re.Pattern:
-    """``pattern`` compiled; a clear error naming ``where`` when it is not a valid non-empty regex."""
-    if not isinstance(pattern, str) or not pattern:
-        raise ConfigError(f"{where}: a pattern must be a non-empty string, got {pattern!r}")
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"{where}: bad regular expression {pattern!r}: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from functools import lru_cache
 import yaml
 
 from qihuang.errors import ConfigError
+from qihuang.fileio import compile_pattern
 from qihuang.paths import resource
 
 OTHER = "other"
@@ -89,17 +90,8 @@ def _parse_forms(raw, attributes: dict[str, Attribute]) -> tuple[tuple[re.Patter
         attrs = item["attributes"]
         if not isinstance(attrs, list) or not attrs or any(a not in attributes for a in attrs):
             raise ConfigError(f"{where}: attributes: a non-empty list of known attributes, got {attrs!r}")
-        out.append((_regex(item["pattern"], f"{where}: pattern"), tuple(attrs), item.get("described", False)))
+        out.append((compile_pattern(item["pattern"], f"{where}: pattern"), tuple(attrs), item.get("described", False)))
     return tuple(out)
-
-
-def _regex(pattern, where: str) -> re.Pattern:
-    if not isinstance(pattern, str) or not pattern:
-        raise ConfigError(f"{where}: a non-empty regular expression, got {pattern!r}")
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"{where}: bad regular expression {pattern!r}: {exc}") from exc
 
 
 @lru_cache(maxsize=1)
@@ -127,7 +119,7 @@ def load_schema() -> Schema:
     cues = {c for attr in attributes.values() for c in attr.cues} | set(shared)
     stop = frozenset(raw.get("link_stopwords", [])) | cues
     forms = _parse_forms(raw.get("question_forms") or [], attributes)
-    asking = _regex(raw["asking"], "kb_schema.yaml: asking") if raw.get("asking") else None
+    asking = compile_pattern(raw["asking"], "kb_schema.yaml: asking") if raw.get("asking") else None
     return Schema(attributes, rel_map, rules, defaults, rank, stop, shared, inverse, forms, asking)
 
 
