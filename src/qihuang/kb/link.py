@@ -293,9 +293,11 @@ class Linker:
 
     def _all_forms(self, norm: str) -> list[list[tuple[int, int]]]:
         """Per question form, the spans it matches in ``norm`` (remembered for the last text)."""
-        if norm != self._forms_for[0]:
-            self._forms_for = (norm, [[m.span() for m in p.finditer(norm)] for p, _a, _d in self._forms])
-        return self._forms_for[1]
+        memo = self._forms_for  # one read: another thread may replace it (a server links in several)
+        if norm != memo[0]:
+            memo = (norm, [[m.span() for m in p.finditer(norm)] for p, _a, _d in self._forms])
+            self._forms_for = memo
+        return memo[1]
 
     def question_spans(self, norm: str) -> list[tuple[int, int]]:
         """[start, end) of the question wording of normalized text: cues, question forms and asking words
@@ -308,8 +310,9 @@ class Linker:
         return spans
 
     def _asking_clauses(self, norm: str) -> bytearray | None:
-        if norm == self._asked_for[0]:
-            return self._asked_for[1]
+        memo = self._asked_for  # one read: another thread may replace it
+        if norm == memo[0]:
+            return memo[1]
         mask = self._asking_mask(norm)
         self._asked_for = (norm, mask)
         return mask
