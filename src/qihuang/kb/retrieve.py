@@ -1,6 +1,7 @@
 """The lookups behind :meth:`KnowledgeBase.link`: direct, reverse, symptom -> disease, two-hop, history, lexical.
 
-``retrieve(kb, text)`` links the question (entities and asked attributes, :mod:`qihuang.kb.link`) and
+``retrieve(kb, text)`` links the question (entities and asked attributes, :mod:`qihuang.kb.link`, then the
+linker's second pass :mod:`qihuang.kb.variants`: body part + feeling, misspelt and more specific names) and
 then, per entity the question names:
 
 - **direct**: a subject entity's asked attributes, else its type's default attributes in the schema's
@@ -18,6 +19,10 @@ then, per entity the question names:
 - **history**: with no entity in the question, the entities of the latest earlier user turn that has one;
 - **lexical**: with no entity at all, BM25 over entity names and fact text (:mod:`qihuang.kb.lexical`),
   thresholded so that unrelated questions retrieve nothing.
+
+An asked attribute a named entity lacks is reported in ``LinkResult.missing``; when nothing else answers,
+that entity's default facts stand in. Last, :mod:`qihuang.kb.department_rank` puts departments as hospitals
+name them on symptom descriptions and department questions.
 
 Every :class:`Fact` says how it was reached (``via``) and from which entity of the question (``anchor``).
 """
