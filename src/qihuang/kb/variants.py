@@ -30,16 +30,12 @@ from functools import lru_cache
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qihuang.errors import ConfigError
+from qihuang.kb.link import _CLAUSE_END, _is_han
 from qihuang.kb.normalize import normalize
 from qihuang.kb.types import Mention
 from qihuang.paths import resource
 
-_CLAUSE_END = frozenset("，,。.;；!！?？:：\n()（）")
-_SEPARATORS = frozenset("、和及与或跟的了吗呢")
-
-
-def _is_han(ch: str) -> bool:
-    return "\u4e00" <= ch <= "\u9fff"
+_SEPARATORS = frozenset("、和及与或跟的了吗呢")  # between names: no misspelt name to look for in them
 _SYMPTOM_TYPES = ("symptom", "disease")
 MIN_TYPO_LENGTH = 4  # names matched with one homophone in an uncovered window: at least this long
 
