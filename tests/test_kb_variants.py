@@ -137,6 +137,39 @@ def test_an_asked_attribute_the_kb_lacks_is_said_and_the_entity_s_facts_stand_in
     assert ground(kb, "跟腱断裂怎么手术？").coverage_note() == ""
 
 
+def test_can_i_take_asks_contraindications_only_when_a_drug_is_named(kb):
+    """能吃X吗 asks what to mind; what is contraindicated only when a drug is involved (the labelling guide)."""
+    with_drug = set(kb.link("尿路感染可以吃左氧氟沙星吗？").attributes)
+    assert {"precautions", "contraindications"} <= with_drug
+    without = set(kb.detect_attributes("尿路感染可以吃辣椒吗？"))
+    assert "precautions" in without and "contraindications" not in without
+
+
+def test_a_cause_told_in_a_description_is_not_asked(kb):
+    told = "怎样预防反复感染引起的支气管扩张症？"
+    assert "cause" not in kb.detect_attributes(told)
+    asked = "支气管扩张症是什么原因引起的？"
+    assert "cause" in kb.detect_attributes(asked)
+
+
+def test_a_drug_taken_and_what_followed_asks_its_adverse_reactions(kb):
+    """A form that reads the mentions (Ⓓ: a drug, Ⓢ: a symptom) counts in the story's clause too."""
+    assert "adverse_reactions" in kb.link("吃了赖氨葡锌颗粒后一直恶心，正常吗？").attributes
+    assert "adverse_reactions" in kb.link("用了复方甲氧那明胶囊，用后口干，怎么回事").attributes
+    assert "adverse_reactions" not in kb.link("赖氨葡锌颗粒怎么吃？").attributes  # no story told
+    assert kb.detect_attributes("吃了赖氨葡锌颗粒后恶心。") == []  # a statement (an answer) asks nothing
+
+
+@pytest.mark.parametrize("text, is_it", [
+    ("我最近一直尿痛，是不是得了尿路感染？", True),
+    ("最近腰痛，这可能是腰肌劳损吗", True),
+    ("怎么判断自己是否得了尿路感染？", False),  # inside another question: how it is diagnosed
+])
+def test_is_it_x_at_the_head_of_a_clause_asks_which_disease_and_its_symptoms(kb, text, is_it):
+    asked = set(kb.detect_attributes(text))
+    assert ({"related_diseases", "symptoms"} <= asked) is is_it
+
+
 def test_bad_question_forms_name_the_field(monkeypatch):
     from qihuang.kb import schema
 
@@ -146,6 +179,9 @@ def test_bad_question_forms_name_the_field(monkeypatch):
         schema._parse_forms([{"pattern": "怎么(办", "attributes": ["treatment"]}], schema.load_schema().attributes)
     with pytest.raises(ConfigError, match=r"question_forms\[0\]: expected"):
         schema._parse_forms([{"pattern": "x", "attributes": ["treatment"], "typo": 1}], schema.load_schema().attributes)
+    with pytest.raises(ConfigError, match=r"question_forms\[0\]: only_with"):
+        schema._parse_forms([{"pattern": "x", "attributes": ["treatment"], "only_with": {"drugs": ["drug"]}}],
+                            schema.load_schema().attributes)
 
 
 def test_the_shipped_symptom_words_are_valid_and_bad_ones_name_the_field(tmp_path, monkeypatch):

@@ -44,11 +44,13 @@ class Linker:
                  object_types: dict[str, str] | None = None, yields_to: dict[str, tuple[str, ...]] | None = None,
                  negation: ahocorasick.Automaton | None = None, max_gap: int = 8, intent=None,
                  drug_affixes: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()), min_stem: int = 3,
-                 forms: tuple = (), asking=None):
+                 forms: tuple = (), asking=None, descriptive=None):
         self._entities, self._cues = entities, cues
         self._forms, self._asking = forms, asking  # multi-attribute question forms; what marks an asking clause
+        self._descriptive = descriptive  # cause wording inside a description (X引起的Y), no question
+        self._marked_forms = [bool(MARKS.intersection(p.pattern)) for p, *_rest in forms]  # forms that read mentions
         self._asked_for: tuple[str, bytearray | None] = ("", None)  # the last text's asking clauses
-        self._forms_for: tuple[str, list] = ("\0", [])  # the last text's question-form spans
+        self._forms_for: tuple[tuple, list] = ((), [])  # the last text's question-form spans
         self._object_types = object_types or {}  # attribute -> type of its values ("examinations" -> examination)
         self._yields_to = yields_to or {}
         self._negation, self._max_gap = negation, max_gap
@@ -89,7 +91,7 @@ class Linker:
                    {k: a.yields_to for k, a in attributes.items() if a.yields_to},
                    _negation_automaton(lexicon.negation), lexicon.negation.max_gap, intent or None,
                    lexicon.drug_forms.affixes(), lexicon.drug_forms.min_stem,
-                   kb.schema.question_forms, kb.schema.asking)
+                   kb.schema.question_forms, kb.schema.asking, kb.schema.descriptive)
 
     def find_entities(self, text: str) -> list[Mention]:
         """Entity mentions, non-overlapping (longest first), each marked ``negated`` when a negation
@@ -232,10 +234,13 @@ class Linker:
                 owner[i] = m
         asks = self._asking_clauses(norm)
         matches = [(end - length + 1, end + 1, attrs) for end, (length, attrs) in self._cues.iter(norm)]
+        told = [m.span() for m in self._descriptive.finditer(norm)] if self._descriptive is not None else []
         found: list[tuple[int, int, tuple[str, ...]]] = []
         for start, end, attrs in _leftmost_longest(matches):
             if asks is not None and not asks[start]:
                 continue  # 我有咳嗽的症状 describes; 有什么症状 asks
+            if any(s <= start < e for s, e in told):
+                continue  # 尿酸过高引起的痛风: a cause named, not asked
             holder = owner[start]
             if holder is not None and all(owner[i] is holder for i in range(start, end)) and \
                     not any(self._object_types.get(a) == holder.type for a in attrs):
@@ -252,7 +257,8 @@ class Linker:
             if g not in groups:
                 groups.append(g)
         asked = {a for g in groups for a in g}
-        for _start, _end, attrs in self._form_matches(norm, asks, described=False, cues=[(s, e) for s, e, _g in found]):
+        for _start, _end, attrs in self._form_matches(norm, asks, described=False, cues=[(s, e) for s, e, _g in found],
+                                                      mentions=mentions):
             for a in attrs:
                 if a not in asked:
                     asked.add(a)
@@ -269,33 +275,45 @@ class Linker:
         (急性心肌梗死是什么病 asks what that disease is)."""
         norm = normalize(text)
         things = [m.end for m in mentions if m.type in _THINGS]
-        matches = self._form_matches(norm, self._asking_clauses(norm), described=True, cues=self.cue_spans(norm))
+        matches = self._form_matches(norm, self._asking_clauses(norm), described=True, cues=self.cue_spans(norm),
+                                     mentions=mentions)
         return flatten([a for s, e, a in matches if "病" not in norm[s:e] or not any(s - 2 <= end <= s and not _CLAUSE_END & set(norm[end:s])
                                                              for end in things)])
 
-    def _form_matches(self, norm: str, asks: bytearray | None, described: bool,
-                      cues: list[tuple[int, int]]) -> list[tuple[int, int, tuple[str, ...]]]:
+    def _form_matches(self, norm: str, asks: bytearray | None, described: bool, cues: list[tuple[int, int]],
+                      mentions: list[Mention] | None = None) -> list[tuple[int, int, tuple[str, ...]]]:
         """(start, end, attributes) of the first match of every question form (kb_schema.yaml
         ``question_forms``, those for symptom descriptions or the others) in an asking clause and not right
         next to a cue (``cues``: spans), which says what is asked there (治疗什么病, 还能吃别的药吗); none in a
-        text that asks nothing (an answer being verified)."""
+        text that asks nothing (an answer being verified). A form that reads the question's mentions (a
+        :data:`MARKS` character in its pattern) counts in any clause of a text that asks: it reads the story
+        told (吃了X后…). An attribute the form asks ``only_with`` some entity types needs a mention of one."""
         out = []
-        for (_pattern, attrs, only_described), found in zip(self._forms, self._all_forms(norm)):
+        types = {m.type for m in mentions or () if not m.negated}
+        for (_pattern, attrs, only_described, only_with), found, marked in zip(
+                self._forms, self._all_forms(norm, _marked(norm, mentions)), self._marked_forms):
             if only_described != described:
+                continue
+            attrs = tuple(a for a in attrs if a not in only_with or only_with[a] & types)
+            if not attrs:
                 continue
             for start, end in found:
                 if any((end <= s <= end + 1) or (start - 1 <= e <= start) or (s <= start < e) for s, e in cues):
                     continue  # a cue over its start or right next to it says what is asked (不能吃 of 能不能吃 does not)
-                if asks is not None and asks[start]:  # forms read questions only, never statements
+                if asks is not None and (asks[start] or marked):  # forms read questions only, never statements
                     out.append((start, end, attrs))
                     break
         return sorted(out, key=lambda x: x[0])
 
-    def _all_forms(self, norm: str) -> list[list[tuple[int, int]]]:
-        """Per question form, the spans it matches in ``norm`` (remembered for the last text)."""
+    def _all_forms(self, norm: str, marked: str | None = None) -> list[list[tuple[int, int]]]:
+        """Per question form, the spans it matches in ``norm`` (remembered for the last text); a form that
+        reads mentions matches ``marked`` (``norm`` with mentions replaced by :data:`MARKS`), or nothing."""
         memo = self._forms_for  # one read: another thread may replace it (a server links in several)
-        if norm != memo[0]:
-            memo = (norm, [[m.span() for m in p.finditer(norm)] for p, _a, _d in self._forms])
+        key = (norm, marked)
+        if key != memo[0]:
+            memo = (key, [[m.span() for m in p.finditer(marked)] if marks and marked is not None
+                          else [] if marks else [m.span() for m in p.finditer(norm)]
+                          for (p, *_rest), marks in zip(self._forms, self._marked_forms)])
             self._forms_for = memo
         return memo[1]
 
@@ -337,6 +355,24 @@ class Linker:
     def detect_attributes(self, text: str, mentions: list[Mention] | None = None) -> list[str]:
         """Every attribute ``text`` may ask about (the groups of :meth:`detect_attribute_groups`, flattened)."""
         return flatten(self.detect_attribute_groups(text, mentions))
+
+
+# what a question form's pattern writes for a mention of the question (kb_schema.yaml ``question_forms``)
+MARKS = frozenset("ⒹⓈ")
+_MARK_OF = {"drug": "Ⓓ", "herb": "Ⓓ", "formula": "Ⓓ", "symptom": "Ⓢ"}
+
+
+def _marked(norm: str, mentions: list[Mention] | None) -> str | None:
+    """``norm`` with each drug mention (drug, herb, formula) written as Ⓓ and each symptom as Ⓢ, one mark per
+    character (offsets kept); None when there is no such mention."""
+    spans = [(m.start, m.end, _MARK_OF[m.type]) for m in mentions or () if m.type in _MARK_OF and not m.negated
+             and norm[m.start:m.end] == normalize(m.surface)]  # (a mention of an earlier turn is not of this text)
+    if not spans:
+        return None
+    chars = list(norm)
+    for s, e, mark in spans:
+        chars[s:e] = mark * (e - s)
+    return "".join(chars)
 
 
 def _clause_ids(norm: str) -> list[int]:
