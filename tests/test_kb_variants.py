@@ -26,6 +26,9 @@ ROWS = [
     {"中心词": "赖氨葡锌颗粒", "适应症": ["锌缺乏"], "不良反应": ["恶心"], "成份": ["赖氨酸", "葡萄糖酸锌"]},
     {"中心词": "甲状腺功能亢进症", "常见症状": ["心悸", "多汗"], "检查": ["促甲状腺激素", "游离甲状腺素"]},
     {"中心词": "复方甲氧那明胶囊", "适应症": ["支气管哮喘", "咳嗽"], "不良反应": ["口干", "恶心"], "成份": ["盐酸甲氧那明"]},
+    {"中心词": "高尿酸血症", "常见症状": ["关节痛"], "就诊科室": ["内分泌科"]},
+    {"中心词": "慢性白血病", "常见症状": ["白细胞增多", "淋巴细胞增多", "血糖升高"], "就诊科室": ["血液内科"]},
+    {"中心词": "牙周病", "常见症状": ["牙龈炎", "牙龈出血"], "就诊科室": ["口腔科"]},
 ]
 
 
@@ -64,6 +67,18 @@ def test_a_negated_feeling_makes_a_negated_mention_and_a_later_one_wins(kb):
     res = kb.link("我的牙不疼，就是有点酸")
     assert [(m.name, m.negated) for m in res.entities] == [("牙痛", True)]
     assert names(kb, "牙都不疼，但是大牙那个位置疼一下疼一下") == ["牙痛"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("体检尿酸有点偏高怎么办", [("高尿酸血症", False)]),  # a name of its own first (高{x}血症)
+    ("白细胞偏高是怎么回事", [("白细胞增多", False)]),
+    ("化验单上淋巴细胞比率升高", [("淋巴细胞增多", False)]),  # a measure word after the thing is left out
+    ("最近牙龈发炎了", [("牙龈炎", False)]),
+    ("查了血糖不高", [("血糖升高", True)]),  # a negation among the degree words
+    ("孩子个子偏高", []),  # no KB name for it: nothing is guessed
+])
+def test_a_thing_written_with_how_it_changed_names_a_kb_symptom(kb, text, expected):
+    assert [(m.name, m.negated) for m in kb.link(text).entities] == expected
 
 
 def test_a_body_part_alone_is_no_entity_of_a_question(kb):
@@ -195,6 +210,10 @@ def test_the_shipped_symptom_words_are_valid_and_bad_ones_name_the_field(tmp_pat
     variants.load_symptom_words.cache_clear()
     try:
         with pytest.raises(ConfigError, match="symptom_words.yaml: feelings"):
+            variants.load_symptom_words()
+        bad.write_text("parts: {肚子: [腹]}\nfeelings: {疼: [痛]}\nchanges: {偏高: ['高{y}']}\n", encoding="utf-8")
+        variants.load_symptom_words.cache_clear()
+        with pytest.raises(ConfigError, match=r"symptom_words.yaml: .*changes.偏高: 高\{y\}"):
             variants.load_symptom_words()
     finally:
         variants.load_symptom_words.cache_clear()

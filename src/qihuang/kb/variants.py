@@ -51,6 +51,9 @@ class SymptomWords(BaseModel):
     parts: dict[str, tuple[str, ...]]
     feelings: dict[str, tuple[str, ...]]
     persons: tuple[str, ...] = ()
+    changes: dict[str, tuple[str, ...]] = {}
+    degrees: tuple[str, ...] = ()
+    measures: tuple[str, ...] = ()
 
 
 @lru_cache(maxsize=1)
@@ -64,9 +67,12 @@ def load_symptom_words() -> SymptomWords:
     except ValidationError as exc:
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: {where}") from None
-    empty = [k for k, v in {**words.parts, **words.feelings}.items() if not k.strip() or not v]
+    empty = [k for k, v in {**words.parts, **words.feelings, **words.changes}.items() if not k.strip() or not v]
     if empty:
-        raise ConfigError(f"{path}: parts/feelings need a written form and at least one KB form: {empty}")
+        raise ConfigError(f"{path}: parts/feelings/changes need a written form and at least one KB form: {empty}")
+    bad = [f"changes.{k}: {t}" for k, v in words.changes.items() for t in v if t.count("{x}") != 1 or "{" in t.replace("{x}", "")]
+    if bad:
+        raise ConfigError(f"{path}: a change's name template holds {{x}} once and no other braces: {bad}")
     return words
 
 
@@ -77,15 +83,66 @@ def _alternation(words) -> re.Pattern:
 class Composer:
     """Body part + feeling -> KB symptom names (see the module doc)."""
 
-    def __init__(self, words: SymptomWords, exists):
+    def __init__(self, words: SymptomWords, exists, subject=None):
         self.words = words
         self._exists = exists  # name -> type (symptom/disease) or None
+        self._subject = subject or (lambda name: False)  # name -> whether the KB has an entry of its own for it
         self._parts = {normalize(k): v for k, v in words.parts.items()}
         self._feelings = {normalize(k): v for k, v in words.feelings.items()}
         self._part_re = _alternation(words.parts)
         self._feel_re = _alternation(words.feelings)
         self.part_forms = frozenset(normalize(f) for forms in words.parts.values() for f in forms) | set(self._parts)
         self.persons = frozenset(normalize(w) for w in words.persons)
+        self._changes = {normalize(k): v for k, v in words.changes.items()}
+        self._change_re = _alternation(words.changes) if words.changes else None
+        self._degrees = sorted({normalize(w) for w in words.degrees}, key=len, reverse=True)
+        self._measures = sorted({normalize(w) for w in words.measures}, key=len, reverse=True)
+
+    def changed(self, norm: str, negation: frozenset[str],
+                read: list[tuple[int, int]] = ()) -> list[tuple[int, int, str, str, bool]]:
+        """(start, end, name, type, negated) of each thing written with how it changed that the KB names
+        (白细胞偏高 -> 白细胞增多, 血压有点高 -> 高血压, 牙龈发炎 -> 牙龈炎): the longest thing right before the
+        change word (degree words such as 有点 between; a measure word such as 比率 after the thing left out;
+        a body part also in its KB forms) whose name made by one of the change's templates is a KB symptom
+        or disease. A negation among the degree words (血糖不高) makes a negated mention. A change word that a
+        name of ``read`` (mention spans) already takes in with what comes before it is left as read (血脂高, a
+        colloquial name of 高脂血症)."""
+        if self._change_re is None:
+            return []
+        out = []
+        for m in self._change_re.finditer(norm):
+            if any(e == m.end() and s < m.start() for s, e in read):
+                continue
+            end, negated = m.start(), False
+            while True:
+                word = next((d for d in self._degrees if norm.endswith(d, 0, end)), None)
+                if word is None:
+                    break
+                negated = negated or word in negation or any(c in word for c in negation)
+                end -= len(word)
+            found = self._changed_name(norm, end, m.group(0))
+            if found:
+                out.append((found[0], m.end(), found[1], found[2], negated))
+        return out
+
+    def _changed_name(self, norm: str, end: int, change: str) -> tuple[int, str, str] | None:
+        """(start, name, type) of the longest thing ending at ``end`` that names a KB entity with ``change``:
+        a name with an entry of its own first (血压高: 高血压, not the value 血压升高), else the first template's."""
+        for start in range(max(0, end - MAX_THING), end - 1):
+            thing = norm[start:end]
+            if not all(_is_han(c) or c.isalnum() for c in thing):
+                continue
+            for w in self._measures:
+                if thing.endswith(w) and len(thing) - len(w) >= 2:
+                    thing = thing[:-len(w)]
+                    break
+            found = [(name, etype) for form in (thing, *self._parts.get(thing, ()))
+                     for name in (t.replace("{x}", form) for t in self._changes[change])
+                     for etype in [self._exists(name)] if etype]
+            if found:
+                name, etype = next((f for f in found if self._subject(f[0])), found[0])
+                return start, name, etype
+        return None
 
     def name_for(self, part: str, feeling: str) -> tuple[str, str] | None:
         for p in self._parts[part]:
@@ -125,6 +182,9 @@ class Composer:
         return out
 
 
+MAX_THING = 8  # characters of the thing a change word is written after (白细胞偏高: 白细胞)
+
+
 def _word_bounds(norm: str) -> tuple[set[int], set[int]]:
     """Start and end offsets of jieba's words of ``norm``."""
     import jieba
@@ -146,7 +206,7 @@ def refine(kb, text: str, mentions: list[Mention]) -> list[Mention]:
     from qihuang.kb.lexicon import load_lexicon
 
     negation = frozenset(load_lexicon().negation.cues)
-    composed = comp.compose(norm, negation)
+    composed = comp.compose(norm, negation) + comp.changed(norm, negation, [(m.start, m.end) for m in kept])
     best: dict[str, tuple] = {}
     for s, e, name, etype, neg in composed:  # one mention per name: a non-negated one when there is one
         if name not in best or (best[name][4] and not neg):
@@ -316,15 +376,15 @@ def _typos(kb, text: str, norm: str, mentions: list[Mention], asked: list[tuple[
 
 def composer_for(kb) -> Composer:
     """The composer of ``kb``: candidate names checked against its symptom and disease nodes."""
-    names: dict[str, str] = {}
+    names: dict[str, tuple[str, bool]] = {}
 
-    def exists(name: str) -> str | None:
+    def row(name: str) -> tuple[str, bool]:
         if name not in names:
-            row = kb.conn.execute("SELECT type FROM entities WHERE name = ?", (name,)).fetchone()
-            names[name] = row[0] if row and row[0] in _SYMPTOM_TYPES else ""
-        return names[name] or None
+            found = kb.conn.execute("SELECT type, is_subject FROM entities WHERE name = ?", (name,)).fetchone()
+            names[name] = (found[0], bool(found[1])) if found and found[0] in _SYMPTOM_TYPES else ("", False)
+        return names[name]
 
-    return Composer(load_symptom_words(), exists)
+    return Composer(load_symptom_words(), lambda name: row(name)[0] or None, lambda name: row(name)[1])
 
 
 __all__ = ["Composer", "SymptomWords", "composer_for", "load_symptom_words", "refine"]
