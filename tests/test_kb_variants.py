@@ -29,6 +29,7 @@ ROWS = [
     {"中心词": "高尿酸血症", "常见症状": ["关节痛"], "就诊科室": ["内分泌科"]},
     {"中心词": "慢性白血病", "常见症状": ["白细胞增多", "淋巴细胞增多", "血糖升高"], "就诊科室": ["血液内科"]},
     {"中心词": "牙周病", "常见症状": ["牙龈炎", "牙龈出血"], "就诊科室": ["口腔科"]},
+    {"中心词": "好医生", "适应症": ["感冒"], "不良反应": ["皮疹"], "成份": ["板蓝根"]},  # a brand that is also words
 ]
 
 
@@ -79,6 +80,11 @@ def test_a_negated_feeling_makes_a_negated_mention_and_a_later_one_wins(kb):
 ])
 def test_a_thing_written_with_how_it_changed_names_a_kb_symptom(kb, text, expected):
     assert [(m.name, m.negated) for m in kb.link(text).entities] == expected
+
+
+def test_a_drug_name_that_starts_inside_a_common_word_is_no_mention(kb):
+    assert names(kb, "您好医生，我最近牙痛") == ["牙痛"]  # 您好 is a greeting; 好医生 a brand
+    assert names(kb, "好医生有什么副作用") == ["好医生"]  # written on its own it is the brand
 
 
 def test_a_body_part_alone_is_no_entity_of_a_question(kb):

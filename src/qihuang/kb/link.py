@@ -115,9 +115,12 @@ class Linker:
         name: written after an unknown word (jieba segments the text before it into a word its
         dictionary lacks: 阿兹|夫定片, 莫诺|拉韦胶囊), or followed by a few more characters and then a form
         word (瑞思坦胶囊: the stem is 瑞思坦). A known word before (吃瑞思, 我在吃夫定片) is no part of it.
-        Likewise a value-only name written right after Latin letters (HPV疫苗: a vaccine the KB lacks)."""
+        Likewise a value-only name written right after Latin letters (HPV疫苗: a vaccine the KB lacks), and a
+        drug name that starts inside a common word (您好医生: 好医生 is a brand, 您好 a greeting)."""
         inside = {i for i, (s, _e, p) in enumerate(spans)
                   if p[4] and s > 0 and norm[s - 1].isascii() and norm[s - 1].isalpha() and (not i or spans[i - 1][1] < s)}
+        inside |= _inside_words(norm, [(i, s) for i, (s, _e, p) in enumerate(spans)
+                                       if p[1] in _PRODUCTS and s > 0 and _is_han(norm[s - 1])])
         short = [i for i, (s, e, p) in enumerate(spans) if p[1] == "drug" and e - s < self._min_stem and i not in inside]
         inside |= {i for i in short if self._continues_left(norm, spans[i][0], spans[i - 1][1] if i else 0)
                    or self._continues_right(norm, spans[i][1], spans[i + 1][0] if i + 1 < len(spans) else len(norm))}
@@ -378,6 +381,22 @@ def _marked(norm: str, mentions: list[Mention] | None) -> str | None:
     for s, e, mark in spans:
         chars[s:e] = mark * (e - s)
     return "".join(chars)
+
+
+_PRODUCTS = frozenset({"drug", "herb", "formula"})  # names that are often ordinary words too (brands)
+COMMON_WORD = 100  # jieba dictionary frequency of a common word (as the noise rule's min_word_freq)
+
+
+def _inside_words(norm: str, starts: list[tuple[int, int]]) -> set[int]:
+    """Of (index, start) pairs, the indices whose start falls inside a common word of ``norm`` (jieba's
+    dictionary word of frequency at least :data:`COMMON_WORD`, all Han characters) that begins before it."""
+    if not starts:
+        return set()
+    import jieba
+
+    words = [(s, e) for w, s, e in jieba.tokenize(norm, HMM=False)
+             if e - s > 1 and all(_is_han(c) for c in w) and jieba.dt.FREQ.get(w, 0) >= COMMON_WORD]
+    return {i for i, start in starts if any(s < start < e for s, e in words)}
 
 
 def _clause_ids(norm: str) -> list[int]:
