@@ -49,8 +49,9 @@ class Linker:
         self._forms, self._asking = forms, asking  # multi-attribute question forms; what marks an asking clause
         self._descriptive = descriptive  # cause wording inside a description (X引起的Y), no question
         self._marked_forms = [bool(MARKS.intersection(p.pattern)) for p, *_rest in forms]  # forms that read mentions
+        self._reads_mentions = {d: any(m and f[2] == d for m, f in zip(self._marked_forms, forms)) for d in (False, True)}
         self._asked_for: tuple[str, bytearray | None] = ("", None)  # the last text's asking clauses
-        self._forms_for: tuple[tuple, list] = ((), [])  # the last text's question-form spans
+        self._forms_for: tuple[str, list] = ("\0", [])  # the last text's question-form spans (of unmarked forms)
         self._object_types = object_types or {}  # attribute -> type of its values ("examinations" -> examination)
         self._yields_to = yields_to or {}
         self._negation, self._max_gap = negation, max_gap
@@ -119,8 +120,8 @@ class Linker:
         drug name that starts inside a common word (您好医生: 好医生 is a brand, 您好 a greeting)."""
         inside = {i for i, (s, _e, p) in enumerate(spans)
                   if p[4] and s > 0 and norm[s - 1].isascii() and norm[s - 1].isalpha() and (not i or spans[i - 1][1] < s)}
-        inside |= _inside_words(norm, [(i, s) for i, (s, _e, p) in enumerate(spans)
-                                       if p[1] in _PRODUCTS and s > 0 and _is_han(norm[s - 1])])
+        inside |= _inside_words(norm, [(i, s, e) for i, (s, e, p) in enumerate(spans) if p[1] in _PRODUCTS and
+                                       e - s <= BRAND_LENGTH and s > 0 and _is_han(norm[s - 1])])
         short = [i for i, (s, e, p) in enumerate(spans) if p[1] == "drug" and e - s < self._min_stem and i not in inside]
         inside |= {i for i in short if self._continues_left(norm, spans[i][0], spans[i - 1][1] if i else 0)
                    or self._continues_right(norm, spans[i][1], spans[i + 1][0] if i + 1 < len(spans) else len(norm))}
@@ -296,19 +297,25 @@ class Linker:
         :data:`MARKS` character in its pattern) counts in any clause of a text that asks: it reads the story
         told (吃了X后…). An attribute the form asks ``only_with`` some entity types needs a mention of one.
         With ``alternatives`` each match also says whether its attributes are one group of alternatives."""
+        if asks is None:  # forms read questions only, never statements
+            return []
         out = []
-        types = {m.type for m in mentions or () if not m.negated}
+        types = None
+        marked_text = _marked(norm, mentions) if self._reads_mentions[described] else None
         for (_pattern, attrs, only_described, only_with, one_group), found, marked in zip(
-                self._forms, self._all_forms(norm, _marked(norm, mentions)), self._marked_forms):
+                self._forms, self._all_forms(norm, marked_text), self._marked_forms):
             if only_described != described:
                 continue
-            attrs = tuple(a for a in attrs if a not in only_with or only_with[a] & types)
-            if not attrs:
-                continue
+            if only_with:
+                if types is None:
+                    types = {m.type for m in mentions or () if not m.negated}
+                attrs = tuple(a for a in attrs if a not in only_with or only_with[a] & types)
+                if not attrs:
+                    continue
             for start, end in found:
                 if any((end <= s <= end + 1) or (start - 1 <= e <= start) or (s <= start < e) for s, e in cues):
                     continue  # a cue over its start or right next to it says what is asked (不能吃 of 能不能吃 does not)
-                if asks is not None and (asks[start] or marked):  # forms read questions only, never statements
+                if asks[start] or marked:
                     out.append((start, end, attrs, one_group) if alternatives else (start, end, attrs))
                     break
         return sorted(out, key=lambda x: x[0])
@@ -317,13 +324,14 @@ class Linker:
         """Per question form, the spans it matches in ``norm`` (remembered for the last text); a form that
         reads mentions matches ``marked`` (``norm`` with mentions replaced by :data:`MARKS`), or nothing."""
         memo = self._forms_for  # one read: another thread may replace it (a server links in several)
-        key = (norm, marked)
-        if key != memo[0]:
-            memo = (key, [[m.span() for m in p.finditer(marked)] if marks and marked is not None
-                          else [] if marks else [m.span() for m in p.finditer(norm)]
-                          for (p, *_rest), marks in zip(self._forms, self._marked_forms)])
+        if norm != memo[0]:
+            memo = (norm, [[] if marks else [m.span() for m in p.finditer(norm)]
+                           for (p, *_rest), marks in zip(self._forms, self._marked_forms)])
             self._forms_for = memo
-        return memo[1]
+        if marked is None or not any(self._marked_forms):
+            return memo[1]
+        return [[m.span() for m in p.finditer(marked)] if marks else found
+                for (p, *_rest), marks, found in zip(self._forms, self._marked_forms, memo[1])]
 
     def question_spans(self, norm: str) -> list[tuple[int, int]]:
         """[start, end) of the question wording of normalized text: cues, question forms and asking words
@@ -385,18 +393,27 @@ def _marked(norm: str, mentions: list[Mention] | None) -> str | None:
 
 _PRODUCTS = frozenset({"drug", "herb", "formula"})  # names that are often ordinary words too (brands)
 COMMON_WORD = 100  # jieba dictionary frequency of a common word (as the noise rule's min_word_freq)
+BRAND_LENGTH = 4  # product names this short may be ordinary words too (好医生); longer ones are not checked
 
 
-def _inside_words(norm: str, starts: list[tuple[int, int]]) -> set[int]:
-    """Of (index, start) pairs, the indices whose start falls inside a common word of ``norm`` (jieba's
-    dictionary word of frequency at least :data:`COMMON_WORD`, all Han characters) that begins before it."""
-    if not starts:
+def _inside_words(norm: str, spans: list[tuple[int, int, int]]) -> set[int]:
+    """Of (index, start, end) spans, the indices whose start falls inside a common word (jieba's dictionary
+    word of frequency at least :data:`COMMON_WORD`, all Han characters) that begins before it, as jieba
+    segments the span with the few characters before it."""
+    if not spans:
         return set()
     import jieba
 
-    words = [(s, e) for w, s, e in jieba.tokenize(norm, HMM=False)
-             if e - s > 1 and all(_is_han(c) for c in w) and jieba.dt.FREQ.get(w, 0) >= COMMON_WORD]
-    return {i for i, start in starts if any(s < start < e for s, e in words)}
+    out = set()
+    for i, start, end in spans:
+        low = start - 1
+        while low > 0 and start - low < 3 and _is_han(norm[low - 1]):
+            low -= 1
+        for w, s, e in jieba.tokenize(norm[low:end], HMM=False):
+            if s < start - low < e and all(_is_han(c) for c in w) and jieba.dt.FREQ.get(w, 0) >= COMMON_WORD:
+                out.add(i)
+                break
+    return out
 
 
 def _clause_ids(norm: str) -> list[int]:

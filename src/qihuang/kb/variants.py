@@ -111,8 +111,8 @@ class Composer:
             return []
         out = []
         for m in self._change_re.finditer(norm):
-            if any(e == m.end() and s < m.start() for s, e in read):
-                continue
+            if any((e == m.end() and s < m.start()) or (s <= m.start() and m.end() <= e) for s, e in read):
+                continue  # read with what comes before it (血脂高), or part of a name (高 of 高血压)
             end, negated = m.start(), False
             while True:
                 word = next((d for d in self._degrees if norm.endswith(d, 0, end)), None)
@@ -376,15 +376,12 @@ def _typos(kb, text: str, norm: str, mentions: list[Mention], asked: list[tuple[
 
 def composer_for(kb) -> Composer:
     """The composer of ``kb``: candidate names checked against its symptom and disease nodes."""
-    names: dict[str, tuple[str, bool]] = {}
-
-    def row(name: str) -> tuple[str, bool]:
-        if name not in names:
-            found = kb.conn.execute("SELECT type, is_subject FROM entities WHERE name = ?", (name,)).fetchone()
-            names[name] = (found[0], bool(found[1])) if found and found[0] in _SYMPTOM_TYPES else ("", False)
-        return names[name]
-
-    return Composer(load_symptom_words(), lambda name: row(name)[0] or None, lambda name: row(name)[1])
+    names: dict[str, tuple[str, bool]] = {name: (etype, bool(is_subject)) for name, etype, is_subject in kb.conn.execute(
+        f"SELECT name, type, is_subject FROM entities WHERE type IN ({','.join('?' * len(_SYMPTOM_TYPES))})",
+        _SYMPTOM_TYPES)}
+    missing = ("", False)
+    return Composer(load_symptom_words(), lambda name: names.get(name, missing)[0] or None,
+                    lambda name: names.get(name, missing)[1])
 
 
 __all__ = ["Composer", "SymptomWords", "composer_for", "load_symptom_words", "refine"]
