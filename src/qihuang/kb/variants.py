@@ -111,8 +111,9 @@ class Composer:
             return []
         out = []
         for m in self._change_re.finditer(norm):
-            if any((e == m.end() and s < m.start()) or (s <= m.start() and m.end() <= e) for s, e in read):
-                continue  # read with what comes before it (血脂高), or part of a name (高 of 高血压)
+            if any((e == m.end() and s < m.start()) or (s <= m.start() and m.end() <= e and (s, e) != m.span())
+                   for s, e in read):
+                continue  # read with what comes before it (血脂高), or part of a longer name (高 of 高血压)
             end, negated = m.start(), False
             while True:
                 word = next((d for d in self._degrees if norm.endswith(d, 0, end)), None)
