@@ -261,16 +261,12 @@ class Linker:
             if g not in groups:
                 groups.append(g)
         asked = {a for g in groups for a in g}
-        for _start, _end, attrs, alternatives in self._form_matches(
-                norm, asks, described=False, cues=[(s, e) for s, e, _g in found], mentions=mentions, alternatives=True):
-            if alternatives:  # one group: asked already when any of it is
-                if asked.isdisjoint(attrs):
-                    asked.update(attrs)
-                    groups.append(tuple(attrs))
-                continue
-            new = tuple(a for a in attrs if a not in asked)
-            asked.update(new)
-            groups += [(a,) for a in new]
+        for _start, _end, attrs in self._form_matches(norm, asks, described=False, cues=[(s, e) for s, e, _g in found],
+                                                      mentions=mentions):
+            for a in attrs:
+                if a not in asked:
+                    asked.add(a)
+                    groups.append((a,))
         return groups
 
     def cue_spans(self, norm: str) -> list[tuple[int, int]]:
@@ -289,20 +285,19 @@ class Linker:
                                                              for end in things)])
 
     def _form_matches(self, norm: str, asks: bytearray | None, described: bool, cues: list[tuple[int, int]],
-                      mentions: list[Mention] | None = None, alternatives: bool = False) -> list[tuple]:
+                      mentions: list[Mention] | None = None) -> list[tuple[int, int, tuple[str, ...]]]:
         """(start, end, attributes) of the first match of every question form (kb_schema.yaml
         ``question_forms``, those for symptom descriptions or the others) in an asking clause and not right
         next to a cue (``cues``: spans), which says what is asked there (治疗什么病, 还能吃别的药吗); none in a
         text that asks nothing (an answer being verified). A form that reads the question's mentions (a
         :data:`MARKS` character in its pattern) counts in any clause of a text that asks: it reads the story
-        told (吃了X后…). An attribute the form asks ``only_with`` some entity types needs a mention of one.
-        With ``alternatives`` each match also says whether its attributes are one group of alternatives."""
+        told (吃了X后…). An attribute the form asks ``only_with`` some entity types needs a mention of one."""
         if asks is None:  # forms read questions only, never statements
             return []
         out = []
         types = None
         marked_text = _marked(norm, mentions) if self._reads_mentions[described] else None
-        for (_pattern, attrs, only_described, only_with, one_group), found, marked in zip(
+        for (_pattern, attrs, only_described, only_with), found, marked in zip(
                 self._forms, self._all_forms(norm, marked_text), self._marked_forms):
             if only_described != described:
                 continue
@@ -316,7 +311,7 @@ class Linker:
                 if any((end <= s <= end + 1) or (start - 1 <= e <= start) or (s <= start < e) for s, e in cues):
                     continue  # a cue over its start or right next to it says what is asked (不能吃 of 能不能吃 does not)
                 if asks[start] or marked:
-                    out.append((start, end, attrs, one_group) if alternatives else (start, end, attrs))
+                    out.append((start, end, attrs))
                     break
         return sorted(out, key=lambda x: x[0])
 
