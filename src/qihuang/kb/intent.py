@@ -51,7 +51,7 @@ def mask_mentions(text: str, mentions) -> str:
 
 def training_examples(book=None, none: tuple[str, ...] | None = None) -> list[tuple[str, str | None]]:
     """(masked question, attribute or None) pairs from the phrasebook and the overview wordings."""
-    from qihuang.datagen.phrasings import load_phrasebook
+    from qihuang.phrasebook import load_phrasebook
     from qihuang.kb.lexicon import load_lexicon
 
     book = book or load_phrasebook()
