@@ -296,7 +296,7 @@ def _record(sample: FactSample, qa: dict[str, str]) -> dict:
 
 def run_synth_cli(args) -> int:
     """``qihuang data synth``."""
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
 
     stats = synthesize(args.db, args.out, options_from_args(SynthOptions, args), progress=not args.json)
     if args.json:
