@@ -160,13 +160,13 @@ class LexicalIndex:
 
     def search(self, kb, text: str, asked: list[tuple[str, ...]], max_values: int | None) -> list[Fact]:
         """Facts of the matched entities (asked attributes, else defaults), ``via="lexical"``."""
-        from qihuang.kb.retrieve import _direct
+        from qihuang.kb.retrieve import entity_facts
 
         facts: list[Fact] = []
         for name, _score in self.match(text):
             row = kb.lookups.row(name)
             if row:
-                facts.extend(_direct(kb, row[0], name, row[2], asked, max_values, "lexical", name))
+                facts.extend(entity_facts(kb, row[0], name, row[2], asked, max_values, "lexical", name))
         return facts
 
 

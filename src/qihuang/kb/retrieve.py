@@ -297,8 +297,8 @@ def _asked_groups(groups: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
     return [g for g in ([a for a in g if a != ALIAS] for g in groups) if g]
 
 
-def _direct(kb, entity_id: int, name: str, etype: str, asked: list[tuple[str, ...]], max_values: int | None,
-            via: str = "direct", anchor: str = "", spare: list[Fact] | None = None) -> list[Fact]:
+def entity_facts(kb, entity_id: int, name: str, etype: str, asked: list[tuple[str, ...]], max_values: int | None,
+                 via: str = "direct", anchor: str = "", spare: list[Fact] | None = None) -> list[Fact]:
     """An entity's asked attributes (per cue group, the first one it has), else its type's defaults.
     ``spare``: also receives the type's default facts, fetched in the same query, for when nothing asked
     is held (the stand-in of :func:`_lookup`)."""
@@ -352,7 +352,7 @@ def _value_drug(kb, name: str, asked: list[tuple[str, ...]], limit: int, max_val
     product = look.product_for(name) if rest else None
     row = look.row(product) if product else None
     if row and row[1]:
-        own = _direct(kb, row[0], product, "drug", rest, max_values, "two_hop", name)
+        own = entity_facts(kb, row[0], product, "drug", rest, max_values, "two_hop", name)
         if own:
             facts += [Fact(product, "ingredients", "成份", name, "two_hop", name)] + own
     return facts
@@ -403,7 +403,7 @@ def _symptom_facts(kb, candidates: list[dict], evidence: dict[str, dict[str, str
         disease = cand["disease"]
         anchor = "、".join(cand["evidence"])
         row = look.row(disease)
-        own = _direct(kb, row[0], disease, "disease", want, max_values, "symptom", anchor) if row else []
+        own = entity_facts(kb, row[0], disease, "disease", want, max_values, "symptom", anchor) if row else []
         if not own:
             continue
         facts.extend(Fact(disease, "symptoms", rel, s, "symptom", anchor) for s, rel in evidence[disease].items())
@@ -489,7 +489,7 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
         if row[1]:
             anchor = m.name if via != "direct" else ""
             spare: list[Fact] = []
-            found = _direct(kb, row[0], m.name, m.type, asked, max_values, via, anchor, spare)
+            found = entity_facts(kb, row[0], m.name, m.type, asked, max_values, via, anchor, spare)
             hops = _two_hop_wanted(asked, found) if m.type == "disease" else []
             if hops:
                 found += _two_hop(kb, m.name, row[0], hops, max_values)
