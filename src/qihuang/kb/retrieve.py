@@ -298,29 +298,18 @@ def _asked_groups(groups: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
 
 
 def entity_facts(kb, entity_id: int, name: str, etype: str, asked: list[tuple[str, ...]], max_values: int | None,
-                 via: str = "direct", anchor: str = "", spare: list[Fact] | None = None) -> list[Fact]:
-    """An entity's asked attributes (per cue group, the first one it has), else its type's defaults.
-    ``spare``: also receives the type's default facts, fetched in the same query, for when nothing asked
-    is held (the stand-in of :func:`_lookup`)."""
-    defaults = kb.schema.defaults_for(etype)
+                 via: str = "direct", anchor: str = "") -> list[Fact]:
+    """An entity's asked attributes (per cue group, the first one it has), else its type's defaults."""
     if not asked:
-        found = kb._facts_by_id(entity_id, name, defaults, max_values)
+        found = kb._facts_by_id(entity_id, name, kb.schema.defaults_for(etype), max_values)
     else:
-        wanted = [a for g in asked for a in g]
-        extra = [a for a in defaults if a not in wanted] if spare is not None else []
-        found = kb._facts_by_id(entity_id, name, wanted + extra, max_values)
+        found = kb._facts_by_id(entity_id, name, [a for g in asked for a in g], max_values)
         present = {f.attribute for f in found}
         chosen = {next((a for a in g if a in present), None) for g in asked}
-        if extra:  # only when nothing asked is held does this stand in, so the asked ones can't be among them
-            spare.extend(_via(f, via, anchor) for f in found if f.attribute in defaults)
         found = [f for f in found if f.attribute in chosen]
     if via == "direct" and not anchor:
         return found
-    return [_via(f, via, anchor) for f in found]
-
-
-def _via(f: Fact, via: str, anchor: str) -> Fact:
-    return f if via == "direct" and not anchor else Fact(f.entity, f.attribute, f.relation, f.value, via, anchor)
+    return [Fact(f.entity, f.attribute, f.relation, f.value, via, anchor) for f in found]
 
 
 def _reverse(kb, name: str, etype: str, asked: list[tuple[str, ...]], limit: int) -> list[Fact]:
@@ -481,15 +470,14 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
     facts: list[Fact] = []
     answered: set[str] = set()
     missing: list[tuple[str, str]] = []
-    stand_in: list[tuple[Mention, list[Fact]]] = []
+    stand_in: list[tuple[int, Mention, str]] = []
     for m in named:
         row = rows[m.name]
         if row is None or m.name in symptoms:
             continue
         if row[1]:
             anchor = m.name if via != "direct" else ""
-            spare: list[Fact] = []
-            found = entity_facts(kb, row[0], m.name, m.type, asked, max_values, via, anchor, spare)
+            found = entity_facts(kb, row[0], m.name, m.type, asked, max_values, via, anchor)
             hops = _two_hop_wanted(asked, found) if m.type == "disease" else []
             if hops:
                 found += _two_hop(kb, m.name, row[0], hops, max_values)
@@ -499,7 +487,7 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
             if lacking:  # what the KB does not hold is said; when nothing else answers, the entity's facts stand in
                 missing += [(m.name, g[0]) for g in lacking]
                 if not found:
-                    stand_in.append((m, spare))
+                    stand_in.append((row[0], m, anchor))
         elif m.type == "drug":
             found = _value_drug(kb, m.name, asked, limit, max_values)
         else:
@@ -508,7 +496,8 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
             answered.add(m.name)
         facts.extend(found)
     if not facts and stand_in:  # nothing answers what is asked: the first such entity's own facts
-        m, facts = stand_in[0]
+        eid, m, anchor = stand_in[0]
+        facts = entity_facts(kb, eid, m.name, m.type, [], max_values, via, anchor)
         answered.add(m.name)
     candidates: list[dict] = []
     about = answered | {m.name for m in named if m.name not in symptoms and rows[m.name] and rows[m.name][1]}
