@@ -278,10 +278,9 @@ class _Steps:
         done.ids[r].append(token)
         if job.stop_hit is not None and job.stop_hit(r, done.ids[r]):
             done.stopped[r] = True
-            return True
-        if job.on_step is not None and job.on_step(done.ids):
+        if job.on_step is not None and job.on_step(done.ids):  # a streaming consumer sees the stop's token too
             self.halted = True
-        return self.halted
+        return self.halted or done.stopped[r]
 
 
 def _runs(rows: list[list[int]]) -> list[list[int]]:
@@ -334,7 +333,7 @@ class CT2Decoder:
             step = _Steps(job, done, index)
             generator.generate_batch([[self.vocab[t] for t in job.rows[i]] for i in index],
                                      max_length=params.max_new_tokens, include_prompt_in_result=False,
-                                     end_token=sorted(job.terminators) or None, callback=step,
+                                     end_token=sorted(job.terminators), callback=step,
                                      **sampling_kwargs(params))
             if step.halted:
                 break
