@@ -170,7 +170,7 @@ def check_greedy(engines: dict, prompts: list[str], tokens: int) -> None:
         print("MISMATCH: a decoder does not reproduce generate's greedy output at the same weights")
         sys.exit(2)
     ref = generate_ids(engines["generate fp32"], prompts, tokens, force=True)
-    for name in [n for n in ("qihuang default", "lean int8") if n in engines]:
+    for name in [n for n in ("qihuang default", "lean int8", "qihuang llama.cpp Q4_1") if n in engines]:
         got = engine_ids(engines[name], prompts, tokens, ends=False)
         first = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(ref, got)]
         same = [sum(x == y for x, y in zip(a, b)) for a, b in zip(ref, got)]
