@@ -7,11 +7,11 @@ from __future__ import annotations
 import threading
 
 import pytest
+from engine_checks import check_stop_cuts_like, check_stream_matches_generate, write_visible_adapter
 from streams import drain
 
 from qihuang.engines.base import GenerationParams
 from qihuang.engines.load import load_engine
-from qihuang.engines.streaming import clean_text
 from qihuang.errors import ConfigError
 
 PROMPTS = ["偏头痛的症状", "感冒应该吃什么药？请详细回答。", "What are the symptoms of migraine?",
@@ -95,24 +95,13 @@ def test_batch_equals_one_by_one_and_counts_tokens(engines):
 
 def test_stream_gives_the_generated_text(engines):
     fp32, int8, _ = engines
-    for engine in (fp32, int8):
-        params = GenerationParams(max_new_tokens=12)
-        pieces, result = drain(engine.stream(PROMPTS[2], params))
-        expected = engine.generate([PROMPTS[2]], params)[0]
-        assert len(pieces) > 1 and clean_text("".join(pieces)) == expected.text == result.text
-        assert result == expected
+    check_stream_matches_generate(fp32, PROMPTS[2])
+    check_stream_matches_generate(int8, PROMPTS[2])
 
 
 def test_stop_strings_cut_like_the_lean_loop(engines):
     fp32, _, lean = engines
-    full = fp32.generate([PROMPTS[1]], GenerationParams(max_new_tokens=16))[0].text
-    stop = full[len(full) // 2: len(full) // 2 + 2]
-    params = GenerationParams(max_new_tokens=16, stop=[stop])
-    got = fp32.generate([PROMPTS[1]], params)[0]
-    assert got.text == full[: full.find(stop)].strip() and got.finish_reason == "stop"
-    assert got.completion_tokens < 16
-    assert got == lean.generate([PROMPTS[1]], params)[0]
-    assert "".join(fp32.stream(PROMPTS[1], params)).strip() == got.text
+    check_stop_cuts_like(fp32, lean, PROMPTS[1])
 
 
 def test_a_terminator_ends_a_row_and_is_not_kept(engines):
@@ -198,11 +187,7 @@ def test_one_token_prompts_batch_with_longer_ones(engines):
 
 # ---- conversion and its cache --------------------------------------------------------------------
 def test_the_conversion_is_cached_and_a_changed_model_converts_anew(tiny_llama, tmp_path, monkeypatch, needs_ct2):
-    import torch
-    from peft import LoraConfig, get_peft_model
-
     from qihuang.engines import ct2
-    from qihuang.models.load import load_model
 
     first = load_engine(str(tiny_llama), template="med_template", dtype="float32", backend="ct2")
     path = first.decoder.path
@@ -212,19 +197,12 @@ def test_the_conversion_is_cached_and_a_changed_model_converts_anew(tiny_llama, 
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(ct2, "write_model", no_conversion)
-    assert load_engine(str(tiny_llama), template="med_template", dtype="float32", backend="ct2").decoder.path == path
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:
+        patched.setattr(ct2, "write_model", no_conversion)
+        again = load_engine(str(tiny_llama), template="med_template", dtype="float32", backend="ct2")
+    assert again.decoder.path == path
 
-    torch.manual_seed(1)
-    peft = get_peft_model(load_model(str(tiny_llama), dtype="float32", trainable=True),
-                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)  # a visible change (lora_B starts at zero)
-    adapter = tmp_path / "adapter"
-    peft.save_pretrained(adapter)
+    adapter = write_visible_adapter(tiny_llama, tmp_path / "adapter", ["q_proj", "v_proj", "down_proj"])
     tuned = load_engine(str(tiny_llama), adapter=str(adapter), template="med_template", dtype="float32",
                         backend="ct2")
     lean = load_engine(str(tiny_llama), adapter=str(adapter), template="med_template", dtype="float32", backend="hf")
@@ -252,13 +230,16 @@ def test_unconvertible_models_fall_back_or_are_refused(tmp_path, monkeypatch, ca
     glm = build_tiny_model(tmp_path / "glm", "glm")
     with caplog.at_level("WARNING"):
         engine = load_engine(str(glm))
-    assert engine.decoder.name == "lean" and "CTranslate2 cannot run" in caplog.text and "'glm'" in caplog.text
+    assert engine.decoder.name == "lean" and "ct2 cannot run" in caplog.text and "'glm'" in caplog.text
     with pytest.raises(ConfigError, match="'ct2' cannot run"):
         load_engine(str(glm), backend="ct2")
     with pytest.raises(ConfigError, match="int8 or float32"):
         load_engine(str(glm), backend="ct2", dtype="bfloat16")
 
 
-def test_dtype_pinned_by_the_caller_keeps_the_transformers_path(tiny_llama, needs_ct2):
+def test_dtype_pinned_by_the_caller_keeps_the_transformers_path(tiny_llama, needs_ct2, monkeypatch):
+    from qihuang.engines import llamacpp
+
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
     assert load_engine(str(tiny_llama), dtype="float32").decoder.name == "lean"
     assert load_engine(str(tiny_llama), quantize="int8").decoder.name == "lean"

@@ -48,6 +48,14 @@ def _native_backend(backend: str, device: str, decoder: str, quantize: str | Non
     return None
 
 
+def _unavailable(backend: str, kind: str, name: str, why: str) -> None:
+    """An explicit ``kind`` backend that cannot run the model is refused; under "auto" the reason is logged."""
+    if backend == kind:
+        raise ConfigError(f"engine backend {kind!r} cannot run {name!r}: {why}")
+    nxt = "trying llama.cpp, else the transformers backend" if kind == "ct2" else "using the transformers backend"
+    log.warning("engine: %s cannot run %r (%s); %s", kind, name, why, nxt)
+
+
 def _ct2_decoder(hf_model, tokenizer, model, adapter, name: str, backend: str, dtype: str, quantize: str | None):
     """A :class:`~qihuang.engines.ct2.CT2Decoder` for the model, or None (reason logged) under "auto"."""
     from qihuang.engines import ct2
@@ -55,10 +63,7 @@ def _ct2_decoder(hf_model, tokenizer, model, adapter, name: str, backend: str, d
     weights = ct2.choose_compute(dtype, quantize)
     path, why = ct2.ct2_for(hf_model, tokenizer, model, adapter, weights)
     if path is None:
-        if backend == "ct2":
-            raise ConfigError(f"engine backend 'ct2' cannot run {name!r}: {why}")
-        log.warning("engine: CTranslate2 cannot run %r (%s); trying the next backend", name, why)
-        return None
+        return _unavailable(backend, "ct2", name, why)
     log.info("engine: CTranslate2 on %s (%s weights)", path, weights)
     return ct2.CT2Decoder(path, weights)
 
@@ -70,10 +75,7 @@ def _llamacpp_decoder(hf_model, tokenizer, model, adapter, name: str, backend: s
 
     path, weights = llamacpp.gguf_for(hf_model, tokenizer, model, adapter, gguf_type)
     if path is None:
-        if backend == "llamacpp":
-            raise ConfigError(f"engine backend 'llamacpp' cannot run {name!r}: {weights}")
-        log.warning("engine: llama.cpp cannot run %r (%s); using the transformers backend", name, weights)
-        return None
+        return _unavailable(backend, "llamacpp", name, weights)
     log.info("engine: llama.cpp on %s (%s weights)", path, weights)
     return llamacpp.LlamaCppDecoder(path, context_length(hf_model, tokenizer), n_seq=batch_size, weights=weights)
 
