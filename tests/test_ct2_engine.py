@@ -243,3 +243,18 @@ def test_dtype_pinned_by_the_caller_keeps_the_transformers_path(tiny_llama, need
     monkeypatch.setattr(llamacpp, "available", lambda: False)
     assert load_engine(str(tiny_llama), dtype="float32").decoder.name == "lean"
     assert load_engine(str(tiny_llama), quantize="int8").decoder.name == "lean"
+
+
+def test_an_engine_dropped_right_after_generating_is_freed_safely(engines):
+    """The generator must never be freed on its own worker thread (the process would abort)."""
+    import gc
+
+    from qihuang.engines.ct2 import CT2Decoder
+    from qihuang.engines.hf import HFEngine
+
+    fp32, _, _ = engines
+    for _ in range(30):
+        engine = HFEngine(fp32.model, fp32.tokenizer, fp32.template, decoder=CT2Decoder(fp32.decoder.path, "float32"))
+        assert engine.generate(PROMPTS[1:3], GenerationParams(max_new_tokens=2, stop=["。。"]))[0].completion_tokens
+        del engine
+        gc.collect()

@@ -37,6 +37,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from qihuang.engines.base import GenerationParams
@@ -283,6 +284,21 @@ class _Steps:
         return self.halted or done.stopped[r]
 
 
+def _weak_callback(step: _Steps):
+    """``step`` as CTranslate2's callback, through a weak reference. CTranslate2's worker thread may drop
+    the callback after ``generate_batch`` has returned; were that the last reference to the engine (and
+    so to the generator), the generator would be destroyed on its own worker thread, which then joins
+    itself and aborts the process ("Resource deadlock avoided"). Through a weak reference the callback
+    holds nothing but itself."""
+    ref = weakref.ref(step)
+
+    def callback(result) -> bool:
+        target = ref()
+        return True if target is None else target(result)
+
+    return callback
+
+
 def _runs(rows: list[list[int]]) -> list[list[int]]:
     """Row indices per ``generate_batch`` call. CTranslate2 forwards each prompt but its last token at
     once; when one prompt of the batch is a single token (nothing to forward), it feeds every prompt of
@@ -333,7 +349,7 @@ class CT2Decoder:
             step = _Steps(job, done, index)
             generator.generate_batch([[self.vocab[t] for t in job.rows[i]] for i in index],
                                      max_length=params.max_new_tokens, include_prompt_in_result=False,
-                                     end_token=sorted(job.terminators), callback=step,
+                                     end_token=sorted(job.terminators), callback=_weak_callback(step),
                                      **sampling_kwargs(params))
             if step.halted:
                 break
