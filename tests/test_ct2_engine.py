@@ -38,14 +38,11 @@ def needs_ct2():
 @pytest.fixture(scope="module")
 def engines(tiny_llama, tmp_path_factory):
     pytest.importorskip("ctranslate2")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("QIHUANG_HOME", str(tmp_path_factory.mktemp("qh_ct2")))
-    try:
+    with pytest.MonkeyPatch.context() as home:  # conversions go to this module's own $QIHUANG_HOME
+        home.setenv("QIHUANG_HOME", str(tmp_path_factory.mktemp("qh_ct2")))
         fp32 = load_engine(str(tiny_llama), template="med_template", dtype="float32", backend="ct2", batch_size=4)
         int8 = load_engine(str(tiny_llama), template="med_template", batch_size=4)  # auto
         lean = load_engine(str(tiny_llama), template="med_template", dtype="float32", backend="hf", batch_size=4)
-    finally:
-        mp.undo()
     yield fp32, int8, lean
     fp32.close()
     int8.close()
