@@ -6,11 +6,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from streams import drain
+from engine_checks import check_stop_cuts_like, check_stream_matches_generate, write_visible_adapter
 
 from qihuang.engines.base import GenerationParams
 from qihuang.engines.load import load_engine
-from qihuang.engines.streaming import clean_text
 from qihuang.errors import ConfigError
 
 PROMPTS = ["偏头痛的症状", "感冒应该吃什么药？请详细回答。", "What are the symptoms of migraine?",
@@ -86,22 +85,12 @@ def test_batch_equals_one_by_one(engines):
 
 def test_stream_gives_the_generated_text(engines):
     cpp, _ = engines
-    params = GenerationParams(max_new_tokens=12)
-    pieces, result = drain(cpp.stream(PROMPTS[2], params))
-    expected = cpp.generate([PROMPTS[2]], params)[0]
-    assert len(pieces) > 1 and clean_text("".join(pieces)) == expected.text == result.text
-    assert result == expected
+    check_stream_matches_generate(cpp, PROMPTS[2])
 
 
 def test_stop_strings_cut_like_the_lean_loop(engines):
     cpp, lean = engines
-    full = cpp.generate([PROMPTS[1]], GenerationParams(max_new_tokens=16))[0].text
-    stop = full[len(full) // 2: len(full) // 2 + 2]
-    params = GenerationParams(max_new_tokens=16, stop=[stop])
-    got = cpp.generate([PROMPTS[1]], params)[0]
-    assert got.text == full[: full.find(stop)].strip() and got.finish_reason == "stop"
-    assert got == lean.generate([PROMPTS[1]], params)[0]
-    assert "".join(cpp.stream(PROMPTS[1], params)).strip() == got.text
+    check_stop_cuts_like(cpp, lean, PROMPTS[1])
 
 
 def test_cancellation_ends_rows_at_the_next_step(engines):
@@ -145,20 +134,7 @@ def test_batches_larger_than_the_context_run_in_groups(engines):
 
 def test_a_merged_lora_adapter_runs_with_the_same_ids(tiny_llama, tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp")
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from qihuang.models.load import load_model
-
-    torch.manual_seed(1)
-    peft = get_peft_model(load_model(str(tiny_llama), dtype="float32", trainable=True),
-                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)  # a visible change (lora_B starts at zero)
-    adapter = tmp_path / "adapter"
-    peft.save_pretrained(adapter)
+    adapter = write_visible_adapter(tiny_llama, tmp_path / "adapter", ["q_proj", "k_proj", "v_proj", "down_proj"])
     cpp = load_engine(str(tiny_llama), adapter=str(adapter), template="med_template", dtype="float32",
                       backend="llamacpp", gguf_type="f32")
     lean = load_engine(str(tiny_llama), adapter=str(adapter), template="med_template", dtype="float32", backend="hf")

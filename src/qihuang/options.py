@@ -92,7 +92,7 @@ class ModelOptions(Options):
     template: str | None = TEMPLATE
     engine: Annotated[Literal[ENGINES], Cli(deprecated=("backend",))] = Field(
         "auto", description="generation backend: auto = the best one for the model and machine, hf = transformers, "
-        "llamacpp = llama.cpp (.gguf), vllm = GPU serving (`pip install vllm`; loads a merged export); "
+        "ct2 = CTranslate2 (int8 on CPU), llamacpp = llama.cpp (.gguf), vllm = GPU serving (`pip install vllm`; loads a merged export); "
         "those not installed are refused")
     dtype: Dtype = Field("auto", description="weights dtype (auto: bf16 on GPUs and CPUs with native bf16, "
                          "else float32)")

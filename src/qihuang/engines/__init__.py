@@ -6,7 +6,8 @@
 - ``streaming``  a producer in, text pieces and a result out (hold-back of stop strings, cancellation)
 - ``decoding``   what a decoder gets (``DecodeJob``) and gives back (``Decoded``); the shared per-step pieces
 - ``hf``         ``HFEngine`` (transformers tokenizer + model) and ``GenerateDecoder`` (transformers' generate)
-- ``lean``       ``LeanDecoder``: qihuang's decode loop over a static KV cache (the CPU default)
+- ``ct2``        ``CT2Decoder``: CTranslate2 (int8 weights, converted once from the model: the CPU default)
+- ``lean``       ``LeanDecoder``: qihuang's decode loop over a static KV cache (the torch path on CPU)
 - ``llamacpp``   ``LlamaCppDecoder``: the same loop with llama.cpp as the forward pass
 - ``vllm``       ``VLLMEngine`` (GPU, optional)
 - ``int8``       weight-only int8 linear layers (opt-in)

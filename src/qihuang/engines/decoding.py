@@ -2,10 +2,10 @@
 
 :class:`~qihuang.engines.hf.HFEngine` owns the tokenizer, the template, stop strings, usage counts
 and streaming; a *decoder* only turns a :class:`DecodeJob` (left-padded ids, the callbacks) into
-:class:`Decoded` ids. Three decoders exist, each in its backend's module and none importing another:
+:class:`Decoded` ids. Four decoders exist, each in its backend's module and none importing another:
 transformers' ``generate`` (:class:`~qihuang.engines.hf.GenerateDecoder`), qihuang's own loop over a
-static cache (:class:`~qihuang.engines.lean.LeanDecoder`) and llama.cpp
-(:class:`~qihuang.engines.llamacpp.LlamaCppDecoder`).
+static cache (:class:`~qihuang.engines.lean.LeanDecoder`), CTranslate2
+(:class:`~qihuang.engines.ct2.CT2Decoder`) and llama.cpp (:class:`~qihuang.engines.llamacpp.LlamaCppDecoder`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ context window, stop strings (the request's plus the template's), usage counts f
 finish reasons, cancellation, streaming (:func:`~qihuang.engines.streaming.stream_generation`) and
 ``loglikelihood`` on the transformers model. Which code turns a batch of ids into new ids is its
 ``decoder`` (composition, not subclassing): :class:`GenerateDecoder` here (transformers'
-``generate``), :class:`~qihuang.engines.lean.LeanDecoder` (qihuang's loop, the CPU default) or
+``generate``), :class:`~qihuang.engines.lean.LeanDecoder` (qihuang's loop),
+:class:`~qihuang.engines.ct2.CT2Decoder` (CTranslate2, the CPU default) or
 :class:`~qihuang.engines.llamacpp.LlamaCppDecoder` (llama.cpp). See :mod:`qihuang.engines.decoding`.
 
 Stop strings with :class:`GenerateDecoder`: transformers' ``StopStringCriteria`` (what
