@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
 
+from qihuang.answer.evidence import Evidence, context_facts, evidence_of  # noqa: F401  (re-exported)
 from qihuang.answer.verify_config import VerifyConfig, load_config, parse_config  # noqa: F401  (re-exported)
 from qihuang.kb.lexicon import load_lexicon
 from qihuang.kb.normalize import normalize
@@ -57,6 +57,7 @@ STATUSES = ("supported", "wrong_attribute", "unsupported", "negated")
 BAD = ("wrong_attribute", "unsupported")
 _SENTENCE_END = "。！？!?；;"
 _CLAUSE_BREAK = re.compile(r"[，,]")
+_PIECE_END = re.compile(r"[。！？!?；;\n]|$")  # jieba segments across none of these (they are tokens of their own)
 LONG_VALUE = 4  # a fact value this long is matched without word boundaries (jieba cuts 有全/髋关节 in 有全髋关节置换术)
 BARE_CHARS = 4  # a clause with at most this many characters besides its names continues the cue before it
 _CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -162,57 +163,6 @@ def split_units(text: str, config: VerifyConfig | None = None) -> list[Unit]:
 # ---------------------------------------------------------------- verification
 
 
-@lru_cache(maxsize=1 << 16)
-def _value_forms(value: str, fillers: tuple[str, ...], prefixes: tuple[str, ...]) -> tuple[str, ...]:
-    """A fact value normalized, and without a trailing filler (过敏性肺炎等 -> 过敏性肺炎) or a leading one
-    (用于吐血 -> 吐血). Cached: the same KB values come back in request after request."""
-    value = normalize(value.strip())
-    forms = [value] + [value[: -len(x)] for x in fillers if value.endswith(x) and len(value) - len(x) >= 2][:1]
-    forms += [value[len(x):] for x in prefixes if value.startswith(x) and len(value) - len(x) >= 2][:1]
-    return tuple(forms)
-
-
-def _fact_index(facts, fillers: tuple[str, ...] = (), prefixes: tuple[str, ...] = ()) -> dict[str, dict[str, set[str]]]:
-    """normalized value (and its forms, :func:`_value_forms`) -> entity -> attributes."""
-    index: dict[str, dict[str, set[str]]] = {}
-    for f in facts:
-        for form in _value_forms(f.value, tuple(fillers), tuple(prefixes)):
-            index.setdefault(form, {}).setdefault(f.entity, set()).add(f.attribute)
-    return index
-
-
-def _shift(mentions, start: int, end: int) -> list:
-    return [replace(m, start=m.start - start, end=m.end - start) for m in mentions if m.start >= start and m.end <= end]
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What a text is verified against, indexed once (an answer plan keeps it for all its checks):
-    ``index``: normalized value -> cited entity -> attributes of the facts in the prompt; ``context``:
-    the same for the cited entities' other KB facts (naming one of those under the wrong attribute is
-    wrong_attribute); ``values``: both indexes' values, longest first."""
-
-    index: dict[str, dict[str, set[str]]]
-    context: dict[str, dict[str, set[str]]]
-    entities: frozenset[str]
-    values: tuple[str, ...]
-    index_values: tuple[str, ...]  # ``index``'s alone, longest first
-
-
-def evidence_of(kb, facts, context=None, config: VerifyConfig | None = None) -> Evidence:
-    """The :class:`Evidence` of ``facts`` (``context``: the cited entities' other facts, default looked up)."""
-    config = config or load_config()
-    facts = list(facts or [])
-    if context is None:
-        context = context_facts(kb, facts)
-    entities = frozenset(f.entity for f in facts)
-    index = _fact_index(facts, config.value_fillers, config.value_prefixes)
-    other = _fact_index([f for f in context if f.entity in entities and f.attribute != "alias"],
-                        config.value_fillers, config.value_prefixes)
-    return Evidence(index, other, entities, tuple(sorted({*index, *other}, key=len, reverse=True)),
-                    tuple(sorted(index, key=len, reverse=True)))
-
-
 class _Checker:
     """Verification of one text (state shared by the steps)."""
 
@@ -220,7 +170,8 @@ class _Checker:
         self.kb, self.text, self.config = kb, text, config
         self.linker = kb.linker
         self.mentions = kb.find_entities(text)
-        self.cuts = word_boundaries(text)
+        self.memo = evidence.memo
+        self.cuts = self._word_boundaries(text)
         self.index, self.context, self.fact_entities = evidence.index, evidence.context, evidence.entities
         self._all_values, self._index_values = evidence.values, evidence.index_values
         known = getattr(getattr(kb, "schema", None), "attributes", None)
@@ -245,11 +196,30 @@ class _Checker:
                 return i
         return len(self.units) - 1
 
+    def _word_boundaries(self, text: str) -> set[int]:
+        """:func:`~qihuang.segment.word_boundaries` of ``text``, sentence by sentence (jieba cuts at every
+        sentence end, so the pieces give the same boundaries), each sentence's remembered in ``memo``."""
+        cuts, start = {0, len(text)}, 0
+        for m in _PIECE_END.finditer(text):
+            end = m.end()
+            piece = text[start:end]
+            found = self.memo.get(("cuts", piece))
+            if found is None:
+                found = self.memo[("cuts", piece)] = frozenset(word_boundaries(piece))
+            cuts.update(start + c for c in found)
+            start = end
+        return cuts
+
     def _groups(self, start: int, end: int) -> list[tuple[str, ...]]:
-        """The linker's cue groups of [start, end), names masked (a cue inside a name, 继发 in 继发性肾病, is none)."""
+        """The linker's cue groups of [start, end), names masked (a cue inside a name, 继发 in 继发性肾病, is none);
+        each masked stretch's remembered in ``memo``."""
         if end <= start:
             return []
-        return self.linker.detect_attribute_groups(self.masked[start:end], [])
+        stretch = self.masked[start:end]
+        found = self.memo.get(("cues", stretch))
+        if found is None:
+            found = self.memo[("cues", stretch)] = self.linker.detect_attribute_groups(stretch, [])
+        return found
 
     def presented(self, start: int, end: int, etype: str | None = None) -> list[str]:
         """The attributes the text presents the span [start, end) as (module docstring rule)."""
@@ -484,11 +454,6 @@ def verify(kb, text: str, facts, question_attributes: list[str] | None = None, *
     config = config or load_config()
     evidence = evidence or evidence_of(kb, facts, context, config)
     return Verification(_Checker(kb, text, evidence, question_attributes, exclude or set(), min_support, config).run())
-
-
-def context_facts(kb, facts) -> list:
-    """All KB facts of the entities ``facts`` cite (what :func:`verify` checks wrong attributes against)."""
-    return [f for e in dict.fromkeys(f.entity for f in facts) for f in kb.facts(e)] if facts else []
 
 
 def question_names(kb, texts: list[str]) -> set[str]:
