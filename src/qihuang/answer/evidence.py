@@ -81,7 +81,8 @@ class EntityIndexes:
         self._by_kb: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def get(self, kb, entity: str, config: VerifyConfig) -> dict[str, frozenset[str]]:
-        version = (kb.conn.total_changes, config.value_fillers, config.value_prefixes)
+        changes = getattr(getattr(kb, "conn", None), "total_changes", None)  # rows the KB's connection changed
+        version = (changes, config.value_fillers, config.value_prefixes)
         with self._lock:
             held = self._by_kb.get(kb)
             if held is None or held[0] != version:
@@ -90,9 +91,17 @@ class EntityIndexes:
             if entity in memo:
                 memo.move_to_end(entity)
                 return memo[entity]
-        facts = [f for f in kb.facts(entity) if f.attribute != ALIAS and f.entity == entity]
-        index = {form: frozenset(by[entity]) for form, by in
-                 fact_index(facts, config.value_fillers, config.value_prefixes).items()}
+        fillers, prefixes = tuple(config.value_fillers), tuple(config.value_prefixes)
+        found: dict[str, set[str]] = {}
+        for f in kb.facts(entity):
+            if f.attribute != ALIAS and f.entity == entity:
+                for form in _value_forms(f.value, fillers, prefixes):
+                    attrs = found.get(form)
+                    if attrs is None:
+                        found[form] = {f.attribute}
+                    else:
+                        attrs.add(f.attribute)
+        index = {form: frozenset(attrs) for form, attrs in found.items()}
         with self._lock:
             memo[entity] = index
             while len(memo) > self.kept:

@@ -45,6 +45,7 @@ or list item (or the list's lead-in; else any cited entity).
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, field, replace
 
 from qihuang.answer.evidence import Evidence, context_facts, evidence_of  # noqa: F401  (re-exported)
@@ -163,6 +164,35 @@ def split_units(text: str, config: VerifyConfig | None = None) -> list[Unit]:
 # ---------------------------------------------------------------- verification
 
 
+class Boundaries:
+    """The jieba word boundaries of a text (``pos in boundaries``: as in
+    :func:`~qihuang.segment.word_boundaries`), found sentence by sentence when a position of the sentence is
+    first asked about: jieba cuts at every sentence end (a token of its own), so a sentence's boundaries are
+    the same alone as inside the text, and a sentence without a name is never segmented. Each sentence's are
+    remembered in ``memo`` (an answer's checks read the same sentences again)."""
+
+    def __init__(self, text: str, memo: dict | None = None):
+        self.text, self.memo = text, memo if memo is not None else {}
+        self.ends = [m.end() for m in _PIECE_END.finditer(text)]  # where each sentence ends
+        self._found: dict[int, frozenset[int]] = {}
+
+    def __contains__(self, pos: object) -> bool:
+        if not isinstance(pos, int) or not 0 <= pos <= len(self.text):
+            return False
+        i = bisect_right(self.ends, pos)
+        start = self.ends[i - 1] if i else 0
+        if pos == start or i == len(self.ends):
+            return True  # a sentence's start (the end of the one before it) or the text's end
+        found = self._found.get(i)
+        if found is None:
+            piece = self.text[start:self.ends[i]]
+            cuts = self.memo.get(("cuts", piece))
+            if cuts is None:
+                cuts = self.memo[("cuts", piece)] = frozenset(word_boundaries(piece))
+            found = self._found[i] = frozenset(start + c for c in cuts)
+        return pos in found
+
+
 class _Checker:
     """Verification of one text (state shared by the steps)."""
 
@@ -171,7 +201,7 @@ class _Checker:
         self.linker = kb.linker
         self.mentions = kb.find_entities(text)
         self.memo = evidence.memo
-        self.cuts = self._word_boundaries(text)
+        self.cuts = Boundaries(text, self.memo)
         self.index, self.context, self.fact_entities = evidence.index, evidence.context, evidence.entities
         self._all_values, self._index_values = evidence.values, evidence.index_values
         known = getattr(getattr(kb, "schema", None), "attributes", None)
@@ -195,20 +225,6 @@ class _Checker:
             if u.start <= pos < u.end:
                 return i
         return len(self.units) - 1
-
-    def _word_boundaries(self, text: str) -> set[int]:
-        """:func:`~qihuang.segment.word_boundaries` of ``text``, sentence by sentence (jieba cuts at every
-        sentence end, so the pieces give the same boundaries), each sentence's remembered in ``memo``."""
-        cuts, start = {0, len(text)}, 0
-        for m in _PIECE_END.finditer(text):
-            end = m.end()
-            piece = text[start:end]
-            found = self.memo.get(("cuts", piece))
-            if found is None:
-                found = self.memo[("cuts", piece)] = frozenset(word_boundaries(piece))
-            cuts.update(start + c for c in found)
-            start = end
-        return cuts
 
     def _groups(self, start: int, end: int) -> list[tuple[str, ...]]:
         """The linker's cue groups of [start, end), names masked (a cue inside a name, 继发 in 继发性肾病, is none);
