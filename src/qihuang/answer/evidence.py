@@ -53,9 +53,12 @@ class Context(Mapping):
     def __init__(self, parts: dict[str, dict[str, frozenset[str]]]):
         self._parts = parts
 
+    def get(self, form: str, default=None):
+        return {e: index[form] for e, index in self._parts.items() if form in index} or default
+
     def __getitem__(self, form: str) -> dict[str, frozenset[str]]:
-        found = {e: index[form] for e, index in self._parts.items() if form in index}
-        if not found:
+        found = self.get(form)
+        if found is None:
             raise KeyError(form)
         return found
 

@@ -218,7 +218,10 @@ class _Checker:
         for s, e in self.name_spans:
             chars[s:e] = [_MASK] * (e - s)
         self.masked = "".join(chars)
-        self.object_types = {k: a.object_type for k, a in kb.schema.attributes.items()} if hasattr(kb, "schema") else {}
+        self.object_types = self.memo.get("object_types")
+        if self.object_types is None:
+            self.object_types = self.memo["object_types"] = \
+                {k: a.object_type for k, a in kb.schema.attributes.items()} if hasattr(kb, "schema") else {}
 
     def unit_of(self, pos: int) -> int:
         for i, u in enumerate(self.units):
