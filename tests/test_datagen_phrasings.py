@@ -7,11 +7,11 @@ import random
 import pytest
 import yaml
 
-from qihuang.datagen.phrasings import (answer_for, clean_value, compose_answer, followup_for, join_values,
-                                       load_phrasebook, questions_for)
+from qihuang.datagen.phrasings import answer_for, clean_value, compose_answer, followup_for, join_values, questions_for
 from qihuang.errors import ConfigError
 from qihuang.kb.schema import ATTRIBUTES
 from qihuang.paths import resource
+from qihuang.phrasebook import load_phrasebook
 
 MAIN = ["symptoms", "drugs", "treatment", "department", "indications", "adverse_reactions", "contraindications",
         "dosage", "cause", "complications", "examinations", "precautions", "ingredients", "interactions",

@@ -314,7 +314,7 @@ def test_kb_link_takes_a_department_list(tiny_db, tmp_path, capsys):
 
 def test_answer_options_carry_the_department_list(kb, tmp_path):
     from qihuang.cli import build_parser
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
     from qihuang.options import AnswerOptions
 
     ours = tmp_path / "ours.txt"

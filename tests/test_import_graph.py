@@ -104,3 +104,16 @@ def test_each_package_imports_alone(package):
     done = subprocess.run([sys.executable, "-c", f"import qihuang.{package}"], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_kb_never_imports_datagen():
+    """Question understanding reads the phrasebook from ``qihuang.phrasebook``, not from data generation:
+    no kb module imports datagen (lazy imports included), and training the intent detector's examples loads none."""
+    found = [(name, target) for name, path in MODULES.items() if _package(name) == "kb"
+             for target, _ in _imports(path) if target.split(".")[:2] == ["qihuang", "datagen"]]
+    assert found == []
+    code = ("import sys, qihuang.kb.intent as intent; intent.training_examples(); "
+            "sys.exit(sorted(m for m in sys.modules if m.startswith('qihuang.datagen')) or 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=120)
+    assert done.returncode == 0, done.stderr

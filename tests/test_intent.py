@@ -60,7 +60,24 @@ def test_default_is_cached_under_qihuang_home(qihuang_home, monkeypatch):
     monkeypatch.setattr(intent_mod, "_MEMO", {})
     monkeypatch.setattr(IntentDetector, "train", classmethod(lambda *a, **k: pytest.fail("retrained")))
     again = IntentDetector.default()
-    assert again.labels == first.labels and np.array_equal(again.coef, first.coef)
+    assert again.labels == first.labels and np.array_equal(again.model.coef, first.model.coef)
+
+
+@pytest.mark.parametrize("bump", ["detector", "classifier"])
+def test_a_new_format_never_loads_an_older_cache(qihuang_home, monkeypatch, bump):
+    monkeypatch.setattr(intent_mod, "_MEMO", {})
+    small = IntentDetector.train(SMALL, threshold=0.5)
+    monkeypatch.setattr(IntentDetector, "train", classmethod(lambda *a, **k: small))
+    IntentDetector.default()
+    monkeypatch.setattr(intent_mod, "_MEMO", {})
+    if bump == "detector":
+        monkeypatch.setattr(intent_mod, "CACHE_FORMAT", intent_mod.CACHE_FORMAT + 1)
+    else:
+        monkeypatch.setattr(intent_mod.textclf, "FORMAT", intent_mod.textclf.FORMAT + 1)
+    trained = []
+    monkeypatch.setattr(IntentDetector, "train", classmethod(lambda *a, **k: trained.append(1) or small))
+    IntentDetector.default()
+    assert trained == [1] and len(list((qihuang_home / "cache").glob("intent-*.joblib"))) == 2
 
 
 @pytest.fixture(scope="module")

@@ -210,7 +210,7 @@ def test_link_yields_to_and_cues_inside_value_entities(kb):
 def test_every_question_phrasing_retrieves_its_own_attribute(kb):
     """Data building and grounding agree: each phrasing of an attribute, asked about an entity that
     has it, makes ``link`` retrieve that attribute's facts and no other's."""
-    from qihuang.datagen.phrasings import load_phrasebook
+    from qihuang.phrasebook import load_phrasebook
 
     book = load_phrasebook()
     rows = kb.conn.execute("SELECT DISTINCT e.name, e.type, t.attribute FROM triples t "

@@ -50,7 +50,7 @@ def test_cmekg_question_phrasings_retrieve_their_own_attribute(cmekg_db):
     import random
     from collections import defaultdict
 
-    from qihuang.datagen.phrasings import load_phrasebook
+    from qihuang.phrasebook import load_phrasebook
     from qihuang.kb import KnowledgeBase
 
     book = load_phrasebook()

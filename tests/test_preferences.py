@@ -246,8 +246,9 @@ def sft_dir(kb, tmp_path_factory) -> Path:
 
 def test_built_records_say_which_answer_pattern_wrote_them(kb, sft_dir):
     from qihuang.datagen.kbview import load_view
-    from qihuang.datagen.phrasings import load_phrasebook, render_answer
+    from qihuang.datagen.phrasings import render_answer
     from qihuang.datagen.preferences import _prepared
+    from qihuang.phrasebook import load_phrasebook
 
     book, views = load_phrasebook(), {v.name: v for v in load_view(kb)}
     records = [r for s in ("train", "dev", "test") for r in read_split(sft_dir, s)]
@@ -276,8 +277,9 @@ def test_a_wrong_or_missing_pattern_is_not_silently_mis_paired(kb, sft_dir, tmp_
     import shutil
 
     from qihuang.datagen.kbview import load_view
-    from qihuang.datagen.phrasings import load_phrasebook, render_answer
+    from qihuang.datagen.phrasings import render_answer
     from qihuang.datagen.preferences import _prepared
+    from qihuang.phrasebook import load_phrasebook
 
     book, views = load_phrasebook(), {v.name: v for v in load_view(kb)}
 

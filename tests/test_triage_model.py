@@ -152,14 +152,24 @@ def test_shipped_model_section():
 
 
 def test_fast_scoring_matches_scikit_learn():
-    from qihuang.answer.triage_model import default_model
+    """The shipped model, scored by hand (textclf.py), says what scikit-learn fitted on the same examples says."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
 
+    from qihuang.answer.triage_model import default_model, prepared_examples
+
+    examples = prepared_examples()
+    vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2, lowercase=False)
+    x = vec.fit_transform(examples.texts)
+    w = weights(examples.labels, 0.1)
+    heads = ([label != "none" for label in examples.labels], [label == "emergency" for label in examples.labels],
+             examples.self_harm)
+    models = [LogisticRegression(C=16.0, solver="liblinear").fit(x, y, sample_weight=w) for y in heads]
     model = default_model()
-    for text in ("我姥姥今天一直迷瞪着，喊了也只哼两声", "宝宝出生十几天  喝奶多少合适", "x", ""):
-        x = model.vectorizer.transform([text])
-        expected = (model.red.predict_proba(x)[0][list(model.red.classes_).index(True)],
-                    model.emergency.predict_proba(x)[0][list(model.emergency.classes_).index(True)])
-        assert model.probabilities(text) == pytest.approx(expected, abs=1e-9)
+    for text in ("我姥姥今天一直迷瞪着，喊了也只哼两声", "宝宝出生十几天  喝奶多少合适", "不想活了", "x", ""):
+        xt = vec.transform([text])
+        expected = [m.predict_proba(xt)[0][list(m.classes_).index(True)] for m in models]
+        assert [*model.probabilities(text), model.self_harm_probability(text)] == pytest.approx(expected, abs=1e-9)
 
 
 def test_training_rows_taken_from_a_question_set_match_it():

@@ -131,12 +131,23 @@ def test_shipped_config_parses():
     config = load_config()
     assert "indications" in config.also_presents["treatment"]
     assert "indications" not in config.also_presents.get("adverse_reactions", ())
-    assert all(config.messages.values()) and config.not_claims and config.negation.search("不会引起")
+    assert all(config.messages.values()) and config.not_claims
+
+
+def test_negation_comes_from_the_one_lexicon_and_an_old_negation_field_is_refused():
+    from qihuang.kb.lexicon import load_lexicon
+
+    assert load_lexicon().negation.negates("不会引起", answer=True)
+    raw = yaml.safe_load(resource("verify.yaml").read_text(encoding="utf-8"))
+    with pytest.raises(ConfigError, match="'negation' is no longer read"):
+        parse_config({**raw, "negation": {"words": ["不"], "verbs": ["有"]}}, "verify.yaml")
+    with pytest.raises(ConfigError, match="unknown field 'negations'"):
+        parse_config({**raw, "negations": []}, "verify.yaml")
 
 
 @pytest.mark.parametrize("field, value", [
     ("also_presents", {"treatment": ["nope"]}), ("also_presents", {"nope": ["drugs"]}), ("list_markers", ["("]),
-    ("negation", {"words": []}), ("messages", {}), ("emergency_withheld", ["nope"]), ("not_claims", []),
+    ("messages", {}), ("emergency_withheld", ["nope"]), ("not_claims", []),
     ("cue_after_connectors", ""), ("value_fillers", None),
 ])
 def test_bad_config_fields_are_named(field, value):

@@ -18,8 +18,6 @@ from qihuang.errors import ConfigError
 from qihuang.flags import Cli, format_errors, split_list
 from qihuang.models.load import _DTYPES as DTYPES
 
-# what other modules still import from here (options, eval, datagen, train, quickstart): qihuang.flags is their home
-from qihuang.flags import BoolOption, add_options, options_from_args  # noqa: F401  (re-exported)
 
 
 STAGES = ("sft", "pt", "rm", "dpo")  # the training stages: qihuang.train.<stage> implements each

@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from qihuang.engines.load import BACKENDS
 from qihuang.answer.policy import DEFAULT_POLICY, POLICIES, UNGROUNDED
-from qihuang.config import Cli, Dtype, split_list
+from qihuang.config import Dtype
+from qihuang.flags import Cli, split_list
 from qihuang.flags import format_errors
 from qihuang.errors import ConfigError
 

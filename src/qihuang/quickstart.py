@@ -207,14 +207,14 @@ def _samples(tuned: Path, base: Path, n: int = 3) -> list[str]:
 
 
 def cmd_quickstart(args) -> int:
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
 
     run_quickstart(options_from_args(QuickstartOptions, args))
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from qihuang.config import add_options
+    from qihuang.flags import add_options
 
     p = sub.add_parser("quickstart", help="the main job: import KB, build data, evaluate, LoRA-tune, evaluate, report")
     add_options(p, QuickstartOptions)

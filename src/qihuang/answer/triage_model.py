@@ -8,28 +8,26 @@ Hand-written patterns catch the wording they were written for and miss new wordi
 care, cosmetic, pregnancy food, drug and cost questions) — most real questions are not emergencies, and a
 model trained on half red flags sees one in every symptom word. Examples are weighted so that red flags
 make up ``red_share`` of the weight (``model.red_share`` in ``red_flags.yaml``), so the probabilities are
-calibrated to that base rate. Three logistic regressions share one character 1-3-gram TF-IDF: red flag
-vs none, emergency vs the rest, and suicidal intent (rows with ``"topic": "self_harm"``) vs the rest. They
-read what the question says now (``Reading.current_text``: negated clauses and past or long-standing
-stretches removed), in training as in use. Trained once per process on first use (about a second);
-refusals stay rule-only.
+calibrated to that base rate. Three logistic regressions share one character 1-3-gram TF-IDF
+(:mod:`qihuang.textclf`): red flag vs none, emergency vs the rest, and suicidal intent (rows with
+``"topic": "self_harm"``) vs the rest. They read what the question says now (``Reading.current_text``:
+negated clauses and past or long-standing stretches removed), in training as in use. Trained once per
+process on first use (about a second); refusals stay rule-only.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from qihuang.errors import ConfigError
 from qihuang.paths import resource
+from qihuang.textclf import TextClassifier, fit
 
 LABELS = ("none", "urgent", "emergency")
 SELF_HARM = "self_harm"
-_SPACES = re.compile(r"\s\s+")
 
 
 @dataclass(frozen=True)
@@ -74,70 +72,32 @@ def weights(labels: list[str], red_share: float) -> list[float]:
 
 @dataclass
 class TriageModel:
-    """Character 1-3-gram TF-IDF and logistic regressions on it: red flag (``urgent`` or ``emergency``) vs
-    ``none``; ``emergency`` vs the rest (a dog bite is a red flag but an urgent one); suicidal intent vs the
-    rest (None when the examples mark none).
+    """A text classifier (:mod:`qihuang.textclf`) with the heads ``red`` (``urgent`` or ``emergency`` vs
+    ``none``), ``emergency`` (vs the rest: a dog bite is a red flag but an urgent one) and, when the examples
+    mark any, ``self_harm`` (suicidal intent vs the rest). Scored from the fitted weights, without
+    scikit-learn."""
 
-    Scoring one question is done here from the fitted weights (the same arithmetic as scikit-learn's
-    ``transform`` and ``predict_proba``, a test checks it), about a hundred times faster for one short text."""
-
-    vectorizer: object
-    red: object
-    emergency: object
-    self_harm: object | None = None
-
-    def __post_init__(self):
-        idf = self.vectorizer.idf_
-        heads = [m for m in (self.red, self.emergency, self.self_harm) if m is not None]
-        coefs = [m.coef_[0] for m in heads]
-        self._terms = {t: (idf[i], *(c[i] for c in coefs)) for t, i in self.vectorizer.vocabulary_.items()}
-        self._bias = [float(m.intercept_[0]) for m in heads]
-        self._sign = [1.0 if m.classes_[1] else -1.0 for m in heads]
-        lo, hi = self.vectorizer.ngram_range
-        self._sizes = range(lo, hi + 1)
-
-    def _probabilities(self, text: str) -> list[float]:
-        text = _SPACES.sub(" ", text)
-        counts: dict[str, int] = {}
-        for n in self._sizes:
-            for i in range(len(text) - n + 1):
-                gram = text[i:i + n]
-                if gram in self._terms:
-                    counts[gram] = counts.get(gram, 0) + 1
-        values = [(1.0 + math.log(c)) * self._terms[g][0] for g, c in counts.items()]
-        norm = math.sqrt(sum(v * v for v in values)) or 1.0
-        out = []
-        for k, (bias, sign) in enumerate(zip(self._bias, self._sign), 1):
-            score = sum(v * self._terms[g][k] for v, g in zip(values, counts)) / norm + bias
-            out.append(_sigmoid(sign * score))
-        return out
+    classifier: TextClassifier
 
     def probabilities(self, text: str) -> tuple[float, float]:
         """(P(red flag), P(emergency)) for prepared ``text`` (``Reading.current_text``)."""
-        red, emergency = self._probabilities(text)[:2]
+        red, emergency = self.classifier.probabilities(text)[:2].tolist()
         return red, emergency
 
     def self_harm_probability(self, text: str) -> float:
         """P(suicidal intent) for prepared ``text`` (0.0 when the model has no self-harm head)."""
-        return self._probabilities(text)[2] if self.self_harm is not None else 0.0
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+        if SELF_HARM not in self.classifier.heads:
+            return 0.0
+        return float(self.classifier.probabilities(text)[self.classifier.heads.index(SELF_HARM)])
 
 
 def build(examples: Examples, c: float = 16.0, red_share: float = 0.1) -> TriageModel:
     """The fitted model on already prepared texts, weighted so red flags carry ``red_share``."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
-    x = vectorizer.fit_transform(examples.texts)
-    w = weights(examples.labels, red_share)
-    fit = lambda y: LogisticRegression(C=c, solver="liblinear", random_state=0).fit(x, y, sample_weight=w)  # noqa: E731
-    self_harm = fit(examples.self_harm) if any(examples.self_harm) else None
-    return TriageModel(vectorizer, fit([label != "none" for label in examples.labels]),
-                       fit([label == "emergency" for label in examples.labels]), self_harm)
+    heads = {"red": [label != "none" for label in examples.labels],
+             "emergency": [label == "emergency" for label in examples.labels]}
+    if any(examples.self_harm):
+        heads[SELF_HARM] = examples.self_harm
+    return TriageModel(fit(examples.texts, heads, c=c, min_df=2, sample_weight=weights(examples.labels, red_share)))
 
 
 def subset(examples: Examples, index) -> Examples:

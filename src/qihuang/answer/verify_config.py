@@ -18,7 +18,6 @@ class VerifyConfig:
     """``resources/verify.yaml``, validated."""
 
     also_presents: dict[str, tuple[str, ...]]
-    negation: re.Pattern
     list_item: re.Pattern
     emergency_withheld: tuple[str, ...]
     emergency_withheld_types: tuple[str, ...]
@@ -31,6 +30,9 @@ class VerifyConfig:
     name_prefixes: tuple[str, ...] = ()
 
 
+_FIELDS = frozenset({"also_presents", "cue_after_connectors", "not_claims", "name_fillers", "name_prefixes",
+                     "value_fillers", "value_prefixes", "list_markers", "emergency_withheld",
+                     "emergency_withheld_types", "messages"})
 _MESSAGES = ("ungrounded_notice", "abstain", "abstain_what_unknown", "abstain_what_entities", "all_dropped",
              "regenerate_instruction", "warning")
 
@@ -39,6 +41,12 @@ def parse_config(raw: dict, where: str = "verify.yaml", attributes: set[str] | N
     """Validate the parsed YAML (errors name the file and field)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping")
+    if "negation" in raw:  # an older verify.yaml: verification reads the one negation lexicon now
+        raise ConfigError(f"{where}: field 'negation' is no longer read: negation words live in lexicon.yaml "
+                          "(negation), shared by linking, triage and verification; remove it")
+    unknown = sorted(set(raw) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(sorted(_FIELDS))}")
     if attributes is None:
         from qihuang.kb.schema import load_schema
 
@@ -56,10 +64,6 @@ def parse_config(raw: dict, where: str = "verify.yaml", attributes: set[str] | N
         for name in (key, *strings(values, f"also_presents.{key}")):
             if name not in attributes:
                 raise ConfigError(f"{where}: field 'also_presents.{key}': unknown attribute {name!r}")
-    neg = raw.get("negation") or {}
-    words = sorted(strings(neg.get("words"), "negation.words"), key=len, reverse=True)
-    verbs = sorted(strings(neg.get("verbs"), "negation.verbs"), key=len, reverse=True)
-    negation = re.compile(f"(?:{'|'.join(map(re.escape, words))})(?:{'|'.join(map(re.escape, verbs))}){{0,2}}$")
     markers = strings(raw.get("list_markers"), "list_markers")
     try:
         list_item = re.compile(r"^\s*(?:" + "|".join(markers) + r")")
@@ -76,7 +80,7 @@ def parse_config(raw: dict, where: str = "verify.yaml", attributes: set[str] | N
     for key in _MESSAGES:
         if not isinstance(messages.get(key), str) or not messages[key].strip():
             raise ConfigError(f"{where}: field 'messages.{key}': expected a non-empty string")
-    return VerifyConfig({k: tuple(v) for k, v in also.items()}, negation, list_item, withheld,
+    return VerifyConfig({k: tuple(v) for k, v in also.items()}, list_item, withheld,
                         strings(raw.get("emergency_withheld_types"), "emergency_withheld_types"),
                         {k: "".join(str(messages[k]).split()) for k in _MESSAGES}, frozenset(connectors),
                         frozenset(normalize(w) for w in strings(raw.get("not_claims"), "not_claims")),

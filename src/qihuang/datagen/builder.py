@@ -26,8 +26,9 @@ from qihuang.datagen.io import DatasetWriter, dataset_info, encode_json
 from qihuang.datagen.kbview import EntityView, load_view
 from qihuang.datagen.scenarios import SymptomIndex, make_scenario
 from qihuang.datagen.splits import Deduper, assign_splits, example_id, may_mention, question_key
-from qihuang.datagen.phrasings import Phrasebook, load_phrasebook, prepare_values, questions_for, render_answer
+from qihuang.datagen.phrasings import prepare_values, questions_for, render_answer
 from qihuang.errors import ConfigError
+from qihuang.phrasebook import Phrasebook, load_phrasebook
 from qihuang.records import make_record
 
 KINDS = ("single", "scenario", "dialogue")  # the kinds `data build` makes (qihuang.records.KINDS: all of them)

@@ -9,7 +9,7 @@ _KB_HELP = "knowledge-base file (default: $QIHUANG_HOME/kb.sqlite)"
 
 
 def cmd_build(args) -> int:
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
     from qihuang.datagen.builder import build_dataset
     from qihuang.options import BuildOptions
 
@@ -26,7 +26,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_knowledge(args) -> int:
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
     from qihuang.datagen.knowledge import build_knowledge
     from qihuang.kb import KnowledgeBase
     from qihuang.options import KnowledgeOptions
@@ -75,7 +75,7 @@ def register(subparsers) -> None:
 
 
 def _add_build(sub) -> None:
-    from qihuang.config import add_options
+    from qihuang.flags import add_options
     from qihuang.options import BuildOptions
 
     b = sub.add_parser("build", help="template-built dataset (questions, scenarios, dialogues) from the KB")
@@ -86,7 +86,7 @@ def _add_build(sub) -> None:
 
 
 def _add_synth(sub) -> None:
-    from qihuang.config import add_options
+    from qihuang.flags import add_options
     from qihuang.options import SynthOptions
 
     s = sub.add_parser("synth", help="LLM-written patient questions and answers from sampled KB facts")
@@ -110,7 +110,7 @@ def _add_prefs(sub) -> None:
 
 
 def _add_knowledge(sub) -> None:
-    from qihuang.config import add_options
+    from qihuang.flags import add_options
     from qihuang.options import KnowledgeOptions
 
     k = sub.add_parser("knowledge", help="knowledge-tuning examples from your questions (link -> facts -> answer)",

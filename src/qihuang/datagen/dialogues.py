@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from qihuang.datagen.kbview import EntityView
-from qihuang.datagen.phrasings import Phrasebook, followup_for, questions_for
+from qihuang.datagen.phrasings import followup_for, questions_for
+from qihuang.phrasebook import Phrasebook
 
 # (entity view, attribute, rng) -> (answer text, knowledge triples); empty text = nothing to say
 AnswerFn = Callable[[EntityView, str, random.Random], tuple[str, list[list[str]]]]

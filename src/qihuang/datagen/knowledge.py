@@ -80,8 +80,8 @@ def build_knowledge(kb, questions: str | Path, out_dir: str | Path, *, phrasings
     from qihuang.answer.grounding import ground
     from qihuang.datagen.io import DatasetWriter, dataset_info
     from qihuang.datagen.splits import Deduper, assign_splits, example_id
-    from qihuang.datagen.phrasings import load_phrasebook
     from qihuang.fileio import atomic_write_text
+    from qihuang.phrasebook import load_phrasebook
 
     t0, book, out = time.perf_counter(), load_phrasebook(phrasings), Path(out_dir)
     linked, unlinked, dedupe = [], [], Deduper()

@@ -41,11 +41,12 @@ from pathlib import Path
 from qihuang.datagen.io import DatasetWriter
 from qihuang.datagen.kbview import EntityView, load_view
 from qihuang.datagen.splits import SPLITS, Deduper, assign_splits, example_id
-from qihuang.datagen.phrasings import (Phrasebook, Phrasing, Prepared, clean_value, is_clause, join_values,
-                                       load_phrasebook, prepare_values, questions_for, render_answer)
+from qihuang.datagen.phrasings import (Prepared, clean_value, is_clause, join_values, prepare_values, questions_for,
+                                       render_answer)
 from qihuang.errors import ConfigError
 from qihuang.fileio import read_yaml
 from qihuang.paths import resource
+from qihuang.phrasebook import Phrasebook, Phrasing, load_phrasebook
 from qihuang.records import RANKING_COLUMNS, read_records
 
 CORRUPTIONS = ("swap", "omission", "unsafe")  # how a rejected answer is made wrong (``corruption`` field)

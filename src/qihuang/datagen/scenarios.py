@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from qihuang.datagen.kbview import EntityView
-from qihuang.datagen.phrasings import Phrasebook, clean_value, is_clause, join_values
+from qihuang.datagen.phrasings import clean_value, is_clause, join_values
 from qihuang.kb.types import Fact
+from qihuang.phrasebook import Phrasebook
 
 _SEP = re.compile(r"[；;、，,/]")
 _ODD = re.compile(r"[A-Za-z0-9<>＜＞≥≤%/=（）()\[\]]")

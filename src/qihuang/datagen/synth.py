@@ -27,11 +27,12 @@ from qihuang.fileio import atomic_write_text, read_yaml
 from qihuang.datagen.kbview import EntityView, load_view
 from qihuang.datagen.llm_client import ChatClient, ReplyCache, RequestFailed, api_key_from_env
 from qihuang.datagen.splits import assign_splits
-from qihuang.datagen.phrasings import clean_value, is_clause, load_phrasebook
+from qihuang.datagen.phrasings import clean_value, is_clause
 from qihuang.errors import ConfigError
 from qihuang.kb.types import Fact
 from qihuang.options import SynthOptions
 from qihuang.paths import resource
+from qihuang.phrasebook import load_phrasebook
 
 CACHE_NAME = "synth_cache.jsonl"
 DROPPED_NAME = "synth_dropped.jsonl"
@@ -295,7 +296,7 @@ def _record(sample: FactSample, qa: dict[str, str]) -> dict:
 
 def run_synth_cli(args) -> int:
     """``qihuang data synth``."""
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
 
     stats = synthesize(args.db, args.out, options_from_args(SynthOptions, args), progress=not args.json)
     if args.json:

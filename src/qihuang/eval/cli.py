@@ -25,7 +25,7 @@ _EPILOG = """examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``eval`` (with its ``compare`` and ``tasks`` subcommands)."""
-    from qihuang.config import add_options
+    from qihuang.flags import add_options
     from qihuang.eval.base import builtin_task_names
     from qihuang.options import AnswerOptions, EvalOptions, GenerationOptions, ModelOptions
 
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_suite(sub: argparse._SubParsersAction) -> None:
-    from qihuang.config import add_options
+    from qihuang.flags import add_options
     from qihuang.options import AnswerOptions, EvalOptions, GenerationOptions, ModelOptions
 
     s = sub.add_parser("suite", help="run a named set of published benchmarks (medical-mcq, general, ...)",
@@ -147,7 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     missing = [f"--{k}" for k in ("task", "data", "out") if not getattr(args, k)]
     if missing:
         raise ConfigError(f"qihuang eval needs {', '.join(missing)} (or a subcommand: suite, compare, tasks)")
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
     from qihuang.eval.runner import run
     from qihuang.options import AnswerOptions, EvalOptions, GenerationOptions, ModelOptions
 
@@ -205,7 +205,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         raise ConfigError(f"qihuang eval suite needs {', '.join(missing)}")
     from functools import cache
 
-    from qihuang.config import options_from_args
+    from qihuang.flags import options_from_args
     from qihuang.eval.report import suite_rows, text_table
     from qihuang.options import AnswerOptions, EvalOptions, GenerationOptions, ModelOptions
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
-from qihuang.config import split_list
+from qihuang.flags import split_list
 from qihuang.errors import ConfigError
 from qihuang.eval.base import Dataset, TaskOption
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import yaml
@@ -119,9 +119,14 @@ class DepartmentBook(_Strict):
         return self
 
     # -- lookups ------------------------------------------------------------------------------
-    @property
+    @cached_property
     def by_name(self) -> dict[str, Department]:
+        # a plain attribute after the first read: pydantic serves private attributes through a slow __getattr__
         return self._by_name
+
+    @cached_property
+    def _families(self) -> dict[str, str]:
+        return {d.name: d.family for d in self.departments}
 
     def _chain(self, name: str) -> list[str]:
         """``name`` and its parents up to the root."""
@@ -144,8 +149,7 @@ class DepartmentBook(_Strict):
         return self._aliases.get(name)
 
     def family(self, name: str) -> str | None:
-        dept = self.by_name.get(name)
-        return dept.family if dept else None
+        return self._families.get(name)
 
     def map_value(self, value: str) -> tuple[str, ...]:
         """The standard departments a KB department value means, primary first (() when none: the value is

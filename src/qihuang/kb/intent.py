@@ -2,12 +2,11 @@
 
 Trained on the data-building question phrasings (``resources/phrasings.yaml``: every patient, clinician
 and follow-up wording of every attribute, with the entity masked) plus the overview wordings of
-``lexicon.yaml`` (``intent.none``: questions that ask nothing specific), as scikit-learn character
-1-3-gram TF-IDF and one logistic regression per attribute (multi-label, one-vs-rest,
-liblinear, balanced class weights; the overview wordings are a label of their own). It is trained at
-first use and cached under ``$QIHUANG_HOME/cache`` keyed by a hash of its training inputs (a second
-process loads it in milliseconds); scoring is done with the learned weights directly (numpy), tens of
-microseconds per question.
+``lexicon.yaml`` (``intent.none``: questions that ask nothing specific), as a character 1-3-gram TF-IDF
+and one logistic regression per attribute (:mod:`qihuang.textclf`: one-vs-rest, liblinear, balanced class
+weights; the overview wordings are a label of their own). It is trained at first use and cached under
+``$QIHUANG_HOME/cache`` keyed by a hash of its training inputs and format (a second process loads it in
+milliseconds); scoring is done with the learned weights directly (numpy), tens of microseconds per question.
 
 How :meth:`qihuang.kb.link.Linker.detect_attribute_groups` combines it with the cues: cues win when
 any fires; otherwise the (at most two) attributes the detector gives at least ``intent.threshold``
@@ -20,18 +19,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
-import re
 from dataclasses import dataclass
 
-import numpy as np
-
+from qihuang import textclf
 from qihuang.fileio import atomic_write_bytes
 from qihuang.kb.normalize import normalize
 
 MASK = "□"  # stands for the entity mention, in training and in use
 NONE = "_none"  # the label of overview wordings: asks for no particular attribute
-_SPACES = re.compile(r"\s\s+")
+CACHE_FORMAT = 2  # the fields of IntentDetector: part of the cache key, so an older pickle is never loaded
 _MEMO: dict[str, "IntentDetector"] = {}
 
 
@@ -51,7 +47,7 @@ def mask_mentions(text: str, mentions) -> str:
 
 def training_examples(book=None, none: tuple[str, ...] | None = None) -> list[tuple[str, str | None]]:
     """(masked question, attribute or None) pairs from the phrasebook and the overview wordings."""
-    from qihuang.datagen.phrasings import load_phrasebook
+    from qihuang.phrasebook import load_phrasebook
     from qihuang.kb.lexicon import load_lexicon
 
     book = book or load_phrasebook()
@@ -66,34 +62,22 @@ def training_examples(book=None, none: tuple[str, ...] | None = None) -> list[tu
 
 @dataclass
 class IntentDetector:
-    """Character n-gram TF-IDF weights and one linear model per attribute."""
+    """A text classifier with one head per attribute (and :data:`NONE`), and the probability threshold."""
 
-    vocabulary: dict[str, int]
-    idf: np.ndarray  # (n_features,)
-    coef: np.ndarray  # (n_features, n_labels)
-    intercept: np.ndarray  # (n_labels,)
-    labels: tuple[str, ...]
+    model: textclf.TextClassifier
     threshold: float
-    ngram: tuple[int, int] = (1, 3)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The attributes (and :data:`NONE`) it scores, in the order of its heads."""
+        return self.model.heads
 
     @classmethod
     def train(cls, examples: list[tuple[str, str | None]], threshold: float, c: float = 10.0) -> "IntentDetector":
         """Fit on (text, attribute or None) pairs (scikit-learn; a second or two for the shipped set)."""
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.multiclass import OneVsRestClassifier
-        from sklearn.preprocessing import MultiLabelBinarizer
-
-        texts = [t for t, _ in examples]
-        binarizer = MultiLabelBinarizer()
-        y = binarizer.fit_transform([[a or NONE] for _, a in examples])
-        vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, lowercase=False)
-        x = vec.fit_transform(texts)
-        model = OneVsRestClassifier(LogisticRegression(C=c, solver="liblinear", class_weight="balanced")).fit(x, y)
-        coef = np.stack([est.coef_[0] for est in model.estimators_], axis=1)
-        intercept = np.array([est.intercept_[0] for est in model.estimators_])
-        return cls(dict(vec.vocabulary_), vec.idf_.astype(np.float64), coef, intercept,
-                   tuple(binarizer.classes_), threshold)
+        labels = [a or NONE for _, a in examples]
+        heads = {label: [x == label for x in labels] for label in sorted(set(labels))}
+        return cls(textclf.fit([t for t, _ in examples], heads, c=c, class_weight="balanced"), threshold)
 
     @classmethod
     def default(cls) -> "IntentDetector":
@@ -107,8 +91,8 @@ class IntentDetector:
 
         cfg = load_lexicon().intent
         examples = training_examples()
-        key = hashlib.sha256(json.dumps([examples, cfg.c, version("scikit-learn")], ensure_ascii=False)
-                             .encode("utf-8")).hexdigest()[:16]
+        inputs = [CACHE_FORMAT, textclf.FORMAT, examples, cfg.c, version("scikit-learn")]
+        key = hashlib.sha256(json.dumps(inputs, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
         if key in _MEMO:
             return _MEMO[key].with_threshold(cfg.threshold)
         path = home() / "cache" / f"intent-{key}.joblib"
@@ -129,26 +113,11 @@ class IntentDetector:
     def with_threshold(self, threshold: float) -> "IntentDetector":
         if threshold == self.threshold:
             return self
-        return IntentDetector(self.vocabulary, self.idf, self.coef, self.intercept, self.labels, threshold, self.ngram)
+        return IntentDetector(self.model, threshold)
 
     def probabilities(self, masked: str) -> dict[str, float]:
         """Probability of each attribute for an already masked, normalized question."""
-        text = _SPACES.sub(" ", masked)
-        vocab = self.vocabulary
-        counts: dict[int, int] = {}
-        for n in range(self.ngram[0], self.ngram[1] + 1):
-            for i in range(len(text) - n + 1):
-                j = vocab.get(text[i:i + n])
-                if j is not None:
-                    counts[j] = counts.get(j, 0) + 1
-        idx = list(counts)
-        weights = [(1.0 + math.log(tf)) * self.idf[j] for j, tf in counts.items()]
-        scores = self.intercept.copy()
-        if idx:
-            w = np.asarray(weights)
-            scores += (w / math.sqrt(float(w @ w))) @ self.coef[idx]
-        probs = 1.0 / (1.0 + np.exp(-scores))
-        return dict(zip(self.labels, probs.tolist()))
+        return dict(zip(self.model.heads, self.model.probabilities(masked).tolist()))
 
     def predict(self, masked: str, top: int = 2) -> list[tuple[str, float]]:
         """Attributes at or above the threshold, most probable first (at most ``top``); nothing when the

@@ -298,18 +298,29 @@ def _asked_groups(groups: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
 
 
 def _direct(kb, entity_id: int, name: str, etype: str, asked: list[tuple[str, ...]], max_values: int | None,
-            via: str = "direct", anchor: str = "") -> list[Fact]:
-    """An entity's asked attributes (per cue group, the first one it has), else its type's defaults."""
+            via: str = "direct", anchor: str = "", spare: list[Fact] | None = None) -> list[Fact]:
+    """An entity's asked attributes (per cue group, the first one it has), else its type's defaults.
+    ``spare``: also receives the type's default facts, fetched in the same query, for when nothing asked
+    is held (the stand-in of :func:`_lookup`)."""
+    defaults = kb.schema.defaults_for(etype)
     if not asked:
-        found = kb._facts_by_id(entity_id, name, kb.schema.defaults_for(etype), max_values)
+        found = kb._facts_by_id(entity_id, name, defaults, max_values)
     else:
-        found = kb._facts_by_id(entity_id, name, [a for g in asked for a in g], max_values)
+        wanted = [a for g in asked for a in g]
+        extra = [a for a in defaults if a not in wanted] if spare is not None else []
+        found = kb._facts_by_id(entity_id, name, wanted + extra, max_values)
         present = {f.attribute for f in found}
         chosen = {next((a for a in g if a in present), None) for g in asked}
+        if extra:  # only when nothing asked is held does this stand in, so the asked ones can't be among them
+            spare.extend(_via(f, via, anchor) for f in found if f.attribute in defaults)
         found = [f for f in found if f.attribute in chosen]
     if via == "direct" and not anchor:
         return found
-    return [Fact(f.entity, f.attribute, f.relation, f.value, via, anchor) for f in found]
+    return [_via(f, via, anchor) for f in found]
+
+
+def _via(f: Fact, via: str, anchor: str) -> Fact:
+    return f if via == "direct" and not anchor else Fact(f.entity, f.attribute, f.relation, f.value, via, anchor)
 
 
 def _reverse(kb, name: str, etype: str, asked: list[tuple[str, ...]], limit: int) -> list[Fact]:
@@ -470,14 +481,15 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
     facts: list[Fact] = []
     answered: set[str] = set()
     missing: list[tuple[str, str]] = []
-    stand_in: list[tuple[int, Mention, str]] = []
+    stand_in: list[tuple[Mention, list[Fact]]] = []
     for m in named:
         row = rows[m.name]
         if row is None or m.name in symptoms:
             continue
         if row[1]:
             anchor = m.name if via != "direct" else ""
-            found = _direct(kb, row[0], m.name, m.type, asked, max_values, via, anchor)
+            spare: list[Fact] = []
+            found = _direct(kb, row[0], m.name, m.type, asked, max_values, via, anchor, spare)
             hops = _two_hop_wanted(asked, found) if m.type == "disease" else []
             if hops:
                 found += _two_hop(kb, m.name, row[0], hops, max_values)
@@ -487,7 +499,7 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
             if lacking:  # what the KB does not hold is said; when nothing else answers, the entity's facts stand in
                 missing += [(m.name, g[0]) for g in lacking]
                 if not found:
-                    stand_in.append((row[0], m, anchor))
+                    stand_in.append((m, spare))
         elif m.type == "drug":
             found = _value_drug(kb, m.name, asked, limit, max_values)
         else:
@@ -496,8 +508,7 @@ def _lookup(kb, mentions: list[Mention], asked: list[tuple[str, ...]], max_value
             answered.add(m.name)
         facts.extend(found)
     if not facts and stand_in:  # nothing answers what is asked: the first such entity's own facts
-        eid, m, anchor = stand_in[0]
-        facts = _direct(kb, eid, m.name, m.type, [], max_values, via, anchor)
+        m, facts = stand_in[0]
         answered.add(m.name)
     candidates: list[dict] = []
     about = answered | {m.name for m in named if m.name not in symptoms and rows[m.name] and rows[m.name][1]}

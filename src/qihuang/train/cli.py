@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from qihuang.config import BoolOption
+from qihuang.flags import BoolOption
 
 _SHORT_HELP = "train a model (sft | pt | rm | dpo) on a dataset; writes adapter/model, metrics and loss.png"
 
 
 def register(subparsers) -> None:
-    from qihuang.config import TrainConfig, add_options, split_list
+    from qihuang.config import TrainConfig
+    from qihuang.flags import add_options, split_list
     from qihuang.train.aliases import aliases
 
     parser = subparsers.add_parser(

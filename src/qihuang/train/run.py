@@ -2,11 +2,12 @@
 
 tokenizer -> template -> stage data -> model (+ LoRA) -> objective -> loop -> output dir.
 
-A stage is a module named in ``STAGES`` with ``prepare_data(config, tokenizer, template) ->
+A stage is the module ``qihuang.train.<stage>`` for each name in :data:`qihuang.config.STAGES` (the one
+stage list), with ``prepare_data(config, tokenizer, template) ->
 StageData`` and, optionally, ``load_model(config, tokenizer)`` (default:
 :func:`qihuang.models.prepare.prepare_model`, which a stage's own calls with its options) and
 ``build_objective(model, config, tokenizer)`` to replace the shared defaults (e.g. a reward
-head or a DPO reference model). Adding a stage is a new module plus one line here.
+head or a DPO reference model). Adding a stage is a new module plus its name in that list.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qihuang import __version__
-from qihuang.config import TrainConfig, build_config
+from qihuang.config import STAGES, TrainConfig, build_config
 from qihuang.errors import ConfigError
 from qihuang.fileio import atomic_write_json
 from qihuang.train.callbacks import Callback, ProgressCallback, plot_losses
@@ -26,7 +27,6 @@ from qihuang.train.callbacks import Callback, ProgressCallback, plot_losses
 if TYPE_CHECKING:  # the loop imports torch: loaded only when training starts
     from qihuang.train.loop import StageData, TrainState
 
-STAGES = {"sft": "qihuang.train.sft", "pt": "qihuang.train.pt", "rm": "qihuang.train.rm", "dpo": "qihuang.train.dpo"}
 CONFIG_FILE = "train_config.yaml"
 
 
@@ -43,10 +43,11 @@ def stage_module(stage: str):
     """The module implementing ``stage`` (clear error if that stage is not available)."""
     if stage not in STAGES:
         raise ConfigError(f"field 'stage': unknown stage {stage!r}; choose one of {sorted(STAGES)}")
+    module = f"qihuang.train.{stage}"
     try:
-        return importlib.import_module(STAGES[stage])
+        return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name == STAGES[stage]:
+        if exc.name == module:
             raise ConfigError(f"field 'stage': stage {stage!r} is not available in this version") from None
         raise
 
