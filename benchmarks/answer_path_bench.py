@@ -19,7 +19,8 @@ worktree, nothing in the repository changes). Each path of each side is measured
 the sides alternating, ``--rounds`` times: after a warm-up on other questions (the linker, the triage
 backstop), one pass over the requests (each new to the process: what a new request costs) and a
 second pass (its caches warm, shown apart). The median CPU milliseconds per request are printed with
-their ratio, the CPU model and flags and the load average. Exits 1 when the ``api`` path is not at
+their ratio, the share of this checkout's spent in ``KnowledgeBase.link`` (retrieval), the CPU model and
+flags and the load average. Exits 1 when the ``api`` path is not at
 least ``--min-ratio`` times cheaper than the baseline's.
 
     QIHUANG_HOME=/work/qh python benchmarks/answer_path_bench.py [--base 6a1f74e] [--rounds 3]
@@ -135,9 +136,28 @@ def _batch(answerer, requests, params) -> None:
         answerer.answer_batch([q for q, _ in chunk], [h for _, h in chunk], params=params)
 
 
+def _time_links(kb_class) -> list[float]:
+    """Count the CPU seconds spent inside ``kb_class.link`` (retrieval: linking and lookups) from now on."""
+    spent, depth, real = [0.0], [0], kb_class.link
+
+    def timed(self, *args, **kwargs):
+        depth[0] += 1
+        start = time.process_time()
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            depth[0] -= 1
+            if depth[0] == 0:  # a link inside a link is counted once
+                spent[0] += time.process_time() - start
+
+    kb_class.link = timed
+    return spent
+
+
 def measure(path: str) -> dict[str, float]:
     """CPU milliseconds per request of ``path``: ``first``, one pass over the requests after a warm-up on
-    other questions (what each new request costs), and ``again``, a second pass (its caches warm)."""
+    other questions (what each new request costs), and ``again``, a second pass (its caches warm); with
+    ``link_first`` and ``link_again``, the part of each spent in ``KnowledgeBase.link`` (retrieval)."""
     from qihuang.answer.answerer import Answerer
     from qihuang.kb import KnowledgeBase
     from qihuang.paths import default_db
@@ -155,13 +175,16 @@ def measure(path: str) -> dict[str, float]:
     params, requests, run = GenerationParams(max_new_tokens=16), _requests(), RUNS[path]
     warm = [*WARM_UP, *MORE_WARM_UP]
     run(answerer, [(q, []) for q in warm], params)  # lazily built parts (not these requests' caches)
+    linking = _time_links(KnowledgeBase)
     out = {}
     for name in ("first", "again"):
         gc.collect()
         gc.disable()  # as timeit does: a collection falls into whichever pass happens to trigger it
+        linking[0] = 0.0
         start = time.process_time()
         run(answerer, requests, params)
         out[name] = 1000 * (time.process_time() - start) / len(requests)
+        out[f"link_{name}"] = 1000 * linking[0] / len(requests)
         gc.enable()
     return out
 
@@ -222,6 +245,10 @@ def main() -> int:
         ratios[p] = first[0] / first[1]
         print(f"{p:>7} {first[0]:>10.2f} {first[1]:>9.2f} {ratios[p]:>5.2f}x   {again[0]:.2f}, {again[1]:.2f}, "
               f"{again[0] / again[1]:.2f}x")
+    for p in PATHS:
+        link = statistics.median(x["link_first"] for x in got["after", p])
+        after = statistics.median(x["first"] for x in got["after", p])
+        print(f"{p:>7} after: {link:.2f} ms/request of it in KnowledgeBase.link (retrieval), {link / after:.0%}")
     print(f"load after: {os.getloadavg()[0]:.2f} (1 min)")
     if ratios["api"] < args.min_ratio:
         print(f"MISSED: api path {ratios['api']:.2f}x < {args.min_ratio}x less CPU per request")

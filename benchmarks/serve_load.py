@@ -14,6 +14,11 @@ model and flags and the load average before, during and after. Before the server
 engine's single-stream decode speed is measured in a separate process (greedy, a short prompt, the
 tokens of an 80-token run minus those of a 16-token run over the time between: prefill excluded).
 
+``--burst`` starts no server: the largest level's requests, planned as the server plans them, go through
+the engine as one burst (as the batching server generates them), once for a single new token (the prefill) and
+once for ``--max-tokens``, with the prefill's GFLOP/s: every request of a burst waits for nearly all of its
+work, so this time bounds the p95 from below (figures only, exit 0).
+
 ``--src DIR`` runs the servers on another source tree (e.g. a baseline's ``src/``, to compare before
 and after); the decode speed is always this checkout's engine. ``--engine`` picks the backend
 (``hf`` = the torch lean engine, ``llamacpp`` when llama-cpp-python is installed).
@@ -94,6 +99,45 @@ def decode_rate(model: str, engine: str, threads: int | None, rounds: int = 3) -
     seconds(16)  # warm-up
     rates = [(80 - 16) / max(1e-9, seconds(80) - seconds(16)) for _ in range(rounds)]
     return statistics.median(rates)
+
+
+def burst_figures(model: str, engine: str, threads: int | None, clients: int, max_tokens: int, batch: int) -> None:
+    """Where the p95 of ``clients`` simultaneous requests goes (this process, no server): their grounded prompts
+    through the engine as the batching server generates them (``batch`` per run), once for 1 new token
+    (prefill) and once for ``max_tokens``; printed with the prompt tokens and the prefill's GFLOP/s (2 x the
+    model's non-embedding parameters per prompt token). Every request of the burst waits for the whole
+    burst's work except the last run's share, so its time bounds the p95 from below."""
+    import torch
+
+    from qihuang.answer.answerer import Answerer
+    from qihuang.engines.base import GenerationParams
+    from qihuang.engines.load import load_engine
+    from qihuang.kb import KnowledgeBase
+    from qihuang.paths import default_db
+
+    if threads:
+        torch.set_num_threads(threads)
+    eng = load_engine(model, backend=engine, batch_size=batch)
+    if threads and hasattr(eng.decoder, "threads"):
+        eng.decoder.threads = threads
+    answerer = Answerer(eng, KnowledgeBase.open(default_db()))
+    plans = [answerer.plan(QUESTIONS[c % len(QUESTIONS)], [], None, None, max_tokens) for c in range(clients)]
+    prompts = [p.prompt for p in plans if p.generates]
+    rows = {i: list(p.ids) for i, p in enumerate(prompts)}
+    runs = eng._groups(list(rows), rows)
+    real = sum(map(len, rows.values()))
+    padded = sum(len(g) * max(len(rows[i]) for i in g) for g in runs)
+    flops = 2 * (sum(p.numel() for p in eng.model.parameters()) - eng.model.get_input_embeddings().weight.numel())
+    print(f"burst of {clients}: {len(prompts)} grounded prompts, {real} prompt tokens ({real / len(prompts):.0f} "
+          f"each; {padded} with padding) in {len(runs)} decoding runs of at most {batch}; {flops / 1e6:.0f} MFLOP "
+          f"per prompt token", flush=True)
+    eng.generate(prompts[:1], GenerationParams(max_new_tokens=2))  # warm-up
+    for n in (1, max_tokens):
+        start = time.perf_counter()
+        eng.generate(prompts, GenerationParams(max_new_tokens=n))
+        wall = time.perf_counter() - start
+        rate = f"; prefill {padded / wall:.0f} tokens/s = {padded * flops / wall / 1e9:.1f} GFLOP/s" if n == 1 else ""
+        print(f"  max_tokens {n:>3}: {wall:.1f} s for the burst{rate} (load {os.getloadavg()[0]:.2f})", flush=True)
 
 
 def measure_decode(args) -> float:
@@ -280,10 +324,17 @@ def main() -> int:
     ap.add_argument("--min-gain", type=float, default=1.0, help="tokens/s on/off at the largest level must reach it")
     ap.add_argument("--min-decode-share", type=float, default=0.5,
                     help="batching on: completion tokens/s at the largest level vs single-stream decode")
+    ap.add_argument("--burst", action="store_true",
+                    help="no servers: the largest level's prompts through the engine, prefill and all (figures)")
     ap.add_argument("--decode-rate", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.decode_rate:
         print(decode_rate(args.model, args.engine, args.threads))
+        return 0
+    if args.burst:
+        print(f"CPU: {cpu_description()}; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f} (1 min)", flush=True)
+        burst_figures(args.model, args.engine, args.threads, max(int(x) for x in args.clients.split(",")),
+                      args.max_tokens, args.batch_on)
         return 0
     levels = [int(x) for x in args.clients.split(",")]
     print(f"CPU: {cpu_description()}; {os.cpu_count()} CPUs", flush=True)

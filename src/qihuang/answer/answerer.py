@@ -35,7 +35,8 @@ from qihuang.answer import policy as pol
 from qihuang.answer.grounding import Citation, Grounding, GroundingLimits, citations_of, ground
 from qihuang.answer.plan import AnswerPlan, History, LinkedTexts, fit_prompt, history_messages
 from qihuang.answer.triage import Triage, triage
-from qihuang.answer.verify import Verification, evidence_of, load_config, verify
+from qihuang.answer.evidence import evidence_of
+from qihuang.answer.verify import Verification, load_config, verify
 from qihuang.data.formats import with_flat_turns
 from qihuang.engines.base import Engine, GenerationParams, GenerationResult
 from qihuang.engines.streaming import clean_text

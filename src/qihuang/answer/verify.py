@@ -45,9 +45,10 @@ or list item (or the list's lead-in; else any cited entity).
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
 
+from qihuang.answer.evidence import Evidence, context_facts, evidence_of  # noqa: F401  (re-exported)
 from qihuang.answer.verify_config import VerifyConfig, load_config, parse_config  # noqa: F401  (re-exported)
 from qihuang.kb.lexicon import load_lexicon
 from qihuang.kb.normalize import normalize
@@ -57,6 +58,7 @@ STATUSES = ("supported", "wrong_attribute", "unsupported", "negated")
 BAD = ("wrong_attribute", "unsupported")
 _SENTENCE_END = "。！？!?；;"
 _CLAUSE_BREAK = re.compile(r"[，,]")
+_PIECE_END = re.compile(r"[。！？!?；;\n]|$")  # jieba segments across none of these (they are tokens of their own)
 LONG_VALUE = 4  # a fact value this long is matched without word boundaries (jieba cuts 有全/髋关节 in 有全髋关节置换术)
 BARE_CHARS = 4  # a clause with at most this many characters besides its names continues the cue before it
 _CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -162,55 +164,33 @@ def split_units(text: str, config: VerifyConfig | None = None) -> list[Unit]:
 # ---------------------------------------------------------------- verification
 
 
-@lru_cache(maxsize=1 << 16)
-def _value_forms(value: str, fillers: tuple[str, ...], prefixes: tuple[str, ...]) -> tuple[str, ...]:
-    """A fact value normalized, and without a trailing filler (过敏性肺炎等 -> 过敏性肺炎) or a leading one
-    (用于吐血 -> 吐血). Cached: the same KB values come back in request after request."""
-    value = normalize(value.strip())
-    forms = [value] + [value[: -len(x)] for x in fillers if value.endswith(x) and len(value) - len(x) >= 2][:1]
-    forms += [value[len(x):] for x in prefixes if value.startswith(x) and len(value) - len(x) >= 2][:1]
-    return tuple(forms)
+class Boundaries:
+    """The jieba word boundaries of a text (``pos in boundaries``: as in
+    :func:`~qihuang.segment.word_boundaries`), found sentence by sentence when a position of the sentence is
+    first asked about: jieba cuts at every sentence end (a token of its own), so a sentence's boundaries are
+    the same alone as inside the text, and a sentence without a name is never segmented. Each sentence's are
+    remembered in ``memo`` (an answer's checks read the same sentences again)."""
 
+    def __init__(self, text: str, memo: dict | None = None):
+        self.text, self.memo = text, memo if memo is not None else {}
+        self.ends = [m.end() for m in _PIECE_END.finditer(text)]  # where each sentence ends
+        self._found: dict[int, frozenset[int]] = {}
 
-def _fact_index(facts, fillers: tuple[str, ...] = (), prefixes: tuple[str, ...] = ()) -> dict[str, dict[str, set[str]]]:
-    """normalized value (and its forms, :func:`_value_forms`) -> entity -> attributes."""
-    index: dict[str, dict[str, set[str]]] = {}
-    for f in facts:
-        for form in _value_forms(f.value, tuple(fillers), tuple(prefixes)):
-            index.setdefault(form, {}).setdefault(f.entity, set()).add(f.attribute)
-    return index
-
-
-def _shift(mentions, start: int, end: int) -> list:
-    return [replace(m, start=m.start - start, end=m.end - start) for m in mentions if m.start >= start and m.end <= end]
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What a text is verified against, indexed once (an answer plan keeps it for all its checks):
-    ``index``: normalized value -> cited entity -> attributes of the facts in the prompt; ``context``:
-    the same for the cited entities' other KB facts (naming one of those under the wrong attribute is
-    wrong_attribute); ``values``: both indexes' values, longest first."""
-
-    index: dict[str, dict[str, set[str]]]
-    context: dict[str, dict[str, set[str]]]
-    entities: frozenset[str]
-    values: tuple[str, ...]
-    index_values: tuple[str, ...]  # ``index``'s alone, longest first
-
-
-def evidence_of(kb, facts, context=None, config: VerifyConfig | None = None) -> Evidence:
-    """The :class:`Evidence` of ``facts`` (``context``: the cited entities' other facts, default looked up)."""
-    config = config or load_config()
-    facts = list(facts or [])
-    if context is None:
-        context = context_facts(kb, facts)
-    entities = frozenset(f.entity for f in facts)
-    index = _fact_index(facts, config.value_fillers, config.value_prefixes)
-    other = _fact_index([f for f in context if f.entity in entities and f.attribute != "alias"],
-                        config.value_fillers, config.value_prefixes)
-    return Evidence(index, other, entities, tuple(sorted({*index, *other}, key=len, reverse=True)),
-                    tuple(sorted(index, key=len, reverse=True)))
+    def __contains__(self, pos: object) -> bool:
+        if not isinstance(pos, int) or not 0 <= pos <= len(self.text):
+            return False
+        i = bisect_right(self.ends, pos)
+        start = self.ends[i - 1] if i else 0
+        if pos == start or i == len(self.ends):
+            return True  # a sentence's start (the end of the one before it) or the text's end
+        found = self._found.get(i)
+        if found is None:
+            piece = self.text[start:self.ends[i]]
+            cuts = self.memo.get(("cuts", piece))
+            if cuts is None:
+                cuts = self.memo[("cuts", piece)] = frozenset(word_boundaries(piece))
+            found = self._found[i] = frozenset(start + c for c in cuts)
+        return pos in found
 
 
 class _Checker:
@@ -220,7 +200,8 @@ class _Checker:
         self.kb, self.text, self.config = kb, text, config
         self.linker = kb.linker
         self.mentions = kb.find_entities(text)
-        self.cuts = word_boundaries(text)
+        self.memo = evidence.memo
+        self.cuts = Boundaries(text, self.memo)
         self.index, self.context, self.fact_entities = evidence.index, evidence.context, evidence.entities
         self._all_values, self._index_values = evidence.values, evidence.index_values
         known = getattr(getattr(kb, "schema", None), "attributes", None)
@@ -237,7 +218,10 @@ class _Checker:
         for s, e in self.name_spans:
             chars[s:e] = [_MASK] * (e - s)
         self.masked = "".join(chars)
-        self.object_types = {k: a.object_type for k, a in kb.schema.attributes.items()} if hasattr(kb, "schema") else {}
+        self.object_types = self.memo.get("object_types")
+        if self.object_types is None:
+            self.object_types = self.memo["object_types"] = \
+                {k: a.object_type for k, a in kb.schema.attributes.items()} if hasattr(kb, "schema") else {}
 
     def unit_of(self, pos: int) -> int:
         for i, u in enumerate(self.units):
@@ -246,10 +230,15 @@ class _Checker:
         return len(self.units) - 1
 
     def _groups(self, start: int, end: int) -> list[tuple[str, ...]]:
-        """The linker's cue groups of [start, end), names masked (a cue inside a name, 继发 in 继发性肾病, is none)."""
+        """The linker's cue groups of [start, end), names masked (a cue inside a name, 继发 in 继发性肾病, is none);
+        each masked stretch's remembered in ``memo``."""
         if end <= start:
             return []
-        return self.linker.detect_attribute_groups(self.masked[start:end], [])
+        stretch = self.masked[start:end]
+        found = self.memo.get(("cues", stretch))
+        if found is None:
+            found = self.memo[("cues", stretch)] = self.linker.detect_attribute_groups(stretch, [])
+        return found
 
     def presented(self, start: int, end: int, etype: str | None = None) -> list[str]:
         """The attributes the text presents the span [start, end) as (module docstring rule)."""
@@ -484,11 +473,6 @@ def verify(kb, text: str, facts, question_attributes: list[str] | None = None, *
     config = config or load_config()
     evidence = evidence or evidence_of(kb, facts, context, config)
     return Verification(_Checker(kb, text, evidence, question_attributes, exclude or set(), min_support, config).run())
-
-
-def context_facts(kb, facts) -> list:
-    """All KB facts of the entities ``facts`` cite (what :func:`verify` checks wrong attributes against)."""
-    return [f for e in dict.fromkeys(f.entity for f in facts) for f in kb.facts(e)] if facts else []
 
 
 def question_names(kb, texts: list[str]) -> set[str]:
