@@ -174,7 +174,11 @@ def test_sampling_is_reproducible_with_a_seed(engines):
 def test_one_token_prompts_batch_with_longer_ones(engines):
     from qihuang.engines.ct2 import _runs
 
-    assert _runs([[5], [1, 2, 3], [7], [4, 4]]) == [[1, 3], [0, 2]]
+    assert _runs([[5], [1, 2, 3], [7], [4, 4]]) == [[3], [1], [0, 2]]
+    assert _runs([[5], [1, 2, 3], [7], [4, 4]], spread=1) == [[3, 1], [0, 2]]
+    # sorted by length; a call holds prompts at most ``spread`` tokens longer than its shortest
+    rows = [[1] * n for n in (9, 2, 30, 5, 12, 3)]
+    assert _runs(rows, spread=4) == [[1, 5, 3], [0, 4], [2]]
     fp32, _, lean = engines
     one = fp32.tokenizer.convert_ids_to_tokens(fp32.encode(PROMPTS[0]).ids)
     assert len(one) == 1  # the tiny tokenizer learnt this prompt as one token

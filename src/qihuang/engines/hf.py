@@ -284,7 +284,8 @@ class HFEngine:
         gets prompts of similar lengths together, shortest first, a run closed before padding would add
         more than :data:`PAD_WASTE` of its real tokens: a prompt of 470 tokens batched with ones of 50
         made every row cost 470 tokens of prefill."""
-        if not self.decoder.pads:
+        if not self.decoder.pads:  # no padding, but CTranslate2 forwards a call's prompts at once only up to
+            todo = sorted(todo, key=lambda i: len(rows[i]))  # the shortest one's length: close lengths together
             return [todo[b:b + self.batch_size] for b in range(0, len(todo), self.batch_size)]
         groups: list[list[int]] = []
         real = 0
