@@ -169,6 +169,31 @@ def test_selective_objective_equals_full_logits_loss(tiny_llama):
     assert float(out["loss_sum"] / out["count"]) == pytest.approx(float(reference), rel=1e-5)
 
 
+def test_fused_head_loss_gradients_equal_full_logits_loss(tiny_llama):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qihuang.train.objective import CausalLMObjective
+
+    torch.manual_seed(0)
+    models = [AutoModelForCausalLM.from_pretrained(tiny_llama) for _ in range(2)]  # every weight trainable
+    ids = torch.randint(3, 700, (2, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[1, 9:] = -100
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    out = CausalLMObjective(models[0])(input_ids=ids, attention_mask=mask, labels=labels)
+    reference = models[1](input_ids=ids, attention_mask=mask, labels=labels).loss * out["count"]
+    (out["loss_sum"] * 0.5).backward()
+    (reference * 0.5).backward()
+    assert float(out["loss_sum"]) == pytest.approx(float(reference), rel=1e-5)
+    grads = [(name, a.grad, b.grad) for (name, a), b in zip(models[0].named_parameters(), models[1].parameters())]
+    assert any("lm_head" in name or "embed" in name for name, _, _ in grads)
+    for name, got, want in grads:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_run_errors(tiny_llama, dataset, tmp_path):
     from qihuang.train.run import stage_module
 
