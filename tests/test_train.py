@@ -150,6 +150,19 @@ def test_sft_labels_multi_turn_and_grounded(tiny_llama, dataset):
         assert ("参考知识" in tok.decode(feat["input_ids"])) is grounded
 
 
+def _masked_batch():
+    """Two rows of 12 tokens: the first 5 unlabelled, the second row right-padded after 9."""
+    import torch
+
+    ids = torch.randint(3, 700, (2, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[1, 9:] = -100
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    return ids, mask, labels
+
+
 def test_selective_objective_equals_full_logits_loss(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM
@@ -157,12 +170,7 @@ def test_selective_objective_equals_full_logits_loss(tiny_llama):
     from qihuang.train.objective import CausalLMObjective
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    ids = torch.randint(3, 700, (2, 12))
-    labels = ids.clone()
-    labels[:, :5] = -100
-    labels[1, 9:] = -100
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0
+    ids, mask, labels = _masked_batch()
     with torch.no_grad():
         out = CausalLMObjective(model)(input_ids=ids, attention_mask=mask, labels=labels)
         reference = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -177,12 +185,7 @@ def test_fused_head_loss_gradients_equal_full_logits_loss(tiny_llama):
 
     torch.manual_seed(0)
     models = [AutoModelForCausalLM.from_pretrained(tiny_llama) for _ in range(2)]  # every weight trainable
-    ids = torch.randint(3, 700, (2, 12))
-    labels = ids.clone()
-    labels[:, :5] = -100
-    labels[1, 9:] = -100
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0
+    ids, mask, labels = _masked_batch()
     out = CausalLMObjective(models[0])(input_ids=ids, attention_mask=mask, labels=labels)
     reference = models[1](input_ids=ids, attention_mask=mask, labels=labels).loss * out["count"]
     (out["loss_sum"] * 0.5).backward()
