@@ -78,10 +78,18 @@ def sequence_logps(model, input_ids, attention_mask, labels) -> torch.Tensor:
         .index_add(0, rows, token_logps)
 
 
+def _plain_linear(module) -> bool:
+    """Whether ``module`` is a plain ``nn.Linear`` whose full weight is at hand (not, e.g., a LoRA
+    wrapper, or a weight that DeepSpeed ZeRO-3 gathers only when the module itself is called)."""
+    return type(module) is nn.Linear and tuple(module.weight.shape) == (module.out_features, module.in_features)
+
+
 class CausalLMObjective(nn.Module):
     """Next-token cross-entropy on labelled positions only.
 
-    The output head runs only where a label exists (answer tokens, :func:`label_logits`). With
+    The output head runs only where a label exists (answer tokens), fused with the loss and in
+    chunks of rows when it is a plain linear layer (:func:`qihuang.train.fastops.linear_cross_entropy`:
+    no ``[labels, vocab]`` logits are kept), else as the model's own head (:func:`label_logits`). With
     ``fused_lora``, PEFT LoRA layers run as one fused op each (:mod:`qihuang.train.fastlora`).
     """
 
@@ -97,7 +105,7 @@ class CausalLMObjective(nn.Module):
     def forward(self, input_ids, attention_mask, labels) -> dict[str, torch.Tensor]:
         mask = causal_mask_or_none(attention_mask)
         head = base_causal_lm(self.model).get_output_embeddings() if self._selective else None
-        if type(head) is not nn.Linear:  # e.g. a LoRA-wrapped head: the model's own head, then the loss
+        if not _plain_linear(head):  # e.g. a LoRA-wrapped head: the model's own head, then the loss
             logits, target, keep = label_logits(self.model, input_ids, mask, labels, self._selective)
             return {"loss_sum": nn.functional.cross_entropy(logits.float(), target, reduction="sum"),
                     "count": keep.sum()}
