@@ -150,6 +150,19 @@ def test_sft_labels_multi_turn_and_grounded(tiny_llama, dataset):
         assert ("参考知识" in tok.decode(feat["input_ids"])) is grounded
 
 
+def _masked_batch():
+    """Two rows of 12 tokens: the first 5 unlabelled, the second row right-padded after 9."""
+    import torch
+
+    ids = torch.randint(3, 700, (2, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[1, 9:] = -100
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    return ids, mask, labels
+
+
 def test_selective_objective_equals_full_logits_loss(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM
@@ -157,16 +170,31 @@ def test_selective_objective_equals_full_logits_loss(tiny_llama):
     from qihuang.train.objective import CausalLMObjective
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    ids = torch.randint(3, 700, (2, 12))
-    labels = ids.clone()
-    labels[:, :5] = -100
-    labels[1, 9:] = -100
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0
+    ids, mask, labels = _masked_batch()
     with torch.no_grad():
         out = CausalLMObjective(model)(input_ids=ids, attention_mask=mask, labels=labels)
         reference = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     assert float(out["loss_sum"] / out["count"]) == pytest.approx(float(reference), rel=1e-5)
+
+
+def test_fused_head_loss_gradients_equal_full_logits_loss(tiny_llama):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qihuang.train.objective import CausalLMObjective
+
+    torch.manual_seed(0)
+    models = [AutoModelForCausalLM.from_pretrained(tiny_llama) for _ in range(2)]  # every weight trainable
+    ids, mask, labels = _masked_batch()
+    out = CausalLMObjective(models[0])(input_ids=ids, attention_mask=mask, labels=labels)
+    reference = models[1](input_ids=ids, attention_mask=mask, labels=labels).loss * out["count"]
+    (out["loss_sum"] * 0.5).backward()
+    (reference * 0.5).backward()
+    assert float(out["loss_sum"]) == pytest.approx(float(reference), rel=1e-5)
+    grads = [(name, a.grad, b.grad) for (name, a), b in zip(models[0].named_parameters(), models[1].parameters())]
+    assert any("lm_head" in name or "embed" in name for name, _, _ in grads)
+    for name, got, want in grads:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_run_errors(tiny_llama, dataset, tmp_path):
@@ -212,3 +240,23 @@ def test_time_budget_stops_early_and_still_writes_output(tiny_llama, dataset, tm
     assert result.metrics["steps"] == 1 and "time budget" in result.metrics["stopped_early"]
     assert (out / "adapter_model.safetensors").is_file() and (out / "metrics.json").is_file()
     assert result.metrics["dev_loss"] is not None
+
+
+def test_time_budget_paces_the_schedule(tiny_llama, dataset, tmp_path, monkeypatch):
+    """With a time budget the learning rate decays with the time spent, not only with the steps."""
+    import qihuang.train.loop as loop_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(loop_module.time, "perf_counter", lambda: clock[0])
+
+    class Tick(Callback):
+        def on_step_end(self, state):
+            clock[0] += 30.0  # every step takes 30 s of a 2-minute budget: 5 steps of 1,000 planned
+
+    result = run(_cfg(tiny_llama, dataset, tmp_path / "paced", max_steps=1000, max_minutes=2.0, save_steps=1000,
+                      logging_steps=1, warmup_ratio=0.0, lr_scheduler="linear", learning_rate=1e-3),
+                 callbacks=[Tick()], progress=False)
+    assert result.metrics["steps"] == 5 and "time budget" in result.metrics["stopped_early"]
+    rates = [h["lr"] for h in result.metrics["history"]]
+    # the rate set after step k + 1, when 30k of 120 s are spent: k/4 of the way down, not (k + 1)/1000
+    assert rates == pytest.approx([0.999e-3, 7.5e-4, 5e-4, 2.5e-4, 0.0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qihuang.train.fastops import RMSNormFn, RotaryFn, fuse_norms, fuse_rotary
+from qihuang.train.fastops import RMSNormFn, RotaryFn, fuse_norms, fuse_rotary, linear_cross_entropy
 
 
 def test_rmsnorm_fn_matches_the_formula_with_weight_gradient():
@@ -63,3 +63,32 @@ def test_a_norm_that_computes_something_else_is_left_alone():
     model = torch.nn.Sequential(OffsetRMSNorm())
     assert fuse_norms(model) == 0
     assert "forward" not in vars(model[0])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("chunk_elements", [1, 50 * 7, 1 << 22])  # one row, uneven chunks, all rows at once
+def test_linear_cross_entropy_matches_logits_then_loss(bias, chunk_elements):
+    torch.manual_seed(0)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    b = torch.randn(50, requires_grad=True) if bias else None
+    target = torch.randint(0, 50, (23,))
+    inputs = [t for t in (hidden, weight, b) if t is not None]
+    ref = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight, b), target, reduction="sum")
+    got = linear_cross_entropy(hidden, weight, b, target, chunk_elements=chunk_elements)
+    torch.testing.assert_close(got, ref)
+    for g, r in zip(torch.autograd.grad(got * 0.3, inputs), torch.autograd.grad(ref * 0.3, inputs)):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_cross_entropy_frozen_weight_and_no_grad_mode():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(9, 8, requires_grad=True), torch.randn(30, 8)
+    target = torch.randint(0, 30, (9,))
+    ref = torch.nn.functional.cross_entropy(hidden @ weight.t(), target, reduction="sum")
+    got = linear_cross_entropy(hidden, weight, None, target, chunk_elements=60)
+    torch.testing.assert_close(torch.autograd.grad(got, hidden)[0], torch.autograd.grad(ref, hidden)[0])
+    with torch.no_grad():
+        quiet = linear_cross_entropy(hidden, weight, None, target, chunk_elements=60)
+    assert not quiet.requires_grad and quiet.grad_fn is None
+    torch.testing.assert_close(quiet, ref.detach())

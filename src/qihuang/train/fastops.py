@@ -199,3 +199,64 @@ def fuse_rotary(model) -> int:
             module.forward = types.MethodType(_scoped_rotary_forward, module)
             count += 1
     return count
+
+
+# ---- output head + cross-entropy ------------------------------------------------------------
+HEAD_CHUNK_ELEMENTS = 1 << 22  # logits per chunk (16 MiB in fp32): reused from the heap, not mapped afresh
+
+
+class LinearCrossEntropyFn(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden @ weight.T (+ bias)`` against ``target``, a chunk of rows at a time.
+
+    The full ``[rows, vocab]`` logits never exist at once, and nothing of that size is kept for
+    the backward pass: each chunk's gradients are computed right after its loss, in the forward
+    pass (``d loss / d logits = softmax - onehot``, with the softmax's division folded into the
+    product that follows), and the backward pass only scales them by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, chunk_rows: int, grads: bool):
+        want = [grads and need for need in ctx.needs_input_grad[:3]]  # ``grads``: the caller's grad mode
+        grad_h = torch.empty_like(hidden) if want[0] else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if want[1] else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and want[2] else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_rows):
+            h, t = hidden[start:start + chunk_rows], target[start:start + chunk_rows]
+            logits = (torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())).float()
+            picked = logits.gather(1, t.unsqueeze(1)).squeeze(1)
+            top = logits.amax(1, keepdim=True)
+            expd = logits.sub_(top).exp_()  # in place: exp(logit - max), the softmax before normalising
+            sums = expd.sum(1)
+            total += (sums.log() + top.squeeze(1) - picked).sum()
+            if grad_h is None and grad_w is None and grad_b is None:
+                continue
+            scale = sums.reciprocal().unsqueeze(1)
+            if grad_h is not None:  # softmax @ W - W[target]
+                grad_h[start:start + chunk_rows] = torch.mm(expd.to(weight.dtype), weight).mul_(scale).sub_(
+                    weight.index_select(0, t)).to(hidden.dtype)
+            if grad_w is not None or grad_b is not None:
+                soft = expd.mul_(scale)
+                soft[torch.arange(len(t), device=t.device), t] -= 1.0
+                if grad_w is not None:
+                    grad_w.addmm_(soft.t(), h.float())
+                if grad_b is not None:
+                    grad_b += soft.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        scale = grad_loss.to(torch.float32)
+        return (None if grad_h is None else grad_h * scale.to(grad_h.dtype),
+                None if grad_w is None else (grad_w * scale).to(ctx.dtypes[0]),
+                None if grad_b is None else (grad_b * scale).to(ctx.dtypes[1]), None, None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         target: torch.Tensor, chunk_elements: int = HEAD_CHUNK_ELEMENTS) -> torch.Tensor:
+    """``cross_entropy(hidden @ weight.T + bias, target, reduction="sum")`` in fp32, computed in
+    chunks of rows (:class:`LinearCrossEntropyFn`); ``hidden`` is ``[rows, dim]``, every target valid."""
+    chunk_rows = max(1, chunk_elements // max(1, weight.shape[0]))
+    return LinearCrossEntropyFn.apply(hidden, weight, bias, target, chunk_rows, torch.is_grad_enabled())

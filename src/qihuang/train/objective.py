@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from qihuang.records import IGNORE_INDEX
+from qihuang.train.fastops import linear_cross_entropy
 
 
 def base_causal_lm(model):
@@ -37,6 +38,17 @@ def selective_head(lm) -> bool:
             and getattr(lm.config, "final_logit_softcapping", None) is None)
 
 
+def label_hidden(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(hidden, targets, keep)``: the decoder's last hidden states at the labelled positions (those
+    that predict a label), their target tokens and the ``[rows, len - 1]`` mask of those positions.
+    Needs a :func:`selective_head` model."""
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    decoder = base_causal_lm(model).get_decoder()
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return hidden[:, :-1][keep], target[keep], keep
+
+
 def label_logits(model, input_ids, attention_mask, labels,
                  selective: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logits, targets, keep)``: next-token logits at the labelled positions only, their target
@@ -51,8 +63,7 @@ def label_logits(model, input_ids, attention_mask, labels,
     if selective is None:
         selective = selective_head(lm)
     if selective:
-        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
+        logits = lm.get_output_embeddings()(label_hidden(model, input_ids, attention_mask, labels)[0])
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1][keep]
     return logits, target[keep], keep
@@ -67,10 +78,18 @@ def sequence_logps(model, input_ids, attention_mask, labels) -> torch.Tensor:
         .index_add(0, rows, token_logps)
 
 
+def _plain_linear(module) -> bool:
+    """Whether ``module`` is a plain ``nn.Linear`` whose full weight is at hand (not, e.g., a LoRA
+    wrapper, or a weight that DeepSpeed ZeRO-3 gathers only when the module itself is called)."""
+    return type(module) is nn.Linear and tuple(module.weight.shape) == (module.out_features, module.in_features)
+
+
 class CausalLMObjective(nn.Module):
     """Next-token cross-entropy on labelled positions only.
 
-    The output head runs only where a label exists (answer tokens, :func:`label_logits`). With
+    The output head runs only where a label exists (answer tokens), fused with the loss and in
+    chunks of rows when it is a plain linear layer (:func:`qihuang.train.fastops.linear_cross_entropy`:
+    no ``[labels, vocab]`` logits are kept), else as the model's own head (:func:`label_logits`). With
     ``fused_lora``, PEFT LoRA layers run as one fused op each (:mod:`qihuang.train.fastlora`).
     """
 
@@ -84,7 +103,11 @@ class CausalLMObjective(nn.Module):
         self._selective = selective_head(base_causal_lm(model))
 
     def forward(self, input_ids, attention_mask, labels) -> dict[str, torch.Tensor]:
-        logits, target, keep = label_logits(self.model, input_ids, causal_mask_or_none(attention_mask), labels,
-                                            self._selective)
-        loss_sum = nn.functional.cross_entropy(logits.float(), target, reduction="sum")
-        return {"loss_sum": loss_sum, "count": keep.sum()}
+        mask = causal_mask_or_none(attention_mask)
+        head = base_causal_lm(self.model).get_output_embeddings() if self._selective else None
+        if not _plain_linear(head):  # e.g. a LoRA-wrapped head: the model's own head, then the loss
+            logits, target, keep = label_logits(self.model, input_ids, mask, labels, self._selective)
+            return {"loss_sum": nn.functional.cross_entropy(logits.float(), target, reduction="sum"),
+                    "count": keep.sum()}
+        hidden, target, keep = label_hidden(self.model, input_ids, mask, labels)
+        return {"loss_sum": linear_cross_entropy(hidden, head.weight, head.bias, target), "count": keep.sum()}

@@ -77,6 +77,9 @@ def run(config: TrainConfig | dict[str, Any], callbacks: list[Callback] | None =
     """Train according to ``config`` and write the output directory; returns its metrics."""
     if not isinstance(config, TrainConfig):
         config = build_config(dict(config))
+    from qihuang.train.heap import keep_freed_memory
+
+    keep_freed_memory()  # before the model is loaded: activations then reuse warm pages
     if config.num_threads is None:
         return _run(config, callbacks, progress)
     import torch
