@@ -69,8 +69,7 @@ class TrainConfig(BaseModel):
     num_epochs: float = Field(3.0, gt=0, description="epochs (ignored when max_steps is set)")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
     max_minutes: float | None = Field(None, gt=0, description="time budget: stop (and save) once training "
-                                      "has run this many minutes, whatever the step; the learning-rate "
-                                      "schedule then ends with the budget")
+                                      "has run this many minutes, whatever the step")
     seed: int = Field(42, description="random seed (data order, dropout, LoRA init)")
     dtype: Dtype = Field("auto", description="weight dtype (auto: float32 on CPU)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision")

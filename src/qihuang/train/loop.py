@@ -67,25 +67,10 @@ class Loop:
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         from transformers import get_scheduler
 
-        warmup = int(config.warmup_ratio * self.state.total_steps)
-        self.scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=warmup,
+        self.scheduler = get_scheduler(config.lr_scheduler, optimizer,
+                                       num_warmup_steps=int(config.warmup_ratio * self.state.total_steps),
                                        num_training_steps=self.state.total_steps)
-        self._budget_start: float | None = None  # perf_counter() when the time budget's clock started
-        if config.max_minutes and accelerator.num_processes == 1:  # several: clocks differ, rates must not
-            self.scheduler.lr_lambdas = [self._paced(fn, warmup) for fn in self.scheduler.lr_lambdas]
         self.objective, self.optimizer = accelerator.prepare(objective, optimizer)
-
-    def _paced(self, lr_lambda: Callable[[int], float], warmup: int) -> Callable[[int], float]:
-        """``lr_lambda`` with a time budget: after warmup, the schedule is at whichever is further,
-        the steps done or the share of the budget spent (times ``total_steps``), so the learning
-        rate has decayed when the budget ends, however few steps it held."""
-        def paced(step: int) -> float:
-            if self._budget_start is None or step < warmup:
-                return lr_lambda(step)
-            spent = (time.perf_counter() - self._budget_start) / (self.config.max_minutes * 60)
-            return lr_lambda(max(step, min(1.0, spent) * self.state.total_steps))
-
-        return paced
 
     # ---- batches ------------------------------------------------------------------------------
     def _plan(self, epoch: int) -> list[list[int]]:
@@ -117,8 +102,7 @@ class Loop:
         self.objective.train()
         window_stats = torch.zeros(3, dtype=torch.float64)  # loss_sum, count, tokens
         window_start = time.perf_counter()
-        self._budget_start = window_start - state.train_time_s
-        deadline = self._budget_start + cfg.max_minutes * 60 if cfg.max_minutes else None
+        deadline = window_start + cfg.max_minutes * 60 - state.train_time_s if cfg.max_minutes else None
         while state.step < state.total_steps and not state.stopped_early:
             batches = self._plan(state.epoch)
             for k in range(state.micro_in_epoch, len(batches), self.ga):
