@@ -10,7 +10,8 @@ import yaml
 from kb_fixture import make_tiny_kb
 
 from qihuang.answer.policy import drop_claims
-from qihuang.answer.verify import load_config, parse_config, split_units, verify
+from qihuang.answer.verify import load_config, split_units, verify
+from qihuang.answer.verify_config import parse_config
 from qihuang.errors import ConfigError
 from qihuang.paths import resource
 

@@ -48,8 +48,8 @@ import re
 from bisect import bisect_right
 from dataclasses import asdict, dataclass, field, replace
 
-from qihuang.answer.evidence import Evidence, context_facts, evidence_of  # noqa: F401  (re-exported)
-from qihuang.answer.verify_config import VerifyConfig, load_config, parse_config  # noqa: F401  (re-exported)
+from qihuang.answer.evidence import Evidence, evidence_of
+from qihuang.answer.verify_config import VerifyConfig, load_config
 from qihuang.kb.lexicon import load_lexicon
 from qihuang.kb.normalize import normalize
 from qihuang.segment import word_boundaries
