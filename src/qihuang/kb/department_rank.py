@@ -305,12 +305,12 @@ def rank(index: DepartmentIndex, named: list[str], described: list[str], candida
     ``named``: question entities with departments of their own; ``described``: the described symptoms
     (a name in both is weighed as a symptom, :data:`SYMPTOM_NAMED_WEIGHT`)."""
     scores: dict[str, float] = defaultdict(float)
-    sources: dict[str, dict[Source, float]] = defaultdict(lambda: defaultdict(float))
+    added: list[tuple[Source, dict[str, float], float]] = []  # each department's sources are made for the ranked ones only
 
     def add(source: Source, dist: dict[str, float], weight: float) -> None:
         for d, p in dist.items():
             scores[d] += weight * p
-            sources[d][source] += weight * p
+        added.append((source, dist, weight))
 
     own = set()
     for name in named:
@@ -338,8 +338,15 @@ def rank(index: DepartmentIndex, named: list[str], described: list[str], candida
             n, dist = cues[gram]
             add(Source("", f"“{gram}”", ()), dist, CUE_WEIGHT * n / (n + RELIABILITY))
     best = max(scores.values(), default=0.0)
-    ranked = [Ranked(d, score, dict(sources[d]), named=d in own) for d, score in
-              sorted(scores.items(), key=lambda kv: -kv[1]) if score >= MIN_SHARE * best and score > 0]
+    kept = [(d, score) for d, score in sorted(scores.items(), key=lambda kv: -kv[1])
+            if score >= MIN_SHARE * best and score > 0]
+    sources: dict[str, dict[Source, float]] = {d: {} for d, _s in kept}
+    for source, dist, weight in added:
+        for d, p in dist.items():
+            if d in sources:
+                held = sources[d]
+                held[source] = held.get(source, 0.0) + weight * p
+    ranked = [Ranked(d, score, sources[d], named=d in own) for d, score in kept]
     return _by_group(index.book, ranked, patient)
 
 

@@ -30,6 +30,7 @@ from qihuang.paths import resource
 
 ROOT = "全科医学科"  # what "no more specific department is known" is called
 FAMILIES = ("child", "obstetric", "female", "male")
+GROUP_KEYS = ("child", "newborn", "pregnant", "female", "male", "elderly")  # the patient groups (``groups`` in departments.yaml)
 # separators of combined KB values: "骨科；肿瘤科", "内科 — 神经内科", "儿科、皮肤科"
 _PARTS = re.compile(r"\s*(?:[；;、，,/]|\s[—－-]+\s|—)\s*")
 
@@ -72,6 +73,12 @@ class Groups(_Strict):
     female: Group
     male: Group
     elderly: Group
+
+    @cached_property
+    def word_pattern(self) -> re.Pattern | None:
+        """Any word of any group (most questions name none: one search then answers for all groups)."""
+        words = {w for key in GROUP_KEYS for w in getattr(self, key).words}
+        return re.compile("|".join(map(re.escape, sorted(words, key=len, reverse=True)))) if words else None
 
 
 class DepartmentBook(_Strict):
@@ -302,8 +309,8 @@ def patient_groups(text: str, book: DepartmentBook | None = None) -> Patient:
     age = _age(text)
     if age is not None:
         why["age"] = f"{age:g}岁" if age >= 1 else f"{round(age * 12)}个月" if age >= 1 / 12 else "新生"
-    words = {key: next((w for w in getattr(g, key).words if w in text), None)
-             for key in ("child", "newborn", "pregnant", "female", "male", "elderly")}
+    some = g.word_pattern is not None and g.word_pattern.search(text) is not None
+    words = {key: next((w for w in getattr(g, key).words if w in text), None) if some else None for key in GROUP_KEYS}
     groups: set[str] = set()
     if age is not None:
         if g.newborn.max_age_days is not None and age * 365 <= g.newborn.max_age_days:
