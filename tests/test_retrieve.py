@@ -292,3 +292,10 @@ def test_attributes_no_named_entity_type_has_are_not_reported(kb):
     assert two_hop.attributes == ["drugs", "contraindications"]
     symptoms = kb.link("头晕，心悸，挂什么科")  # candidates: the types of the named symptoms do not decide
     assert "department" in symptoms.attributes
+
+
+def test_why_described_symptoms_come_also_asks_which_diseases(kb):
+    res = kb.link("我发热，咳嗽，还胸痛，是什么原因？")
+    assert res.candidates and {"cause", "related_diseases"} <= set(res.attributes)
+    named = kb.link("肺炎是什么原因引起的？")  # a named disease: its own cause, no candidate diseases asked
+    assert "related_diseases" not in named.attributes

@@ -544,6 +544,12 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
     if candidates and not groups:  # symptoms described, nothing asked: which diseases, and why
         groups = [(a,) for a in SYMPTOM_ASKS]
         attributes = flatten(groups)
+    elif (candidates and "cause" in attributes and "related_diseases" not in attributes
+          and not any(m.type == "disease" and not getattr(m, "negated", False) for m in mentions)):
+        # why described troubles come is which diseases they may be (the labelling guide's reading); a named
+        # disease is what such a question asks about (扁桃体炎会引起发烧吗)
+        groups = groups + [("related_diseases",)]
+        attributes = flatten(groups)
     if facts:
         attributes = _reported(kb, groups, facts, mentions, candidates)
     facts = department_rank.apply(kb, text, mentions, candidates, groups, facts)  # hospital departments
