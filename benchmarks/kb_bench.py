@@ -87,6 +87,7 @@ def main() -> int:
     names = kb.entity_names()
     questions = [rng.choice(PHRASES).format(rng.choice(names)) for _ in range(args.questions)]
     t = time.perf_counter()
+    kb.warm()  # what linking builds on first use (a server builds it at start-up too)
     kb.link("偏头痛吃什么药")
     kb.link("布洛芬能治什么病")  # builds the lookups caches: prominence of each entity
     kb.link("我头痛，还发热，吃什么药")  # ... and the symptom and indication listings

@@ -299,3 +299,33 @@ def test_why_described_symptoms_come_also_asks_which_diseases(kb):
     assert res.candidates and {"cause", "related_diseases"} <= set(res.attributes)
     named = kb.link("肺炎是什么原因引起的？")  # a named disease: its own cause, no candidate diseases asked
     assert "related_diseases" not in named.attributes
+
+
+def test_warm_builds_what_linking_reads_and_changes_no_answer(tmp_path):
+    cold = make_tiny_kb(tmp_path / "cold.sqlite")
+    warm = make_tiny_kb(tmp_path / "warm.sqlite")
+    try:
+        warm.warm()
+        look = warm.lookups
+        assert look._all_rows and look._rows["肺炎"] == look.row("肺炎") and look.row("没有这个名字") is None
+        assert warm.departments._listed  # every listed value's department distribution
+        for q in ("我发热，咳嗽，还胸痛，挂什么科？", "冠心病吃什么药？这些药有什么禁忌？", "布洛芬能治什么病", "今天天气怎么样"):
+            a, b = cold.link(q, max_values=10), warm.link(q, max_values=10)
+            assert (a.entities, a.attributes, a.facts, a.candidates) == (b.entities, b.attributes, b.facts, b.candidates)
+    finally:
+        cold.close()
+        warm.close()
+
+
+def test_remembered_entity_facts_are_bounded_and_never_shared(kb, monkeypatch):
+    import qihuang.kb.retrieve as retrieve
+
+    monkeypatch.setattr(retrieve, "FACT_CACHE", 2)
+    look = kb.lookups
+    eid = look.row("肺炎")[0]
+    first = look.facts(eid, "肺炎", ["symptoms"], None)
+    first.append("changed by a caller")
+    assert look.facts(eid, "肺炎", ["symptoms"], None) == kb._facts_by_id(eid, "肺炎", ["symptoms"], None)
+    for attrs in (["drugs"], ["department"], ["cause"]):
+        look.facts(eid, "肺炎", attrs, None)
+    assert len(look._facts) == 2

@@ -123,7 +123,7 @@ class Answerer:
 
         warm()
         if self.kb is not None:
-            self.kb.link("预热")
+            self.kb.warm()
 
     # ---- the plan -----------------------------------------------------------------------
     def plan(self, question: str, history: History | None = None, system: str | None = None,

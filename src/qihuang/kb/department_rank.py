@@ -105,6 +105,14 @@ class DepartmentIndex:
         self._symptoms: dict[str, frozenset[str]] = {}
         self._kinds: dict[str, str | None] = {}
 
+    def warm(self) -> None:
+        """Build the evidence tables, and the department distribution of every listed value (one pass over
+        the listings: a fraction of a second on CMeKG), so that no question builds them (:meth:`KnowledgeBase.warm`)."""
+        for cache in ("prior", "cited", "cues"):
+            getattr(self, cache)
+        for value in self.listings:
+            self.listed(value)
+
     @property
     def of_disease(self) -> dict[int, list[tuple[str, str, str]]]:
         """Subject id -> [(standard department, KB value, KB relation)], primary first."""

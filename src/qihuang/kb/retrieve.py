@@ -60,6 +60,7 @@ _LISTING = re.compile(r"[、，,；;和及与伴或]")  # a name with these list
 # share of the KB's diseases that must list a named subject as a symptom for it to count as a described
 # symptom (CMeKG: 3 of 6,292; 胸痛 is listed by 396, 疱疹 by 8, 过敏性鼻炎 by 2)
 SYMPTOM_LISTING_SHARE = 0.0004
+FACT_CACHE = 4096  # entity fact queries remembered per KB (:meth:`Lookups.facts`)
 
 
 class Lookups:
@@ -68,6 +69,8 @@ class Lookups:
     def __init__(self, kb):
         self.kb = kb
         self._rows: dict[str, tuple[int, int, str] | None] = {}
+        self._all_rows = False  # every entity's row is in ``_rows`` (:meth:`warm`)
+        self._facts: dict[tuple, list[Fact]] = {}  # (id, attributes, max_values) -> facts, the most recent first out
         self._prominence: dict[str, int] | None = None
         self._prominence_id: dict[int, int] | None = None
         self._products: dict[str, str | None] = {}
@@ -79,12 +82,37 @@ class Lookups:
         self._longer: dict[str, list[tuple[str, str, int]]] | None = None
         self._type_attributes: dict[str, frozenset[str]] | None = None
 
+    def warm(self) -> None:
+        """Build the caches every kind of question reads (:meth:`KnowledgeBase.warm`)."""
+        for cache in ("prominence_by_id", "type_attributes", "edits", "composer"):
+            getattr(self, cache)
+        self._rows.update((name, (eid, is_subject, etype)) for eid, name, is_subject, etype in self.kb.conn.execute(
+            "SELECT id, name, is_subject, type FROM entities"))  # ~60k rows on CMeKG, ~17 MB
+        self._all_rows = True
+        self.longer_names("")
+        self.listing("", "symptoms", "disease")
+        self.listing("", "indications", "drug")
+
     def row(self, name: str) -> tuple[int, int, str] | None:
         """(id, is_subject, type) of an entity by canonical name."""
         if name not in self._rows:
+            if self._all_rows:
+                return None
             self._rows[name] = self.kb.conn.execute(
                 "SELECT id, is_subject, type FROM entities WHERE name = ?", (name,)).fetchone()
         return self._rows[name]
+
+    def facts(self, entity_id: int, name: str, attributes: list[str] | None, max_values: int | None) -> list[Fact]:
+        """``KnowledgeBase._facts_by_id``, remembered for the :data:`FACT_CACHE` most recent entity queries (a
+        disease's drugs, a candidate disease, a popular entity are asked for again and again); a new list each call."""
+        key = (entity_id, name, None if attributes is None else tuple(attributes), max_values)
+        found = self._facts.pop(key, None)
+        if found is None:
+            found = self.kb._facts_by_id(entity_id, name, attributes, max_values)
+            if len(self._facts) >= FACT_CACHE:
+                del self._facts[next(iter(self._facts))]
+        self._facts[key] = found
+        return list(found)
 
     @property
     def prominence(self) -> dict[str, int]:
@@ -301,9 +329,9 @@ def entity_facts(kb, entity_id: int, name: str, etype: str, asked: list[tuple[st
                  via: str = "direct", anchor: str = "") -> list[Fact]:
     """An entity's asked attributes (per cue group, the first one it has), else its type's defaults."""
     if not asked:
-        found = kb._facts_by_id(entity_id, name, kb.schema.defaults_for(etype), max_values)
+        found = kb.lookups.facts(entity_id, name, kb.schema.defaults_for(etype), max_values)
     else:
-        found = kb._facts_by_id(entity_id, name, [a for g in asked for a in g], max_values)
+        found = kb.lookups.facts(entity_id, name, [a for g in asked for a in g], max_values)
         present = {f.attribute for f in found}
         chosen = {next((a for a in g if a in present), None) for g in asked}
         found = [f for f in found if f.attribute in chosen]
@@ -354,12 +382,12 @@ def _two_hop(kb, disease: str, disease_id: int, wanted: list[str], max_values: i
     look = kb.lookups
     facts: list[Fact] = []
     followed = 0
-    for hop in kb._facts_by_id(disease_id, disease, ["drugs"], None)[:40]:
+    for hop in look.facts(disease_id, disease, ["drugs"], None)[:40]:
         product = look.product_for(hop.value)
         row = look.row(product) if product else None
         if row is None:
             continue
-        own = kb._facts_by_id(row[0], product, wanted, max_values)
+        own = look.facts(row[0], product, wanted, max_values)
         if not own:
             continue
         facts.append(Fact(hop.entity, hop.attribute, hop.relation, hop.value, "two_hop", disease))

@@ -308,6 +308,21 @@ class KnowledgeBase:
         self._departments.hospital = self.hospital
         return self._departments
 
+    def warm(self) -> None:
+        """Build now what linking otherwise builds on first use (the linker, the lookups' listings and name
+        indexes, the misspelling and body-part indexes, the department evidence, jieba and the homophone
+        readings), so that no question waits for it: commands call it at start-up (the BM25 index of the
+        no-entity fallback is left to its first use: :attr:`lookups` ``.lexical``)."""
+        import jieba
+
+        from qihuang.kb.fuzzy import readings
+
+        jieba.initialize()
+        readings("痛")
+        self.linker.detect_attributes("预热", [])
+        self.lookups.warm()
+        self.departments.warm()
+
     def use_departments(self, path: str | Path | None) -> None:
         """Name only the departments of a hospital's own list in retrieval's facts (a text file, one
         department per line, or a YAML list; see :func:`qihuang.kb.departments.read_hospital`); None goes
