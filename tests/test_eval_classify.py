@@ -59,6 +59,11 @@ def test_macro_f1_counts_unparsed_as_missed():
     macro, per = f1_scores(rows)
     assert per["a"] == {"n": 2, "precision": 100.0, "recall": 50.0, "f1": 66.67}
     assert macro == pytest.approx((66.67 + 100) / 2, abs=0.01)
+    wrong = rows + [{"gold": "b", "pred": "c"}]  # a label only ever predicted scores 0 and counts in the mean
+    macro, per = f1_scores(wrong)
+    assert per["c"] == {"n": 0, "precision": 0.0, "recall": 0.0, "f1": 0.0} and per["b"]["recall"] == 50.0
+    assert macro == pytest.approx((66.67 + 66.67 + 0) / 3, abs=0.01)
+    assert f1_scores([{"gold": "a", "pred": None}]) == (0.0, {"a": {"n": 1, "precision": 0.0, "recall": 0.0, "f1": 0.0}})
 
 
 def test_promptcblue_per_dataset_scores_and_a_note_for_the_records_left_to_benchqa(tmp_path):

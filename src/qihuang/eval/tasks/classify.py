@@ -87,21 +87,20 @@ def match_label(reply: str, labels: list[str]) -> str | None:
 
 
 def f1_scores(rows: list[dict]) -> tuple[float | None, dict[str, dict]]:
-    """Macro-F1 (0-100) over the labels that are gold or predicted, and per-label P/R/F1."""
+    """Macro-F1 (0-100) over the labels that are gold or predicted, and per-label P/R/F1 (scikit-learn's,
+    a label never predicted or never gold scoring 0)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
     labels = sorted({r["gold"] for r in rows} | {r["pred"] for r in rows if r["pred"] is not None})
-    per: dict[str, dict] = {}
-    f1s = []
-    for lab in labels:
-        tp = sum(r["gold"] == lab and r["pred"] == lab for r in rows)
-        n_pred = sum(r["pred"] == lab for r in rows)
-        n_gold = sum(r["gold"] == lab for r in rows)
-        p = tp / n_pred if n_pred else 0.0
-        rec = tp / n_gold if n_gold else 0.0
-        f = 2 * p * rec / (p + rec) if p + rec else 0.0
-        f1s.append(f)
-        per[lab] = {"n": n_gold, "precision": round(100 * p, 2), "recall": round(100 * rec, 2), "f1": round(100 * f, 2)}
-    macro = round(100 * sum(f1s) / len(f1s), 2) if f1s else None
-    return macro, per
+    if not labels:
+        return None, {}
+    unmatched = "\0"  # an answer that matched no label: wrong for every label, counted for none
+    p, rec, f, n = precision_recall_fscore_support([r["gold"] for r in rows],
+                                                   [unmatched if r["pred"] is None else r["pred"] for r in rows],
+                                                   labels=labels, zero_division=0)
+    per = {lab: {"n": int(n[i]), "precision": round(100 * float(p[i]), 2), "recall": round(100 * float(rec[i]), 2),
+                 "f1": round(100 * float(f[i]), 2)} for i, lab in enumerate(labels)}
+    return round(100 * float(f.mean()), 2), per
 
 
 class ClassifyTask(ShapedLoad, Task):
