@@ -207,6 +207,15 @@ def test_link_yields_to_and_cues_inside_value_entities(kb):
     assert kb.linker.detect_attribute_groups(text, kb.find_entities(text)) == [("examinations",)]
 
 
+def test_whether_to_operate_asks_treatment_too(kb):
+    """需要手术吗 weighs surgery against other treatment (how real questions are labelled); a question about
+    the operation itself asks only about surgery."""
+    for text in ("偏头痛需要手术吗？", "偏头痛是否可以不动手术", "偏头痛要不要做切除"):
+        assert set(kb.linker.detect_attributes(text)) == {"surgery", "treatment"}, text
+    assert kb.linker.detect_attributes("偏头痛手术的具体操作方法") == ["surgery"]
+    assert "treatment" not in kb.linker.detect_attributes("偏头痛手术后有什么后遗症")
+
+
 def test_every_question_phrasing_retrieves_its_own_attribute(kb):
     """Data building and grounding agree: each phrasing of an attribute, asked about an entity that
     has it, makes ``link`` retrieve that attribute's facts and no other's."""
