@@ -216,6 +216,16 @@ def test_whether_to_operate_asks_treatment_too(kb):
     assert "treatment" not in kb.linker.detect_attributes("偏头痛手术后有什么后遗症")
 
 
+def test_no_much_is_told_not_asked_and_use_verbs_ask_precautions(kb):
+    # 没什么效果 / 没啥用 tell (a clause with them asks nothing); the cue 药物 there is not read
+    told = "一直服用药物没什么效果，可以改用布洛芬吗？"
+    assert "drugs" not in kb.linker.detect_attributes(told)
+    assert "drugs" in kb.linker.detect_attributes("偏头痛用什么药物？")  # 什么 still asks
+    assert "precautions" in kb.linker.detect_attributes("我有偏头痛，平时饮食要注意么")  # a final 么 still asks
+    for verb in ("使用", "服用", "食用"):  # 可以使用X吗 asks what to mind, like 可以吃X吗
+        assert "precautions" in kb.linker.detect_attributes(f"偏头痛的人可以{verb}布洛芬吗？"), verb
+
+
 def test_every_question_phrasing_retrieves_its_own_attribute(kb):
     """Data building and grounding agree: each phrasing of an attribute, asked about an entity that
     has it, makes ``link`` retrieve that attribute's facts and no other's."""
