@@ -30,6 +30,7 @@ ROWS = [
     {"中心词": "慢性白血病", "常见症状": ["白细胞增多", "淋巴细胞增多", "血糖升高"], "就诊科室": ["血液内科"]},
     {"中心词": "牙周病", "常见症状": ["牙龈炎", "牙龈出血"], "就诊科室": ["口腔科"]},
     {"中心词": "好医生", "适应症": ["感冒"], "不良反应": ["皮疹"], "成份": ["板蓝根"]},  # a brand that is also words
+    {"中心词": "痛经", "常见症状": ["下腹痛"], "就诊科室": ["妇科"]},
 ]
 
 
@@ -56,6 +57,17 @@ def names(kb, text):
 ])
 def test_a_body_part_and_a_feeling_name_a_kb_symptom(kb, text, expected):
     assert names(kb, text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("经前肚子疼怎么办", ["痛经"]),
+    ("每次来月经的时候，肚子痛得厉害", ["痛经"]),  # a comma between: the same sentence
+    ("我肚子疼，还一直拉不出来", ["腹痛"]),  # nothing says when: the symptom stays
+    ("月经推迟了一周。今天肚子疼是怎么回事", ["腹痛"]),  # the period is told in another sentence
+])
+def test_a_symptom_whose_sentence_says_when_it_comes_names_the_narrower_entry(kb, text, expected):
+    assert names(kb, text) == expected
+    assert "痛经" not in names(kb, "来月经时肚子不疼")  # a denied pain is no dysmenorrhoea
 
 
 def test_what_the_kb_does_not_name_is_not_composed_and_words_inside_other_words_are_no_parts(kb):
@@ -231,6 +243,10 @@ def test_the_shipped_symptom_words_are_valid_and_bad_ones_name_the_field(tmp_pat
         bad.write_text("parts: {肚子: [腹]}\nfeelings: {疼: [痛]}\nchanges: {偏高: ['高{y}']}\n", encoding="utf-8")
         variants.load_symptom_words.cache_clear()
         with pytest.raises(ConfigError, match=r"symptom_words.yaml: .*changes.偏高: 高\{y\}"):
+            variants.load_symptom_words()
+        bad.write_text("parts: {肚子: [腹]}\nfeelings: {疼: [痛]}\ncontexts: {腹痛: {'月经(': 痛经}}\n", encoding="utf-8")
+        variants.load_symptom_words.cache_clear()
+        with pytest.raises(ConfigError, match=r"symptom_words.yaml: contexts.腹痛: pattern '月经\('"):
             variants.load_symptom_words()
     finally:
         variants.load_symptom_words.cache_clear()

@@ -54,6 +54,8 @@ class SymptomWords(BaseModel):
     changes: dict[str, tuple[str, ...]] = {}
     degrees: tuple[str, ...] = ()
     measures: tuple[str, ...] = ()
+    context_gap: int = Field(10, ge=0)
+    contexts: dict[str, dict[str, str]] = {}
 
 
 @lru_cache(maxsize=1)
@@ -73,6 +75,12 @@ def load_symptom_words() -> SymptomWords:
     bad = [f"changes.{k}: {t}" for k, v in words.changes.items() for t in v if t.count("{x}") != 1 or "{" in t.replace("{x}", "")]
     if bad:
         raise ConfigError(f"{path}: a change's name template holds {{x}} once and no other braces: {bad}")
+    for symptom, narrower in words.contexts.items():
+        for pattern in narrower:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"{path}: contexts.{symptom}: pattern {pattern!r} is no regular expression ({exc})") from None
     return words
 
 
@@ -97,6 +105,23 @@ class Composer:
         self._change_re = _alternation(words.changes) if words.changes else None
         self._degrees = sorted({normalize(w) for w in words.degrees}, key=len, reverse=True)
         self._measures = sorted({normalize(w) for w in words.measures}, key=len, reverse=True)
+        self._contexts = {k: [(re.compile(p), name) for p, name in v.items()] for k, v in words.contexts.items()}
+
+    def in_context(self, norm: str, m: Mention) -> Mention:
+        """The narrower KB name ``m`` has in its sentence (来月经的时候肚子疼: 腹痛 -> 痛经, see ``contexts``
+        in symptom_words.yaml), or ``m`` itself."""
+        rules = self._contexts.get(m.name)
+        if not rules or m.negated:
+            return m
+        start, end = max(0, m.start - self.words.context_gap), min(len(norm), m.end + self.words.context_gap)
+        while start < m.start and any(c in _SENTENCE_END for c in norm[start:m.start]):
+            start += 1  # the circumstance is told in the symptom's own sentence
+        cut = next((i for i in range(m.end, end) if norm[i] in _SENTENCE_END), end)
+        for pattern, name in rules:
+            etype = self._exists(name)
+            if etype and (pattern.search(norm, start, m.start) or pattern.search(norm, m.end, cut)):
+                return Mention(name, m.surface, m.start, m.end, etype, True, m.negated, (m.name, *m.forms))
+        return m
 
     def changed(self, norm: str, negation: frozenset[str],
                 read: list[tuple[int, int]] = ()) -> list[tuple[int, int, str, str, bool]]:
@@ -183,6 +208,7 @@ class Composer:
         return out
 
 
+_SENTENCE_END = frozenset("。.;；!！?？\n")
 MAX_THING = 8  # characters of the thing a change word is written after (白细胞偏高: 白细胞)
 
 
@@ -217,7 +243,7 @@ def refine(kb, text: str, mentions: list[Mention]) -> list[Mention]:
         if not any(m.start < e and s < m.end for m in kept):
             kept.append(Mention(name, text[s:e], s, e, etype, True, neg))
     kept.sort(key=lambda m: m.start)
-    kept = [_specific(kb, norm, m) for m in kept]
+    kept = [comp.in_context(norm, _specific(kb, norm, m)) for m in kept]
     asked = kb.linker.question_spans(norm)  # question wording: never part of a misspelt name
     return _edits(kb, text, norm, _typos(kb, text, norm, kept, asked), asked)
 
