@@ -170,6 +170,13 @@ def test_an_asked_attribute_the_kb_lacks_is_said_and_the_entity_s_facts_stand_in
     assert ground(kb, "跟腱断裂怎么手术？").coverage_note() == ""
 
 
+def test_does_it_work_for_a_named_disease_asks_indications_not_effects(kb):
+    """用X治Y有效吗 asks whether X treats Y (its indications); X有效吗 alone also asks what X does."""
+    for_disease = kb.detect_attributes("支气管扩张症用复方甲氧那明胶囊有效吗？")
+    assert "indications" in for_disease and "efficacy" not in for_disease
+    assert {"efficacy", "indications"} <= set(kb.detect_attributes("复方甲氧那明胶囊效果怎么样？"))
+
+
 def test_can_i_take_asks_contraindications_only_when_a_drug_is_named(kb):
     """能吃X吗 asks what to mind; what is contraindicated only when a drug is involved (the labelling guide)."""
     with_drug = set(kb.link("尿路感染可以吃左氧氟沙星吗？").attributes)
@@ -225,6 +232,9 @@ def test_bad_question_forms_name_the_field(monkeypatch):
         schema._parse_forms([{"pattern": "x", "attributes": ["treatment"], "typo": 1}], schema.load_schema().attributes)
     with pytest.raises(ConfigError, match=r"question_forms\[0\]: only_with"):
         schema._parse_forms([{"pattern": "x", "attributes": ["treatment"], "only_with": {"drugs": ["drug"]}}],
+                            schema.load_schema().attributes)
+    with pytest.raises(ConfigError, match=r"question_forms\[0\]: not_with"):
+        schema._parse_forms([{"pattern": "x", "attributes": ["treatment"], "not_with": {"treatment": "disease"}}],
                             schema.load_schema().attributes)
 
 

@@ -291,20 +291,22 @@ class Linker:
         next to a cue (``cues``: spans), which says what is asked there (治疗什么病, 还能吃别的药吗); none in a
         text that asks nothing (an answer being verified). A form that reads the question's mentions (a
         :data:`MARKS` character in its pattern) counts in any clause of a text that asks: it reads the story
-        told (吃了X后…). An attribute the form asks ``only_with`` some entity types needs a mention of one."""
+        told (吃了X后…). An attribute the form asks ``only_with`` some entity types needs a mention of one; one
+        it asks ``not_with`` some types is not asked next to a mention of one."""
         if asks is None:  # forms read questions only, never statements
             return []
         out = []
         types = None
         marked_text = _marked(norm, mentions) if self._reads_mentions[described] else None
-        for (_pattern, attrs, only_described, only_with), found, marked in zip(
+        for (_pattern, attrs, only_described, only_with, not_with), found, marked in zip(
                 self._forms, self._all_forms(norm, marked_text), self._marked_forms):
             if only_described != described:
                 continue
-            if only_with:
+            if only_with or not_with:
                 if types is None:
                     types = {m.type for m in mentions or () if not m.negated}
-                attrs = tuple(a for a in attrs if a not in only_with or only_with[a] & types)
+                attrs = tuple(a for a in attrs if (a not in only_with or only_with[a] & types)
+                              and not (a in not_with and not_with[a] & types))
                 if not attrs:
                     continue
             for start, end in found:

@@ -36,10 +36,12 @@ class Schema:
     shared_cues: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # attribute of a subject -> what a triple of it answers about its value (reverse lookups)
     inverse: dict[str, str] = field(default_factory=dict)
-    # ways of asking that ask several attributes at once: (compiled pattern, attributes, described, only_with),
-    # see kb_schema.yaml; ``described``: only a question describing symptoms asks this way; ``only_with``:
-    # attribute -> entity types, asked only when the question names an entity of one of them
-    question_forms: tuple[tuple[re.Pattern, tuple[str, ...], bool, dict[str, frozenset[str]]], ...] = ()
+    # ways of asking that ask several attributes at once: (compiled pattern, attributes, described, only_with,
+    # not_with), see kb_schema.yaml; ``described``: only a question describing symptoms asks this way;
+    # ``only_with``: attribute -> entity types, asked only when the question names an entity of one of them;
+    # ``not_with``: attribute -> entity types, not asked when the question names one (有效吗 of a drug for a disease)
+    question_forms: tuple[tuple[re.Pattern, tuple[str, ...], bool, dict[str, frozenset[str]],
+                                dict[str, frozenset[str]]], ...] = ()
     # what a question marks as a question (a clause without any of these describes, it does not ask)
     asking: re.Pattern | None = None
     # wording that names a cause as part of a description, not a question about it (X引起的Y)
@@ -79,29 +81,32 @@ def _parse_inverse(raw, attributes: dict[str, Attribute]) -> dict[str, str]:
     return dict(raw)
 
 
-_FORM_KEYS = {"pattern", "attributes", "described", "only_with"}
+_FORM_KEYS = {"pattern", "attributes", "described", "only_with", "not_with"}
 
 
 def _parse_forms(raw, attributes: dict[str, Attribute]) -> tuple[tuple[re.Pattern, tuple[str, ...], bool, dict], ...]:
-    """The ``question_forms:`` section: a list of {pattern, attributes[, described][, only_with]}."""
+    """The ``question_forms:`` section: a list of {pattern, attributes[, described][, only_with][, not_with]}."""
     if not isinstance(raw, list):
         raise ConfigError(f"kb_schema.yaml: question_forms: must be a list of {{pattern, attributes}}, got {raw!r}")
     out = []
     for i, item in enumerate(raw):
         where = f"kb_schema.yaml: question_forms[{i}]"
         if not isinstance(item, dict) or not {"pattern", "attributes"} <= set(item) <= _FORM_KEYS:
-            raise ConfigError(f"{where}: expected the keys 'pattern', 'attributes' and optionally 'described' and "
-                              f"'only_with', got {item!r}")
+            raise ConfigError(f"{where}: expected the keys 'pattern', 'attributes' and optionally 'described', "
+                              f"'only_with' and 'not_with', got {item!r}")
         if not isinstance(item.get("described", False), bool):
             raise ConfigError(f"{where}: described: true or false, got {item['described']!r}")
         attrs = item["attributes"]
         if not isinstance(attrs, list) or not attrs or any(a not in attributes for a in attrs):
             raise ConfigError(f"{where}: attributes: a non-empty list of known attributes, got {attrs!r}")
-        only = item.get("only_with") or {}
-        if not isinstance(only, dict) or any(a not in attrs or not isinstance(t, list) or not t for a, t in only.items()):
-            raise ConfigError(f"{where}: only_with: a mapping of its attributes to lists of entity types, got {only!r}")
+        by_type = {}
+        for key in ("only_with", "not_with"):
+            given = item.get(key) or {}
+            if not isinstance(given, dict) or any(a not in attrs or not isinstance(t, list) or not t for a, t in given.items()):
+                raise ConfigError(f"{where}: {key}: a mapping of its attributes to lists of entity types, got {given!r}")
+            by_type[key] = {a: frozenset(t) for a, t in given.items()}
         out.append((compile_pattern(item["pattern"], f"{where}: pattern"), tuple(attrs), item.get("described", False),
-                    {a: frozenset(t) for a, t in only.items()}))
+                    by_type["only_with"], by_type["not_with"]))
     return tuple(out)
 
 
