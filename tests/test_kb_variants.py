@@ -198,6 +198,10 @@ def test_a_drug_taken_and_what_followed_asks_its_adverse_reactions(kb):
     assert "adverse_reactions" in kb.link("用了复方甲氧那明胶囊，用后口干，怎么回事").attributes
     assert "adverse_reactions" not in kb.link("赖氨葡锌颗粒怎么吃？").attributes  # no story told
     assert kb.detect_attributes("吃了赖氨葡锌颗粒后恶心。") == []  # a statement (an answer) asks nothing
+    # what followed the drug is what it does, not a disease to name: 怎么回事 adds no candidates' questions
+    after = kb.link("吃了赖氨葡锌颗粒后一直恶心，这是怎么了？").attributes
+    assert "related_diseases" not in after and "cause" not in after
+    assert {"related_diseases", "cause"} <= set(kb.link("最近一直口干，怎么回事").attributes)  # no drug: which disease
 
 
 @pytest.mark.parametrize("text, is_it", [

@@ -56,6 +56,7 @@ MIN_EVIDENCE = 2  # matched symptoms a candidate needs to be "confident"
 WEAK_ATTRIBUTES = frozenset({"department", "examinations"})  # all a weak candidate may contribute
 TOP_DRUGS = 5  # drugs indicated for described symptoms
 MAX_DESCRIBED = 8  # described symptoms scored (the first ones)
+_DRUG_TYPES = frozenset({"drug", "herb", "formula"})
 _LISTING = re.compile(r"[、，,；;和及与伴或]")  # a name with these lists several things
 # share of the KB's diseases that must list a named subject as a symptom for it to count as a described
 # symptom (CMeKG: 3 of 6,292; 胸痛 is listed by 396, 疱疹 by 8, 过敏性鼻炎 by 2)
@@ -562,6 +563,8 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
     candidates: list[dict] = []
     missing: list[tuple[str, str]] = []
     described = linker.described_asks(text, mentions)  # 怎么回事: which diseases, and why (X是什么病 asks about X)
+    if described and "adverse_reactions" in attributes and any(m.type in _DRUG_TYPES and not m.negated for m in mentions):
+        described = []  # 吃了X后呕吐，这是怎么了: what X does, not which disease it is
     if described:
         groups += [(a,) for a in described if a not in attributes]
         attributes, asked = flatten(groups), _asked_groups(groups)
