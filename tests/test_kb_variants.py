@@ -31,6 +31,7 @@ ROWS = [
     {"中心词": "牙周病", "常见症状": ["牙龈炎", "牙龈出血"], "就诊科室": ["口腔科"]},
     {"中心词": "好医生", "适应症": ["感冒"], "不良反应": ["皮疹"], "成份": ["板蓝根"]},  # a brand that is also words
     {"中心词": "痛经", "常见症状": ["下腹痛"], "就诊科室": ["妇科"]},
+    {"中心词": "甲状腺素（T4）", "所属分类": ["内分泌检查"]},  # written 甲状腺素 too (the part before the parenthesis)
 ]
 
 
@@ -114,6 +115,9 @@ def test_a_long_name_written_with_one_character_more_or_less(kb):
     assert names(kb, "赖氨酸葡锌颗粒的作用？") == ["赖氨葡锌颗粒"]  # one too many; 赖氨酸 alone would be another entity
     assert names(kb, "孕五个月查促甲状腺素偏高") == ["促甲状腺激素"]  # one left out
     assert names(kb, "赖氨葡锌颗粒怎么吃") == ["赖氨葡锌颗粒"]  # written exactly: the linker's own
+    # a shortened name inside the window (甲状腺素 of 甲状腺素（T4）) is no better reading than the full one
+    assert names(kb, "孕五个月时查促甲状腺素为3.96，偏高") == ["促甲状腺激素"]
+    assert names(kb, "甲状腺素偏高怎么办") == ["甲状腺素（T4）"]  # written as the shortened name alone: that one
 
 
 def test_a_generic_head_with_the_modifiers_of_a_longer_name_links_that_name(kb):

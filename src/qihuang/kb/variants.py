@@ -359,8 +359,8 @@ def _edits(kb, text: str, norm: str, mentions: list[Mention], asked: list[tuple[
             covered = [m for m in out if s <= m.start and m.end <= e]
             if any(m.start < e and s < m.end for m in out if m not in covered):
                 continue
-            if any(m.end - m.start >= e - s - 1 for m in covered):
-                continue  # a mention nearly as long is the better reading
+            if any(m.end - m.start >= e - s - 1 and not m.via_alias for m in covered):
+                continue  # a name nearly as long written as it is is the better reading (not a shortened one)
             row = kb.lookups.row(name)
             if row is None:
                 continue
