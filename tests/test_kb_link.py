@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -43,6 +45,7 @@ def test_every_lexicon_section_parses(section):
     ({"negation": {"cues": ["没有"]}, "colloquial": {"疼": "头痛"}}, "colloquial"),
     ({"negation": {"cues": [""]}}, "negation.cues"),
     ({"negation": {"cues": ["没"]}, "noise": {"min_support": 0}}, "noise.min_support"),
+    ({"negation": {"cues": ["没"]}, "noise": {"rare_kept": "(炎"}}, "noise.rare_kept"),
     ({"negation": {"cues": ["没"]}, "intent": {"none": ["介绍一下"]}}, "intent.none"),
     ({"negation": {"cues": ["没"]}, "colloqial": {}}, "colloqial"),
     ({"colloquial": {}}, "negation"),
@@ -123,7 +126,12 @@ def test_noise_names_on_the_tiny_kb(kb):
     strict = compute_noise(kb.conn, kb.schema.link_stopwords, kb.rare_values(rule.min_support), rule)
     assert {"反复发作性头痛", "畏光"} <= strict
     assert "高血压" not in strict and "胸闷" not in strict  # ... never a subject or a colloquial target (胸口闷)
-    assert kb.rare_values(3) - protected_names(kb.conn) <= strict
+    kept = re.compile(rule.rare_kept)
+    assert {n for n in kb.rare_values(3) - protected_names(kb.conn) if not kept.search(n)} <= strict
+    assert {"中耳炎", "胃溃疡"} <= kb.rare_values(3) and not strict & {"中耳炎", "胃溃疡"}  # read as medical names
+    loose = compute_noise(kb.conn, kb.schema.link_stopwords, kb.rare_values(rule.min_support),
+                          rule.model_copy(update={"rare_kept": ""}))
+    assert {"中耳炎", "胃溃疡"} <= loose  # without the rule they are noise like any rare name
 
 
 def test_the_linker_excludes_noise_names(tiny_db):

@@ -32,6 +32,9 @@ ROWS = [
     {"中心词": "好医生", "适应症": ["感冒"], "不良反应": ["皮疹"], "成份": ["板蓝根"]},  # a brand that is also words
     {"中心词": "痛经", "常见症状": ["下腹痛"], "就诊科室": ["妇科"]},
     {"中心词": "甲状腺素（T4）", "所属分类": ["内分泌检查"]},  # written 甲状腺素 too (the part before the parenthesis)
+    {"中心词": "慢性浅表性胃炎", "常见症状": ["上腹痛"], "就诊科室": ["消化内科"]},
+    {"中心词": "急性淋巴细胞白血病", "常见症状": ["发热"], "就诊科室": ["血液内科"]},
+    {"中心词": "慢性淋巴细胞白血病", "常见症状": ["乏力"], "就诊科室": ["血液内科"]},
 ]
 
 
@@ -109,6 +112,12 @@ def test_a_subject_written_without_its_suffix_or_parenthesis(kb):
     assert names(kb, "支气管扩张怎么办") == ["支气管扩张症"]
     assert names(kb, "抗甲状腺微粒体抗体偏高") == ["抗甲状腺微粒体抗体（ATMA）"]
     assert names(kb, "ATMA偏高有事吗") == ["抗甲状腺微粒体抗体（ATMA）"]
+
+
+def test_a_subject_written_without_its_course_modifier(kb):
+    assert names(kb, "浅表性胃炎怎么治疗") == ["慢性浅表性胃炎"]  # one subject is written so
+    assert "急性淋巴细胞白血病" not in names(kb, "淋巴细胞白血病怎么治疗")  # two are: neither is guessed
+    assert "慢性淋巴细胞白血病" not in names(kb, "淋巴细胞白血病怎么治疗")
 
 
 def test_a_long_name_written_with_one_character_more_or_less(kb):

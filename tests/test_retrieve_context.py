@@ -62,6 +62,22 @@ def test_a_value_symptom_made_of_two_symptoms_links_as_both(tmp_path):
         kb.close()
 
 
+def test_a_body_part_and_what_it_has_stays_one_value(tmp_path):
+    """宫颈糜烂 is not 宫颈 and 糜烂: a half no disease lists as a symptom (a body part) does not split it."""
+    rows = [{"中心词": "宫颈炎", "常见症状": ["宫颈糜烂", "白带增多"], "就诊科室": ["妇科"]},
+            {"中心词": "口腔溃疡", "常见症状": ["糜烂", "疼痛"], "就诊科室": ["口腔科"]},
+            {"中心词": "宫颈", "别称": ["子宫颈"]}]  # a linkable name no disease lists as a symptom
+    src = tmp_path / "kb.jsonl"
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    kb = KnowledgeBase.create(tmp_path / "kb.sqlite")
+    kb.import_source(src, progress=False)
+    try:
+        assert kb.lookups.row("宫颈") and kb.lookups.row("糜烂")  # both halves are linkable names
+        assert [m.name for m in kb.find_entities("宫颈糜烂怎么治疗")] == ["宫颈糜烂"]
+    finally:
+        kb.close()
+
+
 def test_a_diagnosis_ruled_out_is_negated(kb):
     found = {m.name: m.negated for m in kb.find_entities("已经排除偏头痛了，感冒吃什么药")}
     assert found == {"偏头痛": True, "感冒": False}

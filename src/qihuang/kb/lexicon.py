@@ -172,6 +172,16 @@ class NoiseRule(_Strict):
     min_kb_triples: int = Field(100_000, ge=0)
     min_word_freq: int = Field(100, ge=1)
     max_specificity: float = Field(1.5, gt=0)
+    rare_kept: str = ""  # a rare name matching this regular expression reads as a medical name: not noise
+
+    @field_validator("rare_kept")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
 
 class IntentConfig(_Strict):

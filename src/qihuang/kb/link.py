@@ -496,8 +496,12 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
 
     for options in cands.values():
         options.sort(key=lambda o: o[0], reverse=True)
-    for key in [k for k, o in cands.items() if o[0][0][0] == VALUE and o[0][2] == "symptom" and _splits(k, cands)]:
-        del cands[key]  # 头晕乏力, 恶心呕吐: two symptoms, each linked on its own
+    listed = dict(kb.conn.execute("SELECT value, count(*) FROM triples WHERE attribute = 'symptoms' GROUP BY value"))
+    diseases = kb.conn.execute("SELECT count(*) FROM entities WHERE type = 'disease' AND is_subject = 1").fetchone()[0]
+    least = max(1, int(SPLIT_SHARE * diseases))
+    for key in [k for k, o in cands.items()
+                if o[0][0][0] == VALUE and o[0][2] == "symptom" and _splits(k, cands, listed, least)]:
+        del cands[key]  # 头晕乏力, 恶心呕吐: two symptoms, each linked on its own (not 宫颈糜烂, 妊娠高血压)
     # a value-only drug name whose stem names a product (盐酸二甲双胍 -> 二甲双胍 -> 二甲双胍片): its form
     for key, options in cands.items():
         rank, name, etype, _ = options[0]
@@ -520,19 +524,26 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
 
 
 _NAME_SUFFIXES = ("综合征", "检查", "症", "病")  # a subject written without them (支气管扩张 -> 支气管扩张症)
+_NAME_PREFIXES = ("急性", "慢性", "原发性", "继发性", "特发性")  # course modifiers a question may leave out
 _PARENS = re.compile(r"^(.+?)[(（]([^()（）]+)[)）]$")
 _DASHES = re.compile(r"[-‐‑‒–—―·・•]")
 
 
 def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, str]]:
-    """(surface, subject name, type): shorter ways a subject's name is written: without a suffix the name
-    only adds (支气管扩张 for 支气管扩张症, 新生儿听力筛查 for 新生儿听力筛查检查; a stem of at least 3
+    """(surface, subject name, type): shorter ways a subject's name is written: without a course modifier
+    when no other subject is written so (浅表性胃炎 for 慢性浅表性胃炎; at least 4 characters left), without a
+    suffix the name only adds (支气管扩张 for 支气管扩张症, 新生儿听力筛查 for 新生儿听力筛查检查; a stem of at least 3
     characters), the part before a parenthesis and a Latin abbreviation inside it (抗甲状腺微粒体抗体 and ATMA
     of 抗甲状腺微粒体抗体（ATMA）; not 药物治疗 of 胃溃疡合并出血（药物治疗）), and a name with its dashes and middle dots left out."""
     out = []
+    modified: dict[str, list[tuple[str, str]]] = {}  # a subject's name without its course modifier -> subjects
     for name, (etype, is_subject) in nodes.items():
         if not is_subject:
             continue
+        for prefix in _NAME_PREFIXES:
+            if name.startswith(prefix) and len(name) - len(prefix) >= 4:
+                modified.setdefault(name[len(prefix):], []).append((name, etype))
+                break
         for suffix in _NAME_SUFFIXES:
             if name.endswith(suffix) and len(name) - len(suffix) >= 3:
                 out.append((name[:-len(suffix)], name, etype))
@@ -544,6 +555,8 @@ def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, st
                     and (part is head or part.isascii())]  # inside: an abbreviation (ATMA), not a qualifier (药物治疗)
         if _DASHES.search(name):
             out.append((_DASHES.sub("", name), name, etype))
+    # written without 急性/慢性 and kin (浅表性胃炎 for 慢性浅表性胃炎) when one subject alone is left that way
+    out += [(rest, *subjects[0]) for rest, subjects in modified.items() if len(subjects) == 1]
     return out
 
 
@@ -555,9 +568,20 @@ def _names_something(part: str) -> bool:
     return (han >= 2 or letters >= 2) and not part.endswith(("型", "期", "级", "度", "岁"))
 
 
-def _splits(key: str, cands: dict) -> bool:
-    """``key`` is two linkable names of at least two characters each, written one after the other."""
-    return any(key[:i] in cands and key[i:] in cands for i in range(2, len(key) - 1))
+SPLIT_SHARE = 0.002  # share of the KB's diseases that must list each half of a value as a symptom for a split
+
+
+def _splits(key: str, cands: dict, listed: dict[str, int], least: int = 1) -> bool:
+    """``key`` is two symptoms of at least two characters each, written one after the other: two linkable
+    names that at least ``least`` diseases each list as a symptom (头晕 and 乏力; not 宫颈 and 糜烂, a body
+    part and what it has, nor 妊娠 and 高血压: in CMeKG 3 and 7 diseases list 宫颈 and 妊娠, 345 头晕)."""
+    return any(key[:i] in cands and key[i:] in cands and listed.get(_first(cands[key[:i]]), 0) >= least
+               and listed.get(_first(cands[key[i:]]), 0) >= least for i in range(2, len(key) - 1))
+
+
+def _first(options: list) -> str:
+    """The name a surface's best candidate links to."""
+    return options[0][1]
 
 
 def _stems(name: str, forms) -> list[str]:

@@ -6,7 +6,7 @@ entry of its own) and is not the target of a colloquial name (``lexicon.yaml``),
 * **rare**: fewer than ``noise.min_support`` triples cite it, in a KB of at least ``noise.min_kb_triples``
   triples (CMeKG: 结合, 常见的, 有疼痛, 哮喘等, 理解, 可有, 诊断, 持续性 — extraction fragments and
   ordinary words cited once or twice); in a small KB every name is cited once or twice, so support is
-  not evidence there; or
+  not evidence there. A rare name that reads as a medical name (``noise.rare_kept``: 肺结节, ADHD) stays; or
 * **generic**: general Chinese uses it often (jieba dictionary frequency ≥ ``noise.min_word_freq``) and
   the KB cites it at most ``noise.max_specificity`` times as often as general text does, both as shares
   of their size (感觉: 11 of 967k triples vs 7,767 of 60M words, 0.09×; 咳嗽: 2,648 vs 1,235, 133×).
@@ -14,6 +14,7 @@ entry of its own) and is not the target of a colloquial name (``lexicon.yaml``),
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -82,5 +83,6 @@ def compute_noise(conn, stopwords: Iterable[str], rare: frozenset[str], rule: No
     support = value_support(conn) if support is None else support
     noise = set(stopwords) | generic_names(value_only, support, n_triples, rule)
     if n_triples >= rule.min_kb_triples:
-        noise |= rare
+        kept = re.compile(rule.rare_kept) if rule.rare_kept else None
+        noise |= {n for n in rare if not kept.search(n)} if kept else rare
     return frozenset(noise - protected_names(conn))
