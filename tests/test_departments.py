@@ -88,6 +88,8 @@ def test_every_department_value_of_cmekg_is_listed():
     (lambda r: r["departments"][3].update(family="aliens"), "family"),
     (lambda r: r["groups"]["child"].update(department="火星科"), "groups"),
     (lambda r: r.update(extra=1), "extra"),
+    (lambda r: r["body_words"].update({"眉毛": ["火星科"]}), "body_words"),
+    (lambda r: r["body_words"].update({"眉": ["皮肤科"]}), "body_words"),
 ])
 def test_bad_data_file_errors_name_the_file_and_field(change, field):
     raw = _raw()
@@ -257,6 +259,18 @@ def test_symptoms_next_to_a_drug_or_a_disease(kb):
     # a named disease is the patient's history: its own department counts with the symptom's
     deps = _departments(kb.link("我有糖尿病，最近总是发热"))
     assert deps and deps[0].value == "内分泌科" and deps[0].relation == "就诊科室"
+
+
+def test_body_words_count_as_cues_where_the_kb_gives_none(own):
+    """眉毛 says 皮肤科 to a triage desk; the KB's wording gives no cue for it, so the book's body word stands in."""
+    from qihuang.kb.department_rank import DepartmentIndex
+
+    text = "最近眉毛那里总是倦怠"
+    ranked = dr.rank(own.departments, [], ["倦怠"], [], patient_groups(text), text)
+    assert ranked and ranked[0].name == "皮肤科" and "“眉毛”" in {s.relation for s in ranked[0].sources}
+    bare = DepartmentIndex(own, book=BOOK.model_copy(update={"body_words": {}}))
+    assert "眉毛" not in bare.cues
+    assert "皮肤科" not in [r.name for r in dr.rank(bare, [], ["倦怠"], [], patient_groups(text), text)]
 
 
 def test_no_department_when_nothing_is_known_but_a_symptom_gets_the_root_said_as_such(kb, own):

@@ -67,6 +67,7 @@ CUE_WEIGHT = 0.5  # a word of the question that the KB's symptom and body-part w
 CUE_MIN_SUBJECTS = 8  # a cue is seen in at least this many subjects' wording
 CUE_MIN_SHARE = 0.5  # ... which are mostly (this share) in one department
 CUE_MIN_LIFT = 3.0  # ... this many times more often than that department overall
+BODY_WORD_SUBJECTS = 20  # a body word of departments.yaml weighs as a KB cue seen in this many subjects' wording
 
 
 class Source(NamedTuple):
@@ -218,6 +219,10 @@ class DepartmentIndex:
             top, c = max(dist.items(), key=lambda kv: kv[1])
             if c / total >= CUE_MIN_SHARE and c / total / max(prior.get(top, 0.0), 1e-4) >= CUE_MIN_LIFT:
                 out[gram] = (n, _sharpen(dist, prior))
+        for word, depts in self.book.body_words.items():  # the team's body words, where the KB says nothing
+            if word not in out:
+                out[word] = (BODY_WORD_SUBJECTS, {d: (1.0 if i == 0 else 0.5) / (1 + 0.5 * (len(depts) - 1))
+                                                  for i, d in enumerate(depts)})
         return out
 
     def parts(self, value: str) -> list[tuple[str, float]]:
@@ -298,7 +303,8 @@ def _book_key(book: DepartmentBook) -> str:
     import hashlib
 
     data = json.dumps(book.model_dump(mode="json"), ensure_ascii=False, sort_keys=True)
-    params = (EVIDENCE_ATTRIBUTES, SHARPEN, MIN_PART, CUE_MIN_SUBJECTS, CUE_MIN_SHARE, CUE_MIN_LIFT, sorted(SETTINGS))
+    params = (EVIDENCE_ATTRIBUTES, SHARPEN, MIN_PART, CUE_MIN_SUBJECTS, CUE_MIN_SHARE, CUE_MIN_LIFT, sorted(SETTINGS),
+              BODY_WORD_SUBJECTS)
     return hashlib.sha256((data + repr(params)).encode()).hexdigest()[:12]
 
 

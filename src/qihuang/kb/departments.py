@@ -87,6 +87,7 @@ class DepartmentBook(_Strict):
     departments: tuple[Department, ...]
     kb_values: dict[str, tuple[str, ...]] = {}
     broad_values: tuple[str, ...] = ()
+    body_words: dict[str, tuple[str, ...]] = {}
     groups: Groups
     _by_name: dict[str, Department] = PrivateAttr(default_factory=dict)
     _aliases: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -113,6 +114,10 @@ class DepartmentBook(_Strict):
             bad = [t for t in targets if t not in known]
             if bad:
                 raise ValueError(f"kb_values: {value}: {bad[0]!r} is not a listed department")
+        for word, targets in self.body_words.items():
+            bad = [t for t in targets if t not in known]
+            if len(word) != 2 or not targets or bad:
+                raise ValueError(f"body_words: {word}: a two-character word and listed departments, got {list(targets)}")
         for value in self.broad_values:
             if not self._one(value):
                 raise ValueError(f"broad_values: {value!r} maps to no department (list it in kb_values)")
