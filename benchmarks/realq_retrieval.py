@@ -14,6 +14,7 @@ prints one table (with the CPU flags and load average of the machine) and exits 
     entity recall >= 95, fact precision >= 90, attribute F1 >= 90, abstain >= 90, department hit@3 >= 80
 
     QIHUANG_HOME=/work/qh python benchmarks/realq_retrieval.py --questions ../shared/realq/questions.jsonl [--kb KB]
+        [--categories]   # also the misses of each split counted by kind (no question text is printed)
 """
 
 from __future__ import annotations
@@ -71,6 +72,51 @@ def ranking_alone(kb, path: Path, split: str) -> tuple[int, int]:
     return hits, n
 
 
+def failure_categories(kb, path: Path, split: str) -> dict[str, int]:
+    """What the misses of ``split`` (all confidences) are, counted by kind, read off the labels and the link
+    result (no text is printed): for the closing notes' "categories that still fail"."""
+    import json
+    from collections import Counter
+
+    from qihuang.eval.tasks.retrieval import same_department
+
+    out: Counter = Counter()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line) if line.strip() else None
+        if not row or row.get("split") != split:
+            continue
+        res = kb.link(row["text"])
+        names = {m.name for m in res.entities}
+        gold = set(row.get("entities") or [])
+        ok = gold | set(row.get("also_ok") or [])
+        if gold and not ok & (names | {f.entity for f in res.facts}):
+            surfaces = [s for s in row.get("surface") or [] if s]
+            if not names:
+                out["entity: nothing linked"] += 1
+            elif any(n in s and n not in ok for n in names for s in surfaces):
+                out["entity: a shorter name inside the written one linked (generic head)"] += 1
+            else:
+                out["entity: another entity linked"] += 1
+            out["entity: gold written as the KB names it" if any(g in row["text"] for g in gold)
+                else "entity: gold written otherwise (lay word, variant, description)"] += 1
+        if not gold and res.facts:
+            out["abstain: facts for a question naming nothing the KB has"] += 1
+        if gold:
+            asked = {a for a in row.get("attributes") or [] if a != "none"}
+            got = set(res.attributes or [])
+            for a in sorted(asked - got):
+                out[f"attribute missed: {a}"] += 1
+            for a in sorted(got - asked):
+                out[f"attribute extra: {a}"] += 1
+        if row.get("department_gold"):
+            deps = list(dict.fromkeys(f.value for f in res.facts if f.attribute == "department"))[:3]
+            if not deps:
+                out["department: none named"] += 1
+            elif not any(same_department(d, g) for d in deps for g in row["department_gold"]):
+                out["department: named, none right"] += 1
+    return dict(out)
+
+
 def _cell(s: dict, key: str) -> str:
     value = s.get(key)
     if key == "n":
@@ -98,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions", type=Path, required=True, help="real questions in the labelled shape (JSON lines)")
     p.add_argument("--kb", type=Path, help="KB file (default: $QIHUANG_HOME/kb.sqlite)")
     p.add_argument("--regression", type=Path, default=REGRESSION, help="the team's regression questions")
+    p.add_argument("--categories", action="store_true", help="also count the misses of each split by kind")
     args = p.parse_args(argv)
     from qihuang.kb import KnowledgeBase
 
@@ -112,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         hits, n = ranking_alone(kb, args.questions, split)
         print(f"  department hit@3 with the gold entities in place of the linked ones ({split}, all): "
               f"{100 * hits / max(n, 1):.2f} % of {n}")
+    if args.categories:
+        for split in ("tune", "held"):
+            cats = failure_categories(kb, args.questions, split)
+            print(f"  misses by kind ({split}, all):")
+            for key in sorted(cats, key=lambda k: (k.split(":")[0], -cats[k], k)):
+                print(f"    {cats[key]:4d}  {key}")
     print("load average after: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     misses = missed(rows[TARGET_ROW])
     for line in misses:

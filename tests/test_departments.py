@@ -273,6 +273,15 @@ def test_body_words_count_as_cues_where_the_kb_gives_none(own):
     assert "皮肤科" not in [r.name for r in dr.rank(bare, [], ["倦怠"], [], patient_groups(text), text)]
 
 
+def test_a_complaint_the_kb_names_nothing_of_gets_departments_from_its_words(kb):
+    res = kb.link("我腋下长了好几个小东西，这是怎么回事？")
+    assert res.entities == []
+    assert [(f.entity, f.value, f.via) for f in res.facts] == [("腋下", "皮肤科", "department")]
+    assert "按用词" in res.facts[0].relation and "“腋下”" in res.facts[0].relation
+    assert kb.link("腋下的淋巴结有哪些？").facts == []  # nobody's complaint: nothing
+    assert kb.link("我最近心里有点烦，怎么办？").facts == []  # no word ties to a department: no guess
+
+
 def test_no_department_when_nothing_is_known_but_a_symptom_gets_the_root_said_as_such(kb, own):
     assert kb.link("今天天气怎么样").facts == []
     assert not _departments(kb.link("布洛芬缓释胶囊的不良反应"))

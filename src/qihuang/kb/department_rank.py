@@ -427,6 +427,8 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     # 副作用有恶心吗) or one of its own symptoms (过敏性鼻炎老打喷嚏吃什么药)
     describes = bool(real) and (bool(candidates) or _describes(index, real, names, symptoms, facts))
     asked = any("department" in g for g in groups)
+    if not names and not facts and _describes_by_words(text, groups):
+        return _by_wording(index, text, patient_groups(text, index.book))
     if not names or not (describes or (asked and facts)):  # (a lexical match names no question entity)
         if not any(f.attribute == "department" for f in facts):
             return facts
@@ -443,6 +445,24 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     rest = [f for f in facts if f.attribute != "department"]
     at = 0 if asked else _answering(kb, rest, groups)
     return rest[:at] + out + rest[at:]
+
+
+_WORDING_ASKS = frozenset({"related_diseases", "cause", "treatment", "department"})  # 怎么回事, 怎么办, 挂什么科
+
+
+def _describes_by_words(text: str, groups: list[tuple[str, ...]]) -> bool:
+    """A question that links to nothing in the KB but is someone's complaint (a patient word: 我, 孩子, 最近,
+    an age) asking what it is, what to do or where to go: its departments may still come from its wording."""
+    return bool(_PATIENT.search(text)) and any(a in _WORDING_ASKS for g in groups for a in g)
+
+
+def _by_wording(index: DepartmentIndex, text: str, patient: Patient) -> list[Fact]:
+    """Departments from the question's wording alone (腋下长了小疙瘩 -> 皮肤科 by 腋下), each fact anchored at
+    the words it rests on; [] when no word of the question ties to a department (no 全科医学科 guessed for a
+    question the KB knows nothing of)."""
+    ranked = rank(index, [], [], [], patient, text)
+    words = [text[i:i + 2] for i in range(len(text) - 1) if text[i:i + 2] in index.cues]
+    return _facts_of(index, ranked, patient, list(dict.fromkeys(words))) if ranked and words else []
 
 
 def _describes(index: DepartmentIndex, real: list[str], names: list[str], symptoms: list[str],
