@@ -190,6 +190,17 @@ def test_does_it_work_for_a_named_disease_asks_indications_not_effects(kb):
     assert {"efficacy", "indications"} <= set(kb.detect_attributes("复方甲氧那明胶囊效果怎么样？"))
 
 
+def test_a_test_result_out_of_range_also_asks_which_diseases_it_points_to(kb):
+    """白细胞偏高，问题大吗 asks how serious and which diseases such a result points to (the real questions'
+    labels); the diseases that list the value come back as reverse facts."""
+    res = kb.link("白细胞偏高，问题大吗？")
+    assert res.attributes == ["prognosis", "related_diseases"]
+    assert any(f.entity == "慢性白血病" and f.via == "reverse" for f in res.facts)
+    assert "related_diseases" in kb.link("促甲状腺激素偏高严重吗").attributes  # an examination written with its result
+    assert kb.link("促甲状腺激素正常吗").attributes == ["prognosis"]  # no result out of range told
+    assert kb.link("慢性白血病严重吗").attributes == ["prognosis"]  # a disease, not a result
+
+
 def test_can_i_take_asks_contraindications_only_when_a_drug_is_named(kb):
     """能吃X吗 asks what to mind; what is contraindicated only when a drug is involved (the labelling guide)."""
     with_drug = set(kb.link("尿路感染可以吃左氧氟沙星吗？").attributes)

@@ -37,6 +37,7 @@ from itertools import combinations
 
 from qihuang.kb import department_rank
 from qihuang.kb.link import flatten
+from qihuang.kb.normalize import normalize
 from qihuang.kb.schema import ALIAS
 from qihuang.kb.types import Fact, LinkResult, Mention
 from qihuang.kb.variants import refine
@@ -581,10 +582,45 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         # disease is what such a question asks about (扁桃体炎会引起发烧吗)
         groups = groups + [("related_diseases",)]
         attributes = flatten(groups)
+    if (attributes and set(attributes) <= _RESULT_ASKS and not any(a in attributes for a in ("related_diseases",))
+            and _abnormal_result(kb, text, mentions)):
+        # 谷丙转氨酶偏高，问题大吗: a test result out of range asks what it points to (which diseases), too
+        groups = groups + [("related_diseases",)]
+        attributes = flatten(groups)
+        facts = facts + [f for f in _abnormal_facts(kb, mentions, max_values) if f not in facts]
     if facts:
         attributes = _reported(kb, groups, facts, mentions, candidates)
     facts = department_rank.apply(kb, text, mentions, candidates, groups, facts)  # hospital departments
     return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts, missing=missing)
+
+
+_RESULT_ASKS = frozenset({"prognosis", "complications", "examinations"})  # 严重吗, 有什么影响, 正常吗
+_CHANGED = re.compile(r"(?:偏高|偏低|升高|增高|降低|减低|过高|过低|超标|太高|太低|阳性|异常|高|低)$")
+_OUT_OF_RANGE = re.compile(r"(?:[有些点一很较太稍略]{0,3})(?:偏高|偏低|升高|增高|降低|减低|过高|过低|超标|太高|太低|高|低|阳性|异常)")
+
+
+def _abnormal_result(kb, text: str, mentions: list[Mention]) -> bool:
+    """A test (an examination, or a value the KB names with how it changed: 白细胞增多 for 白细胞偏高) written
+    with a result out of range right after it."""
+    norm = normalize(text)
+    for m in mentions:
+        if m.negated:
+            continue
+        if m.type == "examination" and _OUT_OF_RANGE.match(norm, m.end):
+            return True
+        if m.via_alias and m.type == "symptom" and _CHANGED.search(normalize(m.surface)):
+            return True
+    return False
+
+
+def _abnormal_facts(kb, mentions: list[Mention], max_values: int | None) -> list[Fact]:
+    """The diseases a test out of range points to: those whose examinations or symptoms list it (reverse)."""
+    limit = max_values or REVERSE_LIMIT
+    out: list[Fact] = []
+    for m in mentions:
+        if not m.negated and m.type in ("examination", "symptom"):
+            out += kb.lookups.reverse(m.name, "related_diseases", limit)
+    return out
 
 
 def _reported(kb, groups: list[tuple[str, ...]], facts: list[Fact], mentions: list[Mention],
