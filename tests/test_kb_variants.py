@@ -33,6 +33,7 @@ ROWS = [
     {"中心词": "痛经", "常见症状": ["下腹痛"], "就诊科室": ["妇科"]},
     {"中心词": "甲状腺素（T4）", "所属分类": ["内分泌检查"]},  # written 甲状腺素 too (the part before the parenthesis)
     {"中心词": "慢性浅表性胃炎", "常见症状": ["上腹痛"], "就诊科室": ["消化内科"]},
+    {"中心词": "咳嗽性哮喘", "别称": ["咳嗽变异性哮喘"], "常见症状": ["哮喘", "咳嗽"], "就诊科室": ["呼吸内科"]},
     {"中心词": "急性淋巴细胞白血病", "常见症状": ["发热"], "就诊科室": ["血液内科"]},
     {"中心词": "慢性淋巴细胞白血病", "常见症状": ["乏力"], "就诊科室": ["血液内科"]},
 ]
@@ -112,6 +113,12 @@ def test_a_subject_written_without_its_suffix_or_parenthesis(kb):
     assert names(kb, "支气管扩张怎么办") == ["支气管扩张症"]
     assert names(kb, "抗甲状腺微粒体抗体偏高") == ["抗甲状腺微粒体抗体（ATMA）"]
     assert names(kb, "ATMA偏高有事吗") == ["抗甲状腺微粒体抗体（ATMA）"]
+
+
+def test_a_generic_head_written_with_the_end_of_a_longer_name(kb):
+    """变异性哮喘 is the end of 咳嗽变异性哮喘 (an alias of 咳嗽性哮喘): that subject, not the head 哮喘."""
+    assert names(kb, "变异性哮喘怎么治？") == ["咳嗽性哮喘"]
+    assert names(kb, "我有哮喘怎么办") == ["哮喘"]  # nothing of a longer name before it
 
 
 def test_a_subject_written_without_its_course_modifier(kb):

@@ -57,6 +57,7 @@ MIN_EVIDENCE = 2  # matched symptoms a candidate needs to be "confident"
 WEAK_ATTRIBUTES = frozenset({"department", "examinations"})  # all a weak candidate may contribute
 TOP_DRUGS = 5  # drugs indicated for described symptoms
 MAX_DESCRIBED = 8  # described symptoms scored (the first ones)
+MIN_TAIL = 4  # characters of a name written without its first ones (kb/variants.py)
 _DRUG_TYPES = frozenset({"drug", "herb", "formula"})
 _LISTING = re.compile(r"[、，,；;和及与伴或]")  # a name with these lists several things
 # share of the KB's diseases that must list a named subject as a symptom for it to count as a described
@@ -82,6 +83,7 @@ class Lookups:
         self._composer = None
         self._edits = None
         self._longer: dict[str, list[tuple[str, str, int]]] | None = None
+        self._tails: dict[str, set[str]] | None = None
         self._type_attributes: dict[str, frozenset[str]] | None = None
 
     def warm(self) -> None:
@@ -92,6 +94,7 @@ class Lookups:
             "SELECT id, name, is_subject, type FROM entities"))  # ~60k rows on CMeKG, ~17 MB
         self._all_rows = True
         self.longer_names("")
+        self.tail_of("")
         self.listing("", "symptoms", "disease")
         self.listing("", "indications", "drug")
 
@@ -152,6 +155,23 @@ class Lookups:
                         index[n[cut:]].append((n, t, k))
             self._longer = dict(index)
         return self._longer.get(name, [])
+
+    def tail_of(self, written: str) -> str | None:
+        """The one subject disease or symptom whose name or alias ends with ``written`` (at least
+        :data:`MIN_TAIL` characters) and is longer: a name written without its first characters (变异性哮喘 of
+        咳嗽变异性哮喘, an alias of 咳嗽性哮喘); None when no subject or several are written so."""
+        if self._tails is None:
+            rows = self.kb.conn.execute(
+                "SELECT e.name, e.name FROM entities e WHERE e.is_subject = 1 AND e.type IN ('disease', 'symptom') "
+                "UNION SELECT a.alias, e.name FROM aliases a JOIN entities e ON e.id = a.entity_id "
+                "WHERE e.is_subject = 1 AND e.type IN ('disease', 'symptom')")
+            tails: dict[str, set[str]] = defaultdict(set)
+            for surface, name in rows:
+                for cut in range(1, len(surface) - MIN_TAIL + 1):
+                    tails[surface[cut:]].add(name)
+            self._tails = dict(tails)
+        found = self._tails.get(written)
+        return next(iter(found)) if found and len(found) == 1 else None
 
     @property
     def edits(self):

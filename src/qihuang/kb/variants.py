@@ -17,7 +17,9 @@ and the text around it:
   windows only, names of at least ``MIN_TYPO_LENGTH`` characters; and a long name (≥ ``MIN_EDIT_LENGTH``)
   written with one character left out or one too many (促甲状腺素, 赖氨酸葡锌颗粒), replacing the shorter
   mentions it covers;
-- **a generic head with a longer name's modifiers** (手指骨折 -> 指骨骨折, :func:`_specific`).
+- **a generic head with a longer name's modifiers** (手指骨折 -> 指骨骨折, :func:`_specific`), or with the end of a
+  longer name or alias that one subject alone has (变异性哮喘 -> 咳嗽性哮喘, :func:`_tail`);
+- **a symptom whose sentence says when it comes** (来月经的时候肚子疼 -> 痛经, ``contexts`` in symptom_words.yaml).
 
 Everything it adds is a KB name; nothing is guessed that the KB does not hold.
 """
@@ -273,8 +275,27 @@ def _specific(kb, norm: str, m: Mention) -> Mention:
             if best is None or key > best[0]:
                 best = (key, name, etype)
     if best is None:
-        return m
+        return _tail(kb, norm, m, start)
     return Mention(best[1], m.surface, m.start, m.end, best[2], True, m.negated, (m.name, *m.forms))
+
+
+TAIL_EXTENSION = 4  # characters before a generic head that may be the rest of a longer name written shortened
+
+
+def _tail(kb, norm: str, m: Mention, start: int) -> Mention:
+    """A generic head written with the last characters of a longer name before it (变异性哮喘: the end of
+    咳嗽变异性哮喘, an alias of 咳嗽性哮喘): the longest such stretch of the clause, at least two characters
+    more than the head, that one subject alone ends with."""
+    look = kb.lookups
+    for k in range(max(start, m.start - TAIL_EXTENSION), m.start - 1):
+        written = norm[k:m.end]
+        if not all(_is_han(c) for c in written[:m.start - k]):
+            continue
+        name = look.tail_of(written)
+        row = look.row(name) if name and name != m.name else None
+        if row:
+            return Mention(name, m.surface, m.start, m.end, row[2], True, m.negated, (m.name, *m.forms))
+    return m
 
 
 def _part_or_person(kb, m: Mention, comp: Composer) -> bool:
