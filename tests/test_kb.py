@@ -194,7 +194,10 @@ def test_link_shared_cues_pick_the_attribute_the_entity_has(kb):
     assert kb.linker.detect_attributes("人参有什么作用？") == ["efficacy", "indications"]  # as asked
     drug = kb.link("二甲双胍片有什么作用？")  # a drug has no 功效: its 适应症
     assert {f.attribute for f in drug.facts} == {"indications"}
-    assert {f.attribute for f in kb.link("糖尿病怎么治？").facts} == {"drugs"}  # no 治疗 facts: the drugs
+    treated = kb.link("糖尿病怎么治？")
+    assert {f.attribute for f in treated.facts} == {"drugs"}  # no 治疗 facts: the drugs
+    assert treated.attributes == ["treatment"]  # ... answer it; what was asked is how it is treated
+    assert kb.link("二甲双胍片治疗什么？").attributes == ["indications"]  # 治疗 of a drug: its indications
     assert {f.attribute for f in kb.link("当归的功能主治是什么？").facts} == {"indications"}  # not 功能 -> 功效
 
 

@@ -663,6 +663,12 @@ def _reported(kb, groups: list[tuple[str, ...]], facts: list[Fact], mentions: li
     return flatten(groups)
 
 
+# a cue group that asks this first, answered by the drugs alone, still asks it: 怎么治 asks how it is treated
+# even where the KB holds only the drugs (the labelling guide: "如何治疗 -> treatment, add drugs only if medicine
+# is asked"); 治疗 of a drug stays its indications
+_ASKED_AS_WRITTEN = frozenset({"treatment"})
+
+
 def _answered(groups: list[tuple[str, ...]], facts: list[Fact], inverse: dict[str, str]) -> list[tuple[str, ...]]:
     """Each cue group of alternatives narrowed to those the facts answer (a fact's attribute; for a
     reverse fact also the attribute it answers backwards: 布洛芬 <- 药物治疗 answers 适应症); a group
@@ -674,4 +680,10 @@ def _answered(groups: list[tuple[str, ...]], facts: list[Fact], inverse: dict[st
         answered.add(f.attribute)
         if f.via == "reverse" and f.attribute in inverse:
             answered.add(inverse[f.attribute])
-    return [tuple(a for a in g if a in answered) or g for g in groups]
+    out = []
+    for g in groups:
+        narrowed = tuple(a for a in g if a in answered) or g
+        if g[0] in _ASKED_AS_WRITTEN and "indications" not in narrowed and (g[0] in narrowed or narrowed == ("drugs",)):
+            narrowed = g[:1]  # the drugs answer how it is treated; what was asked stays
+        out.append(narrowed)
+    return out
