@@ -22,10 +22,17 @@ bound by memory traffic, and int8 weights with per-row scales (``int8_float32``:
 in float32) read a quarter of float32's bytes; float32 where int8 is not offered, or when the caller
 pinned ``dtype="float32"``. :attr:`CT2Decoder.weights` says which.
 
+Parallel lanes (:func:`default_lanes`): a batch's prompts go to CTranslate2 as several
+``generate_batch`` calls (prompts of close lengths together, :func:`_runs`), and one call runs on
+``threads`` threads (:func:`default_threads`: one on 2 cores). The generator holds ``cores / threads``
+workers (``inter_threads``, the weights shared), and a job's calls are handed over together, largest
+first, so they run at once, one per free worker: each call computes exactly as it would alone (the
+same ids), and the cores that one call's threads cannot use are used by the next call.
+
 Sampling is CTranslate2's own (top-k, top-p, temperature, repetition penalty). Its random generator
 belongs to its worker thread and is seeded when that thread starts, so a request with a ``seed``
-loads a fresh generator after ``ctranslate2.set_random_seed`` (a model load, ~0.3 s for the default
-model): the same seed gives the same sample.
+loads a fresh one-lane generator after ``ctranslate2.set_random_seed`` (a model load, ~0.3 s for the
+default model) and runs its calls one after another: the same seed gives the same sample.
 """
 
 from __future__ import annotations
