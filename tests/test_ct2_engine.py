@@ -259,3 +259,101 @@ def test_an_engine_dropped_right_after_generating_is_freed_safely(engines):
         assert engine.generate(PROMPTS[1:3], GenerationParams(max_new_tokens=2, stop=["。。"]))[0].completion_tokens
         del engine
         gc.collect()
+
+
+# ---- parallel lanes ------------------------------------------------------------------------------
+class FakeGenerator:
+    """Records ``generate_batch`` calls; answers each prompt with its first token ids (async: as futures)."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.calls, self.fail_on = [], fail_on
+
+    def generate_batch(self, prompts, asynchronous=False, callback=None, **kwargs):
+        self.calls.append((len(prompts), sum(map(len, prompts)), asynchronous))
+        failing = self.fail_on == len(self.calls) - 1
+        for b in range(len(prompts)):
+            callback(FakeStep(b, 7))
+        return [FakeResult(failing) for _ in prompts] if asynchronous else []
+
+
+class FakeStep:
+    def __init__(self, batch_id: int, token_id: int):
+        self.batch_id, self.token_id = batch_id, token_id
+
+
+class FakeResult:
+    def __init__(self, failing: bool):
+        self.failing = failing
+
+    def result(self):
+        if self.failing:
+            raise RuntimeError("lane failed")
+        return None
+
+
+def fake_decoder(tmp_path, lanes: int, generator: FakeGenerator):
+    import json
+
+    from qihuang.engines.ct2 import CT2Decoder
+
+    (tmp_path / "vocabulary.json").write_text(json.dumps([f"t{i}" for i in range(50)]))
+    decoder = CT2Decoder(tmp_path, "int8", threads=1, lanes=lanes)
+    decoder._generators[1, lanes] = generator
+    return decoder
+
+
+def fake_job(rows: list[list[int]], **params):
+    from qihuang.engines.decoding import DecodeJob
+
+    return DecodeJob(None, None, rows, GenerationParams(max_new_tokens=4, **params), [], {2}, 0)
+
+
+def test_lanes_get_a_jobs_calls_together_largest_first(tmp_path):
+    rows = [[1] * n for n in (3, 40, 9, 20)]  # spread 2: four calls of one prompt each
+    lanes = FakeGenerator()
+    done = fake_decoder(tmp_path, 2, lanes).run(None, fake_job(rows))
+    assert lanes.calls == [(1, 40, True), (1, 20, True), (1, 9, True), (1, 3, True)]
+    assert done.ids == [[7]] * 4
+    one = FakeGenerator()
+    assert fake_decoder(tmp_path, 1, one).run(None, fake_job(rows)).ids == done.ids
+    assert one.calls == [(1, 3, False), (1, 9, False), (1, 20, False), (1, 40, False)]  # as before: shortest first
+
+
+def test_a_failing_lane_raises_after_every_call_is_over(tmp_path):
+    lanes = FakeGenerator(fail_on=0)
+    with pytest.raises(RuntimeError, match="lane failed"):
+        fake_decoder(tmp_path, 2, lanes).run(None, fake_job([[1] * n for n in (3, 40, 9)]))
+    assert len(lanes.calls) == 3
+
+
+def test_a_seeded_job_runs_its_calls_on_one_lane(tmp_path, needs_ct2):
+    decoder = fake_decoder(tmp_path, 2, FakeGenerator())
+    seeded = []
+    decoder._generator = lambda threads, lanes=1, fresh=False: seeded.append((lanes, fresh)) or FakeGenerator()
+    decoder.run(None, fake_job([[1] * 3, [1] * 40], temperature=0.7, seed=5))
+    assert seeded == [(1, True)]
+
+
+def test_longest_first_weighs_prompt_tokens_and_steps():
+    from qihuang.engines.ct2 import STEP_TOKENS, _longest_first
+
+    rows = [[1] * n for n in (100, 10, 12, 50)]
+    # [1, 2] forwards 22 tokens but steps 2 more than [3]: 22 + 16 * 6 > 50 + 16 * 4
+    assert STEP_TOKENS == 16
+    assert _longest_first([[0], [1, 2], [3]], rows, 4) == [[0], [1, 2], [3]]
+    assert _longest_first([[3], [0]], rows, 4) == [[0], [3]]
+
+
+def test_two_lanes_give_the_ids_of_one(engines):
+    from qihuang.engines.ct2 import CT2Decoder, _runs
+    from qihuang.engines.hf import HFEngine
+
+    fp32, int8, _ = engines
+    params = GenerationParams(max_new_tokens=16)
+    assert len(_runs([list(fp32.encode(p).ids) for p in PROMPTS], 8)) > 1  # the lanes have calls to share
+    for eng in (fp32, int8):
+        one, two = (HFEngine(eng.model, eng.tokenizer, eng.template, batch_size=4,
+                             decoder=CT2Decoder(eng.decoder.path, eng.decoder.weights, threads=1, lanes=n))
+                    for n in (1, 2))
+        assert two.generate(PROMPTS, params) == one.generate(PROMPTS, params) == eng.generate(PROMPTS, params)
+        assert (1, 2) in two.decoder._generators
