@@ -602,8 +602,7 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         # disease is what such a question asks about (扁桃体炎会引起发烧吗)
         groups = groups + [("related_diseases",)]
         attributes = flatten(groups)
-    if (attributes and set(attributes) <= _RESULT_ASKS and not any(a in attributes for a in ("related_diseases",))
-            and _abnormal_result(kb, text, mentions)):
+    if attributes and set(attributes) <= _RESULT_ASKS and _abnormal_result(text, mentions):
         # 谷丙转氨酶偏高，问题大吗: a test result out of range asks what it points to (which diseases), too
         groups = groups + [("related_diseases",)]
         attributes = flatten(groups)
@@ -619,7 +618,7 @@ _CHANGED = re.compile(r"(?:偏高|偏低|升高|增高|降低|减低|过高|过�
 _OUT_OF_RANGE = re.compile(r"(?:[有些点一很较太稍略]{0,3})(?:偏高|偏低|升高|增高|降低|减低|过高|过低|超标|太高|太低|高|低|阳性|异常)")
 
 
-def _abnormal_result(kb, text: str, mentions: list[Mention]) -> bool:
+def _abnormal_result(text: str, mentions: list[Mention]) -> bool:
     """A test (an examination, or a value the KB names with how it changed: 白细胞增多 for 白细胞偏高) written
     with a result out of range right after it."""
     norm = normalize(text)
