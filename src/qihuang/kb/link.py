@@ -120,7 +120,7 @@ class Linker:
         drug name that starts inside a common word (您好医生: 好医生 is a brand, 您好 a greeting)."""
         inside = {i for i, (s, _e, p) in enumerate(spans)
                   if p[4] and s > 0 and norm[s - 1].isascii() and norm[s - 1].isalpha() and (not i or spans[i - 1][1] < s)}
-        inside |= _inside_words(norm, [(i, s, e) for i, (s, e, p) in enumerate(spans) if p[1] in _PRODUCTS and
+        inside |= _inside_words(norm, [(i, s, e) for i, (s, e, p) in enumerate(spans) if p[1] in PRODUCT_TYPES and
                                        e - s <= BRAND_LENGTH and s > 0 and _is_han(norm[s - 1])])
         short = [i for i, (s, e, p) in enumerate(spans) if p[1] == "drug" and e - s < self._min_stem and i not in inside]
         inside |= {i for i in short if self._continues_left(norm, spans[i][0], spans[i - 1][1] if i else 0)
@@ -388,7 +388,7 @@ def _marked(norm: str, mentions: list[Mention] | None) -> str | None:
     return "".join(chars)
 
 
-_PRODUCTS = frozenset({"drug", "herb", "formula"})  # names that are often ordinary words too (brands)
+PRODUCT_TYPES = frozenset({"drug", "herb", "formula"})  # what is taken; such names are often ordinary words too (brands)
 COMMON_WORD = 100  # jieba dictionary frequency of a common word (as the noise rule's min_word_freq)
 BRAND_LENGTH = 4  # product names this short may be ordinary words too (好医生); longer ones are not checked
 

@@ -36,7 +36,7 @@ from collections import defaultdict
 from itertools import combinations
 
 from qihuang.kb import department_rank
-from qihuang.kb.link import flatten
+from qihuang.kb.link import PRODUCT_TYPES, flatten
 from qihuang.kb.normalize import normalize
 from qihuang.kb.schema import ALIAS
 from qihuang.kb.types import Fact, LinkResult, Mention
@@ -58,7 +58,6 @@ WEAK_ATTRIBUTES = frozenset({"department", "examinations"})  # all a weak candid
 TOP_DRUGS = 5  # drugs indicated for described symptoms
 MAX_DESCRIBED = 8  # described symptoms scored (the first ones)
 MIN_TAIL = 4  # characters of a name written without its first ones (kb/variants.py)
-_DRUG_TYPES = frozenset({"drug", "herb", "formula"})
 _LISTING = re.compile(r"[、，,；;和及与伴或]")  # a name with these lists several things
 # share of the KB's diseases that must list a named subject as a symptom for it to count as a described
 # symptom (CMeKG: 3 of 6,292; 胸痛 is listed by 396, 疱疹 by 8, 过敏性鼻炎 by 2)
@@ -584,7 +583,7 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
     candidates: list[dict] = []
     missing: list[tuple[str, str]] = []
     described = linker.described_asks(text, mentions)  # 怎么回事: which diseases, and why (X是什么病 asks about X)
-    if described and "adverse_reactions" in attributes and any(m.type in _DRUG_TYPES and not m.negated for m in mentions):
+    if described and "adverse_reactions" in attributes and any(m.type in PRODUCT_TYPES and not m.negated for m in mentions):
         described = []  # 吃了X后呕吐，这是怎么了: what X does, not which disease it is
     if described:
         groups += [(a,) for a in described if a not in attributes]

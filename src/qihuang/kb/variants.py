@@ -115,9 +115,10 @@ class Composer:
         rules = self._contexts.get(m.name)
         if not rules or m.negated:
             return m
-        start, end = max(0, m.start - self.words.context_gap), min(len(norm), m.end + self.words.context_gap)
-        while start < m.start and any(c in _SENTENCE_END for c in norm[start:m.start]):
-            start += 1  # the circumstance is told in the symptom's own sentence
+        gap = self.words.context_gap  # the circumstance is told in the symptom's own sentence, near it
+        start = next((i + 1 for i in range(m.start - 1, max(0, m.start - gap) - 1, -1) if norm[i] in _SENTENCE_END),
+                     max(0, m.start - gap))
+        end = min(len(norm), m.end + gap)
         cut = next((i for i in range(m.end, end) if norm[i] in _SENTENCE_END), end)
         for pattern, name in rules:
             etype = self._exists(name)
