@@ -95,4 +95,7 @@ def test_two_hop_and_history(cmekg_db, capsys):
     capsys.readouterr()
     assert main(["kb", "link", "那应该吃什么药？", "--history", "我最近老是偏头痛", "--db", cmekg_db, "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)["facts"]
-    assert facts and {(f["entity"], f["via"], f["attribute"]) for f in facts} == {("偏头痛", "history", "drugs")}
+    # the drugs of the disease the history names, then where to go with it
+    assert facts and {(f["entity"], f["via"], f["attribute"]) for f in facts} == {
+        ("偏头痛", "history", "drugs"), ("偏头痛", "department", "department")}
+    assert facts[0]["via"] == "history" and facts[-1]["attribute"] == "department"
