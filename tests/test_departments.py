@@ -261,20 +261,6 @@ def test_symptoms_next_to_a_drug_or_a_disease(kb):
     assert deps and deps[0].value == "内分泌科" and deps[0].relation == "就诊科室"
 
 
-def test_what_to_do_about_a_named_condition_names_departments_after_the_answer(kb):
-    """偏头痛吃什么药 asks for drugs, yet the person also needs to know where to go: the ranked departments
-    follow the facts that answer (old code: none); a question about something else gets none."""
-    for q, dept in (("偏头痛吃什么药", "神经内科"), ("高血压怎么治疗", "心血管内科")):
-        res = kb.link(q)
-        deps = _departments(res)
-        assert [f.value for f in deps][:1] == [dept], q
-        first = res.facts.index(deps[0])
-        assert first > 0 and all(f.attribute != "department" for f in res.facts[:first])  # the answer first
-    assert not _departments(kb.link("偏头痛的并发症有哪些"))  # not a what-to-do question
-    assert not _departments(kb.link("布洛芬缓释胶囊的不良反应"))
-    assert kb.link("今天天气怎么办").facts == []  # nothing retrieved: abstention stands
-
-
 def test_body_words_count_as_cues_where_the_kb_gives_none(own):
     """眉毛 says 皮肤科 to a triage desk; the KB's wording gives no cue for it, so the book's body word stands in."""
     from qihuang.kb.department_rank import DepartmentIndex

@@ -20,8 +20,7 @@ comes second), a newborn to 新生儿科, a pregnancy to 产科; 儿科 and its 
 specific is known a symptom description gets 全科医学科, said as such.
 
 :func:`apply` is the hook at the end of :func:`qihuang.kb.retrieve.retrieve`. A symptom description (or a
-question that asks where to go) gets the ranked departments in place of the KB-worded department facts
-(and a question asking what to do about a named disease or symptom gets them after its answer),
+question that asks where to go) gets the ranked departments in place of the KB-worded department facts,
 each a :class:`Fact` with ``via="department"`` whose relation says what it rests on (the KB's wording when
 the hospital's differs, 按症状, 按用词, 按人群, 无更具体依据) and whose anchor names the question's entities
 behind it; elsewhere a KB-worded department fact is only renamed.
@@ -409,10 +408,7 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     that no other named entity explains) or a question that asks for a department gets the ranked
     departments (at most :data:`TOP`; 全科医学科 when nothing more specific is known) in place of the KB-worded
     department facts retrieval found: first, or after the facts that answer what the question asks
-    (头痛吃什么药: the drugs first). A question asking what to do about a named disease or symptom (what it
-    is, why, how to treat, which drugs: :data:`_COMPLAINT_ASKS`) whose facts hold no department gets the
-    ranked departments after the answer too (偏头痛吃什么药 -> 神经内科), as long as retrieval found facts (an
-    abstention stands). Otherwise a department fact whose KB wording is not the hospital's is
+    (头痛吃什么药: the drugs first). Otherwise a department fact whose KB wording is not the hospital's is
     replaced by the hospital's (the KB wording kept in its relation), or dropped when it names none. With a
     hospital list (:meth:`KnowledgeBase.use_departments`) only its departments are named, each through its
     nearest parent the hospital has."""
@@ -425,7 +421,6 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     # a named disease whose own facts answer what is asked is the question's topic (不稳定性心绞痛怎么治疗),
     # not a symptom someone describes, unless the question speaks of a patient (我腰痛怎么办)
     topic = {f.entity for f in facts if f.via == "direct" and any(f.attribute in g for g in groups)}
-    complaint = list(real)  # before the topic is taken out (便秘吃什么药: the symptom is the topic)
     if topic and not _PATIENT.search(text):
         real = [n for n in real if n not in topic]
     # a symptom that another named entity explains is no description: a value of its facts (布洛芬缓释胶囊的
@@ -436,14 +431,6 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
         return _by_wording(index, text, patient_groups(text, index.book))
     if not names or not (describes or (asked and facts)):  # (a lexical match names no question entity)
         if not any(f.attribute == "department" for f in facts):
-            if names and facts and any(a in _COMPLAINT_ASKS for g in groups for a in g):
-                # what to do about a named disease or symptom still goes somewhere: after the answer
-                patient = patient_groups(text, index.book)
-                named = [n for n in names if index.own(n)[1]]
-                described = [n for n in complaint if n not in named]
-                ranked = rank(index, named, described, candidates, patient, text)
-                at = _answering(kb, facts, groups)
-                return facts[:at] + _facts_of(index, ranked, patient, named + described or names) + facts[at:]
             return facts
         return _mapped(index, facts, patient_groups(text, index.book))
     named = [n for n in names if index.own(n)[1]]
@@ -461,7 +448,6 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
 
 
 _WORDING_ASKS = frozenset({"related_diseases", "cause", "treatment", "department"})  # 怎么回事, 怎么办, 挂什么科
-_COMPLAINT_ASKS = _WORDING_ASKS | {"drugs"}  # 吃什么药 too
 
 
 def _describes_by_words(text: str, groups: list[tuple[str, ...]]) -> bool:

@@ -601,6 +601,14 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         # disease is what such a question asks about (扁桃体炎会引起发烧吗)
         groups = groups + [("related_diseases",)]
         attributes = flatten(groups)
+    elif "cause" in attributes and "related_diseases" not in attributes and _symptoms_named(kb, mentions):
+        # 腰痛是什么原因: a CMeKG disease that other diseases list as a symptom, asked why, asks which diseases
+        # it may come from, too (answered backwards: the diseases listing it)
+        groups = groups + [("related_diseases",)]
+        attributes = flatten(groups)
+        limit = max_values or REVERSE_LIMIT
+        facts = facts + [f for m in _symptoms_named(kb, mentions)
+                         for f in kb.lookups.reverse(m.name, "related_diseases", limit) if f not in facts]
     if attributes and set(attributes) <= _RESULT_ASKS and _abnormal_result(text, mentions):
         # 谷丙转氨酶偏高，问题大吗: a test result out of range asks what it points to (which diseases), too
         groups = groups + [("related_diseases",)]
@@ -610,6 +618,14 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         attributes = _reported(kb, groups, facts, mentions, candidates)
     facts = department_rank.apply(kb, text, mentions, candidates, groups, facts)  # hospital departments
     return LinkResult(text, mentions, attributes, facts, candidates, abstained=not facts, missing=missing)
+
+
+def _symptoms_named(kb, mentions: list[Mention]) -> list[Mention]:
+    """The question's named diseases and symptoms when every one of them is one the KB treats as a symptom
+    (:meth:`DepartmentIndex.symptom_like`: 腰痛, 牙痛, 尿频); [] when some other entity is named."""
+    live = [m for m in mentions if not getattr(m, "negated", False)]
+    like = [m for m in live if m.type in ("disease", "symptom") and kb.departments.symptom_like(m.name)]
+    return like if like and len(like) == len(live) else []
 
 
 _RESULT_ASKS = frozenset({"prognosis", "complications", "examinations"})  # 严重吗, 有什么影响, 正常吗
