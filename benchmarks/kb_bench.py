@@ -44,9 +44,9 @@ def retrieval_questions(kb, rng: random.Random, n: int) -> list[tuple[str, str]]
     values = [r[0] for r in conn.execute(
         "SELECT name FROM entities WHERE is_subject = 0 AND type IN ('drug', 'symptom', 'department') ORDER BY id")]
     diseases = kb.entity_names("disease")
+    ids = [r[0] for r in conn.execute("SELECT id FROM entities WHERE type = 'disease' AND is_subject = 1 ORDER BY id")]
     lists = [[r[0] for r in conn.execute("SELECT value FROM triples WHERE subject_id = ? AND attribute = 'symptoms'",
-                                         (eid,))] for (eid,) in conn.execute(
-        "SELECT id FROM entities WHERE type = 'disease' AND is_subject = 1 ORDER BY random() LIMIT 2000")]
+                                         (eid,))] for eid in rng.sample(ids, min(2000, len(ids)))]  # seeded: same mix each run
     lists = [s for s in lists if len(s) >= 2]
     out = []
     for i in range(n):
