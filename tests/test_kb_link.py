@@ -177,3 +177,15 @@ def test_dev_questions_file_is_well_formed():
         assert r["split"] in {"tune", "held"} and r["question"].strip()
         assert set(r["attributes"]) <= keys and set(r["negated"]) <= set(r["entities"])
         assert r["kind"] in {"single", "multi", "negated", "not_in_kb"}
+
+
+def test_a_product_written_without_its_letter():
+    """钙尔奇 for 钙尔奇D: a product's name without the letter that ends it is a way to write it when no other
+    product is written so (维生素B and 维生素C leave 维生素 to itself); diseases keep their letters."""
+    from qihuang.kb.link import _name_variants
+
+    nodes = {"钙尔奇D": ("drug", 1), "维生素B": ("drug", 1), "维生素C": ("drug", 1), "毒毛苷K": ("drug", 1),
+             "甲型肝炎A": ("disease", 1), "钙片D": ("drug", 1), "善存片": ("drug", 0)}
+    got = {(surface, name) for surface, name, _t in _name_variants(nodes)}
+    assert ("钙尔奇", "钙尔奇D") in got and ("毒毛苷", "毒毛苷K") in got
+    assert not {s for s, _n in got} & {"维生素", "甲型肝炎", "钙片"}  # two products; a disease; two Han characters

@@ -527,6 +527,7 @@ _NAME_SUFFIXES = ("综合征", "检查", "症", "病")  # a subject written with
 _NAME_PREFIXES = ("急性", "慢性", "原发性", "继发性", "特发性")  # course modifiers a question may leave out
 _PARENS = re.compile(r"^(.+?)[(（]([^()（）]+)[)）]$")
 _DASHES = re.compile(r"[-‐‑‒–—―·・•]")
+_LETTERED = re.compile(r"^(.*[\u4e00-\u9fff])[A-Za-z][A-Za-z0-9]{0,2}$")  # a product's letter (钙尔奇D, 毒毛苷K)
 
 
 def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, str]]:
@@ -534,12 +535,18 @@ def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, st
     when no other subject is written so (浅表性胃炎 for 慢性浅表性胃炎; at least 4 characters left), without a
     suffix the name only adds (支气管扩张 for 支气管扩张症, 新生儿听力筛查 for 新生儿听力筛查检查; a stem of at least 3
     characters), the part before a parenthesis and a Latin abbreviation inside it (抗甲状腺微粒体抗体 and ATMA
-    of 抗甲状腺微粒体抗体（ATMA）; not 药物治疗 of 胃溃疡合并出血（药物治疗）), and a name with its dashes and middle dots left out."""
+    of 抗甲状腺微粒体抗体（ATMA）; not 药物治疗 of 胃溃疡合并出血（药物治疗）), a product without the letter that ends its
+    name when no other product is written so (钙尔奇 for 钙尔奇D; at least 3 Han characters left), and a name
+    with its dashes and middle dots left out."""
     out = []
     modified: dict[str, list[tuple[str, str]]] = {}  # a subject's name without its course modifier -> subjects
+    lettered: dict[str, list[tuple[str, str]]] = {}  # a product's name without its letter -> products
     for name, (etype, is_subject) in nodes.items():
         if not is_subject:
             continue
+        m = _LETTERED.match(name)
+        if m and etype in PRODUCT_TYPES and sum(_is_han(c) for c in m.group(1)) >= 3:
+            lettered.setdefault(m.group(1), []).append((name, etype))
         for prefix in _NAME_PREFIXES:
             if name.startswith(prefix) and len(name) - len(prefix) >= 4:
                 modified.setdefault(name[len(prefix):], []).append((name, etype))
@@ -557,6 +564,8 @@ def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, st
             out.append((_DASHES.sub("", name), name, etype))
     # written without 急性/慢性 and kin (浅表性胃炎 for 慢性浅表性胃炎) when one subject alone is left that way
     out += [(rest, *subjects[0]) for rest, subjects in modified.items() if len(subjects) == 1]
+    # a product written without its letter (钙尔奇 for 钙尔奇D) when one product alone is left that way
+    out += [(rest, *products[0]) for rest, products in lettered.items() if len(products) == 1]
     return out
 
 
