@@ -189,3 +189,12 @@ def test_a_product_written_without_its_letter():
     got = {(surface, name) for surface, name, _t in _name_variants(nodes)}
     assert ("钙尔奇", "钙尔奇D") in got and ("毒毛苷", "毒毛苷K") in got
     assert not {s for s, _n in got} & {"维生素", "甲型肝炎", "钙片"}  # two products; a disease; two Han characters
+
+
+def test_a_one_character_disease_links_only_as_a_word_of_its_own():
+    """痣 in 一颗痣 is the disease; inside a longer word jieba knows (疖子, 痔疮) it is not a mention alone."""
+    from qihuang.kb.link import _single_in_word
+
+    assert _single_in_word("取一颗痣会", [(0, 3)]) == set()
+    assert _single_in_word("长了疖子", [(1, 2)]) == {1}
+    assert _single_in_word("得了痔疮", [(7, 2)]) == {7}

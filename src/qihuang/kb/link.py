@@ -117,11 +117,13 @@ class Linker:
         dictionary lacks: 阿兹|夫定片, 莫诺|拉韦胶囊), or followed by a few more characters and then a form
         word (瑞思坦胶囊: the stem is 瑞思坦). A known word before (吃瑞思, 我在吃夫定片) is no part of it.
         Likewise a value-only name written right after Latin letters (HPV疫苗: a vaccine the KB lacks), and a
-        drug name that starts inside a common word (您好医生: 好医生 is a brand, 您好 a greeting)."""
+        drug name that starts inside a common word (您好医生: 好医生 is a brand, 您好 a greeting), and a
+        one-character disease (痣) that jieba does not read as a word of its own (疖子, 痔疮 are other words)."""
         inside = {i for i, (s, _e, p) in enumerate(spans)
                   if p[4] and s > 0 and norm[s - 1].isascii() and norm[s - 1].isalpha() and (not i or spans[i - 1][1] < s)}
         inside |= _inside_words(norm, [(i, s, e) for i, (s, e, p) in enumerate(spans) if p[1] in PRODUCT_TYPES and
                                        e - s <= BRAND_LENGTH and s > 0 and _is_han(norm[s - 1])])
+        inside |= _single_in_word(norm, [(i, s) for i, (s, e, _p) in enumerate(spans) if e - s == 1])
         short = [i for i, (s, e, p) in enumerate(spans) if p[1] == "drug" and e - s < self._min_stem and i not in inside]
         inside |= {i for i in short if self._continues_left(norm, spans[i][0], spans[i - 1][1] if i else 0)
                    or self._continues_right(norm, spans[i][1], spans[i + 1][0] if i + 1 < len(spans) else len(norm))}
@@ -413,6 +415,23 @@ def _inside_words(norm: str, spans: list[tuple[int, int, int]]) -> set[int]:
     return out
 
 
+def _single_in_word(norm: str, spans: list[tuple[int, int]]) -> set[int]:
+    """Of (index, start) one-character spans, those jieba segments into a longer word (with two characters
+    each side for context)."""
+    if not spans:
+        return set()
+    import jieba
+
+    out = set()
+    for i, start in spans:
+        low = max(0, start - 2)
+        for w, s, e in jieba.tokenize(norm[low:start + 3], HMM=False):
+            if s <= start - low < e and len(w) > 1:
+                out.add(i)
+                break
+    return out
+
+
 def _clause_ids(norm: str) -> list[int]:
     """Per character, the index of its clause (clauses end at punctuation)."""
     out, k = [], 0
@@ -460,7 +479,8 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
 
     def offer(surface: str, rank: tuple, name: str, etype: str, via_alias: bool) -> None:
         key = normalize(surface.strip())
-        if len(key) >= 2 and key not in stop:
+        # one character names a disease subject only (痣, 疣, 疖; kept as a whole word: Linker._whole_words)
+        if (len(key) >= 2 or (_is_han(key) and etype == "disease" and rank[0] == SUBJECT)) and key not in stop:
             cands.setdefault(key, []).append((rank, name, etype, via_alias))
 
     nodes: dict[str, tuple[str, int]] = {}
