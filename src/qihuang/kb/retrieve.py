@@ -89,7 +89,7 @@ class Lookups:
 
     def warm(self) -> None:
         """Build the caches every kind of question reads (:meth:`KnowledgeBase.warm`)."""
-        for cache in ("prominence_by_id", "type_attributes", "edits", "composer"):
+        for cache in ("prominence_by_id", "type_attributes", "edits", "composer", "body_parts"):
             getattr(self, cache)
         self._rows.update((name, (eid, is_subject, etype)) for eid, name, is_subject, etype in self.kb.conn.execute(
             "SELECT id, name, is_subject, type FROM entities"))  # ~60k rows on CMeKG, ~17 MB

@@ -10,7 +10,7 @@ and the text around it:
   the mentions inside its span (小腿 and 疼 become 腿痛). A feeling right after a negation (都不疼) makes a
   negated mention;
 - **parts and persons alone are no entities**: the KB's value nodes that are only a body part's written
-  form (小腿, 皮肤, 龟头), that the KB cites mostly as a disease's 发病部位 (心肌, 脾脏: ``Lookups.body_parts``)
+  form (小腿, 皮肤, 龟头), that the KB cites mostly as a disease's 发病部位 (心肌, 胆囊: ``Lookups.body_parts``)
   or that say who the patient is (新生儿, 孕妇, 年龄) are dropped from a question's mentions (they would
   retrieve the facts of whatever lists them);
 - **a name written with one error** in the text that no mention covers (复方甲氧那名胶囊 -> 复方甲氧那明胶囊,
@@ -304,7 +304,7 @@ def _part_or_person(kb, m: Mention, comp: Composer) -> bool:
     key = normalize(m.surface)
     if key in comp.persons or normalize(m.name) in comp.persons:
         return True
-    if m.name in kb.lookups.body_parts:  # the KB cites it as where a disease is (心肌, 脾脏), not as a trouble
+    if m.name in kb.lookups.body_parts:  # the KB cites it as where a disease is (心肌, 胆囊), not as a trouble
         return True
     if key in comp.part_forms:  # written as a part: only a disease of that name stays (小便 is no herb 人尿)
         return m.type != "disease"
