@@ -616,19 +616,18 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         # disease is what such a question asks about (扁桃体炎会引起发烧吗)
         groups = groups + [("related_diseases",)]
         attributes = flatten(groups)
-    elif "cause" in attributes and "related_diseases" not in attributes and _symptoms_named(kb, mentions):
+    elif "cause" in attributes and "related_diseases" not in attributes and (like := _symptoms_named(kb, mentions)):
         # 腰痛是什么原因: a CMeKG disease that other diseases list as a symptom, asked why, asks which diseases
         # it may come from, too (answered backwards: the diseases listing it)
         groups = groups + [("related_diseases",)]
         attributes = flatten(groups)
-        limit = max_values or REVERSE_LIMIT
-        facts = facts + [f for m in _symptoms_named(kb, mentions)
-                         for f in kb.lookups.reverse(m.name, "related_diseases", limit) if f not in facts]
+        facts = facts + [f for f in _pointed_to(kb, like, max_values) if f not in facts]
     if attributes and set(attributes) <= _RESULT_ASKS and _abnormal_result(text, mentions):
         # 谷丙转氨酶偏高，问题大吗: a test result out of range asks what it points to (which diseases), too
         groups = groups + [("related_diseases",)]
         attributes = flatten(groups)
-        facts = facts + [f for f in _abnormal_facts(kb, mentions, max_values) if f not in facts]
+        tests = [m for m in mentions if not m.negated and m.type in ("examination", "symptom")]
+        facts = facts + [f for f in _pointed_to(kb, tests, max_values) if f not in facts]
     if facts:
         attributes = _reported(kb, groups, facts, mentions, candidates)
     facts = department_rank.apply(kb, text, mentions, candidates, groups, facts)  # hospital departments
@@ -662,14 +661,11 @@ def _abnormal_result(text: str, mentions: list[Mention]) -> bool:
     return False
 
 
-def _abnormal_facts(kb, mentions: list[Mention], max_values: int | None) -> list[Fact]:
-    """The diseases a test out of range points to: those whose examinations or symptoms list it (reverse)."""
+def _pointed_to(kb, mentions: list[Mention], max_values: int | None) -> list[Fact]:
+    """The diseases each mention points to: those whose examinations or symptoms list it (reverse facts
+    answering related_diseases): what a test out of range or a symptom asked why may come from."""
     limit = max_values or REVERSE_LIMIT
-    out: list[Fact] = []
-    for m in mentions:
-        if not m.negated and m.type in ("examination", "symptom"):
-            out += kb.lookups.reverse(m.name, "related_diseases", limit)
-    return out
+    return [f for m in mentions for f in kb.lookups.reverse(m.name, "related_diseases", limit)]
 
 
 def _reported(kb, groups: list[tuple[str, ...]], facts: list[Fact], mentions: list[Mention],
