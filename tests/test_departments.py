@@ -368,3 +368,34 @@ def test_make_answerer_applies_the_list(tiny_db, tmp_path):
     answerer = make_answerer(ModelOptions(), GenerationOptions(), AnswerOptions(kb=str(tiny_db), departments=str(ours)),
                              engine=FakeEngine())
     assert answerer.kb.hospital.names == {ROOT: "内科"}
+
+
+# a disease others list as a symptom (腹泻 in CMeKG): asked what it is, it is someone's complaint
+SYMPTOM_LIKE = [
+    {"中心词": "甲肠病", "常见症状": ["腹泻", "腹胀"], "就诊科室": ["消化内科"]},
+    {"中心词": "乙肠病", "常见症状": ["腹泻"], "就诊科室": ["消化内科"]},
+    {"中心词": "丙肠病", "常见症状": ["腹泻", "发热"], "就诊科室": ["消化内科"]},
+    {"中心词": "腹泻", "常见症状": ["稀便"], "药物治疗": ["蒙脱石散"], "相关疾病": ["甲肠病"], "就诊科室": ["消化内科"]},
+]
+
+
+@pytest.fixture(scope="module")
+def symptom_like(tmp_path_factory):
+    from qihuang.kb import KnowledgeBase
+
+    root = tmp_path_factory.mktemp("symptom_like")
+    src = root / "kb.jsonl"
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in SYMPTOM_LIKE), encoding="utf-8")
+    kb = KnowledgeBase.create(root / "kb.sqlite")
+    kb.import_source(src, progress=False)
+    return kb
+
+
+def test_a_symptom_like_disease_asked_what_it_is_gets_departments_after_the_answer(symptom_like):
+    assert symptom_like.departments.symptom_like("腹泻")
+    plain = symptom_like.link("腹泻吃什么药")  # the disease's own drugs answer: its topic, no description
+    assert plain.facts and not _departments(plain)
+    res = symptom_like.link("腹泻是什么情况，吃什么药")  # asks what it is: a complaint, and where to go
+    deps = _departments(res)
+    assert [f.value for f in deps] == ["消化内科"] and deps[0].via == "department"
+    assert res.facts[0].attribute != "department"  # the drugs it asks for come first

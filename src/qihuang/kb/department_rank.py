@@ -421,7 +421,7 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     # a named disease whose own facts answer what is asked is the question's topic (不稳定性心绞痛怎么治疗),
     # not a symptom someone describes, unless the question speaks of a patient (我腰痛怎么办)
     topic = {f.entity for f in facts if f.via == "direct" and any(f.attribute in g for g in groups)}
-    if topic and not _PATIENT.search(text):
+    if topic and not _PATIENT.search(text) and not any("related_diseases" in g for g in groups):
         real = [n for n in real if n not in topic]
     # a symptom that another named entity explains is no description: a value of its facts (布洛芬缓释胶囊的
     # 副作用有恶心吗) or one of its own symptoms (过敏性鼻炎老打喷嚏吃什么药)

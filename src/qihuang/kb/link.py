@@ -34,6 +34,16 @@ SUBJECT, COLLOQUIAL, ALIAS_SUBJECT, VALUE, STEM, ALIAS_VALUE = 6, 5, 4, 3, 2, 1
 _SEPARATORS = frozenset("、和及与或跟 ")
 _THINGS = frozenset({"disease", "drug", "herb", "formula", "examination"})  # what "X是什么病" may ask about
 _CLAUSE_END = frozenset("，,。.;；!！?？:：\n()（）")
+def _touches(norm: str, start: int, end: int, s: int, e: int) -> bool:
+    """Whether the cue [s, e) covers the start of the form [start, end) or stands right next to it, one
+    character apart at most, in the same clause (腹泻是什么情况，吃什么药: the comma parts the two asks)."""
+    if s <= start < e or s == end or e == start:
+        return True
+    if s == end + 1:
+        return norm[end] not in _CLAUSE_END
+    return e == start - 1 and norm[e] not in _CLAUSE_END
+
+
 _SENTENCE_PARTS = re.compile(r"[，,。.;；!！?？\n]+")  # the clauses of a story (a parenthesis is inside one)
 
 
@@ -312,7 +322,7 @@ class Linker:
                 if not attrs:
                     continue
             for start, end in found:
-                if any((end <= s <= end + 1) or (start - 1 <= e <= start) or (s <= start < e) for s, e in cues):
+                if any(_touches(norm, start, end, s, e) for s, e in cues):
                     continue  # a cue over its start or right next to it says what is asked (不能吃 of 能不能吃 does not)
                 if asks[start] or marked:
                     out.append((start, end, attrs))
