@@ -10,7 +10,7 @@ answers only, for the same steps, batch size, learning rate and schedule:
   length-grouped batches (``train_sampling_strategy="group_by_length"``) and the loss on the answers
   only (TRL's ``SFTTrainer`` adds nothing more on CPU: its padding-free batches need flash attention);
 - qihuang: ``qihuang.train.run`` with its defaults (length-grouped batches, output head only where a
-  label exists, fused LoRA / RMSNorm / rotary ops, bf16 frozen base where the CPU has native bf16).
+  label exists, fused LoRA / RMSNorm / rotary ops, bf16 frozen base where the CPU's bf16 products measure faster).
 
 Each arm runs in its own process (peak RSS and CPU time per process from ``os.wait4``); with
 ``--rounds 2`` the arms run again in reverse order and the figures add up (drifting load from
@@ -260,6 +260,11 @@ def cpu_line(threads: int) -> str:
     flags, model = field("flags", "").split(), field("model name", platform.processor())
     native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
     bf16 = f"native bf16 ({', '.join(native)})" if native else "no native bf16 (no avx512_bf16/amx_bf16)"
+    if native:  # what the qihuang arm's frozen base uses: bf16 only where its products measure faster
+        from qihuang.models.load import bf16_training_faster
+
+        torch.set_num_threads(threads)
+        bf16 += f", bf16 training base {'chosen' if bf16_training_faster() else 'not chosen: slower than fp32 here'}"
     return (f"cpu: {model}, {os.cpu_count()} cores, flags {' '.join(f for f in FLAGS if f in flags) or '-'}; "
             f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), {bf16}; "
             f"{threads} thread(s) per run")

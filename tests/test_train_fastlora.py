@@ -132,11 +132,58 @@ def test_frozen_base_dtype_follows_the_cpu_policy(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     config = build_config({"dataset": "x"})
-    for native, want in ((True, torch.bfloat16), (False, None)):
-        monkeypatch.setattr(load, "cpu_supports_bf16", lambda native=native: native)
+    for faster, want in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(load, "bf16_training_faster", lambda faster=faster: faster)
         assert frozen_base_dtype(config) == want
-    monkeypatch.setattr(load, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(load, "bf16_training_faster", lambda: True)
     assert frozen_base_dtype(build_config({"dataset": "x", "dtype": "float32"})) is None  # asked for fp32
     assert frozen_base_dtype(build_config({"dataset": "x", "fused_lora": False})) is None
-    monkeypatch.setattr(load, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(load, "bf16_training_faster", lambda: False)
     assert frozen_base_dtype(build_config({"dataset": "x", "mixed_precision": "bf16"})) == torch.bfloat16
+
+
+def test_bf16_is_chosen_for_training_only_where_it_measures_faster(monkeypatch, tmp_path):
+    """The avx512_bf16 flag is not enough: an Intel Xeon with it and no AMX runs bf16 products at about half
+    the fp32 speed. The measured ratio decides, is remembered per CPU and thread count, and a CPU without
+    native bf16 is never measured."""
+    import json
+
+    import qihuang.models.load as load
+
+    monkeypatch.setenv("QIHUANG_HOME", str(tmp_path))
+    monkeypatch.setattr(load, "_bf16_faster", {})
+    timed = []
+
+    def gemm(dtype, times):
+        timed.append(dtype)
+        return times[dtype]
+
+    monkeypatch.setattr(load, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(load, "_gemm_seconds", lambda dtype: gemm(dtype, {}))
+    assert load.bf16_training_faster() is False and timed == []  # emulated bf16: not even measured
+    monkeypatch.setattr(load, "cpu_supports_bf16", lambda: True)
+    slow = {torch.float32: 0.010, torch.bfloat16: 0.018}
+    monkeypatch.setattr(load, "_gemm_seconds", lambda dtype: gemm(dtype, slow))
+    assert load.bf16_training_faster() is False and timed == [torch.float32, torch.bfloat16]
+    (entry,) = json.loads((tmp_path / "cache" / "cpu_bf16.json").read_text(encoding="utf-8")).values()
+    assert entry["speedup"] == pytest.approx(0.556, abs=1e-3)
+    load._bf16_faster.clear()
+    assert load.bf16_training_faster() is False and len(timed) == 2  # read back, not measured again
+    (tmp_path / "cache" / "cpu_bf16.json").unlink()
+    load._bf16_faster.clear()
+    fast = {torch.float32: 0.020, torch.bfloat16: 0.009}
+    monkeypatch.setattr(load, "_gemm_seconds", lambda dtype: gemm(dtype, fast))
+    assert load.bf16_training_faster() is True
+    load._bf16_faster.clear()
+    (tmp_path / "cache" / "cpu_bf16.json").write_text("{not json", encoding="utf-8")  # a damaged file is remeasured
+    assert load.bf16_training_faster() is True and len(timed) == 6
+    monkeypatch.setattr(load, "_bf16_faster", {})
+    monkeypatch.setattr(load, "_gemm_seconds", lambda dtype: gemm(dtype, {torch.float32: 0.010, torch.bfloat16: 0.0095}))
+    (tmp_path / "cache" / "cpu_bf16.json").unlink()
+    assert load.bf16_training_faster() is False  # 5 % faster is within noise: fp32 stays
+
+
+def test_gemm_timing_is_real():
+    import qihuang.models.load as load
+
+    assert 0 < load._gemm_seconds(torch.float32, repeat=1) < 5

@@ -206,13 +206,14 @@ def cast_frozen_base(model, dtype: torch.dtype | None) -> int:
 
 
 def frozen_base_dtype(config) -> torch.dtype | None:
-    """The dtype for the frozen base of a fused LoRA run on CPU: bf16 when the CPU has native bf16
-    (:func:`qihuang.models.load.cpu_supports_bf16`, the one dtype policy) and ``dtype`` is auto, or
-    when ``mixed_precision`` asks for bf16; None (keep fp32) otherwise, e.g. on AVX2-only CPUs."""
+    """The dtype for the frozen base of a fused LoRA run on CPU: bf16 when ``dtype`` is auto and the CPU
+    has native bf16 that also measures faster than fp32 (:func:`qihuang.models.load.bf16_training_faster`,
+    part of the one dtype policy), or when ``mixed_precision`` asks for bf16; None (keep fp32) otherwise:
+    on AVX2-only CPUs, and on those whose bf16 products are slower (an Intel Xeon with avx512_bf16, no AMX)."""
     if config.finetuning != "lora" or not config.fused_lora or torch.cuda.is_available():
         return None
-    from qihuang.models.load import cpu_supports_bf16
+    from qihuang.models.load import bf16_training_faster
 
     wanted = config.mixed_precision == "bf16" or (config.dtype == "auto" and config.mixed_precision == "no"
-                                                  and cpu_supports_bf16())
+                                                  and bf16_training_faster())
     return torch.bfloat16 if wanted else None
