@@ -396,7 +396,20 @@ class CT2Decoder:
         return self._generators[threads, lanes]
 
     def run(self, model, job: DecodeJob) -> Decoded:
-        """``model`` (the transformers one) is not used: CTranslate2 holds the weights."""
+        """``model`` (the transformers one) is not used: CTranslate2 holds the weights. CTranslate2 sets the
+        calling thread's OpenMP thread count to its own (one thread on 2 cores), which torch shares: it is put
+        back afterwards, or whatever runs torch next in this process (the quickstart's training after its
+        untuned evaluation) would run on one core."""
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            return self._run(job)
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+
+    def _run(self, job: DecodeJob) -> Decoded:
         params = job.params
         seeded = params.seed is not None and not params.greedy
         if seeded:
