@@ -181,6 +181,10 @@ def test_bf16_is_chosen_for_training_only_where_it_measures_faster(monkeypatch, 
     monkeypatch.setattr(load, "_gemm_seconds", lambda dtype: gemm(dtype, {torch.float32: 0.010, torch.bfloat16: 0.0095}))
     (tmp_path / "cache" / "cpu_bf16.json").unlink()
     assert load.bf16_training_faster() is False  # 5 % faster is within noise: fp32 stays
+    monkeypatch.setattr(load, "_gemm_seconds", lambda dtype: gemm(dtype, fast))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an instruction-set limit is another machine: measured anew
+    assert load.bf16_training_faster() is True
+    assert len(json.loads((tmp_path / "cache" / "cpu_bf16.json").read_text(encoding="utf-8"))) == 2
 
 
 def test_gemm_timing_is_real():

@@ -131,6 +131,7 @@ def cpu_supports_bf16() -> bool:
 BF16_MIN_SPEEDUP = 1.1  # bf16 matrix products must run this many times as fast as fp32 ones to be chosen
 _GEMM = (1024, 576, 1536)  # rows x hidden x intermediate: a batch of the default model's MLP products
 _bf16_faster: dict[str, bool] = {}
+_ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def _gemm_seconds(dtype, repeat: int = 5) -> float:
@@ -159,9 +160,10 @@ def _gemm_seconds(dtype, repeat: int = 5) -> float:
 def bf16_training_faster() -> bool:
     """Whether a CPU with native bf16 (:func:`cpu_supports_bf16`) also multiplies bf16 matrices at least
     :data:`BF16_MIN_SPEEDUP` times as fast as fp32 ones, measured once (~0.2 s) at the current thread count and
-    remembered per CPU, thread count and torch version in ``$QIHUANG_HOME/cache/cpu_bf16.json``. The flag alone
-    does not say it: an AMD EPYC with avx512_bf16 trains its bf16 base 2.3x as fast, while an Intel Xeon with
-    avx512_bf16 and no AMX runs bf16 products at ~0.65x fp32 (its oneDNN kernels convert)."""
+    remembered per CPU, thread count, torch version and instruction-set limits (``ONEDNN_MAX_CPU_ISA`` …) in
+    ``$QIHUANG_HOME/cache/cpu_bf16.json``. The flag alone does not say it: the AMD EPYC with avx512_bf16 that the
+    bf16 base was built on trained faster with it, while an Intel Xeon with avx512_bf16 and no AMX runs bf16
+    products at ~0.55x fp32."""
     if not cpu_supports_bf16():
         return False
     import platform
@@ -171,7 +173,8 @@ def bf16_training_faster() -> bool:
     from qihuang.fileio import atomic_write_json
     from qihuang.paths import home
 
-    key = f"{_cpu_name()}|{torch.__version__}|{torch.get_num_threads()} threads"
+    limits = ",".join(f"{v}={os.environ[v]}" for v in _ISA_LIMITS if os.environ.get(v))  # e.g. an AVX2 emulation
+    key = f"{_cpu_name()}|{torch.__version__}|{torch.get_num_threads()} threads|{limits}"
     if key in _bf16_faster:
         return _bf16_faster[key]
     path = home() / "cache" / "cpu_bf16.json"
