@@ -34,6 +34,9 @@ SUBJECT, COLLOQUIAL, ALIAS_SUBJECT, VALUE, STEM, ALIAS_VALUE = 6, 5, 4, 3, 2, 1
 _SEPARATORS = frozenset("、和及与或跟 ")
 _THINGS = frozenset({"disease", "drug", "herb", "formula", "examination"})  # what "X是什么病" may ask about
 _CLAUSE_END = frozenset("，,。.;；!！?？:：\n()（）")
+_SENTENCE_PARTS = re.compile(r"[，,。.;；!！?？\n]+")  # the clauses of a story (a parenthesis is inside one)
+
+
 def _touches(norm: str, start: int, end: int, s: int, e: int) -> bool:
     """Whether the cue [s, e) covers the start of the form [start, end) or stands right next to it, one
     character apart at most, in the same clause (腹泻是什么情况，吃什么药: the comma parts the two asks)."""
@@ -43,8 +46,6 @@ def _touches(norm: str, start: int, end: int, s: int, e: int) -> bool:
         return norm[end] not in _CLAUSE_END
     return e == start - 1 and norm[e] not in _CLAUSE_END
 
-
-_SENTENCE_PARTS = re.compile(r"[，,。.;；!！?？\n]+")  # the clauses of a story (a parenthesis is inside one)
 
 
 class Linker:

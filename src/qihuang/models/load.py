@@ -159,7 +159,7 @@ def _gemm_seconds(dtype, repeat: int = 5) -> float:
 
 def bf16_training_faster() -> bool:
     """Whether a CPU with native bf16 (:func:`cpu_supports_bf16`) also multiplies bf16 matrices at least
-    :data:`BF16_MIN_SPEEDUP` times as fast as fp32 ones, measured once (~0.2 s) at the current thread count and
+    :data:`BF16_MIN_SPEEDUP` times as fast as fp32 ones, measured once (~0.3 s) at the current thread count and
     remembered per CPU, thread count, torch version and instruction-set limits (``ONEDNN_MAX_CPU_ISA`` …) in
     ``$QIHUANG_HOME/cache/cpu_bf16.json``. The flag alone does not say it: the AMD EPYC with avx512_bf16 that the
     bf16 base was built on trained faster with it, while an Intel Xeon with avx512_bf16 and no AMX runs bf16
@@ -180,13 +180,14 @@ def bf16_training_faster() -> bool:
     path = home() / "cache" / "cpu_bf16.json"
     try:
         known = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # none yet, or damaged: measured anew
         known = {}
-    entry = known.get(key) if isinstance(known, dict) else None
+    known = known if isinstance(known, dict) else {}
+    entry = known.get(key)
     if not (isinstance(entry, dict) and isinstance(entry.get("speedup"), (int, float))):
         fp32, bf16 = _gemm_seconds(torch.float32), _gemm_seconds(torch.bfloat16)
-        entry = {"speedup": round(fp32 / bf16, 3), "fp32_s": fp32, "bf16_s": bf16, "machine": platform.machine()}
-        known = {**(known if isinstance(known, dict) else {}), key: entry}
+        entry = known[key] = {"speedup": round(fp32 / bf16, 3), "fp32_s": fp32, "bf16_s": bf16,
+                              "machine": platform.machine()}
         atomic_write_json(path, known)
         log.info("bf16 products run %.2fx as fast as fp32 on this CPU (%s)", entry["speedup"], key)
     _bf16_faster[key] = entry["speedup"] >= BF16_MIN_SPEEDUP
