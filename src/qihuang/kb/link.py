@@ -47,7 +47,6 @@ def _touches(norm: str, start: int, end: int, s: int, e: int) -> bool:
     return e == start - 1 and norm[e] not in _CLAUSE_END
 
 
-
 class Linker:
     """Finds KB entities (names, aliases, colloquial names, drug stems) and asked attributes in free text."""
 
