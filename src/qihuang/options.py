@@ -302,8 +302,8 @@ class QuickstartOptions(Options):
     test_questions: int = Field(40, ge=1, description="held-out KB-QA questions")
     max_steps: Annotated[int | None, Cli(deprecated=("steps",))] = Field(
         None, ge=1, description="training steps (default: as many as --max-minutes allows)")
-    # ~50 steps of batch 8 on 2 cores of an Intel Xeon (fp32, both cores): tuned + grounded recall 83.9 %,
-    # and the whole job, install included, under 10 minutes there (README: The main job)
+    # 46-51 steps of batch 8 on 2 cores of an Intel Xeon (fp32): tuned + grounded recall 78-84 %, and a fresh
+    # clone's whole job, install included, 9 min 47 s there; an AVX2-only CPU gets ~31 (README: The main job)
     max_minutes: Annotated[float, Cli(deprecated=("budget-minutes",))] = Field(
         5.0, gt=0, description="training time budget in minutes")
     learning_rate: float = Field(1e-3, gt=0, description="peak learning rate")
