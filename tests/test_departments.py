@@ -199,16 +199,21 @@ OWN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def own(tmp_path_factory):
+def _kb_of(tmp_path_factory, name: str, rows: list[dict]):
+    """A knowledge base imported from ``rows`` (CMeKG-style records) in a temporary folder."""
     from qihuang.kb import KnowledgeBase
 
-    root = tmp_path_factory.mktemp("own")
-    src = root / "own.jsonl"
-    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in OWN), encoding="utf-8")
-    kb = KnowledgeBase.create(root / "own.sqlite")
+    root = tmp_path_factory.mktemp(name)
+    src = root / f"{name}.jsonl"
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    kb = KnowledgeBase.create(root / f"{name}.sqlite")
     kb.import_source(src, progress=False)
     return kb
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory):
+    return _kb_of(tmp_path_factory, "own", OWN)
 
 
 def _departments(res) -> list:
@@ -381,14 +386,7 @@ SYMPTOM_LIKE = [
 
 @pytest.fixture(scope="module")
 def symptom_like(tmp_path_factory):
-    from qihuang.kb import KnowledgeBase
-
-    root = tmp_path_factory.mktemp("symptom_like")
-    src = root / "kb.jsonl"
-    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in SYMPTOM_LIKE), encoding="utf-8")
-    kb = KnowledgeBase.create(root / "kb.sqlite")
-    kb.import_source(src, progress=False)
-    return kb
+    return _kb_of(tmp_path_factory, "symptom_like", SYMPTOM_LIKE)
 
 
 def test_a_symptom_like_disease_asked_what_it_is_gets_departments_after_the_answer(symptom_like):

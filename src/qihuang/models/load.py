@@ -118,14 +118,24 @@ def cpu_supports_bf16() -> bool:
             return True
     except Exception:  # pragma: no cover - very old torch
         pass
+    return bool(_cpu_info()[1] & {"avx512_bf16", "amx_bf16"})
+
+
+def _cpu_info() -> tuple[str, frozenset[str]]:
+    """The first CPU's model name and flags from /proc/cpuinfo (("", {}) where there is none)."""
+    name, flags = "", frozenset()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
-                if line.startswith("flags"):
-                    return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
+                if line.startswith("model name") and not name:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = frozenset(line.split(":", 1)[1].split())
+                if name and flags:
+                    break
     except OSError:
         pass
-    return False
+    return name, flags
 
 
 BF16_MIN_SPEEDUP = 1.1  # bf16 matrix products must run this many times as fast as fp32 ones to be chosen
@@ -195,17 +205,8 @@ def bf16_training_faster() -> bool:
 
 
 def _cpu_name() -> str:
-    """The CPU's model name and its bf16/AMX flags (what decides the bf16 kernels), from /proc/cpuinfo."""
-    name, flags = "", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name") and not name:
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    """The CPU's model name and its bf16/AMX flags (what decides the bf16 kernels)."""
+    name, flags = _cpu_info()
     return " ".join([name or "cpu", *sorted(f for f in flags if "bf16" in f or f.startswith("amx"))])
 
 
