@@ -397,3 +397,24 @@ def test_a_symptom_like_disease_asked_what_it_is_gets_departments_after_the_answ
     deps = _departments(res)
     assert [f.value for f in deps] == ["消化内科"] and deps[0].via == "department"
     assert res.facts[0].attribute != "department"  # the drugs it asks for come first
+
+
+COMPLAINT = [
+    {"中心词": "色素斑", "病因": ["日晒"], "相关疾病": ["雀斑"], "就诊科室": ["皮肤科"]},
+    {"中心词": "雀斑", "常见症状": ["色素斑"], "就诊科室": ["皮肤科"]},
+]
+
+
+@pytest.fixture(scope="module")
+def complaint(tmp_path_factory):
+    return _kb_of(tmp_path_factory, "complaint", COMPLAINT)
+
+
+def test_a_disease_named_in_someones_complaint_gets_its_departments_after_the_answer(complaint):
+    assert not complaint.departments.symptom_like("色素斑")
+    plain = complaint.link("色素斑是怎么引起的")  # a question about the disease: its cause, no department
+    assert plain.facts and not _departments(plain)
+    res = complaint.link("我孩子6岁，脸上有色素斑，越来越多，是怎么回事")  # the patient's own complaint
+    deps = _departments(res)
+    assert deps and deps[0].via == "department" and {"皮肤科", "儿科"} <= {f.value for f in deps}
+    assert res.facts[0].attribute != "department"  # what it is (its cause) comes first

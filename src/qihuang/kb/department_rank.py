@@ -46,6 +46,7 @@ SYMPTOM_RELATION = "常见就诊科室（按症状）"
 LOOKED_UP = ("symptom", "reverse", "department")  # facts reached from the symptoms themselves
 EVIDENCE_ATTRIBUTES = ("symptoms", "body_part")  # a value listed here says where its diseases are seen
 TOP = 3  # departments named per question
+CONDITIONS = ("disease", "symptom")  # entity types a complaint can name as what the patient has
 # departments that say how general or how urgent, not which organ (the KB's 内科 is internal medicine in
 # general; 急诊 is decided by urgency, i.e. by triage): a named disease may carry them, symptom evidence not
 SETTINGS = (ROOT, "急诊科")
@@ -405,7 +406,8 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     """``facts`` with departments as hospitals name them (the hook at the end of retrieval).
 
     A symptom description (a described symptom that at least :data:`MIN_LISTED` subjects list as a symptom
-    that no other named entity explains) or a question that asks for a department gets the ranked
+    that no other named entity explains, or a disease with departments named in someone's own complaint
+    asking what it is or what to do) or a question that asks for a department gets the ranked
     departments (at most :data:`TOP`; 全科医学科 when nothing more specific is known) in place of the KB-worded
     department facts retrieval found: first, or after the facts that answer what the question asks
     (头痛吃什么药: the drugs first). Otherwise a department fact whose KB wording is not the hospital's is
@@ -423,6 +425,11 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     topic = {f.entity for f in facts if f.via == "direct" and any(f.attribute in g for g in groups)}
     if topic and not _PATIENT.search(text) and not any("related_diseases" in g for g in groups):
         real = [n for n in real if n not in topic]
+    # someone's own complaint asking what it is, what to do or where to go (孩子脸上长斑点是怎么回事) is a
+    # symptom description whatever type the KB gives the condition it names: a disease named there (with
+    # departments of its own) is what the patient has or fears, and its departments follow the answer
+    if _describes_by_words(text, groups):
+        real += [n for n in names if n not in real and index.kind(n) in CONDITIONS and index.own(n)[1]]
     # a symptom that another named entity explains is no description: a value of its facts (布洛芬缓释胶囊的
     # 副作用有恶心吗) or one of its own symptoms (过敏性鼻炎老打喷嚏吃什么药)
     describes = bool(real) and (bool(candidates) or _describes(index, real, names, symptoms, facts))
