@@ -36,6 +36,7 @@ ROWS = [
     {"中心词": "咳嗽性哮喘", "别称": ["咳嗽变异性哮喘"], "常见症状": ["哮喘", "咳嗽"], "就诊科室": ["呼吸内科"]},
     {"中心词": "急性淋巴细胞白血病", "常见症状": ["发热"], "就诊科室": ["血液内科"]},
     {"中心词": "慢性淋巴细胞白血病", "常见症状": ["乏力"], "就诊科室": ["血液内科"]},
+    {"中心词": "羊肉", "性味": ["甘，温"], "禁忌": ["外感时邪者忌服"], "功效": ["温中暖肾"]},  # a food the KB types as a herb
 ]
 
 
@@ -218,6 +219,11 @@ def test_can_i_take_asks_contraindications_only_when_a_drug_is_named(kb):
     assert {"precautions", "contraindications"} <= with_drug
     without = set(kb.detect_attributes("尿路感染可以吃辣椒吗？"))
     assert "precautions" in without and "contraindications" not in without
+    # a named disease and a food the KB holds as a herb: what to mind stays asked although neither diseases
+    # nor herbs have it in the KB, beside what the herb is contraindicated for
+    food = kb.link("支气管扩张症可以吃羊肉吗？")
+    assert {"precautions", "contraindications"} <= set(food.attributes)
+    assert any(f.entity == "羊肉" and f.attribute == "contraindications" for f in food.facts)
 
 
 def test_a_cause_told_in_a_description_is_not_asked(kb):

@@ -684,8 +684,13 @@ def _reported(kb, groups: list[tuple[str, ...]], facts: list[Fact], mentions: li
     if types:  # a disease's drugs answer for the drugs' attributes (two hops)
         types |= {r[2] for r in (look.row(f.entity) for f in facts if f.via == "two_hop") if r}
         has = set().union(*(look.type_attributes.get(t, ()) for t in types))
-        groups = [g for g in groups if ALIAS in g or has & set(g)] or groups
+        groups = [g for g in groups if ASKED_OF_ANY & set(g) or has & set(g)] or groups
     return flatten(groups)
+
+
+# asked of whatever a question names, however few entities of its type the KB gives them: its other names,
+# and what to mind (注意事项, diet, care: 支气管炎能吃猪肉吗 asks it although neither diseases nor herbs have it)
+ASKED_OF_ANY = frozenset({ALIAS, "precautions"})
 
 
 # a cue group that asks this first, answered by the drugs alone, still asks it: 怎么治 asks how it is treated
