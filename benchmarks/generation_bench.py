@@ -44,11 +44,9 @@ EMULATION_ENV = ("CT2_FORCE_CPU_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA
 
 
 def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
-    except OSError:
-        flags = set()
+    from qihuang.models.load import cpu_info
+
+    flags = cpu_info()[1]
     wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
     return " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
 

@@ -154,17 +154,10 @@ def measure_decode(args) -> float:
 
 def cpu_description() -> str:
     """CPU model and the SIMD/matrix flags that matter for torch on CPU."""
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
+    from qihuang.models.load import cpu_info
+
+    model, flags = cpu_info()
+    model = model or "unknown CPU"
     wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "asimd", "sve"]
     have = [f for f in wanted if f in flags]
     return f"{model}; flags: {', '.join(have) or 'none of ' + ', '.join(wanted)}"

@@ -252,17 +252,13 @@ FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"
 def cpu_line(threads: int) -> str:
     import torch
 
-    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    from qihuang.models.load import bf16_training_faster, cpu_info
 
-    def field(name: str, default: str) -> str:
-        return next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith(name)), default)
-
-    flags, model = field("flags", "").split(), field("model name", platform.processor())
+    model, flags = cpu_info()
+    model = model or platform.processor()
     native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
     bf16 = f"native bf16 ({', '.join(native)})" if native else "no native bf16 (no avx512_bf16/amx_bf16)"
     if native:  # what the qihuang arm's frozen base uses: bf16 only where its products measure faster
-        from qihuang.models.load import bf16_training_faster
-
         torch.set_num_threads(threads)
         bf16 += f", bf16 training base {'chosen' if bf16_training_faster() else 'not chosen: slower than fp32 here'}"
     return (f"cpu: {model}, {os.cpu_count()} cores, flags {' '.join(f for f in FLAGS if f in flags) or '-'}; "

@@ -428,13 +428,14 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     # someone's own complaint asking what it is, what to do or where to go (孩子脸上长斑点是怎么回事) is a
     # symptom description whatever type the KB gives the condition it names: a disease named there (with
     # departments of its own) is what the patient has or fears, and its departments follow the answer
-    if _describes_by_words(text, groups):
+    complaint = _describes_by_words(text, groups)
+    if complaint:
         real += [n for n in names if n not in real and index.kind(n) in CONDITIONS and index.own(n)[1]]
     # a symptom that another named entity explains is no description: a value of its facts (布洛芬缓释胶囊的
     # 副作用有恶心吗) or one of its own symptoms (过敏性鼻炎老打喷嚏吃什么药)
     describes = bool(real) and (bool(candidates) or _describes(index, real, names, symptoms, facts))
     asked = any("department" in g for g in groups)
-    if not names and not facts and _describes_by_words(text, groups):
+    if not names and not facts and complaint:
         return _by_wording(index, text, patient_groups(text, index.book))
     if not names or not (describes or (asked and facts)):  # (a lexical match names no question entity)
         if not any(f.attribute == "department" for f in facts):

@@ -668,6 +668,11 @@ def _pointed_to(kb, mentions: list[Mention], max_values: int | None) -> list[Fac
     return [f for m in mentions for f in kb.lookups.reverse(m.name, "related_diseases", limit)]
 
 
+# asked of whatever a question names, however few entities of its type the KB gives them: its other names,
+# and what to mind (注意事项, diet, care: 支气管炎能吃猪肉吗 asks it although neither diseases nor herbs have it)
+ASKED_OF_ANY = frozenset({ALIAS, "precautions"})
+
+
 def _reported(kb, groups: list[tuple[str, ...]], facts: list[Fact], mentions: list[Mention],
               candidates: list[dict]) -> list[str]:
     """The attributes a question is taken to ask, given what was retrieved: each cue group of
@@ -686,11 +691,6 @@ def _reported(kb, groups: list[tuple[str, ...]], facts: list[Fact], mentions: li
         has = set().union(*(look.type_attributes.get(t, ()) for t in types))
         groups = [g for g in groups if ASKED_OF_ANY & set(g) or has & set(g)] or groups
     return flatten(groups)
-
-
-# asked of whatever a question names, however few entities of its type the KB gives them: its other names,
-# and what to mind (注意事项, diet, care: 支气管炎能吃猪肉吗 asks it although neither diseases nor herbs have it)
-ASKED_OF_ANY = frozenset({ALIAS, "precautions"})
 
 
 # a cue group that asks this first, answered by the drugs alone, still asks it: 怎么治 asks how it is treated

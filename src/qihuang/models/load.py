@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import fcntl
 import importlib.util
 import json
@@ -118,11 +120,13 @@ def cpu_supports_bf16() -> bool:
             return True
     except Exception:  # pragma: no cover - very old torch
         pass
-    return bool(_cpu_info()[1] & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_info()[1] & {"avx512_bf16", "amx_bf16"})
 
 
-def _cpu_info() -> tuple[str, frozenset[str]]:
-    """The first CPU's model name and flags from /proc/cpuinfo (("", {}) where there is none)."""
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The first CPU's model name and flags from /proc/cpuinfo (("", {}) where there is none), read once: the
+    one reader for the dtype policy and the benchmarks' CPU lines."""
     name, flags = "", frozenset()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -206,7 +210,7 @@ def bf16_training_faster() -> bool:
 
 def _cpu_name() -> str:
     """The CPU's model name and its bf16/AMX flags (what decides the bf16 kernels)."""
-    name, flags = _cpu_info()
+    name, flags = cpu_info()
     return " ".join([name or "cpu", *sorted(f for f in flags if "bf16" in f or f.startswith("amx"))])
 
 
