@@ -62,6 +62,25 @@ def test_a_value_symptom_made_of_two_symptoms_links_as_both(tmp_path):
         kb.close()
 
 
+def test_a_value_joining_two_names_with_a_conjunction_links_as_both(tmp_path):
+    """腹痛和腹泻 (an extraction fragment) is 腹痛 and 腹泻 however seldom each is listed; 伴头痛 is 头痛; a
+    joined value whose second part is no name (腹痛和劳累后心悸) stays one value."""
+    rows = [{"中心词": "肠炎", "常见症状": ["腹痛和腹泻", "发热"], "就诊科室": ["消化内科"]},
+            {"中心词": "偏头痛", "常见症状": ["伴头痛", "畏光"], "就诊科室": ["神经内科"]},
+            {"中心词": "胃炎", "常见症状": ["腹痛", "腹泻", "腹痛和劳累后心悸"], "就诊科室": ["消化内科"]},
+            {"中心词": "紧张", "常见症状": ["头痛"]}]
+    src = tmp_path / "kb.jsonl"
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    kb = KnowledgeBase.create(tmp_path / "kb.sqlite")
+    kb.import_source(src, progress=False)
+    try:
+        assert [m.name for m in kb.find_entities("最近腹痛和腹泻，怎么回事")] == ["腹痛", "腹泻"]
+        assert [m.name for m in kb.find_entities("恶心伴头痛")] == ["头痛"]
+        assert [m.name for m in kb.find_entities("腹痛和劳累后心悸")] == ["腹痛和劳累后心悸"]
+    finally:
+        kb.close()
+
+
 def test_a_body_part_and_what_it_has_stays_one_value(tmp_path):
     """宫颈糜烂 is not 宫颈 and 糜烂: a half no disease lists as a symptom (a body part) does not split it."""
     rows = [{"中心词": "宫颈炎", "常见症状": ["宫颈糜烂", "白带增多"], "就诊科室": ["妇科"]},

@@ -530,7 +530,8 @@ def _entity_automaton(kb, lexicon) -> ahocorasick.Automaton:
     diseases = kb.conn.execute("SELECT count(*) FROM entities WHERE type = 'disease' AND is_subject = 1").fetchone()[0]
     least = max(1, int(SPLIT_SHARE * diseases))
     for key in [k for k, o in cands.items()
-                if o[0][0][0] == VALUE and o[0][2] == "symptom" and _splits(k, cands, listed, least)]:
+                if o[0][0][0] == VALUE and o[0][2] == "symptom" and (_splits(k, cands, listed, least)
+                                                                   or _joined(k, cands))]:
         del cands[key]  # 头晕乏力, 恶心呕吐: two symptoms, each linked on its own (not 宫颈糜烂, 妊娠高血压)
     # a value-only drug name whose stem names a product (盐酸二甲双胍 -> 二甲双胍 -> 二甲双胍片): its form
     for key, options in cands.items():
@@ -616,6 +617,20 @@ def _splits(key: str, cands: dict, listed: dict[str, int], least: int = 1) -> bo
     part and what it has, nor 妊娠 and 高血压: in CMeKG 3 and 7 diseases list 宫颈 and 妊娠, 345 头晕)."""
     return any(key[:i] in cands and key[i:] in cands and listed.get(_first(cands[key[:i]]), 0) >= least
                and listed.get(_first(cands[key[i:]]), 0) >= least for i in range(2, len(key) - 1))
+
+
+_JOINED = re.compile(r"^(?:伴有|伴)?(.+?)(?:[和及与或、]|以及)(.+)$|^(?:伴有|伴)(.+)$")
+
+
+def _joined(key: str, cands: dict) -> bool:
+    """``key`` is an extraction fragment that joins linkable names (腹痛和腹泻, 咳痰及咯血; a conjunction written
+    out, so no listing count is needed as in :func:`_splits`) or adds 伴 to one (伴瘙痒, 伴有耳鸣): a question
+    that writes it names those, each linked on its own."""
+    m = _JOINED.match(key)
+    if m is None:
+        return False
+    parts = [p for p in m.groups() if p is not None]
+    return all(p in cands for p in parts)
 
 
 def _first(options: list) -> str:
