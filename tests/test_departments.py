@@ -285,6 +285,9 @@ def test_a_complaint_the_kb_names_nothing_of_gets_departments_from_its_words(kb)
     assert "按用词" in res.facts[0].relation and "“腋下”" in res.facts[0].relation
     assert kb.link("腋下的淋巴结有哪些？").facts == []  # nobody's complaint: nothing
     assert kb.link("我最近心里有点烦，怎么办？").facts == []  # no word ties to a department: no guess
+    # 正常吗 of one's own body asks whether something is wrong, as 怎么回事 does
+    normal = kb.link("我腋下长了好几个小东西，正常吗？")
+    assert normal.attributes == ["prognosis"] and [f.value for f in normal.facts] == ["皮肤科"]
 
 
 def test_no_department_when_nothing_is_known_but_a_symptom_gets_the_root_said_as_such(kb, own):

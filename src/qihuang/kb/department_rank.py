@@ -407,9 +407,9 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
 
     A symptom description (a described symptom that at least :data:`MIN_LISTED` subjects list as a symptom
     that no other named entity explains, or a disease with departments named in someone's own complaint
-    asking what it is or what to do) or a question that asks for a department gets the ranked
-    departments (at most :data:`TOP`; 全科医学科 when nothing more specific is known) in place of the KB-worded
-    department facts retrieval found: first, or after the facts that answer what the question asks
+    asking what it is, whether it is normal or what to do) or a question that asks for a department gets
+    the ranked departments (at most :data:`TOP`; 全科医学科 when nothing more specific is known) in place of
+    the KB-worded department facts retrieval found: first, or after the facts that answer what the question asks
     (头痛吃什么药: the drugs first). Otherwise a department fact whose KB wording is not the hospital's is
     replaced by the hospital's (the KB wording kept in its relation), or dropped when it names none. With a
     hospital list (:meth:`KnowledgeBase.use_departments`) only its departments are named, each through its
@@ -425,9 +425,10 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     topic = {f.entity for f in facts if f.via == "direct" and any(f.attribute in g for g in groups)}
     if topic and not _PATIENT.search(text) and not any("related_diseases" in g for g in groups):
         real = [n for n in real if n not in topic]
-    # someone's own complaint asking what it is, what to do or where to go (孩子脸上长斑点是怎么回事) is a
-    # symptom description whatever type the KB gives the condition it names: a disease named there (with
-    # departments of its own) is what the patient has or fears, and its departments follow the answer
+    # someone's own complaint asking what it is, whether it is normal, what to do or where to go
+    # (孩子脸上长斑点是怎么回事) is a symptom description whatever type the KB gives the condition it names: a
+    # disease named there (with departments of its own) is what the patient has or fears, and its departments
+    # follow the answer
     complaint = _describes_by_words(text, groups)
     if complaint:
         real += [n for n in names if n not in real and index.kind(n) in CONDITIONS and index.own(n)[1]]
@@ -455,12 +456,13 @@ def apply(kb, text: str, mentions: list[Mention], candidates: list[dict], groups
     return rest[:at] + out + rest[at:]
 
 
-_WORDING_ASKS = frozenset({"related_diseases", "cause", "treatment", "department"})  # 怎么回事, 怎么办, 挂什么科
+_WORDING_ASKS = frozenset({"related_diseases", "cause", "treatment", "department", "prognosis"})  # 怎么回事, 怎么办, 挂什么科, 正常吗
 
 
 def _describes_by_words(text: str, groups: list[tuple[str, ...]]) -> bool:
     """A question that links to nothing in the KB but is someone's complaint (a patient word: 我, 孩子, 最近,
-    an age) asking what it is, what to do or where to go: its departments may still come from its wording."""
+    an age) asking what it is, whether it is normal, what to do or where to go: its departments may still come
+    from its wording."""
     return bool(_PATIENT.search(text)) and any(a in _WORDING_ASKS for g in groups for a in g)
 
 
