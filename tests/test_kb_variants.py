@@ -36,6 +36,7 @@ ROWS = [
     {"中心词": "咳嗽性哮喘", "别称": ["咳嗽变异性哮喘"], "常见症状": ["哮喘", "咳嗽"], "就诊科室": ["呼吸内科"]},
     {"中心词": "急性淋巴细胞白血病", "常见症状": ["发热"], "就诊科室": ["血液内科"]},
     {"中心词": "慢性淋巴细胞白血病", "常见症状": ["乏力"], "就诊科室": ["血液内科"]},
+    {"中心词": "湿疹", "常见症状": ["皮肤瘙痒", "头皮瘙痒"], "就诊科室": ["皮肤科"]},
     {"中心词": "羊肉", "性味": ["甘，温"], "禁忌": ["外感时邪者忌服"], "功效": ["温中暖肾"]},  # a food the KB types as a herb
 ]
 
@@ -66,6 +67,16 @@ def test_a_body_part_and_a_feeling_name_a_kb_symptom(kb, text, expected):
 
 
 @pytest.mark.parametrize("text, expected", [
+    ("最近后背痒得厉害，怎么回事", ["皮肤瘙痒"]),  # the KB has no 背瘙痒: the skin's itch
+    ("孕妇手脚痒怎么办", ["皮肤瘙痒"]),
+    ("头皮很痒怎么办", ["头皮瘙痒"]),  # the part's own name first
+    ("后背疼得厉害", []),  # pain is no feeling of the skin (and the KB has no 背痛 here)
+])
+def test_a_skin_feeling_on_a_part_the_kb_names_nothing_for_is_the_skin_s(kb, text, expected):
+    assert names(kb, text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
     ("经前肚子疼怎么办", ["痛经"]),
     ("每次来月经的时候，肚子痛得厉害", ["痛经"]),  # a comma between: the same sentence
     ("我肚子疼，还一直拉不出来", ["腹痛"]),  # nothing says when: the symptom stays
@@ -79,7 +90,7 @@ def test_a_symptom_whose_sentence_says_when_it_comes_names_the_narrower_entry(kb
 def test_what_the_kb_does_not_name_is_not_composed_and_words_inside_other_words_are_no_parts(kb):
     assert names(kb, "我的手机坏了，很烦") == []  # no KB name 手烦; 手 of 手机 is no part
     assert names(kb, "做完手术后不是很痛，正常吗") == []  # 手 of 手术 is no hand: no 手痛
-    assert names(kb, "眼睛很痒怎么办") == []  # 眼瘙痒 is no KB name here: nothing is guessed
+    assert names(kb, "眼睛很痒怎么办") == []  # 眼瘙痒 is no KB name here, and an eye is no skin-covered part
 
 
 def test_a_negated_feeling_makes_a_negated_mention_and_a_later_one_wins(kb):
@@ -298,6 +309,11 @@ def test_the_shipped_symptom_words_are_valid_and_bad_ones_name_the_field(tmp_pat
         bad.write_text("parts: {肚子: [腹]}\nfeelings: {疼: [痛]}\nchanges: {偏高: ['高{y}']}\n", encoding="utf-8")
         variants.load_symptom_words.cache_clear()
         with pytest.raises(ConfigError, match=r"symptom_words.yaml: .*changes.偏高: 高\{y\}"):
+            variants.load_symptom_words()
+        bad.write_text("parts: {肚子: [腹]}\nfeelings: {疼: [痛]}\nskin: {feelings: [痒], parts: [肚子]}\n",
+                       encoding="utf-8")
+        variants.load_symptom_words.cache_clear()
+        with pytest.raises(ConfigError, match=r"symptom_words.yaml: skin .*skin.feelings: 痒"):
             variants.load_symptom_words()
         bad.write_text("parts: {肚子: [腹]}\nfeelings: {疼: [痛]}\ncontexts: {腹痛: {'月经(': 痛经}}\n", encoding="utf-8")
         variants.load_symptom_words.cache_clear()

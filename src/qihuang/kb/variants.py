@@ -43,6 +43,15 @@ _SYMPTOM_TYPES = ("symptom", "disease")
 MIN_TYPO_LENGTH = 4  # names matched with one homophone in an uncovered window: at least this long
 
 
+class SkinWords(BaseModel):
+    """``skin`` of ``resources/symptom_words.yaml``: feelings of the skin and the parts the skin covers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feelings: tuple[str, ...] = ()
+    parts: tuple[str, ...] = ()
+
+
 class SymptomWords(BaseModel):
     """``resources/symptom_words.yaml`` (see its header)."""
 
@@ -54,6 +63,7 @@ class SymptomWords(BaseModel):
     parts: dict[str, tuple[str, ...]]
     feelings: dict[str, tuple[str, ...]]
     persons: tuple[str, ...] = ()
+    skin: SkinWords = SkinWords()
     changes: dict[str, tuple[str, ...]] = {}
     degrees: tuple[str, ...] = ()
     measures: tuple[str, ...] = ()
@@ -75,6 +85,10 @@ def load_symptom_words() -> SymptomWords:
     empty = [k for k, v in {**words.parts, **words.feelings, **words.changes}.items() if not k.strip() or not v]
     if empty:
         raise ConfigError(f"{path}: parts/feelings/changes need a written form and at least one KB form: {empty}")
+    stray = [f"skin.parts: {w}" for w in words.skin.parts if w not in words.parts]
+    stray += [f"skin.feelings: {w}" for w in words.skin.feelings if w not in words.feelings]
+    if stray:
+        raise ConfigError(f"{path}: skin lists words that parts/feelings do not: {stray}")
     bad = [f"changes.{k}: {t}" for k, v in words.changes.items() for t in v if t.count("{x}") != 1 or "{" in t.replace("{x}", "")]
     if bad:
         raise ConfigError(f"{path}: a change's name template holds {{x}} once and no other braces: {bad}")
@@ -109,6 +123,8 @@ class Composer:
         self._degrees = sorted({normalize(w) for w in words.degrees}, key=len, reverse=True)
         self._measures = sorted({normalize(w) for w in words.measures}, key=len, reverse=True)
         self._contexts = {k: [(re.compile(p), name) for p, name in v.items()] for k, v in words.contexts.items()}
+        self._skin_parts = frozenset(normalize(w) for w in words.skin.parts)
+        self._skin_feelings = frozenset(normalize(w) for w in words.skin.feelings)
 
     def in_context(self, norm: str, m: Mention) -> Mention:
         """The narrower KB name ``m`` has in its sentence (来月经的时候肚子疼: 腹痛 -> 痛经, see ``contexts``
@@ -175,7 +191,10 @@ class Composer:
         return None
 
     def name_for(self, part: str, feeling: str) -> tuple[str, str] | None:
-        for p in self._parts[part]:
+        """The KB name of ``feeling`` on ``part``: the part's forms joined to the feeling's, else, for a
+        feeling of the skin on a part the skin covers, 皮肤 joined to the feeling's forms (后背痒 -> 皮肤瘙痒)."""
+        skin = ("皮肤",) if part in self._skin_parts and feeling in self._skin_feelings else ()
+        for p in (*self._parts[part], *skin):
             for f in self._feelings[feeling]:
                 for j in self.words.joiners:
                     etype = self._exists(p + j + f)
