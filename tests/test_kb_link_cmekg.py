@@ -53,10 +53,20 @@ def test_noise_rule_both_directions(cmekg):
     ("乙肝", "乙型肝炎"), ("心梗", "心肌梗死"), ("钙尔奇怎么吃", "钙尔奇D"), ("脸上长了个疣怎么办", "疣"), ("我有痔怎么办", "痔"), ("拉肚子", "腹泻"), ("拉稀", "腹泻"), ("胃疼", "胃痛"),
     ("嗓子疼", "咽痛"), ("头疼", "头痛"), ("发烧", "发热"), ("血压高", "高血压"), ("流感", "流行性感冒"),
     ("孩子有ADHD", "注意缺陷多动障碍"), ("浅表性胃炎", "慢性浅表性胃炎"), ("宫颈糜烂", "宫颈糜烂"),
+    ("小便有泡沫", "泡沫尿"), ("腿抽筋", "肌肉痉挛"), ("老是打嗝", "呃逆"),
 ])
 def test_colloquial_names(cmekg, text, name):
     found = cmekg.find_entities(f"我{text}了怎么办")
     assert [m.name for m in found] == [name]
+
+
+@pytest.mark.parametrize("text,name", [
+    ("我耳朵痛，怎么回事", "耳痛"),  # 耳朵痛 is one jieba word: the part's feeling right after it
+    ("最近脚后跟疼", "足跟痛"), ("乳房有硬块是怎么回事", "乳房肿块"), ("脸色发白怎么办", "面色苍白"),
+    ("后背痒得厉害", "皮肤瘙痒"),
+])
+def test_a_part_and_a_feeling_on_cmekg(cmekg, text, name):
+    assert [m.name for m in cmekg.link(text).entities] == [name]
 
 
 def test_drug_forms_and_negation(cmekg):

@@ -61,6 +61,7 @@ def names(kb, text):
     ("最近眉毛开始变白了怎么办", ["毛发变白"]),
     ("跑步以后小腿疼得厉害", ["腿痛"]),
     ("一直牙根到耳根部很疼", ["牙痛"]),
+    ("小腿发麻又疼", ["腿痛"]),  # the KB has no 腿麻木: the next feeling in reach
 ])
 def test_a_body_part_and_a_feeling_name_a_kb_symptom(kb, text, expected):
     assert names(kb, text) == expected

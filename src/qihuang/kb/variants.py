@@ -212,22 +212,25 @@ class Composer:
         for m in parts:
             s, e = m.span()
             single = e - s == 1
-            if s not in bounds[0] or e not in bounds[1]:
-                continue  # 手术 is no 手, 口服 no 口
+            if s not in bounds[0]:
+                continue  # 止咳 holds no 咳 of a part
             gap = self.words.single_char_gap if single else self.words.max_gap
             limit = e
             while limit < len(norm) and limit - e <= gap + 4 and norm[limit] not in _CLAUSE_END:
                 limit += 1
-            f = self._feel_re.search(norm, e, limit)
-            if f is None or f.start() - e > gap:
-                continue
-            if single and f.start() not in bounds[0]:
-                continue
-            found = self.name_for(m.group(0), f.group(0))
-            if found:
-                before = norm[e:f.start()]
-                negated = any(before.endswith(c) or before[:-1].endswith(c) for c in negation)  # 都不疼, 不太痛
-                out.append((s, f.end(), found[0], found[1], negated))
+            # the first feeling in reach that the KB names with the part (小腿跳绳后疼: not 跳, 疼); a part
+            # inside a longer word counts only with its feeling right after it (耳朵痛 is one word; 手术 no 手)
+            for f in self._feel_re.finditer(norm, e, limit):
+                if f.start() - e > gap:
+                    break
+                if (e not in bounds[1] and f.start() != e) or (single and f.start() not in bounds[0]):
+                    continue
+                found = self.name_for(m.group(0), f.group(0))
+                if found:
+                    before = norm[e:f.start()]
+                    negated = any(before.endswith(c) or before[:-1].endswith(c) for c in negation)  # 都不疼, 不太痛
+                    out.append((s, f.end(), found[0], found[1], negated))
+                    break
         return out
 
 
