@@ -63,10 +63,16 @@ def test_colloquial_names(cmekg, text, name):
 @pytest.mark.parametrize("text,name", [
     ("我耳朵痛，怎么回事", "耳痛"),  # 耳朵痛 is one jieba word: the part's feeling right after it
     ("最近脚后跟疼", "足跟痛"), ("乳房有硬块是怎么回事", "乳房肿块"), ("脸色发白怎么办", "面色苍白"),
-    ("后背痒得厉害", "皮肤瘙痒"),
+    ("后背痒得厉害", "皮肤瘙痒"), ("太阳穴疼", "颞部疼痛"), ("身上有淤青", "皮肤瘀斑"), ("小便发黄", "尿黄"),
 ])
 def test_a_part_and_a_feeling_on_cmekg(cmekg, text, name):
     assert [m.name for m in cmekg.link(text).entities] == [name]
+
+
+def test_a_name_that_starts_inside_a_body_part_s_word_is_no_mention(cmekg):
+    assert "头痛" not in {m.name for m in cmekg.link("舌头疼得厉害").entities}  # 头疼 of 舌头疼
+    assert [m.name for m in cmekg.link("骨头疼").entities] == ["骨痛"]
+    assert [m.name for m in cmekg.link("我头疼得厉害").entities] == ["头痛"]
 
 
 def test_drug_forms_and_negation(cmekg):

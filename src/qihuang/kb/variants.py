@@ -202,6 +202,15 @@ class Composer:
                         return p + j + f, etype
         return None
 
+    def part_words(self, norm: str, inner: list[int]) -> list[tuple[int, int]]:
+        """Spans of the body parts of ``norm`` written as words of their own (jieba's: 舌头 of 舌头疼) that
+        hold one of the offsets ``inner`` inside them."""
+        spans = [m.span() for m in self._part_re.finditer(norm) if any(m.start() < i < m.end() for i in inner)]
+        if not spans:
+            return []
+        starts, ends = _word_bounds(norm)
+        return [(s, e) for s, e in spans if s in starts and e in ends]
+
     def compose(self, norm: str, negation: frozenset[str]) -> list[tuple[int, int, str, str, bool]]:
         """(start, end, name, type, negated) of each part-feeling pair the KB names, in text order."""
         parts = list(self._part_re.finditer(norm))
@@ -238,7 +247,8 @@ _SENTENCE_END = frozenset("。.;；!！?？\n")
 MAX_THING = 8  # characters of the thing a change word is written after (白细胞偏高: 白细胞)
 
 
-def _word_bounds(norm: str) -> tuple[set[int], set[int]]:
+@lru_cache(maxsize=256)
+def _word_bounds(norm: str) -> tuple[frozenset[int], frozenset[int]]:
     """Start and end offsets of jieba's words of ``norm``."""
     import jieba
 
@@ -247,7 +257,7 @@ def _word_bounds(norm: str) -> tuple[set[int], set[int]]:
         starts.add(pos)
         pos += len(w)
         ends.add(pos)
-    return starts, ends
+    return frozenset(starts), frozenset(ends)
 
 
 def refine(kb, text: str, mentions: list[Mention]) -> list[Mention]:
@@ -255,7 +265,9 @@ def refine(kb, text: str, mentions: list[Mention]) -> list[Mention]:
     with one error found in uncovered text (see the module doc)."""
     norm = normalize(text)
     comp = kb.lookups.composer
-    kept = [m for m in mentions if not _part_or_person(kb, m, comp)]
+    inside = comp.part_words(norm, [m.start for m in mentions])  # a name that starts inside a part's word is
+    kept = [m for m in mentions if not _part_or_person(kb, m, comp)  # misread (舌头疼: no 头疼)
+            and not any(s < m.start < e for s, e in inside)]
     from qihuang.kb.lexicon import load_lexicon
 
     negation = frozenset(load_lexicon().negation.cues)
