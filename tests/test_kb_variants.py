@@ -207,6 +207,13 @@ def test_an_asked_attribute_the_kb_lacks_is_said_and_the_entity_s_facts_stand_in
     assert ground(kb, "跟腱断裂怎么手术？").coverage_note() == ""
 
 
+def test_a_cue_of_several_readings_reads_as_the_named_type_has_it(kb):
+    """治疗 of a disease asks how it is treated (the drugs answer it), never the indications a drug has;
+    of a drug it asks the indications."""
+    assert kb.link("支气管扩张症有什么方法治疗").attributes == ["treatment"]
+    assert kb.link("左氧氟沙星治疗哪些病").attributes == ["indications"]
+
+
 def test_does_it_work_for_a_named_disease_asks_indications_not_effects(kb):
     """用X治Y有效吗 asks whether X treats Y (its indications); X有效吗 alone also asks what X does."""
     for_disease = kb.detect_attributes("支气管扩张症用复方甲氧那明胶囊有效吗？")

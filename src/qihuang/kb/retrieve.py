@@ -690,6 +690,9 @@ def _reported(kb, groups: list[tuple[str, ...]], facts: list[Fact], mentions: li
         types |= {r[2] for r in (look.row(f.entity) for f in facts if f.via == "two_hop") if r}
         has = set().union(*(look.type_attributes.get(t, ()) for t in types))
         groups = [g for g in groups if ASKED_OF_ANY & set(g) or has & set(g)] or groups
+        # of a group's alternatives, those the named types have (治疗 of a disease is its treatment, not the
+        # indications a drug has)
+        groups = [tuple(a for a in g if a in has or a in ASKED_OF_ANY) or g for g in groups]
     return flatten(groups)
 
 
