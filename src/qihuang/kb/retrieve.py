@@ -46,9 +46,9 @@ from qihuang.kb.variants import refine
 DRUG_ATTRIBUTES = ("contraindications", "adverse_reactions", "interactions", "dosage", "precautions")
 # what a symptom description asks about its candidate diseases when it names no attribute
 SYMPTOM_DEFAULT = ("department",)
-# what a symptom description that asks nothing in words is taken to ask (the real-question labelling guide's
-# reading of "我头痛还恶心" and of "是什么病/怎么回事"): the diseases it may be, and why
-SYMPTOM_ASKS = ("related_diseases", "cause")
+# what a symptom description that asks nothing in words is taken to ask: the diseases it may be (why it comes
+# is asked in words, 怎么回事 / 什么原因: the labelling guide's "related_diseases (+ cause)")
+SYMPTOM_ASKS = ("related_diseases",)
 MAX_CANDIDATES = 8  # candidate diseases reported
 TOP_CANDIDATES = 3  # candidates whose facts are retrieved
 TWO_HOP_DRUGS = 3  # drugs of a disease followed to their own facts
@@ -607,7 +607,7 @@ def retrieve(kb, text: str, max_values: int | None = None, history: list[str] | 
         facts, candidates, missing = _lookup(kb, mentions, asked, max_values, via)
     else:
         facts = kb.lookups.lexical.search(kb, text, asked, max_values)
-    if candidates and not groups:  # symptoms described, nothing asked: which diseases, and why
+    if candidates and not groups:  # symptoms described, nothing asked: which diseases
         groups = [(a,) for a in SYMPTOM_ASKS]
         attributes = flatten(groups)
     elif (candidates and "cause" in attributes and "related_diseases" not in attributes
