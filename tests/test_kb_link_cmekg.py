@@ -104,3 +104,8 @@ def test_every_colloquial_target_is_in_cmekg(cmekg):
 
     missing = [t for t in load_lexicon().colloquial.values() if cmekg.show(t) is None]
     assert missing == []
+
+
+@pytest.mark.parametrize("text", ["我最近头晕乏力怎么了", "头晕乏力怎么了。", "孩子最近老咳嗽，想知道怎么了"])
+def test_what_is_wrong_asked_at_the_end_asks_which_diseases_and_why_and_nothing_guessed(cmekg, text):
+    assert cmekg.link(text).attributes == ["related_diseases", "cause"]

@@ -222,14 +222,15 @@ class Linker:
         not treatment).
         ``question``: ``text`` is a user's question (retrieval), not a statement (verification): a story of
         several clauses with no clause that asks then asks nothing through its cues (出现了…的症状).
-        When no cue fires and the text names an entity, the learned detector (kb/intent.py) may answer:
+        When no cue or question form fires and the text names an entity, the learned detector (kb/intent.py) may answer:
         the attributes it gives at least its threshold probability, as one group of alternatives, most
         probable first. Cues win whenever one fires: they are exact, the detector generalizes.
         """
         if question and self._tells_only(normalize(text)):
             return []  # a story of several clauses that asks nothing: no cue or detector asks either
         groups = self._cue_groups(text, mentions)
-        if not groups and self.intent is not None and mentions:
+        # a question form of symptom descriptions (怎么了, 是什么病) asks in words: nothing left to guess
+        if not groups and self.intent is not None and mentions and not self.described_asks(text, mentions):
             from qihuang.kb.intent import mask_mentions
 
             found = self.intent.predict(mask_mentions(text, mentions))
