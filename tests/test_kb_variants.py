@@ -281,6 +281,9 @@ def test_is_it_x_at_the_head_of_a_clause_asks_which_disease_and_its_symptoms(kb,
     ("赖氨葡锌颗粒吃多久能好？", {"prognosis"}, {"dosage"}),  # how long until it is better
     ("尿路感染有害吗", {"complications", "prognosis"}, set()),
     ("复方甲氧那明胶囊有没有依赖性", {"adverse_reactions"}, set()),
+    ("尿路感染了，吃左氧氟沙星可以吗", {"precautions", "contraindications"}, {"indications"}),  # 吃X可以吗 = 能吃X吗
+    ("赖氨葡锌颗粒是嚼服还是用水送服？", {"dosage"}, set()),
+    ("最近老是尿痛，该咋整", {"treatment"}, set()),
 ])
 def test_general_ways_of_asking(kb, text, asked, not_asked):
     found = set(kb.detect_attributes(text))
