@@ -284,6 +284,8 @@ def test_is_it_x_at_the_head_of_a_clause_asks_which_disease_and_its_symptoms(kb,
     ("尿路感染了，吃左氧氟沙星可以吗", {"precautions", "contraindications"}, {"indications"}),  # 吃X可以吗 = 能吃X吗
     ("赖氨葡锌颗粒是嚼服还是用水送服？", {"dosage"}, set()),
     ("最近老是尿痛，该咋整", {"treatment"}, set()),
+    ("尿路感染严不严重", {"prognosis"}, set()),  # an A-not-A question asks, with no 吗 or question mark
+    ("尿路感染吃什么水果", {"precautions"}, {"drugs"}),  # food, not medicine
 ])
 def test_general_ways_of_asking(kb, text, asked, not_asked):
     found = set(kb.detect_attributes(text))
@@ -334,3 +336,17 @@ def test_the_shipped_symptom_words_are_valid_and_bad_ones_name_the_field(tmp_pat
             variants.load_symptom_words()
     finally:
         variants.load_symptom_words.cache_clear()
+
+
+def test_a_malformed_schema_file_is_named(tmp_path, monkeypatch):
+    from qihuang.kb import schema
+
+    bad = tmp_path / "kb_schema.yaml"
+    bad.write_text('asking: "(\\w)[不没]\\1 \\q"\n', encoding="utf-8")
+    monkeypatch.setattr(schema, "resource", lambda name: bad)
+    schema.load_schema.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=r"kb_schema.yaml: cannot read the KB schema"):
+            schema.load_schema()
+    finally:
+        schema.load_schema.cache_clear()

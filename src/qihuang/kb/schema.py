@@ -6,10 +6,8 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-import yaml
-
 from qihuang.errors import ConfigError
-from qihuang.fileio import compile_pattern
+from qihuang.fileio import compile_pattern, read_yaml
 from qihuang.paths import resource
 
 OTHER = "other"
@@ -113,7 +111,7 @@ def _parse_forms(raw, attributes: dict[str, Attribute]) -> tuple[tuple[re.Patter
 @lru_cache(maxsize=1)
 def load_schema() -> Schema:
     """Parse the shipped schema once."""
-    raw = yaml.safe_load(resource("kb_schema.yaml").read_text(encoding="utf-8"))
+    raw = read_yaml(resource("kb_schema.yaml"), "the KB schema")
     attributes: dict[str, Attribute] = {}
     rel_map: dict[str, str] = {}
     for key, spec in raw["attributes"].items():
