@@ -56,3 +56,16 @@ def test_concurrent_writers_of_one_cache_file_never_share_a_temporary(tmp_path):
     assert errors == []
     assert target.read_bytes() in payloads
     assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+def test_read_yaml_refuses_a_key_given_twice_and_names_its_line(tmp_path):
+    from qihuang.errors import ConfigError
+    from qihuang.fileio import read_yaml
+
+    good = tmp_path / "good.yaml"
+    good.write_text("colloquial:\n  头疼: 头痛\n  发烧: 发热\nother:\n  头疼: 另一处\n", encoding="utf-8")
+    assert read_yaml(good, "a lexicon")["colloquial"] == {"头疼": "头痛", "发烧": "发热"}  # one key per mapping
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("colloquial:\n  头疼: 头痛\n  发烧: 发热\n  头疼: 偏头痛\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line 4: cannot read a lexicon: key '头疼' given twice"):
+        read_yaml(bad, "a lexicon")

@@ -54,6 +54,8 @@ def test_noise_rule_both_directions(cmekg):
     ("嗓子疼", "咽痛"), ("头疼", "头痛"), ("发烧", "发热"), ("血压高", "高血压"), ("流感", "流行性感冒"),
     ("孩子有ADHD", "注意缺陷多动障碍"), ("浅表性胃炎", "慢性浅表性胃炎"), ("宫颈糜烂", "宫颈糜烂"),
     ("小便有泡沫", "泡沫尿"), ("腿抽筋", "肌肉痉挛"), ("老是打嗝", "呃逆"),
+    ("癫痫", "癫痫病"),  # a two-character value of a disease the KB has with a suffix
+    ("自闭症", "儿童孤独症"), ("先心病", "先天性心脏病"),
 ])
 def test_colloquial_names(cmekg, text, name):
     found = cmekg.find_entities(f"我{text}了怎么办")
@@ -114,3 +116,8 @@ def test_what_is_wrong_asked_at_the_end_asks_which_diseases_and_why_and_nothing_
 @pytest.mark.parametrize("text,name", [("头有点晕", "头晕"), ("胸口发闷", "胸闷"), ("眼睛酸", "眼酸"), ("心里发慌", "心悸")])
 def test_everyday_feelings_name_the_kb_symptom(cmekg, text, name):
     assert [m.name for m in cmekg.link(f"我最近{text}，怎么回事").entities] == [name]
+
+
+@pytest.mark.parametrize("text,name", [("月经不规律", "月经失调"), ("耳朵听不清", "听力下降"), ("小便不畅", "排尿不畅")])
+def test_everyday_names_of_womens_ear_and_urinary_troubles(cmekg, text, name):
+    assert [m.name for m in cmekg.link(f"最近{text}，怎么办").entities] == [name]

@@ -7,6 +7,7 @@ removes its temporary file and leaves the old file as it was.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -52,16 +53,46 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
-    """The parsed YAML file at ``path``; an unreadable or malformed file raises a ConfigError that
-    names the file and ``what`` it holds (e.g. "red-flag rules")."""
+    """The parsed YAML file at ``path``; an unreadable or malformed file, or a mapping that gives one key
+    twice (plain YAML keeps the last and silently drops the first), raises a ConfigError that names the
+    file, ``what`` it holds (e.g. "red-flag rules") and, for a repeated key, its line."""
     import yaml
 
     from qihuang.errors import ConfigError
 
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_unique_key_loader())
+    except _RepeatedKey as exc:
+        raise ConfigError(f"{path}: line {exc.line}: cannot read {what}: key {exc.key!r} given twice") from None
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: Any, line: int):
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+@functools.lru_cache(maxsize=1)
+def _unique_key_loader():
+    """A safe YAML loader whose mappings refuse a key given twice."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _value in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _RepeatedKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
 
 
 def compile_pattern(pattern: Any, where: str) -> "re.Pattern":

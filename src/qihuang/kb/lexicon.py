@@ -7,10 +7,10 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from qihuang.errors import ConfigError
+from qihuang.fileio import read_yaml
 from qihuang.kb.normalize import normalize
 from qihuang.paths import resource
 
@@ -245,4 +245,4 @@ def parse_lexicon(raw: object, path: str | Path = "lexicon.yaml") -> Lexicon:
 def load_lexicon() -> Lexicon:
     """The shipped lexicon, parsed once."""
     path = resource("lexicon.yaml")
-    return parse_lexicon(yaml.safe_load(path.read_text(encoding="utf-8")), path)
+    return parse_lexicon(read_yaml(path, "the linking lexicon"), path)

@@ -566,7 +566,7 @@ def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, st
     """(surface, subject name, type): shorter ways a subject's name is written: without a course modifier
     when no other subject is written so (浅表性胃炎 for 慢性浅表性胃炎; at least 4 characters left), without a
     suffix the name only adds (支气管扩张 for 支气管扩张症, 新生儿听力筛查 for 新生儿听力筛查检查; a stem of at least 3
-    characters), the part before a parenthesis and a Latin abbreviation inside it (抗甲状腺微粒体抗体 and ATMA
+    characters, or of 2 that the KB holds as a value of the same type: 癫痫 for 癫痫病), the part before a parenthesis and a Latin abbreviation inside it (抗甲状腺微粒体抗体 and ATMA
     of 抗甲状腺微粒体抗体（ATMA）; not 药物治疗 of 胃溃疡合并出血（药物治疗）), a product without the letter that ends its
     name when no other product is written so (钙尔奇 for 钙尔奇D; at least 3 Han characters left), and a name
     with its dashes and middle dots left out."""
@@ -584,8 +584,10 @@ def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, st
                 modified.setdefault(name[len(prefix):], []).append((name, etype))
                 break
         for suffix in _NAME_SUFFIXES:
-            if name.endswith(suffix) and len(name) - len(suffix) >= 3:
-                out.append((name[:-len(suffix)], name, etype))
+            stem = name[:-len(suffix)]
+            # a two-character stem only where the KB has it as a value of the same type (癫痫 for 癫痫病)
+            if name.endswith(suffix) and (len(stem) >= 3 or (len(stem) == 2 and nodes.get(stem) == (etype, 0))):
+                out.append((stem, name, etype))
                 break
         m = _PARENS.match(name)
         if m:

@@ -296,20 +296,24 @@ def _specific(kb, norm: str, m: Mention) -> Mention:
     in the clause right before the mention. The longest such name wins, then the one the KB says most about."""
     if m.negated or m.type not in _SYMPTOM_TYPES:
         return m
-    longer = kb.lookups.longer_names(m.name)
-    if not longer:
+    # the head as linked, or as written when it links to a longer subject (癫痫 of 癫痫病)
+    heads = [h for h in dict.fromkeys((m.name, *m.forms)) if kb.lookups.longer_names(h)]
+    if not heads:
         return m
     start = m.start
     while start > 0 and m.start - start < SPECIFIC_WINDOW and norm[start - 1] not in _CLAUSE_END:
         start -= 1
     window = set(norm[start:m.start])  # modifiers come before the head
     best = None
-    for name, etype, size in longer:
-        extra = set(name[:-len(m.name)]) - _FILLERS - set(m.name)  # 指骨骨折 adds 指 to 骨折
-        if extra and extra <= window:
-            key = (len(extra), size)
-            if best is None or key > best[0]:
-                best = (key, name, etype)
+    for head in heads:
+        for name, etype, size in kb.lookups.longer_names(head):
+            extra = set(name[:-len(head)]) - _FILLERS - set(head)  # 指骨骨折 adds 指 to 骨折
+            if extra and extra <= window:
+                key = (len(extra), size)
+                if best is None or key > best[0]:
+                    best = (key, name, etype)
+        if best is not None:
+            break
     if best is None:
         return _tail(kb, norm, m, start)
     return Mention(best[1], m.surface, m.start, m.end, best[2], True, m.negated, (m.name, *m.forms))
