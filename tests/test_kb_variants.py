@@ -286,6 +286,8 @@ def test_is_it_x_at_the_head_of_a_clause_asks_which_disease_and_its_symptoms(kb,
     ("最近老是尿痛，该咋整", {"treatment"}, set()),
     ("尿路感染严不严重", {"prognosis"}, set()),  # an A-not-A question asks, with no 吗 or question mark
     ("尿路感染吃什么水果", {"precautions"}, {"drugs"}),  # food, not medicine
+    ("尿路感染可以做哪些检查", {"examinations"}, {"precautions"}),  # which tests, not whether one may
+    ("尿路感染都查哪些项目？", {"examinations"}, set()),
 ])
 def test_general_ways_of_asking(kb, text, asked, not_asked):
     found = set(kb.detect_attributes(text))
