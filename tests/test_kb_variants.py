@@ -214,6 +214,8 @@ def test_a_cue_of_several_readings_reads_as_the_named_type_has_it(kb):
     of a drug it asks the indications."""
     assert kb.link("支气管扩张症有什么方法治疗").attributes == ["treatment"]
     assert kb.link("左氧氟沙星治疗哪些病").attributes == ["indications"]
+    # next to a drug it asks what the drug treats, though the disease named has treatments of its own
+    assert kb.link("复方甲氧那明胶囊可以治疗龋病吗").attributes == ["indications"]
 
 
 def test_does_it_work_for_a_named_disease_asks_indications_not_effects(kb):

@@ -693,6 +693,8 @@ def _reported(kb, groups: list[tuple[str, ...]], facts: list[Fact], mentions: li
         # of a group's alternatives, those the named types have (治疗 of a disease is its treatment, not the
         # indications a drug has)
         groups = [tuple(a for a in g if a in has or a in ASKED_OF_ANY) or g for g in groups]
+        if types & PRODUCT_TYPES:  # 拉莫三嗪片可以治疗癫痫吗: 治疗 next to a drug asks what the drug treats
+            groups = [("indications",) if {"treatment", "indications"} <= set(g) else g for g in groups]
     return flatten(groups)
 
 
