@@ -56,6 +56,7 @@ def test_noise_rule_both_directions(cmekg):
     ("小便有泡沫", "泡沫尿"), ("腿抽筋", "肌肉痉挛"), ("老是打嗝", "呃逆"),
     ("癫痫", "癫痫病"),  # a two-character value of a disease the KB has with a suffix
     ("自闭症", "儿童孤独症"), ("先心病", "先天性心脏病"),
+    ("流黄鼻涕", "脓涕"),  # not 流黄, an alias of the herb 硫黄
 ])
 def test_colloquial_names(cmekg, text, name):
     found = cmekg.find_entities(f"我{text}了怎么办")
@@ -66,6 +67,7 @@ def test_colloquial_names(cmekg, text, name):
     ("我耳朵痛，怎么回事", "耳痛"),  # 耳朵痛 is one jieba word: the part's feeling right after it
     ("最近脚后跟疼", "足跟痛"), ("乳房有硬块是怎么回事", "乳房肿块"), ("脸色发白怎么办", "面色苍白"),
     ("后背痒得厉害", "皮肤瘙痒"), ("太阳穴疼", "头痛"), ("身上有淤青", "皮肤瘀斑"), ("小便发黄", "尿黄"),
+    ("右下腹疼", "右下腹痛"), ("鼻子干", "鼻腔干燥"),
 ])
 def test_a_part_and_a_feeling_on_cmekg(cmekg, text, name):
     assert [m.name for m in cmekg.link(text).entities] == [name]
