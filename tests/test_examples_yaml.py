@@ -4,6 +4,7 @@ accelerate configs through accelerate's own config loader (plus the DeepSpeed JS
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,15 @@ def test_a_broken_training_yaml_names_the_field(tmp_path):
     from qihuang.errors import ConfigError
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text((EXAMPLES / "sft_lora_default.yaml").read_text() + "lora_dropout: 2\n", encoding="utf-8")
+    text = (EXAMPLES / "sft_lora_default.yaml").read_text()
+    assert re.search(r"^lora_dropout: .*$", text, flags=re.M)
+    bad.write_text(re.sub(r"^lora_dropout: .*$", "lora_dropout: 2", text, flags=re.M), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad\.yaml: .*field 'lora_dropout'"):
         load_config(bad)
+    twice = tmp_path / "twice.yaml"  # appended again: a key given twice is refused, not silently the last
+    twice.write_text(text + "lora_dropout: 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"twice\.yaml:\d+: invalid YAML: key 'lora_dropout' given twice"):
+        load_config(twice)
 
 
 def _autos(node, prefix=""):

@@ -69,3 +69,13 @@ def test_read_yaml_refuses_a_key_given_twice_and_names_its_line(tmp_path):
     bad.write_text("colloquial:\n  头疼: 头痛\n  发烧: 发热\n  头疼: 偏头痛\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad.yaml: line 4: cannot read a lexicon: key '头疼' given twice"):
         read_yaml(bad, "a lexicon")
+
+
+def test_a_training_config_with_a_key_given_twice_names_its_line(tmp_path):
+    from qihuang.config import read_yaml as read_config
+    from qihuang.errors import ConfigError
+
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text("stage: sft\nlearning_rate: 1.0e-4\nlearning_rate: 2.0e-4\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"sft.yaml:3: invalid YAML: key 'learning_rate' given twice"):
+        read_config(cfg)

@@ -53,25 +53,29 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
-    """The parsed YAML file at ``path``; an unreadable or malformed file, or a mapping that gives one key
-    twice (plain YAML keeps the last and silently drops the first), raises a ConfigError that names the
-    file, ``what`` it holds (e.g. "red-flag rules") and, for a repeated key, its line."""
+    """The parsed YAML file at ``path`` (:func:`parse_yaml`); an unreadable or malformed file, or a mapping
+    that gives one key twice, raises a ConfigError that names the file, its line where known, and ``what``
+    it holds (e.g. "red-flag rules")."""
     import yaml
 
     from qihuang.errors import ConfigError
 
     try:
-        return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_unique_key_loader())
-    except _RepeatedKey as exc:
-        raise ConfigError(f"{path}: line {exc.line}: cannot read {what}: key {exc.key!r} given twice") from None
-    except (OSError, yaml.YAMLError) as exc:
+        return parse_yaml(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        raise ConfigError(f"{path}:{where} cannot read {what}: {getattr(exc, 'problem', None) or exc}") from None
 
 
-class _RepeatedKey(Exception):
-    def __init__(self, key: Any, line: int):
-        super().__init__(key, line)
-        self.key, self.line = key, line
+def parse_yaml(text: str) -> Any:
+    """YAML text parsed safely, refusing a mapping that gives one key twice (plain YAML keeps the last and
+    silently drops the first): a ``yaml.YAMLError`` whose ``problem_mark`` is the repeated key's place."""
+    import yaml
+
+    return yaml.load(text, Loader=_unique_key_loader())
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,7 +91,8 @@ def _unique_key_loader():
         for key_node, _value in node.value:
             key = loader.construct_object(key_node, deep=deep)
             if key in seen:
-                raise _RepeatedKey(key, key_node.start_mark.line + 1)
+                raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                        f"key {key!r} given twice", key_node.start_mark)
             seen.add(key)
         return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
