@@ -222,9 +222,9 @@ class Linker:
         not treatment).
         ``question``: ``text`` is a user's question (retrieval), not a statement (verification): a story of
         several clauses with no clause that asks then asks nothing through its cues (出现了…的症状).
-        When no cue or question form fires and the text names an entity, the learned detector (kb/intent.py) may answer:
-        the attributes it gives at least its threshold probability, as one group of alternatives, most
-        probable first. Cues win whenever one fires: they are exact, the detector generalizes.
+        When no cue or question form fires and the text names an entity, the learned detector (kb/intent.py)
+        may answer: the attributes it gives at least its threshold probability, as one group of alternatives,
+        most probable first. Cues win whenever one fires: they are exact, the detector generalizes.
         """
         if question and self._tells_only(normalize(text)):
             return []  # a story of several clauses that asks nothing: no cue or detector asks either
@@ -566,8 +566,8 @@ def _name_variants(nodes: dict[str, tuple[str, int]]) -> list[tuple[str, str, st
     """(surface, subject name, type): shorter ways a subject's name is written: without a course modifier
     when no other subject is written so (浅表性胃炎 for 慢性浅表性胃炎; at least 4 characters left), without a
     suffix the name only adds (支气管扩张 for 支气管扩张症, 新生儿听力筛查 for 新生儿听力筛查检查; a stem of at least 3
-    characters, or of 2 that the KB holds as a value of the same type: 癫痫 for 癫痫病), the part before a parenthesis and a Latin abbreviation inside it (抗甲状腺微粒体抗体 and ATMA
-    of 抗甲状腺微粒体抗体（ATMA）; not 药物治疗 of 胃溃疡合并出血（药物治疗）), a product without the letter that ends its
+    characters, or of 2 that the KB holds as a value of the same type: 癫痫 for 癫痫病), the part before a
+    parenthesis and a Latin abbreviation inside it (抗甲状腺微粒体抗体 and ATMA of 抗甲状腺微粒体抗体（ATMA）; not 药物治疗 of 胃溃疡合并出血（药物治疗）), a product without the letter that ends its
     name when no other product is written so (钙尔奇 for 钙尔奇D; at least 3 Han characters left), and a name
     with its dashes and middle dots left out."""
     out = []

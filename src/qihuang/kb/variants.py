@@ -222,13 +222,14 @@ class Composer:
             s, e = m.span()
             single = e - s == 1
             if s not in bounds[0]:
-                continue  # 止咳 holds no 咳 of a part
+                continue  # a part starts a word (jieba's)
             gap = self.words.single_char_gap if single else self.words.max_gap
             limit = e
             while limit < len(norm) and limit - e <= gap + 4 and norm[limit] not in _CLAUSE_END:
                 limit += 1
-            # the first feeling in reach that the KB names with the part (小腿跳绳后疼: not 跳, 疼); a part
-            # inside a longer word counts only with its feeling right after it (耳朵痛 is one word; 手术 no 手)
+            # the first feeling in reach that the KB names with the part (小腿发麻又疼: 腿痛 where the KB has no
+            # 腿麻木); a part inside a longer word counts only with its feeling right after it (耳朵痛 is one
+            # word; 手术后很痛 has no 手)
             for f in self._feel_re.finditer(norm, e, limit):
                 if f.start() - e > gap:
                     break
@@ -265,9 +266,9 @@ def refine(kb, text: str, mentions: list[Mention]) -> list[Mention]:
     with one error found in uncovered text (see the module doc)."""
     norm = normalize(text)
     comp = kb.lookups.composer
-    inside = comp.part_words(norm, [m.start for m in mentions])  # a name that starts inside a part's word is
-    kept = [m for m in mentions if not _part_or_person(kb, m, comp)  # misread (舌头疼: no 头疼)
-            and not any(s < m.start < e for s, e in inside)]
+    # a name that starts inside a body part's word is misread (舌头疼: no 头疼)
+    inside = comp.part_words(norm, [m.start for m in mentions])
+    kept = [m for m in mentions if not _part_or_person(kb, m, comp) and not any(s < m.start < e for s, e in inside)]
     from qihuang.kb.lexicon import load_lexicon
 
     negation = frozenset(load_lexicon().negation.cues)
