@@ -15,3 +15,15 @@ def make_tiny_kb(path: str | Path) -> KnowledgeBase:
     if kb.stats()["triples"] == 0:
         kb.import_source(TINY_KB_JSONL, progress=False)
     return kb
+
+
+def kb_of_rows(path: str | Path, rows: list[dict]) -> KnowledgeBase:
+    """A KB at ``path`` (a ``.sqlite`` file) imported from ``rows`` in the JSON-lines shape, written beside it."""
+    import json
+
+    path = Path(path)
+    src = path.with_suffix(".jsonl")
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    kb = KnowledgeBase.create(path)
+    kb.import_source(src, progress=False)
+    return kb

@@ -3,13 +3,11 @@ missing-attribute fallback (kb/retrieve.py), on a small KB written for these tes
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from kb_fixture import kb_of_rows
 from qihuang.answer.grounding import ground
 from qihuang.errors import ConfigError
-from qihuang.kb import KnowledgeBase
 
 ROWS = [
     {"中心词": "支气管扩张症", "常见症状": ["咳痰", "咯血", "痰中带血"], "药物治疗": ["氨溴索"], "就诊科室": ["呼吸内科"],
@@ -43,10 +41,7 @@ ROWS = [
 
 @pytest.fixture
 def kb(tmp_path):
-    src = tmp_path / "variants.jsonl"
-    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS), encoding="utf-8")
-    kb = KnowledgeBase.create(tmp_path / "kb.sqlite")
-    kb.import_source(src, progress=False)
+    kb = kb_of_rows(tmp_path / "kb.sqlite", ROWS)
     yield kb
     kb.close()
 

@@ -1,11 +1,8 @@
 """Symptoms named next to the entity a question is about, and symptom questions that ask for drugs."""
 
-import json
-
 import pytest
 
-from kb_fixture import make_tiny_kb
-from qihuang.kb import KnowledgeBase
+from kb_fixture import kb_of_rows, make_tiny_kb
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +20,7 @@ def test_a_disease_rarely_listed_as_a_symptom_is_what_the_question_is_about(tmp_
             {"中心词": "过敏性鼻炎", "常见症状": ["打喷嚏", "鼻痒"], "药物治疗": ["氯雷他定"], "就诊科室": ["耳鼻喉科"]},
             {"中心词": "支气管哮喘", "常见症状": ["过敏性鼻炎", "打喷嚏", "喘息"], "药物治疗": ["沙丁胺醇"], "就诊科室": ["呼吸内科"]},
             {"中心词": "氯雷他定片", "适应症": ["打喷嚏", "鼻痒"], "不良反应": ["嗜睡"], "成份": ["氯雷他定"]}]
-    src = tmp_path / "kb.jsonl"
-    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
-    kb = KnowledgeBase.create(tmp_path / "kb.sqlite")
-    kb.import_source(src, progress=False)
+    kb = kb_of_rows(tmp_path / "kb.sqlite", rows)
     try:
         res = kb.link("过敏性鼻炎老打喷嚏吃什么药")  # listed as a symptom by one disease: not a described symptom
         assert {(f.entity, f.via) for f in res.facts} == {("过敏性鼻炎", "direct")} and not res.candidates
@@ -49,10 +43,7 @@ def test_a_value_symptom_made_of_two_symptoms_links_as_both(tmp_path):
     rows = [{"中心词": "贫血", "常见症状": ["头晕", "乏力", "面色苍白"], "就诊科室": ["血液科"]},
             {"中心词": "低血压", "常见症状": ["头晕乏力", "晕厥"], "就诊科室": ["心内科"]},
             {"中心词": "甲减", "常见症状": ["乏力", "怕冷"], "就诊科室": ["内分泌科"]}]
-    src = tmp_path / "kb.jsonl"
-    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
-    kb = KnowledgeBase.create(tmp_path / "kb.sqlite")
-    kb.import_source(src, progress=False)
+    kb = kb_of_rows(tmp_path / "kb.sqlite", rows)
     try:
         assert [m.name for m in kb.find_entities("最近头晕乏力，挂什么科")] == ["头晕", "乏力"]
         assert [m.name for m in kb.find_entities("晕厥")] == ["晕厥"]  # a single symptom stays
@@ -69,10 +60,7 @@ def test_a_value_joining_two_names_with_a_conjunction_links_as_both(tmp_path):
             {"中心词": "偏头痛", "常见症状": ["伴头痛", "畏光"], "就诊科室": ["神经内科"]},
             {"中心词": "胃炎", "常见症状": ["腹痛", "腹泻", "腹痛和劳累后心悸"], "就诊科室": ["消化内科"]},
             {"中心词": "紧张", "常见症状": ["头痛"]}]
-    src = tmp_path / "kb.jsonl"
-    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
-    kb = KnowledgeBase.create(tmp_path / "kb.sqlite")
-    kb.import_source(src, progress=False)
+    kb = kb_of_rows(tmp_path / "kb.sqlite", rows)
     try:
         assert [m.name for m in kb.find_entities("最近腹痛和腹泻，怎么回事")] == ["腹痛", "腹泻"]
         assert [m.name for m in kb.find_entities("恶心伴头痛")] == ["头痛"]
@@ -86,10 +74,7 @@ def test_a_body_part_and_what_it_has_stays_one_value(tmp_path):
     rows = [{"中心词": "宫颈炎", "常见症状": ["宫颈糜烂", "白带增多"], "就诊科室": ["妇科"]},
             {"中心词": "口腔溃疡", "常见症状": ["糜烂", "疼痛"], "就诊科室": ["口腔科"]},
             {"中心词": "宫颈", "别称": ["子宫颈"]}]  # a linkable name no disease lists as a symptom
-    src = tmp_path / "kb.jsonl"
-    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
-    kb = KnowledgeBase.create(tmp_path / "kb.sqlite")
-    kb.import_source(src, progress=False)
+    kb = kb_of_rows(tmp_path / "kb.sqlite", rows)
     try:
         assert kb.lookups.row("宫颈") and kb.lookups.row("糜烂")  # both halves are linkable names
         assert [m.name for m in kb.find_entities("宫颈糜烂怎么治疗")] == ["宫颈糜烂"]

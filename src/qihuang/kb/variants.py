@@ -298,7 +298,7 @@ def _specific(kb, norm: str, m: Mention) -> Mention:
     if m.negated or m.type not in _SYMPTOM_TYPES:
         return m
     # the head as linked, or as written when it links to a longer subject (癫痫 of 癫痫病)
-    heads = [h for h in dict.fromkeys((m.name, *m.forms)) if kb.lookups.longer_names(h)]
+    heads = {h: longer for h in dict.fromkeys((m.name, *m.forms)) if (longer := kb.lookups.longer_names(h))}
     if not heads:
         return m
     start = m.start
@@ -306,8 +306,8 @@ def _specific(kb, norm: str, m: Mention) -> Mention:
         start -= 1
     window = set(norm[start:m.start])  # modifiers come before the head
     best = None
-    for head in heads:
-        for name, etype, size in kb.lookups.longer_names(head):
+    for head, longer in heads.items():
+        for name, etype, size in longer:
             extra = set(name[:-len(head)]) - _FILLERS - set(head)  # 指骨骨折 adds 指 to 骨折
             if extra and extra <= window:
                 key = (len(extra), size)
